@@ -1,0 +1,52 @@
+"""The `kvplan` command. Each part registers its own subcommands from its package's `cli.py`;
+those modules import only typer at module level so that `kvplan size` stays light."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kvplan.errors import KvplanError
+
+app = typer.Typer(
+    name="kvplan",
+    help="Capacity planning and routing for LLM serving with quantized KV caches on vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from kvplan.control import cli as control_cli
+    from kvplan.dashboards import cli as dashboards_cli
+    from kvplan.kernels import cli as kernels_cli
+    from kvplan.planner import cli as planner_cli
+    from kvplan.router import cli as router_cli
+    from kvplan.workers import cli as workers_cli
+
+    for module in (planner_cli, router_cli, control_cli, workers_cli, kernels_cli, dashboards_cli):
+        module.register(app)
+
+
+_register()
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2 (bad input)."""
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    try:
+        app()
+    except KvplanError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
