@@ -25,8 +25,17 @@ def _register() -> None:
     from kvplan.planner import cli as planner_cli
     from kvplan.router import cli as router_cli
     from kvplan.workers import cli as workers_cli
+    from kvplan.workers.sim import cli as sim_cli
 
-    for module in (planner_cli, router_cli, control_cli, workers_cli, kernels_cli, dashboards_cli):
+    for module in (
+        planner_cli,
+        router_cli,
+        control_cli,
+        workers_cli,
+        sim_cli,
+        kernels_cli,
+        dashboards_cli,
+    ):
         module.register(app)
 
 

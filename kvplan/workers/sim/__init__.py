@@ -1,0 +1,1 @@
+"""The simulated worker: one vLLM replica's API, scheduler and metrics without a GPU."""
