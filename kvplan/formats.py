@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from functools import cached_property
 
 ALIGN = 16  # bytes; every region starts on a 16-byte boundary so kernels can use 16-byte loads
 
@@ -73,6 +72,9 @@ class TensorQuant:
     group_size: int | None = None  # elements per scale group along head_dim (None: whole head)
     symmetric: bool = True  # False: an additional zero point per group
     scale_bytes: int = 4  # fp32 scale when symmetric; asymmetric uses fp16 scale + fp16 zero
+    # "hadamard": codes hold x @ H/sqrt(d) (orthonormal); attention rotates q the same way, so
+    # q.k is unchanged while outlier channels spread over all of d. Costs no bytes.
+    rotation: str | None = None
 
     def __post_init__(self) -> None:
         if self.element.is_integer and not self.granularity.in_page:
@@ -81,6 +83,8 @@ class TensorQuant:
             raise ValueError("group_size applies to per_token_head scaling only")
         if self.group_size is not None and self.group_size <= 0:
             raise ValueError("group_size must be positive")
+        if self.rotation not in (None, "hadamard"):
+            raise ValueError(f"unknown rotation {self.rotation!r}")
 
     @property
     def meta_bytes_per_group(self) -> int:
@@ -117,6 +121,8 @@ class TensorQuant:
             parts.append(f"g{self.group_size}")
         if self.element.is_integer:
             parts.append("sym" if self.symmetric else "asym")
+        if self.rotation:
+            parts.append(self.rotation)
         return "/".join(parts)
 
 
@@ -221,15 +227,14 @@ _INT8 = TensorQuant(Element.INT8, Granularity.PER_TOKEN_HEAD)
 _INT4 = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False)
 _INT4_G32 = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, group_size=32, symmetric=False)
 _INT4_KEYS_PER_CHANNEL = TensorQuant(Element.INT4, Granularity.PER_CHANNEL, symmetric=False)
+_INT4_ROTATED = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False, rotation="hadamard")
 
 FORMATS: dict[str, KVFormat] = {
     f.name: f
     for f in (
         KVFormat("bf16", _PLAIN_BF16, _PLAIN_BF16, "BF16 baseline", vllm_native_dtype="auto"),
         KVFormat("fp16", _PLAIN_FP16, _PLAIN_FP16, "FP16", vllm_native_dtype="float16"),
-        KVFormat(
-            "fp8_e4m3", _FP8, _FP8, "FP8 E4M3, static per-tensor scale", vllm_native_dtype="fp8_e4m3"
-        ),
+        KVFormat("fp8_e4m3", _FP8, _FP8, "FP8 E4M3, static per-tensor scale", vllm_native_dtype="fp8_e4m3"),
         KVFormat("int8", _INT8, _INT8, "INT8, symmetric fp32 scale per token-head"),
         KVFormat("int4", _INT4, _INT4, "INT4, asymmetric fp16 scale+zero per token-head"),
         KVFormat("int4_g32", _INT4_G32, _INT4_G32, "INT4, groups of 32 along head_dim"),
@@ -240,6 +245,12 @@ FORMATS: dict[str, KVFormat] = {
             "INT4 KIVI-style: keys per channel per page, values per token-head",
         ),
         KVFormat("k8v4", _INT8, _INT4, "mixed: K int8, V int4 per token-head"),
+        KVFormat(
+            "int4_hadamard",
+            _INT4_ROTATED,
+            _INT4,
+            "INT4 per token-head, keys Hadamard-rotated (outlier channels spread), same bytes as int4",
+        ),
     )
 }
 

