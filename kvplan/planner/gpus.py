@@ -1,0 +1,91 @@
+"""GPU catalog: CUDA-visible memory (what vLLM's utilisation multiplies), bandwidth and FLOP rates.
+
+Memory is what `torch.cuda.mem_get_info()` reports as total, not the marketing figure: an
+"80 GB" H100 shows 79.18 GiB. Figures marked measured come from facts.md / a device run; the
+others are the marketing capacity less the same ~1.0% the measured cards lose, and say so.
+FLOP rates are dense (no 2:4 sparsity). Prices live in the dated price file, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvplan.errors import InputError, NotFound, closest
+
+GIB = 1 << 30
+TB = 10**12
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    visible_memory_bytes: int
+    bandwidth_bytes_s: float
+    bf16_flops: float
+    fp8_flops: float
+    fp8_supported: bool
+    price_per_hour: float  # default on-demand $/GPU-hour; the price file overrides
+    memory_source: str = "estimated"  # "measured" when read from a real card
+    description: str = ""
+
+    @property
+    def visible_memory_gib(self) -> float:
+        return self.visible_memory_bytes / GIB
+
+    def with_memory(self, nbytes: int) -> GpuSpec:
+        from dataclasses import replace
+
+        return replace(self, visible_memory_bytes=nbytes, memory_source="override")
+
+
+def _gib(x: float) -> int:
+    return round(x * GIB)
+
+
+GPUS: dict[str, GpuSpec] = {
+    g.name: g
+    for g in (
+        GpuSpec("h100", _gib(79.18), 3.35 * TB, 989e12, 1979e12, True, 2.99, "measured", "H100 SXM 80GB"),
+        GpuSpec(
+            "h100-pcie", _gib(79.18), 2.0 * TB, 756e12, 1513e12, True, 2.49, "estimated", "H100 PCIe 80GB"
+        ),
+        GpuSpec("h200", _gib(139.80), 4.8 * TB, 989e12, 1979e12, True, 3.79, "measured", "H200 141GB"),
+        GpuSpec("b200", _gib(178.36), 8.0 * TB, 2250e12, 4500e12, True, 5.99, "estimated", "B200 180GB"),
+        GpuSpec("a100-80gb", _gib(79.20), 2.039 * TB, 312e12, 0.0, False, 1.79, "measured", "A100 SXM 80GB"),
+        GpuSpec("a100-40gb", _gib(39.39), 1.555 * TB, 312e12, 0.0, False, 1.29, "estimated", "A100 40GB"),
+        GpuSpec("l40s", _gib(44.99), 0.864 * TB, 362e12, 733e12, True, 1.19, "measured", "L40S 48GB"),
+        GpuSpec("l4", _gib(22.49), 0.3 * TB, 121e12, 242e12, True, 0.69, "measured", "L4 24GB"),
+        GpuSpec("a10g", _gib(22.07), 0.6 * TB, 70e12, 0.0, False, 1.01, "estimated", "A10G 24GB (AWS)"),
+        GpuSpec(
+            "rtx-4090", _gib(23.64), 1.008 * TB, 165e12, 330e12, True, 0.69, "estimated", "RTX 4090 24GB"
+        ),
+        GpuSpec("mi300x", _gib(191.98), 5.3 * TB, 1307e12, 2615e12, True, 3.49, "estimated", "MI300X 192GB"),
+    )
+}
+
+GPU_ALIASES: dict[str, str] = {
+    "h100-sxm": "h100",
+    "h100-80gb": "h100",
+    "h100-sxm5": "h100",
+    "h200-141gb": "h200",
+    "a100": "a100-80gb",
+    "a100-sxm": "a100-80gb",
+    "4090": "rtx-4090",
+}
+
+
+def get_gpu(spec: str) -> tuple[GpuSpec, int]:
+    """`h100` -> (H100, 1); `h100:8` -> (H100, 8 GPUs)."""
+    name, _, count_text = spec.strip().lower().partition(":")
+    count = 1
+    if count_text:
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise InputError(f"GPU count in {spec!r} must be an integer, like h100:8") from None
+        if count <= 0:
+            raise InputError(f"GPU count in {spec!r} must be positive")
+    key = GPU_ALIASES.get(name, name)
+    if key not in GPUS:
+        raise NotFound(f"unknown GPU {name!r}" + closest(name, [*GPUS, *GPU_ALIASES]))
+    return GPUS[key], count
