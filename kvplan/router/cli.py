@@ -1,10 +1,62 @@
-"""`kvplan` subcommands for the router part (imports only typer at module level)."""
+"""`kvplan serve`: the routing gateway (imports only typer at module level)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
+def serve(
+    plan: Annotated[Path, typer.Option("--plan", help="pool plan (pools.yaml); re-read when it changes")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="port (0: any free port; the line printed at start says which)")
+    ] = 8000,
+    flag_store: Annotated[
+        str | None, typer.Option("--flag-store", help="flag store URL (redis://...); default: in memory")
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None, typer.Option(help="file with the admin bearer token (else $KVPLAN_ADMIN_TOKEN)")
+    ] = None,
+    cohort_header: Annotated[
+        str | None, typer.Option(help="header whose value is the cohort key (before `user` and API key)")
+    ] = None,
+    provenance_log: Annotated[
+        str | None, typer.Option(help="file for one JSON record per request ('-': stderr)")
+    ] = None,
+    max_body: Annotated[int, typer.Option(help="request body limit in bytes (413 above)")] = 4 * 1024 * 1024,
+    max_in_flight: Annotated[
+        int, typer.Option(help="per-endpoint concurrency bound when the pool sets no max_concurrency")
+    ] = 256,
+    first_byte_timeout: Annotated[
+        float, typer.Option(help="seconds to wait for an upstream response head")
+    ] = 300.0,
+    idle_timeout: Annotated[float, typer.Option(help="seconds without upstream bytes mid-response")] = 120.0,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to open an upstream connection")] = 2.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run the OpenAI-compatible gateway in front of the plan's pools."""
+    from kvplan.router.run import run
+
+    run(
+        plan_path=plan,
+        host=host,
+        port=port,
+        flag_store=flag_store,
+        admin_token_file=admin_token_file,
+        cohort_header=cohort_header,
+        provenance_log=provenance_log,
+        max_body=max_body,
+        max_in_flight=max_in_flight,
+        first_byte_timeout=first_byte_timeout,
+        idle_timeout=idle_timeout,
+        connect_timeout=connect_timeout,
+        log_level=log_level,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this part's subcommands to the top-level app."""
-    del app
+    app.command("serve")(serve)

@@ -1,0 +1,166 @@
+"""The admin API under /admin: read the plan and the flag state, set weights, kill and unkill.
+
+Every call needs `Authorization: Bearer <token>` (compared in constant time); without a
+configured token the API refuses everything. Every mutation goes through the flag store (which
+audits it) and is logged here with actor, before, after and reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from kvplan.control.state import BucketFlags
+from kvplan.router.api_errors import ApiError, invalid
+
+if TYPE_CHECKING:
+    from kvplan.router.app import Router
+    from kvplan.router.server import Connection, Request
+
+log = logging.getLogger("kvplan.router.admin")
+JSON = (b"content-type", b"application/json")
+
+
+def _authorize(router: Router, req: Request) -> None:
+    token = router.settings.admin_token
+    given = req.headers.get(b"authorization", b"")
+    scheme, _, value = given.partition(b" ")
+    if token is None:
+        raise ApiError(
+            401,
+            "The admin API is disabled: start the router with --admin-token-file or KVPLAN_ADMIN_TOKEN.",
+            type="authentication_error",
+            code="admin_disabled",
+        )
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), token.encode()):
+        raise ApiError(
+            401,
+            "Missing or wrong admin token: send 'Authorization: Bearer <token>'.",
+            type="authentication_error",
+            code="invalid_api_key",
+        )
+
+
+def _flags(f: BucketFlags) -> dict[str, Any]:
+    return {**asdict(f), "effective_weight": f.effective_weight}
+
+
+def state(router: Router) -> dict[str, Any]:
+    snap = router.store.snapshot()
+    buckets = {name: _flags(router.table.flags(snap, name)) for name in router.table.defaults}
+    endpoints = [
+        {
+            "pool": ep.pool,
+            "url": ep.url,
+            "healthy": ep.healthy,
+            "in_flight": ep.in_flight,
+            "max_in_flight": ep.max_in_flight,
+            "waiting": ep.waiting,
+            "kv_cache_usage": ep.kv_usage,
+        }
+        for ep in router.table.endpoints.values()
+    ]
+    return {
+        "version": snap.version,
+        "epoch": snap.epoch,
+        "source": snap.source,
+        "buckets": buckets,
+        "endpoints": endpoints,
+    }
+
+
+def _body(req: Request) -> dict[str, Any]:
+    if not req.body:
+        return {}
+    try:
+        data = json.loads(req.body)
+    except ValueError as exc:
+        raise invalid(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid("The request body must be a JSON object.")
+    return data
+
+
+def _text(data: dict[str, Any], name: str, default: str) -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str):
+        raise invalid(f"'{name}' must be a string", param=name)
+    return value
+
+
+async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dict[str, Any]:
+    data = _body(req)
+    actor = _text(data, "actor", "admin-api")
+    reason = _text(data, "reason", "")
+    if bucket not in router.table.defaults:
+        known = ", ".join(router.table.defaults)
+        raise ApiError(
+            404, f"Unknown bucket '{bucket}'. Buckets: {known}", param="bucket", code="bucket_not_found"
+        )
+    before = router.table.flags(router.store.snapshot(), bucket)
+    if action == "weight":
+        weight = data.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise invalid(f"'weight' must be an integer within 0..100, got {weight!r}", param="weight")
+        after = await router.store.set_weight(bucket, weight, actor, reason)
+    elif action == "kill":
+        after = await router.store.kill(bucket, actor, reason)
+    else:
+        after = await router.store.unkill(bucket, actor, reason)
+    log.warning(
+        "admin %s bucket=%s actor=%s reason=%r before=%s after=%s",
+        action,
+        bucket,
+        actor,
+        reason,
+        json.dumps(_flags(before)),
+        json.dumps(_flags(after)),
+    )
+    return {
+        "bucket": bucket,
+        "before": _flags(before),
+        "after": _flags(after),
+        "version": router.store.snapshot().version,
+    }
+
+
+async def handle(router: Router, req: Request, conn: Connection) -> None:
+    _authorize(router, req)
+    parts = req.path.strip("/").split("/")  # ["admin", ...]
+    method = req.method
+    result: Any
+    if method == b"GET" and parts == ["admin", "plan"]:
+        result = json.loads(router.table.plan.model_dump_json())
+    elif method == b"GET" and parts == ["admin", "state"]:
+        result = state(router)
+    elif method == b"GET" and parts == ["admin", "history"]:
+        query = parse_qs(req.query)
+        bucket = query.get("bucket", [None])[0]
+        try:
+            limit = int(query.get("limit", ["100"])[0])
+        except ValueError:
+            raise invalid("'limit' must be an integer", param="limit") from None
+        entries = await router.store.history(bucket, limit)
+        result = {"entries": [asdict(e) for e in entries]}
+    elif (
+        method == b"POST"
+        and len(parts) == 4
+        and parts[1] == "buckets"
+        and parts[3] in ("weight", "kill", "unkill")
+    ):
+        result = await _mutate(router, req, parts[2], parts[3])
+    elif method == b"POST" and parts == ["admin", "reload"]:
+        if router.plan_path is None:
+            raise invalid("This router was not started from a plan file.")
+        if not router.reload():
+            raise invalid("The plan file is invalid; the current plan stays (see the router log).")
+        result = {"reloaded": True, "buckets": [b.name for b in router.table.plan.buckets]}
+    else:
+        raise ApiError(
+            404, f"Unknown admin call {method.decode()} {req.path}.", code="not_found", reason="not_found"
+        )
+    conn.respond(200, [JSON], json.dumps(result).encode())

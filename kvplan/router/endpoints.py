@@ -1,0 +1,123 @@
+"""Endpoints of a pool: their live state, and the choice of one by power of two choices.
+
+The state is written by the proxy (in-flight, passive ejection) and by the monitor (health
+probes, scraped vLLM load); the choice functions only read it and take the clock and the random
+source as arguments, so they are tested without any I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """When an endpoint counts as saturated (besides being at its concurrency bound)."""
+
+    waiting: float = 8.0  # scraped vllm:num_requests_waiting at or above this
+    kv_usage: float = 0.95  # scraped vllm:kv_cache_usage_perc at or above this
+    stale_after: float = 3.0  # seconds without a successful scrape: stale, counts as saturated
+
+
+class Endpoint:
+    """One vLLM server of one pool."""
+
+    __slots__ = (
+        "address",
+        "failures",
+        "healthy",
+        "host_header",
+        "in_flight",
+        "kv_usage",
+        "max_in_flight",
+        "pool",
+        "scraped_at",
+        "url",
+        "waiting",
+    )
+
+    def __init__(self, pool: str, url: str, max_in_flight: int) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"endpoint {url!r}: only plain http:// endpoints are supported")
+        self.pool = pool
+        self.url = url
+        self.address = (parts.hostname, parts.port or 80)
+        self.host_header = parts.netloc.encode()
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.healthy = True  # until a probe or a request says otherwise
+        self.failures = 0  # consecutive 5xx
+        self.waiting = 0.0
+        self.kv_usage = 0.0
+        self.scraped_at = -1e18  # loop time of the last successful scrape (never: stale)
+
+    def stale(self, now: float, sat: Saturation) -> bool:
+        return now - self.scraped_at > sat.stale_after
+
+    def full(self) -> bool:
+        return self.in_flight >= self.max_in_flight
+
+    def overloaded(self, now: float, sat: Saturation) -> bool:
+        """Saturated by scraped load (stale load counts as saturated)."""
+        return self.stale(now, sat) or self.waiting >= sat.waiting or self.kv_usage >= sat.kv_usage
+
+    def score(self, now: float, sat: Saturation) -> float:
+        """Lower is better: own in-flight plus the endpoint's queue; stale load is worst."""
+        if self.stale(now, sat):
+            return 1e9 + self.in_flight
+        return self.in_flight + 2.0 * self.waiting + (8.0 if self.kv_usage >= sat.kv_usage else 0.0)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.pool}, {self.url}, healthy={self.healthy}, in_flight={self.in_flight})"
+
+
+class Availability(enum.Enum):
+    """A pool as the policy sees it."""
+
+    AVAILABLE = "available"
+    SATURATED = "saturated"  # every healthy endpoint full or loaded
+    STALE = "stale"  # no fresh load data for any healthy endpoint
+    UNHEALTHY = "unhealthy"  # no healthy endpoint
+
+
+def availability(endpoints: Sequence[Endpoint], now: float, sat: Saturation) -> Availability:
+    healthy = [e for e in endpoints if e.healthy]
+    if not healthy:
+        return Availability.UNHEALTHY
+    fresh = [e for e in healthy if not e.stale(now, sat)]
+    if not fresh:
+        return Availability.STALE
+    if all(e.full() or e.overloaded(now, sat) for e in fresh):
+        return Availability.SATURATED
+    return Availability.AVAILABLE
+
+
+def choose(
+    endpoints: Sequence[Endpoint],
+    now: float,
+    sat: Saturation,
+    rng: random.Random,
+    exclude: Sequence[Endpoint] = (),
+) -> Endpoint | None:
+    """Power of two choices over healthy endpoints with room; None when there is none."""
+    eligible = [e for e in endpoints if e.healthy and e.in_flight < e.max_in_flight and e not in exclude]
+    n = len(eligible)
+    if n <= 1:
+        return eligible[0] if n else None
+    i = rng.randrange(n)
+    j = rng.randrange(n - 1)
+    if j >= i:
+        j += 1
+    a, b = eligible[i], eligible[j]
+    return a if a.score(now, sat) <= b.score(now, sat) else b
+
+
+def all_full(endpoints: Sequence[Endpoint]) -> bool:
+    """Every healthy endpoint at its concurrency bound (the router answers 429, not 503)."""
+    healthy = [e for e in endpoints if e.healthy]
+    return bool(healthy) and all(e.full() for e in healthy)

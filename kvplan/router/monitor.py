@@ -1,0 +1,65 @@
+"""Background I/O: health probes and vLLM load scrapes of every endpoint (about once a second).
+
+A failed /health (or no connection) marks the endpoint unhealthy; the next 200 brings it back,
+so probes double as recovery probes for endpoints the proxy ejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from kvplan import vllm_metrics
+from kvplan.router.endpoints import Endpoint
+from kvplan.router.upstream import UpstreamError, UpstreamPool, fetch
+
+log = logging.getLogger("kvplan.router")
+
+
+def parse_load(text: str) -> tuple[float, float]:
+    """(requests waiting summed over engines, highest KV-cache usage) from a vLLM /metrics page."""
+    waiting, kv_usage = 0.0, 0.0
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        for name in (vllm_metrics.NUM_REQUESTS_WAITING, vllm_metrics.KV_CACHE_USAGE):
+            if line.startswith(name) and line[len(name)] in "{ ":
+                value = float(line.rpartition("}")[2].split()[0] if "}" in line else line.split()[1])
+                if name == vllm_metrics.NUM_REQUESTS_WAITING:
+                    waiting += value
+                else:
+                    kv_usage = max(kv_usage, value)
+    return waiting, kv_usage
+
+
+async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        status, _ = await asyncio.wait_for(fetch(pool, ep.address, "/health", timeout), timeout)
+        healthy = status == 200
+    except Exception:  # any failure to answer /health means unhealthy
+        healthy = False
+    if healthy != ep.healthy:
+        log.warning(
+            "endpoint %s of pool %s is now %s", ep.url, ep.pool, "healthy" if healthy else "unhealthy"
+        )
+    ep.healthy = healthy
+    if healthy:
+        ep.failures = 0
+    else:
+        return
+    try:
+        status, body = await asyncio.wait_for(fetch(pool, ep.address, "/metrics", timeout), timeout)
+    except (UpstreamError, TimeoutError, OSError):
+        return
+    if status == 200:
+        try:
+            ep.waiting, ep.kv_usage = parse_load(body.decode("utf-8", "replace"))
+        except (ValueError, IndexError):
+            return
+        ep.scraped_at = loop.time()
+
+
+async def probe_all(endpoints: Iterable[Endpoint], pool: UpstreamPool, timeout: float) -> None:
+    await asyncio.gather(*(probe(ep, pool, timeout) for ep in endpoints))

@@ -1,0 +1,35 @@
+"""The policy interface: given a bucket's flags, the cohort and the pools' availability, pick a pool.
+
+A policy is pure: loads and flags are pushed in (`PolicyInput`), it never fetches anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvplan.control.state import BucketFlags
+from kvplan.router.endpoints import Availability
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    bucket: str
+    flags: BucketFlags
+    percentile: int  # the cohort's stable 1..100 percentile within this bucket (facts.md §6)
+    availability: Callable[[str], Availability]  # pool name -> how that pool looks right now
+
+
+@dataclass(frozen=True)
+class Decision:
+    pool: str
+    reason: str  # one of kvplan.router.metrics.DECISION_REASONS
+
+
+class Policy(Protocol):
+    """One required method. Policies are registered by name in kvplan.router.policy."""
+
+    name: str
+
+    def select(self, inp: PolicyInput) -> Decision: ...

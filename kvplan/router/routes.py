@@ -1,0 +1,157 @@
+"""The route table built from a plan, and the routing decision: bucket, then pool.
+
+Pure: `decide` reads the plan-derived table, the flag snapshot and the endpoints' state, and
+returns a `Route`; it does no I/O, so it is tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvplan.control.cohort import percentile
+from kvplan.control.state import BucketFlags, FlagSnapshot, defaults_from_plan
+from kvplan.formats import get_format
+from kvplan.plan import Bucket, Plan, Pool
+from kvplan.router.api_errors import ApiError
+from kvplan.router.endpoints import Availability, Endpoint, Saturation, availability
+from kvplan.router.inputs import CHAT, Completion
+from kvplan.router.policy import Policy, PolicyInput, get_policy
+from kvplan.router.tokens import EstimateCounter, TokenCounter, TokenizerCounter, count_chat, count_prompt
+
+
+@dataclass(frozen=True)
+class PoolRoute:
+    pool: Pool
+    regime: str  # X-KV-Regime, from kvplan.formats
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+
+@dataclass(frozen=True)
+class BucketRoute:
+    bucket: Bucket
+    policy: Policy
+    model: str
+
+
+@dataclass(frozen=True)
+class Route:
+    bucket: BucketRoute
+    pool: PoolRoute
+    reason: str
+    prompt_tokens: int
+    needed_tokens: int
+
+
+EndpointKey = tuple[str, str]  # (pool, url)
+
+
+class RouteTable:
+    """Everything derived from one plan. A reload builds a new table; endpoint state carries over."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        plan_dir: Path | None = None,
+        previous: Mapping[EndpointKey, Endpoint] | None = None,
+        default_max_in_flight: int = 256,
+    ) -> None:
+        self.plan = plan
+        self.defaults = defaults_from_plan(plan)
+        previous = previous or {}
+        self.endpoints: dict[EndpointKey, Endpoint] = {}
+        self.pools: dict[str, PoolRoute] = {}
+        for pool in plan.pools:
+            eps = []
+            for url in pool.endpoints:
+                ep = previous.get((pool.name, url)) or Endpoint(pool.name, url, default_max_in_flight)
+                ep.max_in_flight = pool.max_concurrency or default_max_in_flight
+                self.endpoints[(pool.name, url)] = ep
+                eps.append(ep)
+            self.pools[pool.name] = PoolRoute(pool, get_format(pool.kv_format).regime, tuple(eps))
+        self.buckets: dict[str, list[BucketRoute]] = {}  # model -> buckets by max_tokens
+        for bucket in plan.buckets:
+            model = bucket.baseline.model_name
+            self.buckets.setdefault(model, []).append(BucketRoute(bucket, get_policy(bucket.policy), model))
+        self.models = tuple(self.buckets)
+        self.counters: dict[str, TokenCounter] = {m: EstimateCounter() for m in self.models}
+        for pool in plan.pools:
+            if pool.tokenizer and isinstance(self.counters.get(pool.model_name), EstimateCounter):
+                path = Path(pool.tokenizer)
+                if not path.is_absolute() and plan_dir is not None:
+                    path = plan_dir / path
+                self.counters[pool.model_name] = TokenizerCounter(str(path))
+        max_len = {m: max(b.bucket.max_tokens for b in bs) for m, bs in self.buckets.items()}
+        self.models_body = json.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": m,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "kvplan",
+                        "max_model_len": max_len[m],
+                    }
+                    for m in self.models
+                ],
+            }
+        ).encode()
+
+    def flags(self, snapshot: FlagSnapshot, bucket: str) -> BucketFlags:
+        """The snapshot's flags; a bucket new in a reloaded plan, unknown to the store, uses the plan's."""
+        return snapshot.buckets.get(bucket) or self.defaults[bucket]
+
+    def count(self, comp: Completion) -> int:
+        counter = self.counters[comp.model]
+        if comp.kind == CHAT:
+            assert comp.messages is not None
+            return count_chat(counter, comp.messages)
+        return count_prompt(counter, comp.prompt)
+
+    def decide(
+        self, comp: Completion, cohort_key: str, snapshot: FlagSnapshot, now: float, sat: Saturation
+    ) -> Route:
+        buckets = self.buckets.get(comp.model)
+        if buckets is None:
+            known = ", ".join(self.models)
+            raise ApiError(
+                404,
+                f"The model '{comp.model}' does not exist. Available models: {known}",
+                param="model",
+                code="model_not_found",
+                reason="model_not_found",
+            )
+        prompt = self.count(comp)
+        needed = prompt + (comp.max_tokens or self.plan.default_max_tokens)
+        chosen = next((b for b in buckets if needed <= b.bucket.max_tokens), None)
+        if chosen is None:
+            largest = buckets[-1].bucket.max_tokens
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {largest} tokens. However, you requested "
+                f"{needed} tokens ({prompt} in the messages, {needed - prompt} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages" if comp.kind == CHAT else "prompt",
+                code="context_length_exceeded",
+                reason="context_length_exceeded",
+            )
+        name = chosen.bucket.name
+        pools = self.pools
+
+        def pool_state(pool: str) -> Availability:
+            return availability(pools[pool].endpoints, now, sat)
+
+        decision = chosen.policy.select(
+            PolicyInput(name, self.flags(snapshot, name), percentile(cohort_key, name), pool_state)
+        )
+        pool = pools.get(decision.pool)
+        if pool is None:  # the store names a pool this plan no longer has: serve from the plan's baseline
+            return Route(chosen, pools[chosen.bucket.baseline.name], "fallback", prompt, needed)
+        return Route(chosen, pool, decision.reason, prompt, needed)
