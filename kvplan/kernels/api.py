@@ -1,0 +1,278 @@
+"""What the vLLM plugin calls: cache write and paged attention, Triton on CUDA, reference on CPU.
+
+Signatures match `kvplan.kernels.reference`. `backend="auto"` picks Triton for CUDA tensors and the
+torch reference otherwise; `backend="triton"` forces the kernels (on CPU only under
+TRITON_INTERPRET=1, which is how CI tests them). Shapes, dtypes, head_dim and page size are
+checked before any launch and rejected with ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import triton
+import triton.language as tl
+
+from kvplan.formats import Element, Granularity, KVFormat, TensorQuant
+from kvplan.kernels import reference
+from kvplan.kernels.reference import KiviStage
+
+_LOG2E = 1.4426950408889634
+_MIN_TOKENS_PER_SPLIT = 256
+
+
+def triton_supports(fmt: KVFormat) -> bool:
+    """Formats with a Triton path: per-token-head scales without groups, fp8, bf16/fp16."""
+    return all(_kind(side) is not None for side in (fmt.k, fmt.v)) and fmt.v.rotation is None
+
+
+def _kind(side: TensorQuant) -> int | None:
+    from kvplan.kernels import triton_kernels as tk
+
+    el = side.element
+    if el in (Element.BF16, Element.FP16):
+        return tk.PLAIN
+    if el is Element.FP8_E4M3:
+        return tk.FP8
+    if side.granularity is not Granularity.PER_TOKEN_HEAD or side.group_size not in (None,):
+        return None
+    if el is Element.INT8 and side.symmetric:
+        return tk.INT8
+    if el is Element.INT4 and not side.symmetric:
+        return tk.INT4
+    return None
+
+
+def _use_triton(t: torch.Tensor, fmt: KVFormat, backend: str) -> bool:
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be auto, triton or reference; got {backend!r}")
+    if backend == "reference":
+        return False
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "triton":
+        if not triton_supports(fmt):
+            raise ValueError(f"no Triton kernel for {fmt.name}; use backend='reference'")
+        if not (t.is_cuda or interp):
+            raise ValueError("backend='triton' needs CUDA tensors or TRITON_INTERPRET=1")
+        return True
+    return t.is_cuda and triton_supports(fmt)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Constexpr arguments shared by both kernels for one (format, head_dim, page)."""
+
+    k_kind: int
+    v_kind: int
+    k_code: int
+    v_code: int
+    k_meta: int
+    v_meta: int
+    page_nbytes: int
+
+
+@lru_cache(maxsize=256)
+def _plan(fmt: KVFormat, head_dim: int, block_size: int) -> _Plan:
+    layout = fmt.head_page(head_dim, block_size)
+    k_kind, v_kind = _kind(fmt.k), _kind(fmt.v)
+    assert k_kind is not None and v_kind is not None
+    return _Plan(
+        k_kind,
+        v_kind,
+        layout.region("k_codes").offset,
+        layout.region("v_codes").offset,
+        layout.region("k_meta").offset,
+        layout.region("v_meta").offset,
+        layout.nbytes,
+    )
+
+
+def _views(cache: torch.Tensor, fmt: KVFormat) -> tuple[torch.Tensor, ...]:
+    flat = cache.view(-1)
+    p16 = torch.float16 if fmt.k.element is Element.FP16 else torch.bfloat16
+    return flat, flat.view(p16), flat.view(torch.float16), flat.view(torch.float32)
+
+
+def _static(scale: torch.Tensor | float | None, hkv: int, device: torch.device) -> torch.Tensor:
+    s = torch.as_tensor(1.0 if scale is None else scale, dtype=torch.float32, device=device).flatten()
+    if s.numel() not in (1, hkv):
+        raise ValueError(f"static scale must have 1 or {hkv} (KV heads) elements, got {s.numel()}")
+    return s.expand(hkv).contiguous()
+
+
+def _check_static_scales(fmt: KVFormat, k_scale: object, v_scale: object) -> None:
+    for side, s, n in ((fmt.k, k_scale, "k_scale"), (fmt.v, v_scale, "v_scale")):
+        if s is not None and side.granularity.in_page:
+            raise ValueError(f"{fmt.name} keeps its scales in the pages; {n} must be None")
+
+
+def write_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    fmt: KVFormat,
+    block_size: int,
+    k_scale: torch.Tensor | float | None = None,
+    v_scale: torch.Tensor | float | None = None,
+    kivi_stage: KiviStage | None = None,
+    backend: str = "auto",
+) -> None:
+    """Quantize key/value [T, Hkv, D] into the pages at slot_mapping [T] (-1 = skip)."""
+    reference.check_shapes_for_write(key, value, kv_cache, slot_mapping)
+    cache = reference.check_cache(kv_cache, fmt, key.shape[-1], block_size)
+    _check_static_scales(fmt, k_scale, v_scale)
+    if not _use_triton(key, fmt, backend):
+        reference.write_kv(key, value, cache, slot_mapping, fmt, block_size, k_scale, v_scale, kivi_stage)
+        return
+    from kvplan.kernels import triton_kernels as tk
+
+    t, hkv, d = key.shape
+    if t == 0:
+        return
+    if key.stride(-1) != 1 or value.stride(-1) != 1:
+        raise ValueError("key and value must be contiguous along head_dim")
+    p = _plan(fmt, d, block_size)
+    u8, p16, f16, f32 = _views(cache, fmt)
+    rot = (reference.hadamard(d // 2, key.device) * math.sqrt((d // 2) / d)).contiguous()
+    block_t = 16
+    tk.write_kernel[(triton.cdiv(t, block_t), hkv)](
+        key, value, slot_mapping, u8, p16, f16, f32, rot,
+        _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
+        t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        HKV=hkv, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
+        K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard",
+        K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
+        BLOCK_T=block_t, DOT_PREC="ieee",
+    )  # fmt: skip
+
+
+def paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    fmt: KVFormat,
+    block_size: int,
+    scale: float,
+    k_scale: torch.Tensor | float | None = None,
+    v_scale: torch.Tensor | float | None = None,
+    kivi_stage: KiviStage | None = None,
+    backend: str = "auto",
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal paged attention -> [Tq, Hq, D] in the query's dtype (see reference.paged_attention).
+
+    max_query_len / max_seq_len avoid a device sync when the caller knows them (vLLM does).
+    """
+    reference.check_shapes_for_attention(query, kv_cache, block_table, seq_lens, query_start_loc)
+    d = query.shape[-1]
+    cache = reference.check_cache(kv_cache, fmt, d, block_size)
+    _check_static_scales(fmt, k_scale, v_scale)
+    if not _use_triton(query, fmt, backend):
+        res = reference.paged_attention(
+            query, cache, block_table, seq_lens, query_start_loc, fmt, block_size, scale,
+            k_scale, v_scale, kivi_stage,
+        )  # fmt: skip
+        if out is not None:
+            out.copy_(res)
+            return out
+        return res
+    return _attention_triton(
+        query, cache, block_table, seq_lens, query_start_loc, fmt, block_size, scale,
+        k_scale, v_scale, max_query_len, max_seq_len, num_splits, out,
+    )  # fmt: skip
+
+
+def _attention_triton(
+    query: torch.Tensor,
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    fmt: KVFormat,
+    block_size: int,
+    scale: float,
+    k_scale: torch.Tensor | float | None,
+    v_scale: torch.Tensor | float | None,
+    max_query_len: int | None,
+    max_seq_len: int | None,
+    num_splits: int | None,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    from kvplan.kernels import triton_kernels as tk
+
+    tq, hq, d = query.shape
+    hkv = cache.shape[1]
+    group = hq // hkv
+    b = seq_lens.shape[0]
+    if query.stride(-1) != 1:
+        raise ValueError("query must be contiguous along head_dim")
+    if out is None:
+        out = torch.empty_like(query)
+    if tq == 0 or b == 0:
+        return out
+    if fmt.k.rotation == "hadamard":  # keys are stored rotated: rotate q the same way
+        query = (query.float() @ reference.hadamard(d, query.device)).to(query.dtype)
+    if max_query_len is None:
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max())
+    p = _plan(fmt, d, block_size)
+    block_q = max(1, min(triton.next_power_of_2(max(max_query_len, 1)), max(1, 64 // group)))
+    num_qb = triton.cdiv(max(max_query_len, 1), block_q)
+    block_m = max(16, triton.next_power_of_2(block_q * group))
+    block_n = 64 if d <= 128 else 32
+    if num_splits is None:
+        num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, query.device)
+    tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
+    num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
+    u8, p16, f16, f32 = _views(cache, fmt)
+    dt, magic, magic_off = _DOT_TYPES[query.dtype]
+    if num_splits > 1:
+        o_part = torch.empty(num_splits, tq, hq, d, dtype=torch.float32, device=query.device)
+        m_part = torch.empty(num_splits, tq, hq, dtype=torch.float32, device=query.device)
+        l_part = torch.empty_like(m_part)
+    else:
+        o_part = m_part = l_part = out  # unused
+    tk.attention_kernel[(b * num_qb, hkv, num_splits)](
+        query, out, o_part, m_part, l_part, u8, p16, f16, f32, block_table, seq_lens,
+        query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
+        scale * _LOG2E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        block_table.stride(0), tq, hq,
+        HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
+        K_KIND=p.k_kind, V_KIND=p.v_kind, K_CODE=p.k_code, V_CODE=p.v_code,
+        K_META=p.k_meta, V_META=p.v_meta, NUM_QB=num_qb, BLOCK_Q=block_q, BLOCK_M=block_m,
+        BLOCK_N=block_n, TOKENS_PER_SPLIT=tps, SPLITS=num_splits, DT=dt,
+        DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32", MAGIC=magic, MAGIC_OFF=magic_off,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    if num_splits > 1:
+        tk.combine_kernel[(tq, hq)](
+            out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
+            D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits),
+        )  # fmt: skip
+    return out
+
+
+def _choose_splits(programs: int, max_seq_len: int, device: torch.device) -> int:
+    """Enough context splits that the grid covers the GPU about twice (flash-decoding)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    want = int(triton.cdiv(2 * sms, programs))
+    return max(1, min(want, max_seq_len // _MIN_TOKENS_PER_SPLIT))
+
+
+# query dtype -> (dot dtype, int4 magic-number bits, the value they add); fp32 converts plainly
+_DOT_TYPES = {
+    torch.bfloat16: (tl.bfloat16, 0x4300, 128.0),
+    torch.float16: (tl.float16, 0x6400, 1024.0),
+    torch.float32: (tl.float32, 0, 0.0),
+}

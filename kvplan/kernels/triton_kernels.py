@@ -1,0 +1,299 @@
+"""Triton kernels: quantize-on-write into pages, and paged decode attention with fused dequant.
+
+Both kernels address a head page by bytes: page (block, kv head) starts at
+(block * Hkv + head) * page_nbytes, and the regions' offsets come from `kvplan.formats`. The same
+uint8 cache is passed under several dtype views (u8, the 16-bit code dtype, fp16, fp32) so each
+region is read with its own element type; offsets are 16-byte aligned, so the divisions are exact.
+
+Every side (K or V) is handled in two halves of head_dim: int4 packs channel j with channel
+j + d/2 in one byte, so a page row unpacks into the two halves with one mask and one shift, and
+the other formats simply load the halves (two dots of depth d/2 instead of one of depth d).
+
+Scales are folded, never applied per element:
+  int8   s = scale_t * (q . c_t)                       o = sum_t (p_t scale_t) c_t
+  int4   s = scale_t * (q . c'_t) + zero'_t * sum(q)   o = sum_t (p_t scale_t) c'_t + sum_t p_t zero'_t
+  fp8    the static per-head scale goes into the softmax scale and the final output.
+int4 codes become bf16/fp16 by OR-ing the nibble into the mantissa of 128.0 (bf16, MAGIC 0x4300)
+or 1024.0 (fp16, 0x6400): c' = c + MAGIC_OFF exactly, with no int->float conversion; the offset is
+folded into the zero point for K (zero' = zero - MAGIC_OFF * scale) and taken out of V's sum with
+the same rounded probabilities the dot used.
+"""
+
+# mypy: disable-error-code="no-untyped-def, untyped-decorator"
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# side kinds (constexpr): how one of K or V is stored
+PLAIN, FP8, INT8, INT4 = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------------------------
+# cache write
+
+
+@triton.jit
+def _quant_store(
+    x_lo, x_hi, c_u8, c_p16, c_f16, c_f32, base, o, t_mask, static_inv,
+    KIND: tl.constexpr, CODE_OFF: tl.constexpr, META_OFF: tl.constexpr,
+    D: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    d2 = tl.arange(0, HALF)
+    m2 = t_mask[:, None]
+    if KIND == PLAIN:
+        ptr = c_p16 + ((base + CODE_OFF) // 2 + o * D)[:, None] + d2[None, :]
+        tl.store(ptr, x_lo.to(c_p16.dtype.element_ty), mask=m2)
+        tl.store(ptr + HALF, x_hi.to(c_p16.dtype.element_ty), mask=m2)
+    elif KIND == FP8:
+        ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
+        lo = tl.minimum(tl.maximum(x_lo * static_inv, -448.0), 448.0)
+        hi = tl.minimum(tl.maximum(x_hi * static_inv, -448.0), 448.0)
+        tl.store(ptr, lo.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=m2)
+        tl.store(ptr + HALF, hi.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=m2)
+    elif KIND == INT8:
+        amax = tl.maximum(tl.max(tl.abs(x_lo), axis=1), tl.max(tl.abs(x_hi), axis=1))
+        sc = tl.where(amax > 0, amax / 127.0, 1.0)
+        lo = tl.minimum(tl.maximum(tl.floor(x_lo / sc[:, None] + 0.5), -127.0), 127.0)
+        hi = tl.minimum(tl.maximum(tl.floor(x_hi / sc[:, None] + 0.5), -127.0), 127.0)
+        ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
+        tl.store(ptr, lo.to(tl.int8).to(tl.uint8, bitcast=True), mask=m2)
+        tl.store(ptr + HALF, hi.to(tl.int8).to(tl.uint8, bitcast=True), mask=m2)
+        tl.store(c_f32 + (base + META_OFF) // 4 + o, sc, mask=t_mask)
+    else:  # INT4, asymmetric, fp16 scale and zero
+        lo_v = tl.minimum(tl.min(x_lo, axis=1), tl.min(x_hi, axis=1))
+        hi_v = tl.maximum(tl.max(x_lo, axis=1), tl.max(x_hi, axis=1))
+        rng = hi_v - lo_v
+        sc = tl.minimum(tl.where(rng > 0, rng / 15.0, 1.0), 65504.0).to(tl.float16)
+        sc = tl.where(sc > 0, sc, 1.0).to(tl.float16)
+        zr = tl.minimum(tl.maximum(lo_v, -65504.0), 65504.0).to(tl.float16)
+        scf, zrf = sc.to(tl.float32)[:, None], zr.to(tl.float32)[:, None]
+        ql = tl.minimum(tl.maximum(tl.floor((x_lo - zrf) / scf + 0.5), 0.0), 15.0)
+        qh = tl.minimum(tl.maximum(tl.floor((x_hi - zrf) / scf + 0.5), 0.0), 15.0)
+        byte = ql.to(tl.uint8) | (qh.to(tl.uint8) << 4)
+        tl.store(c_u8 + (base + CODE_OFF + o * HALF)[:, None] + d2[None, :], byte, mask=m2)
+        mptr = c_f16 + (base + META_OFF) // 2 + o * 2
+        tl.store(mptr, sc, mask=t_mask)
+        tl.store(mptr + 1, zr, mask=t_mask)
+
+
+@triton.jit
+def write_kernel(
+    k_ptr, v_ptr, slot_ptr, c_u8, c_p16, c_f16, c_f32, rot_ptr, ks_ptr, vs_ptr,
+    T, stride_kt, stride_kh, stride_vt, stride_vh,
+    HKV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PAGE_NBYTES: tl.constexpr,
+    K_KIND: tl.constexpr, V_KIND: tl.constexpr, K_ROT: tl.constexpr,
+    K_CODE: tl.constexpr, V_CODE: tl.constexpr, K_META: tl.constexpr, V_META: tl.constexpr,
+    BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(T, BLOCK_T), HKV): BLOCK_T tokens of one KV head."""
+    pid_t = tl.program_id(0)
+    h = tl.program_id(1)
+    HALF: tl.constexpr = D // 2
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    d2 = tl.arange(0, HALF)
+    slot = tl.load(slot_ptr + t, mask=t < T, other=-1).to(tl.int64)
+    t_mask = slot >= 0
+    blk = tl.where(t_mask, slot // PAGE, 0)
+    o = tl.where(t_mask, slot % PAGE, 0)
+    base = (blk * HKV + h) * PAGE_NBYTES
+    tt = t.to(tl.int64)[:, None]
+    m2 = t_mask[:, None]
+    k_row = k_ptr + tt * stride_kt + h * stride_kh + d2[None, :]
+    k_lo = tl.load(k_row, mask=m2, other=0.0).to(tl.float32)
+    k_hi = tl.load(k_row + HALF, mask=m2, other=0.0).to(tl.float32)
+    if K_ROT:
+        # Sylvester Hadamard: H_d = [[H', H'], [H', -H']], so [lo, hi] @ H_d/sqrt(d) is
+        # [(lo + hi) @ H'n, (lo - hi) @ H'n] with H'n = H'/sqrt(d) passed as [d/2, d/2] fp32.
+        hn = tl.load(rot_ptr + d2[:, None] * HALF + d2[None, :])
+        s_, df = k_lo + k_hi, k_lo - k_hi
+        k_lo = tl.dot(s_, hn, input_precision=DOT_PREC)
+        k_hi = tl.dot(df, hn, input_precision=DOT_PREC)
+    v_row = v_ptr + tt * stride_vt + h * stride_vh + d2[None, :]
+    v_lo = tl.load(v_row, mask=m2, other=0.0).to(tl.float32)
+    v_hi = tl.load(v_row + HALF, mask=m2, other=0.0).to(tl.float32)
+    k_inv = 1.0 / tl.load(ks_ptr + h)
+    v_inv = 1.0 / tl.load(vs_ptr + h)
+    cache = (c_u8, c_p16, c_f16, c_f32)
+    _quant_store(k_lo, k_hi, *cache, base, o, t_mask, k_inv, K_KIND, K_CODE, K_META, D, HALF)
+    _quant_store(v_lo, v_hi, *cache, base, o, t_mask, v_inv, V_KIND, V_CODE, V_META, D, HALF)
+
+
+# ----------------------------------------------------------------------------------------------
+# paged attention
+
+
+@triton.jit
+def _load_side(
+    c_u8, c_p16, c_f16, c_f32, base, o, n_mask,
+    KIND: tl.constexpr, CODE_OFF: tl.constexpr, META_OFF: tl.constexpr,
+    D: tl.constexpr, HALF: tl.constexpr, DT: tl.constexpr, MAGIC: tl.constexpr,
+):  # fmt: skip
+    """A tile of one side: (lo, hi) [BN, HALF] in DT, and the per-token (scale, zero') in fp32."""
+    d2 = tl.arange(0, HALF)
+    m2 = n_mask[:, None]
+    sc = tl.full(o.shape, 1.0, tl.float32)
+    zr = tl.zeros(o.shape, tl.float32)
+    if KIND == PLAIN:
+        ptr = c_p16 + ((base + CODE_OFF) // 2 + o * D)[:, None] + d2[None, :]
+        lo = tl.load(ptr, mask=m2, other=0.0).to(DT)
+        hi = tl.load(ptr + HALF, mask=m2, other=0.0).to(DT)
+    elif KIND == FP8:
+        ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
+        lo = tl.load(ptr, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
+        hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
+    elif KIND == INT8:
+        ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
+        lo = tl.load(ptr, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
+        hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
+        sc = tl.load(c_f32 + (base + META_OFF) // 4 + o, mask=n_mask, other=0.0)
+    else:  # INT4
+        c = tl.load(c_u8 + (base + CODE_OFF + o * HALF)[:, None] + d2[None, :], mask=m2, other=0)
+        if MAGIC == 0:
+            lo = (c & 15).to(DT)
+            hi = (c >> 4).to(DT)
+        else:
+            lo = ((c & 15).to(tl.uint16) | MAGIC).to(DT, bitcast=True)
+            hi = ((c >> 4).to(tl.uint16) | MAGIC).to(DT, bitcast=True)
+        mptr = c_f16 + (base + META_OFF) // 2 + o * 2
+        sc = tl.load(mptr, mask=n_mask, other=0.0).to(tl.float32)
+        zr = tl.load(mptr + 1, mask=n_mask, other=0.0).to(tl.float32)
+    return lo, hi, sc, zr
+
+
+@triton.jit
+def attention_kernel(
+    q_ptr, out_ptr, o_part, m_part, l_part,
+    c_u8, c_p16, c_f16, c_f32, bt_ptr, seq_lens_ptr, qsl_ptr, ks_ptr, vs_ptr,
+    qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, Tq, HQ,
+    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
+    PAGE_NBYTES: tl.constexpr,
+    K_KIND: tl.constexpr, V_KIND: tl.constexpr,
+    K_CODE: tl.constexpr, V_CODE: tl.constexpr, K_META: tl.constexpr, V_META: tl.constexpr,
+    NUM_QB: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TOKENS_PER_SPLIT: tl.constexpr, SPLITS: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr,
+    MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr,
+):  # fmt: skip
+    """Grid (B * NUM_QB, HKV, SPLITS): BLOCK_Q queries x G heads of one KV group, one context split.
+
+    The query rows of the tile are (query i, head g) pairs, so GQA's G heads share every K/V load.
+    qk_scale = softmax scale * log2(e); the softmax runs in base 2.
+    """
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    split = tl.program_id(2)
+    b = pid // NUM_QB
+    qb = pid % NUM_QB
+    HALF: tl.constexpr = D // 2
+    seq_len = tl.load(seq_lens_ptr + b)
+    q0 = tl.load(qsl_ptr + b)
+    q_len = tl.load(qsl_ptr + b + 1) - q0
+
+    m_idx = tl.arange(0, BLOCK_M)
+    qi = qb * BLOCK_Q + m_idx // G  # query index inside the sequence
+    head = h * G + m_idx % G
+    row_ok = (m_idx < BLOCK_Q * G) & (qi < q_len)
+    d2 = tl.arange(0, HALF)
+    q_rows = q_ptr + (q0 + qi).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh
+    q_lo = tl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0).to(DT)
+    q_hi = tl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0).to(DT)
+    q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
+    k_static = tl.load(ks_ptr + h)
+    v_static = tl.load(vs_ptr + h)
+    if K_KIND == FP8:
+        qk_scale = qk_scale * k_static
+
+    # positions this tile may see: query i sees < seq_len - q_len + i + 1
+    limit = seq_len - q_len + qi + 1
+    last_q = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
+    start = split * TOKENS_PER_SPLIT
+    end = tl.minimum(tl.minimum(start + TOKENS_PER_SPLIT, seq_len), seq_len - q_len + last_q)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    z_acc = tl.zeros([BLOCK_M], tl.float32)
+    acc_lo = tl.zeros([BLOCK_M, HALF], tl.float32)
+    acc_hi = tl.zeros([BLOCK_M, HALF], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        tok = n0 + tl.arange(0, BLOCK_N)
+        n_mask = tok < end
+        blk = tl.load(bt_ptr + b * stride_bt + tok // PAGE, mask=n_mask, other=0).to(tl.int64)
+        base = (blk * HKV + h) * PAGE_NBYTES
+        o = tok % PAGE
+        k_lo, k_hi, k_sc, k_zr = _load_side(
+            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, K_KIND, K_CODE, K_META, D, HALF, DT, MAGIC
+        )
+        s = tl.dot(q_lo, tl.trans(k_lo), input_precision=DOT_PREC)
+        s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=DOT_PREC)
+        if K_KIND == INT8:
+            s = s * k_sc[None, :]
+        if K_KIND == INT4:
+            k_zr = k_zr - MAGIC_OFF * k_sc
+            s = s * k_sc[None, :] + q_sum[:, None] * k_zr[None, :]
+        s = s * qk_scale
+        ok = n_mask[None, :] & (tok[None, :] < limit[:, None])
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc_lo = acc_lo * alpha[:, None]
+        acc_hi = acc_hi * alpha[:, None]
+        v_lo, v_hi, v_sc, v_zr = _load_side(
+            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, V_KIND, V_CODE, V_META, D, HALF, DT, MAGIC
+        )
+        if V_KIND == INT4:
+            z_acc = z_acc * alpha + tl.sum(p * v_zr[None, :], axis=1)
+        if (V_KIND == INT8) or (V_KIND == INT4):  # noqa: SIM109 (constexpr compare in Triton)
+            p = p * v_sc[None, :]
+        pd = p.to(DT)
+        if V_KIND == INT4:
+            # the dot sums pd * (code + offset): take the offset back out with the same rounded pd
+            z_acc = z_acc - MAGIC_OFF * tl.sum(pd.to(tl.float32), axis=1)
+        acc_lo = tl.dot(pd, v_lo, acc_lo, input_precision=DOT_PREC)
+        acc_hi = tl.dot(pd, v_hi, acc_hi, input_precision=DOT_PREC)
+        m_i = m_new
+
+    if V_KIND == FP8:
+        acc_lo = acc_lo * v_static
+        acc_hi = acc_hi * v_static
+    acc_lo = acc_lo + z_acc[:, None]
+    acc_hi = acc_hi + z_acc[:, None]
+    qt = (q0 + qi).to(tl.int64)
+    if SPLITS == 1:
+        inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)
+        optr = out_ptr + qt[:, None] * stride_ot + head[:, None] * stride_oh + d2[None, :]
+        tl.store(optr, (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(optr + HALF, (acc_hi * inv[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        row = (split * Tq + qt) * HQ + head  # partials [SPLITS, Tq, HQ, (D)]
+        pptr = o_part + row[:, None] * D + d2[None, :]
+        tl.store(pptr, acc_lo, mask=row_ok[:, None])
+        tl.store(pptr + HALF, acc_hi, mask=row_ok[:, None])
+        tl.store(m_part + row, m_i, mask=row_ok)
+        tl.store(l_part + row, l_i, mask=row_ok)
+
+
+@triton.jit
+def combine_kernel(
+    out_ptr, o_part, m_part, l_part, Tq, HQ, stride_ot, stride_oh,
+    D: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+):  # fmt: skip
+    """Grid (Tq, HQ): merge the splits' (acc, max, sum) of one query row (flash-decoding)."""
+    t = tl.program_id(0)
+    hq = tl.program_id(1)
+    s_idx = tl.arange(0, SPLITS_P2)
+    s_ok = s_idx < SPLITS
+    row = (s_idx * Tq + t) * HQ + hq
+    m = tl.load(m_part + row, mask=s_ok, other=float("-inf"))
+    lsum = tl.load(l_part + row, mask=s_ok, other=0.0)
+    m_max = tl.max(m, axis=0)
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.where(s_ok & (lsum > 0), tl.exp2(m - m_use), 0.0)
+    total = tl.sum(w * lsum, axis=0)
+    d = tl.arange(0, D)
+    acc = tl.load(o_part + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    o = tl.where(total > 0, o, 0.0)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + hq * stride_oh + d, o.to(out_ptr.dtype.element_ty))
