@@ -1,0 +1,266 @@
+"""The simulated engine: vLLM v1's scheduler reduced to token and block counts.
+
+A pure state machine. `step()` schedules one batch the way vLLM's v1 scheduler does and returns
+what it produced and how long the GPU would have taken; it never reads a clock or sleeps, so tests
+and the capacity benchmark drive it on a simulated clock and the HTTP server on a real one.
+
+Scheduling, as in `vllm/v1/core/sched/scheduler.py` (chunked prefill on, no prefix caching):
+- one token budget per step (`max_num_batched_tokens`) shared by decodes and prefill chunks;
+- running requests first, in order: each needs KV blocks for the tokens it computes this step
+  (its prompt at admission, then one block every `block_size` decoded tokens); when the pool is
+  out of blocks the newest running request is preempted (recompute: its blocks are freed and it
+  goes back to the head of the waiting queue, to prefill prompt + output so far again);
+- then, if nothing was preempted in this step, waiting requests in arrival order while the budget,
+  `max_num_seqs` and free blocks allow;
+- a request whose computed tokens reach its known tokens samples one new token in that step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StepCost(Protocol):
+    """GPU time of one step's work (the planner's roofline, see `profile.py`)."""
+
+    def prefill_seconds(self, prompt_tokens: int) -> float:
+        """Time to prefill a prompt of this many tokens from an empty cache."""
+        ...
+
+    def decode_seconds(self, batch: int, context_tokens: int) -> float:
+        """One decode step of `batch` sequences of `context_tokens` tokens each."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    num_gpu_blocks: int  # as vLLM reports it; block 0 is the reserved null block
+    block_size: int
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.max_model_len <= 0:
+            raise ValueError("block_size and max_model_len must be positive")
+        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.usable_blocks < self.blocks_for(self.max_model_len):
+            # vLLM refuses to start in this case ("To serve at least one request ...").
+            raise ValueError(
+                f"{self.num_gpu_blocks} KV blocks of {self.block_size} tokens cannot hold one "
+                f"request of max_model_len {self.max_model_len}"
+            )
+
+    @property
+    def usable_blocks(self) -> int:
+        return self.num_gpu_blocks - 1
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    """One request inside the engine."""
+
+    request_id: str
+    prompt_tokens: int
+    max_output_tokens: int
+    output_tokens: int = 0
+    num_computed: int = 0  # tokens whose KV is in the cache
+    num_blocks: int = 0
+    num_preemptions: int = 0
+    status: Status = Status.WAITING
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Request `request_id` produced its output token number `index` (0-based)."""
+
+    request_id: str
+    index: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    duration: float  # GPU seconds the step takes
+    tokens: tuple[TokenEvent, ...]
+    preempted: tuple[str, ...]
+    admitted: tuple[str, ...]  # requests moved from waiting to running in this step
+    prefill_tokens: int  # prompt (or recomputed) tokens processed in this step
+    decode_batch: int  # sequences that decoded one token in this step
+
+
+@dataclass
+class Engine:
+    config: EngineConfig
+    cost: StepCost
+    running: list[Sequence] = field(default_factory=list)
+    waiting: deque[Sequence] = field(default_factory=deque)
+    used_blocks: int = 0
+    num_preemptions: int = 0
+    _by_id: dict[str, Sequence] = field(default_factory=dict)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def add(self, request_id: str, prompt_tokens: int, max_output_tokens: int) -> None:
+        if request_id in self._by_id:
+            raise ValueError(f"request {request_id!r} is already in the engine")
+        if prompt_tokens <= 0 or max_output_tokens <= 0:
+            raise ValueError("a request needs at least one prompt token and one output token")
+        if prompt_tokens + max_output_tokens > self.config.max_model_len:
+            raise ValueError(
+                f"{prompt_tokens} prompt + {max_output_tokens} output tokens exceed "
+                f"max_model_len {self.config.max_model_len}"
+            )
+        seq = Sequence(request_id, prompt_tokens, max_output_tokens)
+        self._by_id[request_id] = seq
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request (client went away); unknown or finished ids are ignored."""
+        seq = self._by_id.pop(request_id, None)
+        if seq is None:
+            return
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+            self._free(seq)
+        else:
+            self.waiting.remove(seq)
+        seq.status = Status.FINISHED
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    @property
+    def free_blocks(self) -> int:
+        return self.config.usable_blocks - self.used_blocks
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """vLLM's `kv_cache_usage_perc`: 1 - free / usable blocks, 0-1."""
+        return self.used_blocks / self.config.usable_blocks
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def step(self) -> StepResult:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[tuple[Sequence, int]] = []
+        preempted: list[str] = []
+        admitted: list[str] = []
+
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            new = min(seq.num_tokens - seq.num_computed, budget)
+            while not self._allocate(seq, seq.num_computed + new):
+                victim = self.running.pop()  # the newest running request
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim is seq:
+                    break
+            if seq.status is not Status.RUNNING:
+                break
+            scheduled.append((seq, new))
+            budget -= new
+            index += 1
+
+        while not preempted and self.waiting and budget > 0:
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            seq = self.waiting[0]
+            new = min(seq.num_tokens - seq.num_computed, budget)
+            if not self._allocate(seq, seq.num_computed + new):
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            admitted.append(seq.request_id)
+            scheduled.append((seq, new))
+            budget -= new
+
+        result = self._execute(scheduled)
+        return dataclasses.replace(result, preempted=tuple(preempted), admitted=tuple(admitted))
+
+    def _execute(self, scheduled: list[tuple[Sequence, int]]) -> StepResult:
+        prefill_seconds = 0.0
+        prefill_tokens = 0
+        decode_contexts: list[int] = []
+        events: list[TokenEvent] = []
+        for seq, new in scheduled:
+            if new == 1 and seq.output_tokens > 0 and seq.num_computed == seq.num_tokens - 1:
+                decode_contexts.append(seq.num_computed + 1)
+            else:
+                # A chunk of [computed, computed + new) costs the difference of the cumulative
+                # prefill times, so attention over the earlier chunks is counted once.
+                prefill_seconds += self.cost.prefill_seconds(
+                    seq.num_computed + new
+                ) - self.cost.prefill_seconds(seq.num_computed)
+                prefill_tokens += new
+            seq.num_computed += new
+            if seq.num_computed == seq.num_tokens:
+                seq.output_tokens += 1
+                done = seq.output_tokens >= seq.max_output_tokens
+                events.append(TokenEvent(seq.request_id, seq.output_tokens - 1, done))
+                if done:
+                    self._finish(seq)
+        decode_seconds = 0.0
+        if decode_contexts:
+            mean_context = round(sum(decode_contexts) / len(decode_contexts))
+            decode_seconds = self.cost.decode_seconds(len(decode_contexts), mean_context)
+        return StepResult(
+            duration=prefill_seconds + decode_seconds,
+            tokens=tuple(events),
+            preempted=(),
+            admitted=(),
+            prefill_tokens=prefill_tokens,
+            decode_batch=len(decode_contexts),
+        )
+
+    # -- blocks ---------------------------------------------------------------------------------
+
+    def _allocate(self, seq: Sequence, tokens: int) -> bool:
+        need = self.config.blocks_for(tokens) - seq.num_blocks
+        if need > self.free_blocks:
+            return False
+        if need > 0:
+            seq.num_blocks += need
+            self.used_blocks += need
+        return True
+
+    def _free(self, seq: Sequence) -> None:
+        self.used_blocks -= seq.num_blocks
+        seq.num_blocks = 0
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._free(seq)
+        seq.num_computed = 0
+        seq.num_preemptions += 1
+        seq.status = Status.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _finish(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._free(seq)
+        seq.status = Status.FINISHED
+        del self._by_id[seq.request_id]

@@ -1,0 +1,179 @@
+"""The simulated engine on a simulated clock: admission, blocks, preemption, batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvplan.workers.sim.engine import Engine, EngineConfig
+from kvplan.workers.sim.simulation import Simulation
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    """A GPU whose prefill costs 0.1 ms per token and whose decode step costs 10 ms plus 1 µs per
+    cached token: enough shape to tell batching from serial execution."""
+
+    def prefill_seconds(self, prompt_tokens: int) -> float:
+        return 1e-4 * prompt_tokens
+
+    def decode_seconds(self, batch: int, context_tokens: int) -> float:
+        return 0.010 + 1e-6 * batch * context_tokens
+
+
+def make(
+    num_gpu_blocks: int = 1001, block_size: int = 16, max_model_len: int = 4096, **kw: int
+) -> Simulation:
+    config = EngineConfig(num_gpu_blocks, block_size, max_model_len, **kw)
+    return Simulation(Engine(config, LinearCost()))
+
+
+def test_admission_takes_the_prompt_blocks_then_one_block_per_block_size_tokens() -> None:
+    sim = make()
+    sim.submit("a", prompt_tokens=40, max_output_tokens=30)  # 40 tokens -> 3 blocks of 16
+    sim.step()  # prefill + first token
+    assert sim.engine.used_blocks == 3
+    blocks_seen = [sim.engine.used_blocks]
+    while sim.engine.has_work:
+        sim.step()
+        blocks_seen.append(sim.engine.used_blocks)
+    # decode step k caches 40 + k tokens: a 4th block from k = 9 (49 > 48), a 5th from k = 25
+    assert blocks_seen[:9] == [3] * 9
+    assert blocks_seen[9] == 4
+    assert blocks_seen[24:26] == [4, 5]
+    assert max(blocks_seen) == 5
+    assert blocks_seen[-1] == 0  # finished: everything freed
+    assert len(sim.timelines["a"].token_times) == 30
+
+
+def test_waiting_queue_holds_what_the_blocks_cannot() -> None:
+    # 101 blocks = 100 usable (the null block is vLLM's); 150 prompt tokens take 10 blocks.
+    sim = make(num_gpu_blocks=101, max_model_len=320, max_num_batched_tokens=100_000)
+    for i in range(12):
+        sim.submit(f"r{i}", prompt_tokens=150, max_output_tokens=2)
+    result = sim.step()
+    assert len(result.admitted) == 10
+    assert sim.engine.kv_cache_usage == 1.0
+    assert [s.request_id for s in sim.engine.waiting] == ["r10", "r11"]
+    result = sim.step()  # the ten decode their last token (151 tokens still fit 10 blocks)
+    assert len(result.tokens) == 10 and all(e.finished for e in result.tokens)
+    assert result.admitted == ()  # blocks are freed only after the step
+    assert sim.step().admitted == ("r10", "r11")
+
+
+def test_out_of_blocks_preempts_the_newest_running_request_and_recomputes_it() -> None:
+    # 21 usable blocks; three requests of 96 prompt tokens (6 blocks) growing by 64 tokens each.
+    sim = make(num_gpu_blocks=22, max_model_len=320, max_num_batched_tokens=100_000)
+    for name in ("old", "mid", "new"):
+        sim.submit(name, prompt_tokens=96, max_output_tokens=64)
+    preempted: list[str] = []
+    while sim.engine.has_work:
+        preempted += sim.step().preempted
+        assert 0 <= sim.engine.used_blocks <= sim.engine.config.usable_blocks
+    assert preempted and preempted[0] == "new"
+    assert sim.engine.num_preemptions == len(preempted)
+    for name in ("old", "mid", "new"):
+        assert len(sim.timelines[name].token_times) == 64  # nobody lost or duplicated tokens
+    assert sim.timelines["new"].preemptions >= 1
+    assert sim.timelines["old"].preemptions == 0
+    assert sim.timelines["new"].finished > sim.timelines["old"].finished  # type: ignore[operator]
+
+
+def test_continuous_batching_beats_one_at_a_time() -> None:
+    batched = make()
+    for i in range(8):
+        batched.submit(f"r{i}", 500, 100)
+    batched.run_until_idle()
+
+    serial = make()
+    for i in range(8):
+        serial.submit(f"r{i}", 500, 100)
+        serial.run_until_idle()
+
+    assert batched.now < serial.now / 4
+    assert batched.steps < serial.steps / 4
+
+
+def test_a_late_request_joins_the_running_batch_at_the_next_step() -> None:
+    sim = make()
+    sim.submit("early", 200, 200)
+    for _ in range(20):
+        sim.step()
+    sim.submit("late", 200, 10)
+    result = sim.step()
+    assert result.admitted == ("late",)
+    assert {e.request_id for e in result.tokens} == {"early", "late"}  # one batch
+    sim.run_until_idle()
+    assert sim.timelines["late"].finished < sim.timelines["early"].finished  # type: ignore[operator]
+
+
+def test_long_prompts_are_prefilled_in_chunks_of_the_token_budget() -> None:
+    sim = make(max_model_len=32768, num_gpu_blocks=5000, max_num_batched_tokens=8192)
+    sim.submit("long", 20_000, 4)
+    results = [sim.step() for _ in range(3)]
+    assert [r.prefill_tokens for r in results] == [8192, 8192, 3616]
+    assert [len(r.tokens) for r in results] == [0, 0, 1]
+    # chunked or not, the prefill costs what the whole prompt costs
+    assert sum(r.duration for r in results) == pytest.approx(LinearCost().prefill_seconds(20_000))
+
+
+def test_max_num_seqs_caps_the_running_batch() -> None:
+    sim = make(max_num_seqs=4)
+    for i in range(10):
+        sim.submit(f"r{i}", 20, 50)
+    sim.step()
+    assert len(sim.engine.running) == 4
+    assert len(sim.engine.waiting) == 6
+
+
+def test_abort_frees_blocks_and_forgets_the_request() -> None:
+    sim = make()
+    sim.submit("a", 320, 100)
+    sim.step()
+    assert sim.engine.used_blocks == 20
+    sim.engine.abort("a")
+    assert sim.engine.used_blocks == 0
+    assert not sim.engine.has_work
+    sim.engine.abort("a")  # twice is harmless
+
+
+def test_a_pool_too_small_for_one_max_model_len_request_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot hold one request"):
+        EngineConfig(num_gpu_blocks=100, block_size=16, max_model_len=4096)
+
+
+def test_requests_beyond_max_model_len_are_refused() -> None:
+    sim = make(max_model_len=1000)
+    with pytest.raises(ValueError, match="exceed max_model_len"):
+        sim.submit("x", 900, 200)
+
+
+def _run(ops: list[tuple[int, int, int]]) -> list[tuple[float, ...]]:
+    sim = make(num_gpu_blocks=60, max_model_len=512, max_num_batched_tokens=256)
+    for i, (prompt, out, gap) in enumerate(ops):
+        sim.submit(f"r{i}", prompt, out)
+        for _ in range(gap):
+            if sim.engine.has_work:
+                sim.step()
+                assert 0 <= sim.engine.used_blocks <= sim.engine.config.usable_blocks
+    sim.run_until_idle()
+    for i, (_, out, _) in enumerate(ops):
+        assert len(sim.timelines[f"r{i}"].token_times) == out
+    assert sim.engine.used_blocks == 0
+    return [tuple(t.token_times) for t in sim.timelines.values()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 300), st.integers(1, 200), st.integers(0, 5)), min_size=1, max_size=25)
+)
+def test_any_workload_finishes_every_token_within_the_blocks_and_deterministically(
+    ops: list[tuple[int, int, int]],
+) -> None:
+    ops = [(p, min(o, 512 - p), g) for p, o, g in ops if p < 512]
+    if not ops:
+        return
+    assert _run(ops) == _run(ops)
