@@ -1,0 +1,1 @@
+"""Deployment renderers: Kubernetes manifests and a compose stack, both from the pool plan."""
