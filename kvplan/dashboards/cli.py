@@ -120,14 +120,24 @@ def compose_cmd(
 
 def demo_cmd(
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: at Ctrl-C).")] = 0,
-    rps: Annotated[float, typer.Option(min=0.1, help="Load generator: requests per second.")] = 8.0,
+    rps: Annotated[float, typer.Option(min=0.1, help="Load generator: requests per second.")] = 4.0,
     port: Annotated[int, typer.Option(help="Router port (0: any free port).")] = 8080,
     prometheus: Annotated[bool, typer.Option(help="Start Prometheus when installed.")] = True,
+    prometheus_port: Annotated[int, typer.Option(help="Prometheus port (busy or 0: any free port).")] = 9090,
+    scrape_interval: Annotated[str, typer.Option(help="Prometheus scrape and rule interval.")] = "2s",
 ) -> None:
     """Run the whole stack locally: router, simulated pools, load, Prometheus (no GPU, Redis or Docker)."""
     from kvplan.dashboards import demo
 
-    raise typer.Exit(demo.run(demo.DemoOptions(duration=duration, rps=rps, port=port, prometheus=prometheus)))
+    opts = demo.DemoOptions(
+        duration=duration,
+        rps=rps,
+        port=port,
+        prometheus=prometheus,
+        prometheus_port=prometheus_port,
+        scrape_interval=scrape_interval,
+    )
+    raise typer.Exit(demo.run(opts))
 
 
 def register(app: typer.Typer) -> None:

@@ -19,7 +19,7 @@ from kvplan import vllm_metrics as vm
 from kvplan.control import metrics as cm
 from kvplan.deploy import labels
 from kvplan.formats import get_format
-from kvplan.plan import Plan, Slo
+from kvplan.plan import Plan, Pool, Slo
 from kvplan.router import metrics as rm
 
 Group = dict[str, Any]
@@ -290,14 +290,35 @@ def rule_groups(slo: Slo) -> list[Group]:
     ]
 
 
-def predicted_kv_blocks(plan: Plan, pool_name: str, block_size: int = 16) -> int | None:
-    """The planner's KV capacity per replica in vLLM blocks, when the plan records one."""
-    pool = plan.pool(pool_name)
-    if pool.max_concurrency is None:
+def predicted_kv_blocks(pool: Pool) -> int | None:
+    """The planner's vLLM block count for one replica of the pool (None: model not in the catalog).
+
+    The same memory model the planner sizes with, at vLLM's scheduler defaults for the GPU, so a
+    real server's `num_gpu_blocks` can be read against it.
+    """
+    from kvplan.errors import KvplanError
+    from kvplan.planner.gpus import get_gpu
+    from kvplan.planner.memory import engine_defaults, kv_capacity
+    from kvplan.planner.models import get_model
+
+    try:
+        model = get_model(pool.model)
+        gpu, _ = get_gpu(pool.gpu)
+    except KvplanError:
         return None
-    # Worst case the planner sized for: max_concurrency sequences of max_model_len tokens.
-    per_seq = -(-pool.max_model_len // block_size)
-    return pool.max_concurrency * per_seq
+    defaults = engine_defaults(gpu)
+    capacity = kv_capacity(
+        model,
+        gpu,
+        get_format(pool.kv_format),
+        max_model_len=pool.max_model_len,
+        tensor_parallel=pool.tensor_parallel,
+        pipeline_parallel=pool.pipeline_parallel,
+        gpu_memory_utilization=pool.gpu_memory_utilization,
+        max_num_batched_tokens=defaults.max_num_batched_tokens,
+        max_num_seqs=defaults.max_num_seqs,
+    )
+    return capacity.num_blocks
 
 
 def plan_rule_groups(plan: Plan) -> list[Group]:
@@ -312,7 +333,7 @@ def plan_rule_groups(plan: Plan) -> list[Group]:
                 "gpu": pool.gpu,
             }
             rules.append({"record": POOL_INFO, "expr": "vector(1)", "labels": info})
-            blocks = predicted_kv_blocks(plan, pool.name)
+            blocks = predicted_kv_blocks(pool)
             if blocks is not None:
                 rules.append(
                     {

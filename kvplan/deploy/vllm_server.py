@@ -27,13 +27,18 @@ class ServerSpec:
 
 
 def model_path(pool: Pool) -> str:
-    """Where the weights are: an absolute path as given, else a name under the models volume.
-
-    A Hugging Face id (`org/name`) stays as is: vLLM downloads into HF_HOME on the same volume.
-    """
+    """What vLLM's --model gets: a path or Hugging Face id as given; a catalog name becomes its
+    Hugging Face id (downloaded into HF_HOME on the models volume), else a directory there."""
     if "/" in pool.model:
         return pool.model
-    return f"{MODELS_DIR}/{pool.model}"
+    from kvplan.errors import KvplanError
+    from kvplan.planner.models import get_model
+
+    try:
+        hf_id = get_model(pool.model).hf_id
+    except KvplanError:
+        hf_id = None
+    return hf_id or f"{MODELS_DIR}/{pool.model}"
 
 
 def kv_format_flags(kv_format: str) -> ServerSpec:
