@@ -8,11 +8,13 @@ the router (reads) and the control plane (writes, propagation, rollout).
 from __future__ import annotations
 
 import enum
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
+from kvplan.errors import InputError, KvplanError, NotFound
 from kvplan.plan import Plan
 
 
@@ -24,6 +26,52 @@ class RolloutPhase(enum.Enum):
     ABORTED = "aborted"
 
 
+class UnknownBucket(NotFound, KeyError):
+    """A write named a bucket the plan does not have (also a KeyError for dict-style callers)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InvalidWeight(InputError, ValueError):
+    """A weight outside 0..100."""
+
+
+class StoreUnavailable(KvplanError):
+    """The flag store's backend (Redis) cannot be reached; the message names its URL."""
+
+
+class WriteConflict(KvplanError):
+    """A conditional write found the bucket changed since it was read (e.g. an operator paused)."""
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """Where a rollout stands; kept with the bucket so a restarted controller resumes from it."""
+
+    steps: tuple[int, ...]  # weights, strictly increasing, the last one 100
+    interval_s: float  # one analysis per interval
+    step: int = 0  # index into steps of the weight now applied
+    failures: int = 0  # failed analyses so far in this rollout
+    failure_limit: int = 1  # abort when failures exceed this
+    next_check_at: float = 0.0  # unix seconds of the next analysis
+    started_at: float = 0.0
+    last_reason: str = ""  # the last analysis verdict, for `rollout status`
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        data = asdict(self)
+        data["steps"] = list(self.steps)
+        data["thresholds"] = dict(self.thresholds)
+        return json.dumps(data, sort_keys=True)  # sorted: equal progress compares equal as text
+
+    @classmethod
+    def decode(cls, text: str) -> RolloutProgress:
+        data = json.loads(text)
+        data["steps"] = tuple(data["steps"])
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class BucketFlags:
     """Runtime routing state of one bucket."""
@@ -33,7 +81,8 @@ class BucketFlags:
     candidate: str | None  # pool name; None when the bucket has no candidate
     weight: int = 0  # percent of cohorts sent to the candidate, 0..100
     killed: bool = False  # overrides weight: everyone goes to baseline
-    rollout: str = RolloutPhase.IDLE.value  # RolloutPhase value; details live with the controller
+    rollout: str = RolloutPhase.IDLE.value  # RolloutPhase value
+    progress: RolloutProgress | None = None  # the rollout's details, None when none ever ran
 
     def __post_init__(self) -> None:
         if not 0 <= self.weight <= 100:
@@ -42,6 +91,52 @@ class BucketFlags:
     @property
     def effective_weight(self) -> int:
         return 0 if self.killed or self.candidate is None else self.weight
+
+
+def flags_to_record(flags: BucketFlags) -> dict[str, Any]:
+    """The stored form: flat JSON scalars (the Redis Lua script merges and compares fields)."""
+    return {
+        "bucket": flags.bucket,
+        "baseline": flags.baseline,
+        "candidate": flags.candidate,
+        "weight": flags.weight,
+        "killed": flags.killed,
+        "rollout": flags.rollout,
+        "progress": flags.progress.encode() if flags.progress else None,
+    }
+
+
+def flags_from_record(rec: Mapping[str, Any]) -> BucketFlags:
+    progress = rec.get("progress")
+    return BucketFlags(
+        bucket=str(rec["bucket"]),
+        baseline=str(rec["baseline"]),
+        candidate=None if rec.get("candidate") is None else str(rec["candidate"]),
+        weight=int(rec.get("weight", 0)),
+        killed=bool(rec.get("killed", False)),
+        rollout=str(rec.get("rollout", RolloutPhase.IDLE.value)),
+        progress=RolloutProgress.decode(progress) if isinstance(progress, str) else None,
+    )
+
+
+def change_record(change: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a partial change and bring it to the stored form."""
+    allowed = {"weight", "killed", "rollout", "progress"}
+    unknown = set(change) - allowed
+    if unknown:
+        raise InputError(f"cannot change {sorted(unknown)}; changeable: {sorted(allowed)}")
+    out = dict(change)
+    if "weight" in out:
+        w = out["weight"]
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
+            raise InvalidWeight(f"weight must be an integer within 0..100, got {w!r}")
+    if "killed" in out and not isinstance(out["killed"], bool):
+        raise InputError(f"killed must be true or false, got {out['killed']!r}")
+    if "rollout" in out:
+        out["rollout"] = RolloutPhase(out["rollout"]).value
+    if "progress" in out and isinstance(out["progress"], RolloutProgress):
+        out["progress"] = out["progress"].encode()
+    return out
 
 
 @dataclass(frozen=True)
@@ -57,6 +152,15 @@ class FlagSnapshot:
     def get(self, bucket: str) -> BucketFlags | None:
         return self.buckets.get(bucket)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "epoch": self.epoch,
+            "source": self.source,
+            "age_seconds": round(time.monotonic() - self.loaded_at, 3),
+            "buckets": {name: flags_to_record(f) for name, f in self.buckets.items()},
+        }
+
 
 @dataclass(frozen=True)
 class AuditEntry:
@@ -65,11 +169,25 @@ class AuditEntry:
     version: int
     bucket: str
     actor: str
-    action: str  # "set-weight", "kill", "unkill", "rollout:<step>", "seed"
+    action: str  # "set-weight", "kill", "unkill", "rollout:<what>", "seed"
     before: BucketFlags | None
     after: BucketFlags
     reason: str = ""
     at: float = field(default_factory=time.time)  # unix seconds
+    epoch: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "epoch": self.epoch,
+            "bucket": self.bucket,
+            "actor": self.actor,
+            "action": self.action,
+            "reason": self.reason,
+            "at": self.at,
+            "before": flags_to_record(self.before) if self.before else None,
+            "after": flags_to_record(self.after),
+        }
 
 
 def defaults_from_plan(plan: Plan) -> dict[str, BucketFlags]:
@@ -86,10 +204,35 @@ def defaults_from_plan(plan: Plan) -> dict[str, BucketFlags]:
     }
 
 
+def unknown_bucket(bucket: str, known: Mapping[str, object]) -> UnknownBucket:
+    return UnknownBucket(f"unknown bucket {bucket!r}; buckets: {', '.join(known)}")
+
+
 class FlagStore(Protocol):
-    """A source of flag state. `snapshot` is local and cheap; the rest may do I/O."""
+    """A source of flag state. `snapshot` is local and cheap; the rest may do I/O.
+
+    `update` is the one write: it applies `change` to the bucket's current stored state
+    atomically (so concurrent writers never lose each other's fields), bumps the version and
+    appends exactly one audit entry, or does nothing when nothing changes. With `expect`, it
+    writes only if those fields still hold those values (else WriteConflict).
+    """
 
     def snapshot(self) -> FlagSnapshot: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def update(
+        self,
+        bucket: str,
+        change: Mapping[str, Any],
+        *,
+        action: str,
+        actor: str,
+        reason: str = "",
+        expect: Mapping[str, Any] | None = None,
+    ) -> BucketFlags: ...
 
     async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags: ...
 
@@ -100,7 +243,45 @@ class FlagStore(Protocol):
     async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
 
 
-class MemoryFlagStore:
+class StoreWrites:
+    """The named writes, expressed once through `update` (mixed into each store)."""
+
+    async def update(
+        self,
+        bucket: str,
+        change: Mapping[str, Any],
+        *,
+        action: str,
+        actor: str,
+        reason: str = "",
+        expect: Mapping[str, Any] | None = None,
+    ) -> BucketFlags:
+        raise NotImplementedError
+
+    async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags:
+        return await self.update(bucket, {"weight": weight}, action="set-weight", actor=actor, reason=reason)
+
+    async def kill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
+        return await self.update(bucket, {"killed": True}, action="kill", actor=actor, reason=reason)
+
+    async def unkill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
+        return await self.update(bucket, {"killed": False}, action="unkill", actor=actor, reason=reason)
+
+
+def merge(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record after `change`, or None when nothing changes (no version, no audit entry)."""
+    after = dict(current)
+    after.update(change)
+    return None if after == dict(current) else after
+
+
+def check_expect(current: Mapping[str, Any], expect: Mapping[str, Any] | None, bucket: str) -> None:
+    for key, value in change_record(expect or {}).items():
+        if current.get(key) != value:
+            raise WriteConflict(f"bucket {bucket!r} changed meanwhile: {key} is {current.get(key)!r}")
+
+
+class MemoryFlagStore(StoreWrites):
     """The embedded default: one process, no Redis. Writes are applied and audited in place."""
 
     def __init__(self, plan: Plan) -> None:
@@ -110,27 +291,37 @@ class MemoryFlagStore:
     def snapshot(self) -> FlagSnapshot:
         return self._snap
 
-    def _apply(self, bucket: str, action: str, actor: str, reason: str, **change: object) -> BucketFlags:
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def update(
+        self,
+        bucket: str,
+        change: Mapping[str, Any],
+        *,
+        action: str,
+        actor: str,
+        reason: str = "",
+        expect: Mapping[str, Any] | None = None,
+    ) -> BucketFlags:
         before = self._snap.buckets.get(bucket)
         if before is None:
-            known = ", ".join(self._snap.buckets)
-            raise KeyError(f"unknown bucket {bucket!r}; buckets: {known}")
-        after = replace(before, **change)  # type: ignore[arg-type]
+            raise unknown_bucket(bucket, self._snap.buckets)
+        current = flags_to_record(before)
+        check_expect(current, expect, bucket)
+        merged = merge(current, change_record(change))
+        if merged is None:
+            return before
+        after = flags_from_record(merged)
         version = self._snap.version + 1
         buckets = dict(self._snap.buckets)
         buckets[bucket] = after
         self._snap = replace(self._snap, buckets=buckets, version=version, loaded_at=time.monotonic())
-        self._audit.append(AuditEntry(version, bucket, actor, action, before, after, reason))
+        self._audit.append(AuditEntry(version, bucket, actor, action, before, after, reason, epoch="memory"))
         return after
-
-    async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags:
-        return self._apply(bucket, "set-weight", actor, reason, weight=weight)
-
-    async def kill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
-        return self._apply(bucket, "kill", actor, reason, killed=True)
-
-    async def unkill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
-        return self._apply(bucket, "unkill", actor, reason, killed=False)
 
     async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]:
         rows = [a for a in self._audit if bucket is None or a.bucket == bucket]

@@ -1,0 +1,89 @@
+"""Prometheus metrics of the control plane, names defined once.
+
+Flag-store health is exported by one collector that reads every live store in the process, so
+the router's `/metrics` (the default registry) shows how old its routing state is and whether
+its source answers, without the store doing any work per scrape beyond reading a few numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# flag store
+STATE_AGE = "kvplan_flag_state_age_seconds"  # since the state was last confirmed by its source
+SOURCE_UP = "kvplan_flag_source_up"  # 1 when the last contact with the source succeeded
+STATE_LOADED = "kvplan_flag_state_loaded"  # 0 while routing on plan defaults (never loaded)
+STATE_VERSION = "kvplan_flag_state_version"
+RESYNCS = "kvplan_flag_resyncs"  # full reloads, by reason (periodic, reconnect, gap, epoch)
+UPDATES = "kvplan_flag_updates"  # changes applied from the stream
+EPOCH_CHANGES = "kvplan_flag_epoch_changes"
+# rollout controller
+ROLLOUT_WEIGHT = "kvplan_rollout_weight"
+ROLLOUT_ANALYSES = "kvplan_rollout_analyses"  # by bucket and verdict (pass, fail)
+
+
+@dataclass
+class SourceStats:
+    """What a store knows about its source; the collector reads it, the store writes it."""
+
+    label: str
+    confirmed_at: float = field(default_factory=time.monotonic)  # monotonic
+    up: bool = False
+    loaded: bool = False
+    version: int = 0
+    resyncs: dict[str, int] = field(default_factory=dict)
+    updates: int = 0
+    epoch_changes: int = 0
+
+    def resynced(self, reason: str) -> None:
+        self.resyncs[reason] = self.resyncs.get(reason, 0) + 1
+
+
+class _HasStats(Protocol):
+    stats: SourceStats
+
+
+_stores: weakref.WeakSet[_HasStats] = weakref.WeakSet()
+_lock = threading.Lock()
+_registered = False
+
+
+class FlagStoreCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = time.monotonic()
+        age = GaugeMetricFamily(STATE_AGE, "Seconds since the source confirmed the state", labels=["store"])
+        up = GaugeMetricFamily(SOURCE_UP, "1 when the flag source answered last time", labels=["store"])
+        loaded = GaugeMetricFamily(STATE_LOADED, "0 while routing on the plan's defaults", labels=["store"])
+        version = GaugeMetricFamily(STATE_VERSION, "Version of the state in use", labels=["store"])
+        resyncs = CounterMetricFamily(RESYNCS, "Full reloads of the flag state", labels=["store", "reason"])
+        updates = CounterMetricFamily(UPDATES, "Changes applied from the stream", labels=["store"])
+        epochs = CounterMetricFamily(EPOCH_CHANGES, "Times the source's data was lost", labels=["store"])
+        for store in list(_stores):
+            s = store.stats
+            age.add_metric([s.label], now - s.confirmed_at)
+            up.add_metric([s.label], 1.0 if s.up else 0.0)
+            loaded.add_metric([s.label], 1.0 if s.loaded else 0.0)
+            version.add_metric([s.label], float(s.version))
+            for reason in ("startup", "periodic", "reconnect", "gap", "epoch"):
+                resyncs.add_metric([s.label, reason], float(s.resyncs.get(reason, 0)))
+            updates.add_metric([s.label], float(s.updates))
+            epochs.add_metric([s.label], float(s.epoch_changes))
+        yield from (age, up, loaded, version, resyncs, updates, epochs)
+
+
+def track(store: _HasStats) -> None:
+    """Export this store's stats on the default registry (registered once per process)."""
+    global _registered
+    with _lock:
+        if not _registered:
+            REGISTRY.register(FlagStoreCollector())
+            _registered = True
+        _stores.add(store)

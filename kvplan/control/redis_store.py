@@ -1,0 +1,307 @@
+"""The shared flag store: Redis, for several router replicas.
+
+Writes: one Lua script (lua/write.lua) merges the change into the stored record, bumps the
+version, and appends one entry to a stream that is both the audit trail and the notification.
+Reads: every process keeps its last known snapshot and follows the stream with XREAD BLOCK from
+the last id it saw (plain pub/sub drops messages across reconnects; a stream resumes), plus a
+full resync every `resync_s` and after every reconnect. An epoch stored with the state changes
+whenever Redis lost its data, so a version counter that restarted is not taken for an old one.
+
+While Redis is away the snapshot stays as it was: traffic is routed on the last known state.
+A process that never loaded state routes on the plan's defaults.
+
+Re-seed rule (Redis came back empty): the first process to notice writes a new epoch seeded
+with the state it holds — the last writer's state as it propagated to that process — or, when
+it never loaded any state, the plan's defaults. Everyone else adopts that epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from kvplan.control.metrics import SourceStats, track
+from kvplan.control.state import (
+    AuditEntry,
+    BucketFlags,
+    FlagSnapshot,
+    StoreUnavailable,
+    StoreWrites,
+    WriteConflict,
+    change_record,
+    defaults_from_plan,
+    flags_from_record,
+    flags_to_record,
+    unknown_bucket,
+)
+from kvplan.plan import Plan
+
+log = logging.getLogger("kvplan.control")
+
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+STREAM_MAXLEN = 100_000  # audit entries kept (approximate trim)
+
+
+def _lua(name: str) -> str:
+    return resources.files("kvplan.control").joinpath("lua", name).read_text()
+
+
+def redacted(url: str) -> str:
+    """The URL without a password, for messages and metric labels."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _new_epoch() -> str:
+    return f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisFlagStore(StoreWrites):
+    def __init__(
+        self,
+        url: str,
+        plan: Plan,
+        *,
+        prefix: str = "kvplan:",
+        resync_s: float = 5.0,
+        block_ms: int = 500,
+        label: str | None = None,
+        require_at_start: bool = True,
+        actor: str = "kvplan",
+    ) -> None:
+        self.url = url
+        self._plan_defaults = defaults_from_plan(plan)
+        self._state_key = f"{prefix}state"
+        self._stream_key = f"{prefix}changes"
+        self._resync_s = resync_s
+        self._block_ms = block_ms
+        self._require = require_at_start
+        self._actor = actor
+        self._snap = FlagSnapshot(self._plan_defaults, version=0, epoch="", source="plan")
+        self._last_id = "0-0"
+        self._last_resync = 0.0
+        self._follower: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self.stats = SourceStats(label or redacted(url))
+        track(self)
+        # Two connections: the follower blocks in XREAD on its own, writes never wait behind it.
+        self._cmd = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._sub = aioredis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=block_ms / 1000 + 5, client_name="kvplan-follower"
+        )
+        self._write = self._cmd.register_script(_lua("write.lua"))
+        self._sync = self._cmd.register_script(_lua("sync.lua"))
+        self._sub_sync = self._sub.register_script(_lua("sync.lua"))
+
+    # reading ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> FlagSnapshot:
+        return self._snap
+
+    @property
+    def state_age(self) -> float:
+        return time.monotonic() - self.stats.confirmed_at
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """For tests and tools: wait until the snapshot changes (or timeout)."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._resync(self._cmd, "startup")
+        except _DOWN as exc:
+            self.stats.up = False
+            if self._require:
+                raise StoreUnavailable(f"cannot reach the flag store at {redacted(self.url)}: {exc}") from exc
+            log.warning("flag store %s unreachable; routing on plan defaults until it answers", self.url)
+        except RedisError as exc:
+            raise StoreUnavailable(f"flag store at {redacted(self.url)} refused: {exc}") from exc
+        self._follower = asyncio.create_task(self._follow(), name=f"kvplan-flags-{self.stats.label}")
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
+            self._follower = None
+        await self._sub.aclose()
+        await self._cmd.aclose()
+
+    # propagation -----------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """XREAD from the last id; resync periodically and after every reconnect."""
+        backoff = 0.05
+        need: str | None = None
+        while True:
+            try:
+                if need is not None or time.monotonic() - self._last_resync >= self._resync_s:
+                    await self._resync(self._sub, need or "periodic")
+                    need = None
+                reply: Any = await self._sub.xread(
+                    {self._stream_key: self._last_id}, block=self._block_ms, count=500
+                )
+                self._confirm()
+                backoff = 0.05
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        need = self._apply_entry(_text(entry_id), fields) or need
+            except asyncio.CancelledError:
+                raise
+            except _DOWN:
+                self.stats.up = False
+                need = "reconnect"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.2)  # bounded: a restarted Redis is picked up within ~0.2 s
+            except RedisError as exc:  # e.g. LOADING while Redis reads its dump
+                log.warning("flag store %s: %s", self.stats.label, exc)
+                self.stats.up = False
+                need = "reconnect"
+                await asyncio.sleep(0.1)
+
+    def _confirm(self) -> None:
+        self.stats.up = True
+        self.stats.confirmed_at = time.monotonic()
+
+    def _apply_entry(self, entry_id: str, fields: Mapping[Any, Any]) -> str | None:
+        """Apply one stream entry; return a resync reason when it cannot be applied in order."""
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        self._last_id = entry_id
+        version = int(f["v"])
+        if f["epoch"] != self._snap.epoch:
+            return "epoch"
+        if version <= self._snap.version:
+            return None  # already applied (our own write, or a replay)
+        if version != self._snap.version + 1:
+            return "gap"
+        self._install(self._snap.epoch, version, {f["bucket"]: flags_from_record(json.loads(f["after"]))})
+        self.stats.updates += 1
+        return None
+
+    def _install(
+        self, epoch: str, version: int, changed: Mapping[str, BucketFlags], whole: bool = False
+    ) -> None:
+        buckets = dict(changed) if whole else {**self._snap.buckets, **changed}
+        if epoch != self._snap.epoch and self._snap.epoch:
+            self.stats.epoch_changes += 1
+        self._snap = FlagSnapshot(buckets, version=version, epoch=epoch, source="redis")
+        self.stats.loaded = True
+        self.stats.version = version
+        self._changed.set()
+
+    async def _resync(self, conn: aioredis.Redis, reason: str) -> None:
+        seed = self._snap.buckets if self._snap.source == "redis" else self._plan_defaults
+        args: list[Any] = [_new_epoch(), self._actor, time.time(), STREAM_MAXLEN]
+        for name, flags in seed.items():
+            args += [name, json.dumps(flags_to_record(flags))]
+        run = self._sync if conn is self._cmd else self._sub_sync
+        seeded, last_id, flat = await run(keys=[self._state_key, self._stream_key], args=args)
+        self._confirm()
+        self._last_resync = time.monotonic()
+        self.stats.resynced(reason)
+        if seeded:
+            log.warning("flag store %s was empty: seeded a new epoch", self.stats.label)
+        pairs = dict(zip(flat[::2], flat[1::2], strict=True))
+        state = {_text(k): _text(v) for k, v in pairs.items()}
+        buckets = {k[2:]: flags_from_record(json.loads(v)) for k, v in state.items() if k.startswith("b:")}
+        epoch, version = state["_epoch"], int(state["_version"])
+        self._last_id = _text(last_id)
+        if epoch != self._snap.epoch or version != self._snap.version or self._snap.source != "redis":
+            self._install(epoch, version, buckets, whole=True)
+
+    # writing ---------------------------------------------------------------------------------
+
+    async def update(
+        self,
+        bucket: str,
+        change: Mapping[str, Any],
+        *,
+        action: str,
+        actor: str,
+        reason: str = "",
+        expect: Mapping[str, Any] | None = None,
+    ) -> BucketFlags:
+        if bucket not in self._plan_defaults:
+            raise unknown_bucket(bucket, self._plan_defaults)
+        rec = change_record(change)
+        exp = json.dumps(change_record(expect)) if expect else ""
+        args: list[Any] = [bucket, json.dumps(rec), exp, actor, action, reason, time.time(), STREAM_MAXLEN]
+        keys = [self._state_key, self._stream_key]
+        try:
+            reply = await self._write(keys=keys, args=args)
+            if _text(reply[0]) == "nostate":  # Redis lost its data: re-seed, then write
+                await self._resync(self._cmd, "epoch")
+                reply = await self._write(keys=keys, args=args)
+        except _DOWN as exc:
+            raise StoreUnavailable(f"cannot reach the flag store at {redacted(self.url)}: {exc}") from exc
+        status = _text(reply[0])
+        if status == "unknown":
+            raise unknown_bucket(bucket, self._plan_defaults)
+        if status == "conflict":
+            raise WriteConflict(f"bucket {bucket!r} changed meanwhile ({_text(reply[2])} differs)")
+        after = flags_from_record(json.loads(_text(reply[1])))
+        if status == "ok":
+            version, epoch = int(_text(reply[2])), _text(reply[3])
+            # read-your-writes: apply locally now if it is the next version, else let the stream do it
+            if epoch == self._snap.epoch and version == self._snap.version + 1:
+                self._install(epoch, version, {bucket: after})
+        return after
+
+    async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        out: list[AuditEntry] = []
+        end = "+"
+        try:
+            while len(out) < limit:
+                rows: Any = await self._cmd.xrevrange(self._stream_key, max=end, min="-", count=500)
+                for entry_id, fields in rows:
+                    f = {_text(k): _text(v) for k, v in fields.items()}
+                    if bucket is None or f["bucket"] == bucket:
+                        out.append(_audit(f))
+                    end = "(" + _text(entry_id)
+                if len(rows) < 500:
+                    break
+        except _DOWN as exc:
+            raise StoreUnavailable(f"cannot reach the flag store at {redacted(self.url)}: {exc}") from exc
+        return list(reversed(out[:limit]))
+
+
+def _audit(f: Mapping[str, str]) -> AuditEntry:
+    return AuditEntry(
+        version=int(f["v"]),
+        bucket=f["bucket"],
+        actor=f["actor"],
+        action=f["action"],
+        before=flags_from_record(json.loads(f["before"])) if f["before"] else None,
+        after=flags_from_record(json.loads(f["after"])),
+        reason=f["reason"],
+        at=float(f["at"]),
+        epoch=f["epoch"],
+    )

@@ -1,0 +1,31 @@
+"""Fixtures for the control tests; the services themselves live in control_services.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from control_services import PLAN, RedisServer
+
+from kvplan.plan import Plan, parse_plan
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def plan() -> Plan:
+    return parse_plan(PLAN)
+
+
+@pytest.fixture
+def plan_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pools.yaml"
+    path.write_text(PLAN)
+    return path
