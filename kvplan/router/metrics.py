@@ -10,10 +10,11 @@ under an SLO bound is only exact when the bound is a bucket edge (facts.md §6).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from kvplan.router.metric_types import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from kvplan.plan import Plan
@@ -89,15 +90,6 @@ _TOKEN_EDGES = tuple(float(2**k) for k in range(6, 18))  # 64 .. 131072
 def with_edges(base: Iterable[float], *bounds: float) -> tuple[float, ...]:
     """Histogram buckets = `base` plus each SLO bound as an exact edge, sorted, unique."""
     return tuple(sorted({*base, *bounds}))
-
-
-@dataclass(frozen=True)
-class RouteLabels:
-    """The label values of one (bucket, pool) route, resolved once per plan."""
-
-    bucket: str
-    pool: str
-    regime: str
 
 
 class RouterMetrics:

@@ -77,6 +77,7 @@ class Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self.closed = False
         self.chunked = False
+        self._head = b""  # response head not yet written (see `start`)
         self.keep_alive = True
         # Set by the proxy while streaming: paused/resumed with this connection's write buffer.
         self.upstream: asyncio.Transport | None = None
@@ -164,6 +165,7 @@ class Connection(asyncio.Protocol):
     # -- serving --
     def _start(self, request: Request) -> None:
         self.chunked = False
+        self._head = b""
         self.keep_alive = request.keep_alive
         self._task = self._loop.create_task(self._run(request))
 
@@ -224,9 +226,8 @@ class Connection(asyncio.Protocol):
         self.transport.write(b"".join(parts))
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]], content_length: int | None) -> None:
-        """Send the status line and headers; the body follows through `write` (chunked when no length)."""
-        if self.closed or self.transport is None:
-            return
+        """Prepare the status line and headers; they leave with the first body bytes (one write, one
+        syscall) or at `finish`. The body follows through `write` (chunked when there is no length)."""
         parts = [status_line(status)]
         parts.extend(b"%s: %s\r\n" % h for h in headers)
         if content_length is None:
@@ -238,20 +239,25 @@ class Connection(asyncio.Protocol):
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        self.transport.write(b"".join(parts))
+        self._head = b"".join(parts)
 
     def write(self, data: bytes) -> None:
         """Body bytes, framed as a chunk when the response is chunked. Never blocks."""
         if self.closed or self.transport is None or not data:
             return
         if self.chunked:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.transport.write(data)
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        if self._head:
+            data, self._head = self._head + data, b""
+        self.transport.write(data)
 
     def finish(self) -> None:
-        if self.chunked and not self.closed and self.transport is not None:
-            self.transport.write(b"0\r\n\r\n")
+        if self.closed or self.transport is None:
+            return
+        tail = b"0\r\n\r\n" if self.chunked else b""
+        if self._head or tail:
+            self.transport.write(self._head + tail)
+            self._head = b""
 
     def abandon(self) -> None:
         """The response cannot be completed (upstream broke mid-body): close so the client sees it."""

@@ -124,9 +124,8 @@ class FakeVllm:
                 break
         headers = dict(scope["headers"])
         if path in ("/v1/chat/completions", "/v1/completions"):
-            await self._complete(
-                "chat" if path.endswith("chat/completions") else "completion", body, headers, send
-            )
+            kind = "chat" if path.endswith("chat/completions") else "completion"
+            await self._complete(kind, body, headers, send, receive)
         elif path == "/health":
             await _reply(send, self.health_status, b"" if self.health_status == 200 else b'{"error":"dead"}')
         elif path == "/metrics":
@@ -141,7 +140,9 @@ class FakeVllm:
         else:
             await _reply(send, 404, b'{"error":"not found"}')
 
-    async def _complete(self, kind: str, body: bytes, headers: dict[bytes, bytes], send: Any) -> None:
+    async def _complete(
+        self, kind: str, body: bytes, headers: dict[bytes, bytes], send: Any, receive: Any
+    ) -> None:
         try:
             req = json.loads(body)
         except ValueError:
@@ -165,6 +166,15 @@ class FakeVllm:
             if not req.get("stream"):
                 await _reply(send, 200, self._completion(kind, rid), extra=extra)
             else:
+                # uvicorn drops writes after a disconnect silently: watch for it like vLLM does
+                gone = asyncio.Event()
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    gone.set()
+
+                watcher = asyncio.get_running_loop().create_task(watch())
                 await send(
                     {
                         "type": "http.response.start",
@@ -178,10 +188,14 @@ class FakeVllm:
                 for i in range(self.tokens):
                     if self.token_delay:
                         await asyncio.sleep(self.token_delay)
+                    if gone.is_set():
+                        self.cancelled += 1
+                        return
                     await send(
                         {"type": "http.response.body", "body": self._chunk(kind, rid, i), "more_body": True}
                     )
                 await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+                watcher.cancel()
             self.served += 1
         except (OSError, asyncio.CancelledError):
             self.cancelled += 1

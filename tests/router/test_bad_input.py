@@ -1,0 +1,119 @@
+"""Every bad input gets a specific OpenAI-shaped error and the router keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+from router_procs import MODEL, Backend, RouterProc, plan_dict
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    b = Backend("a")
+    path = tmp_path_factory.mktemp("bad") / "pools.yaml"
+    path.write_text(yaml.safe_dump(plan_dict([b.url])))
+    r = RouterProc(path, "--max-body", "2048")
+    yield r.url
+    r.stop()
+    b.stop()
+
+
+def _error(r: httpx.Response, status: int) -> dict[str, object]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and "Traceback" not in err["message"]
+    return dict(err)
+
+
+def test_malformed_json(base: str) -> None:
+    err = _error(httpx.post(base + CHAT, content=b'{"model": "test-model", "messages": [', timeout=5), 400)
+    assert "parse the JSON" in str(err["message"])
+
+
+def test_body_not_an_object(base: str) -> None:
+    _error(httpx.post(base + CHAT, content=b"[1, 2]", timeout=5), 400)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": 7, "messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"model": MODEL, "messages": "hi"}, "messages"),
+        ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0]"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, "max_tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2.5}, "max_tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "user": 42}, "user"),
+    ],
+)
+def test_wrong_types_name_the_param(base: str, body: dict[str, object], param: str) -> None:
+    err = _error(httpx.post(base + CHAT, json=body, timeout=5), 400)
+    assert err["param"] == param
+
+
+def test_negative_max_tokens(base: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}
+    err = _error(httpx.post(base + CHAT, json=body, timeout=5), 400)
+    assert err["param"] == "max_tokens" and "-5" in str(err["message"])
+
+
+def test_completions_prompt_of_wrong_type(base: str) -> None:
+    err = _error(
+        httpx.post(base + "/v1/completions", json={"model": MODEL, "prompt": {"a": 1}}, timeout=5), 400
+    )
+    assert err["param"] == "prompt"
+
+
+def test_unknown_model_404_lists_models(base: str) -> None:
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    err = _error(httpx.post(base + CHAT, json=body, timeout=5), 404)
+    assert err["code"] == "model_not_found" and MODEL in str(err["message"])
+
+
+def test_too_long_400_context_length_exceeded(base: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 1500}], "max_tokens": 4000}
+    err = _error(httpx.post(base + CHAT, json=body, timeout=5), 400)
+    assert err["code"] == "context_length_exceeded" and "4096" in str(err["message"])
+
+
+def test_body_over_limit_413(base: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}
+    err = _error(httpx.post(base + CHAT, json=body, timeout=5), 413)
+    assert "2048" in str(err["message"])
+    # the connection and the router stay usable
+    ok = httpx.post(
+        base + CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, timeout=5
+    )
+    assert ok.status_code == 200
+
+
+def test_unknown_path_and_wrong_method(base: str) -> None:
+    _error(httpx.get(base + "/v1/nothing", timeout=5), 404)
+    _error(httpx.get(base + CHAT, timeout=5), 405)
+
+
+def test_missing_or_wrong_admin_token_401(base: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
+        err = _error(httpx.get(base + "/admin/state", headers=headers, timeout=5), 401)
+        assert err["type"] == "authentication_error"
+    _error(httpx.post(base + "/admin/buckets/short/kill", timeout=5), 401)
+
+
+def test_malformed_http_is_400_not_a_crash(base: str) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as s:
+        s.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        data = s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400")
+    assert httpx.get(base + "/health", timeout=5).status_code == 200
