@@ -102,6 +102,7 @@ class RedisFlagStore(StoreWrites):
         self._last_id = "0-0"
         self._last_resync = 0.0
         self._follower: asyncio.Task[None] | None = None
+        self._closing = False
         self._changed = asyncio.Event()
         self.stats = SourceStats(label or redacted(url))
         track(self)
@@ -147,10 +148,11 @@ class RedisFlagStore(StoreWrites):
         self._follower = asyncio.create_task(self._follow(), name=f"kvplan-flags-{self.stats.label}")
 
     async def close(self) -> None:
+        self._closing = True
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._follower
+                await asyncio.wait_for(self._follower, 2.0)
             self._follower = None
         await self._sub.aclose()
         await self._cmd.aclose()
@@ -161,7 +163,7 @@ class RedisFlagStore(StoreWrites):
         """XREAD from the last id; resync periodically and after every reconnect."""
         backoff = 0.05
         need: str | None = None
-        while True:
+        while not self._closing:
             try:
                 if need is not None or time.monotonic() - self._last_resync >= self._resync_s:
                     await self._resync(self._sub, need or "periodic")
