@@ -1,0 +1,63 @@
+"""A killed endpoint under load: no request fails that had not started streaming."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from router_procs import MODEL, Backend, RouterProc, plan_dict
+
+CHAT = "/v1/chat/completions"
+
+
+def test_killed_endpoint_under_load_loses_only_started_streams(
+    backends: Callable[..., Backend], router: Callable[..., RouterProc]
+) -> None:
+    a = backends("a", tokens=20, token_delay=0.01)
+    b = backends("b", tokens=20, token_delay=0.01)
+    r = router(plan_dict([a.url, b.url]))
+    done = threading.Event()
+    results: list[tuple[bool, int | None, int, bool, str]] = []  # stream, status, bytes, complete, error
+    lock = threading.Lock()
+    count = [0]
+
+    def one(i: int, http: httpx.Client) -> None:
+        stream = i % 2 == 0
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        got, status, complete, error = 0, None, False, ""
+        try:
+            with http.stream("POST", r.url + CHAT, json=body) as resp:
+                status = resp.status_code
+                data = b""
+                for chunk in resp.iter_raw():
+                    got += len(chunk)
+                    data += chunk
+                complete = data.endswith(b"data: [DONE]\n\n") if stream else data.endswith(b"}")
+        except httpx.HTTPError as exc:
+            error = repr(exc)
+        with lock:
+            results.append((stream, status, got, complete, error))
+            count[0] += 1
+            if count[0] == 60:
+                done.set()
+
+    def worker(start: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            for i in range(start, 400, 16):
+                one(i, http)
+
+    killer = threading.Thread(target=lambda: (done.wait(60), a.kill()))
+    killer.start()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(worker, range(16)))
+    killer.join()
+
+    assert len(results) == 400
+    failed = [x for x in results if not (x[1] == 200 and x[3])]
+    for stream, status, got, _, error in failed:
+        # only a stream that had already delivered bytes may break
+        assert stream and status == 200 and got > 0, (stream, status, got, error)
+    served_after_kill = httpx.get(r.url + "/metrics", timeout=5).text
+    assert 'kvplan_router_endpoint_healthy{endpoint="%s",pool="short-bf16"} 0.0' % a.url in served_after_kill
