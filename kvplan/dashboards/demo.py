@@ -485,7 +485,7 @@ async def _run_loop(
 
 def _banner(router: Child, prom: Child | None, workers: dict[str, str], token: str, workdir: Path) -> str:
     lines = [
-        f"router       {router.url}  (OpenAI API: {router.url}/v1/chat/completions, metrics: {router.url}/metrics)",
+        f"router       {router.url}  (OpenAI API under /v1, metrics at /metrics, admin API under /admin)",
         f"admin token  {token}",
         f"prometheus   {prom.url}"
         if prom
@@ -529,9 +529,8 @@ def run(opts: DemoOptions) -> int:
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, previous[s])
         stats = asyncio.run(_run_loop(router.url, workers, opts, asyncio.Event()))
-        print(
-            f"load: {stats.sent} sent, {stats.ok} ok, {stats.failed} failed {dict(sorted(stats.by_status.items()))}"
-        )
+        statuses = dict(sorted(stats.by_status.items()))
+        print(f"load: {stats.sent} sent, {stats.ok} ok, {stats.failed} failed, by status {statuses}")
     except KeyboardInterrupt:
         interrupted = True
     except RuntimeError as exc:

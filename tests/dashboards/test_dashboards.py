@@ -109,7 +109,7 @@ def test_structure_ids_refids_datasources_units() -> None:
                 continue
             assert p["fieldConfig"]["defaults"]["unit"], f"{name}: {p['title']} has no unit"
             assert p["description"], f"{name}: {p['title']} has no description"
-            assert 0 <= p["gridPos"]["x"] and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+            assert p["gridPos"]["x"] >= 0 and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
             refs = [t["refId"] for t in p["targets"]]
             assert refs and len(refs) == len(set(refs)), p["title"]
             for t in p["targets"]:

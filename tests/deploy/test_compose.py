@@ -101,8 +101,8 @@ def test_prometheus_config_and_rules_pass_promtool(rendered: tuple[Path, dict[st
 
 def test_too_few_gpus_is_an_input_error(sample: Plan, tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "kvplan.cli", "deploy", "compose", "--plan", str(SAMPLE), "--out", str(tmp_path),
-         "--gpus", "4"],
+        [sys.executable, "-m", "kvplan.cli", "deploy", "compose", "--plan", str(SAMPLE),
+         "--out", str(tmp_path), "--gpus", "4"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 2

@@ -213,7 +213,8 @@ def test_cli_bad_plan_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "pools.yaml"
     bad.write_text(SAMPLE.read_text().replace("kv_format: int8", "kv_format: int3"))
     run = subprocess.run(
-        [sys.executable, "-m", "kvplan.cli", "deploy", "render", "--plan", str(bad), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "kvplan.cli", "deploy", "render", "--plan", str(bad),
+         "--out", str(tmp_path / "o")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert run.returncode == 2
@@ -222,3 +223,25 @@ def test_cli_bad_plan_is_a_one_line_error(tmp_path: Path) -> None:
         and "unknown KV format 'int3'" in run.stderr
         and "Traceback" not in run.stderr
     )
+
+
+def test_a_plan_written_by_kvplan_plan_renders_valid_manifests(tmp_path: Path) -> None:
+    plan_path = tmp_path / "pools.yaml"
+    run = subprocess.run(
+        [sys.executable, "-m", "kvplan.cli", "plan", "llama-3.1-8b", "--context-mix", "8k:60,16k:25,32k:15",
+         "--rps", "20", "--out", str(plan_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    plan = load_plan(plan_path)
+    manifests = [m for docs in render(plan).values() for m in docs]
+    for m in manifests:
+        if not m["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(m, K8S_VERSION, strict=True)
+    gpu_requests = sum(
+        int(m["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"])
+        * m["spec"]["replicas"]
+        for m in manifests
+        if m["kind"] == "Deployment" and m["metadata"]["name"].startswith("vllm-")
+    )
+    assert gpu_requests == sum(p.replicas * p.gpus_per_replica for p in plan.pools) > 0
