@@ -146,7 +146,7 @@ def test_healthy_noisy_ramps_never_abort(plan: Plan, seed: int) -> None:
 
 
 def test_analysis_windows_are_the_same_for_both_pools_and_one_interval_long(plan: Plan) -> None:
-    store, clock, source, ctl = begin(plan, failure_limit=1)
+    _store, clock, source, ctl = begin(plan, failure_limit=1)
     tick(ctl, clock)
     (p1, s1, e1), (p2, s2, e2) = source.calls
     assert {p1, p2} == {"b16k-int4", "b16k-bf16"} and (s1, e1) == (s2, e2) and e1 - s1 == INTERVAL
@@ -191,7 +191,7 @@ def test_pause_resume_and_operator_abort(plan: Plan) -> None:
 
 
 def test_an_operator_kill_between_read_and_write_wins(plan: Plan) -> None:
-    store, clock, _source, ctl = begin(plan, failure_limit=1)
+    store, clock, _source, _ctl = begin(plan, failure_limit=1)
     stale = store.snapshot().buckets["16k"]
     asyncio.run(rollout.apply(store, stale, rollout.pause(stale), "bob"))
     clock.now += INTERVAL
