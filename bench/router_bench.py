@@ -1,0 +1,389 @@
+"""Router benchmark: direct-to-backend, kvplan's router and vllm-router side by side, one run.
+
+Backends: two vLLM-like fake workers (tests/router/fake_vllm.py: uvicorn + httptools + uvloop)
+on loopback. Load: `wrk` (C, one thread) with a POST body, at 1, 16 and 64 concurrent
+connections; targets are interleaved round by round so machine noise hits all of them alike,
+and the median round is reported. Streaming time-to-first-byte at 1 concurrent is measured by a
+raw-socket client. Then: 100,000 requests through kvplan's router with its resident memory
+sampled after warm-up and at the end, and 1,000 concurrent streaming clients.
+
+    .venv/bin/python bench/router_bench.py            # full run, writes bench/results/router-<date>.{md,json}
+    .venv/bin/python bench/router_bench.py --quick    # shorter runs, no result files
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE = ROOT / "tests" / "router" / "fake_vllm.py"
+BIN = Path(sys.executable).parent
+MODEL = "bench-model"
+CHAT_BODY = json.dumps(
+    {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+        "max_tokens": 16,
+    }
+)
+STREAM_BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16, "stream": True}
+)
+PY_ROUTER_RPS = 110.0  # facts.md §5: a Python (production-stack style) router on a 2-core box
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(port: int, path: str = "/health", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not answer {path}")
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], port: int, log: Path, health: str = "/health") -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)  # noqa: SIM115
+        self.procs.append(p)
+        wait_http(port, health)
+        return p
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def backend(procs: Procs, tmp: Path, name: str, tokens: int = 8, delay: float = 0.0) -> str:
+    port = free_port()
+    cmd = [sys.executable, str(FAKE), "--port", str(port), "--model", MODEL, "--name", name]
+    procs.start([*cmd, "--tokens", str(tokens), "--token-delay", str(delay)], port, tmp / f"{name}.log")
+    return f"http://127.0.0.1:{port}"
+
+
+def kvplan_router(procs: Procs, tmp: Path, urls: list[str], tag: str, *extra: str) -> tuple[str, int]:
+    plan = {
+        "buckets": [
+            {
+                "name": "short",
+                "max_tokens": 8192,
+                "baseline": {
+                    "name": "short-bf16",
+                    "model": MODEL,
+                    "kv_format": "bf16",
+                    "max_model_len": 8192,
+                    "endpoints": urls,
+                },
+            }
+        ]
+    }
+    path = tmp / f"plan-{tag}.json"  # JSON is YAML
+    path.write_text(json.dumps(plan))
+    port = free_port()
+    cmd = [str(BIN / "kvplan"), "serve", "--plan", str(path), "--port", str(port), "--log-level", "warning"]
+    cmd += ["--provenance-log", str(tmp / f"provenance-{tag}.jsonl"), *extra]
+    p = procs.start(cmd, port, tmp / f"kvplan-{tag}.log")
+    return f"http://127.0.0.1:{port}", p.pid
+
+
+def vllm_router(procs: Procs, tmp: Path, urls: list[str]) -> str | None:
+    exe = BIN / "vllm-router"
+    if not exe.exists():
+        return None
+    port = free_port()
+    cmd = [str(exe), "--worker-urls", *urls, "--port", str(port), "--policy", "power_of_two"]
+    cmd += ["--log-level", "warning", "--prometheus-port", str(free_port())]
+    procs.start(cmd, port, tmp / "vllm-router.log", health="/health")
+    return f"http://127.0.0.1:{port}"
+
+
+# -- wrk --
+def wrk(url: str, conns: int, seconds: float, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan"),
+        "requests": total,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+    }
+
+
+def lua_script(tmp: Path) -> Path:
+    path = tmp / "post.lua"
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(CHAT_BODY)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.headers["Authorization"] = "Bearer sk-bench"\n'
+    )
+    return path
+
+
+# -- streaming time to first byte (raw socket, one request at a time) --
+def ttfb_ms(url: str, n: int) -> float:
+    host, port = url.removeprefix("http://").split(":")
+    body = STREAM_BODY.encode()
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    samples = []
+    with socket.create_connection((host, int(port))) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            s.sendall(req)
+            data = s.recv(65536)
+            while b"data:" not in data:
+                data += s.recv(65536)
+            samples.append(time.perf_counter() - t0)
+            while not data.endswith(b"0\r\n\r\n"):  # drain the rest of the chunked stream
+                data += s.recv(65536)
+    return statistics.median(samples) * 1e3
+
+
+# -- many concurrent streams --
+async def _one_stream(host: str, port: int, body: bytes) -> bool:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            (
+                f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            ).encode()
+            + body
+        )
+        data = await reader.read()  # until the server closes
+        return data.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in data
+    finally:
+        writer.close()
+
+
+async def _streams(url: str, n: int) -> tuple[int, float]:
+    host, port = url.removeprefix("http://").split(":")
+    t0 = time.perf_counter()
+    results = await asyncio.gather(
+        *(_one_stream(host, int(port), STREAM_BODY.encode()) for _ in range(n)), return_exceptions=True
+    )
+    ok = sum(r is True for r in results)
+    return ok, time.perf_counter() - t0
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="short runs, no result files")
+    ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per target and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=100_000, help="for the memory test")
+    ap.add_argument("--streams", type=int, default=1000)
+    args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.requests, args.streams = 2.0, 1, 20_000, 300
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk is not installed (apt-get install wrk)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    procs = Procs()
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"2-core CI-class machine ({os.cpu_count()} CPUs visible), loopback",
+        "command": " ".join([".venv/bin/python", "bench/router_bench.py", *sys.argv[1:]]),
+        "load_before": loadavg(),
+    }
+    try:
+        a, b = backend(procs, tmp, "a"), backend(procs, tmp, "b")
+        kv_url, kv_pid = kvplan_router(procs, tmp, [a, b], "main")
+        vr_url = vllm_router(procs, tmp, [a, b])
+        targets = {"direct": a, "kvplan": kv_url}
+        if vr_url:
+            targets["vllm-router"] = vr_url
+        script = lua_script(tmp)
+        for url in targets.values():  # warm up connections and caches
+            wrk(url, 16, 1, script)
+
+        table: dict[str, dict[int, list[dict[str, float]]]] = {t: {} for t in targets}
+        for _ in range(args.rounds):
+            for conns in (1, 16, 64):
+                for name, url in targets.items():
+                    table[name].setdefault(conns, []).append(wrk(url, conns, args.seconds, script))
+        summary: dict[str, dict[str, Any]] = {}
+        for name, by_c in table.items():
+            summary[name] = {}
+            for conns, runs in by_c.items():
+                runs.sort(key=lambda r: r["rps"])
+                mid = runs[len(runs) // 2]
+                summary[name][str(conns)] = {**mid, "rps_all": [r["rps"] for r in runs]}
+        result["wrk"] = summary
+        ttfb = {name: ttfb_ms(url, 300 if args.quick else 2000) for name, url in targets.items()}
+        result["stream_ttfb_p50_ms"] = ttfb
+        d, k = summary["direct"], summary["kvplan"]
+        result["added_p50_ms"] = {
+            "non_streaming": k["1"]["p50_ms"] - d["1"]["p50_ms"],
+            "streaming_ttfb": ttfb["kvplan"] - ttfb["direct"],
+        }
+        if vr_url:
+            v = summary["vllm-router"]
+            result["vllm_router_added_p50_ms"] = v["1"]["p50_ms"] - d["1"]["p50_ms"]
+            result["ratio_vs_vllm_router"] = {c: k[c]["rps"] / v[c]["rps"] for c in ("16", "64")}
+        result["ratio_vs_python_router_110"] = {c: k[c]["rps"] / PY_ROUTER_RPS for c in ("16", "64")}
+        result["load_after_throughput"] = loadavg()
+
+        # 100,000 requests: resident memory after warm-up vs at the end
+        warm = wrk(kv_url, 16, 2, script)
+        rss_warm = rss_mib(kv_pid)
+        served, rss_trace = 0, [rss_warm]
+        while served < args.requests:
+            seconds = max(1.0, min(10.0, (args.requests - served) / max(warm["rps"], 1.0)))
+            run = wrk(kv_url, 16, seconds, script)
+            served += int(run["requests"])
+            rss_trace.append(rss_mib(kv_pid))
+        result["memory"] = {
+            "requests_after_warmup": served,
+            "rss_warm_mib": rss_warm,
+            "rss_end_mib": rss_trace[-1],
+            "growth_pct": (rss_trace[-1] - rss_warm) / rss_warm * 100,
+            "trace_mib": [round(x, 1) for x in rss_trace],
+        }
+
+        # 1,000 concurrent streams (20 tokens, 50 ms apart: each stream is open about 1 s)
+        sa, sb = (
+            backend(procs, tmp, "sa", tokens=20, delay=0.05),
+            backend(procs, tmp, "sb", tokens=20, delay=0.05),
+        )
+        st_url, _ = kvplan_router(procs, tmp, [sa, sb], "streams", "--max-in-flight", "2048")
+        ok, wall = asyncio.run(_streams(st_url, args.streams))
+        result["streams"] = {
+            "clients": args.streams,
+            "completed": ok,
+            "failed": args.streams - ok,
+            "wall_s": wall,
+        }
+        result["load_after"] = loadavg()
+    finally:
+        procs.stop()
+
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        write_results(result)
+
+
+def write_results(r: dict[str, Any]) -> None:
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    day = r["date"][:10]
+    (out / f"router-{day}.json").write_text(json.dumps(r, indent=2) + "\n")
+    w = r["wrk"]
+    lines = [
+        f"# Router benchmark, {r['date']}",
+        "",
+        f"- device: {r['device']}",
+        f"- command: `{r['command']}`",
+        f"- load average before / after throughput / at end: {r['load_before']} / "
+        f"{r['load_after_throughput']} / {r['load_after']}",
+        "- backends: 2 fake vLLM workers (tests/router/fake_vllm.py), non-streaming chat, 8 tokens",
+        "- load: wrk -t1, median of the rounds (targets interleaved per round)",
+        "",
+        "| target | c=1 p50 ms | c=1 req/s | c=16 req/s | c=16 p50 ms | c=64 req/s | c=64 p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_c in w.items():
+        lines.append(
+            f"| {name} | {by_c['1']['p50_ms']:.3f} | {by_c['1']['rps']:.0f} | {by_c['16']['rps']:.0f} | "
+            f"{by_c['16']['p50_ms']:.2f} | {by_c['64']['rps']:.0f} | {by_c['64']['p50_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        f"- streaming time to first byte, p50 ms (c=1): {json.dumps({k: round(v, 3) for k, v in r['stream_ttfb_p50_ms'].items()})}",
+        f"- kvplan added p50 at c=1: non-streaming {r['added_p50_ms']['non_streaming']:.3f} ms, "
+        f"streaming TTFB {r['added_p50_ms']['streaming_ttfb']:.3f} ms (target <= 1 ms)",
+    ]
+    if "ratio_vs_vllm_router" in r:
+        rv = r["ratio_vs_vllm_router"]
+        lines.append(
+            f"- kvplan / vllm-router throughput: c=16 {rv['16']:.2f}x, c=64 {rv['64']:.2f}x (target >= 0.9x); "
+            f"vllm-router added p50 at c=1: {r['vllm_router_added_p50_ms']:.3f} ms"
+        )
+    rp = r["ratio_vs_python_router_110"]
+    lines.append(
+        f"- kvplan / 110 req/s Python router: c=16 {rp['16']:.1f}x, c=64 {rp['64']:.1f}x (target >= 4x)"
+    )
+    m = r["memory"]
+    lines.append(
+        f"- memory: {m['requests_after_warmup']} requests after warm-up, RSS {m['rss_warm_mib']:.1f} -> "
+        f"{m['rss_end_mib']:.1f} MiB ({m['growth_pct']:+.1f}%, target < 10%); trace {m['trace_mib']}"
+    )
+    s = r["streams"]
+    lines.append(
+        f"- concurrent streams: {s['clients']} clients, {s['completed']} completed, {s['failed']} failed, "
+        f"{s['wall_s']:.1f} s wall"
+    )
+    (out / f"router-{day}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
