@@ -154,6 +154,11 @@ CATALOG: dict[str, dict[str, Any]] = {
         max_position_embeddings=40960,
         params=8.19e9,
     ),
+    "qwen3-1.7b": dict(
+        hf_id="Qwen/Qwen3-1.7B", model_type="qwen3", num_hidden_layers=28, hidden_size=2048,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=6144,
+        vocab_size=_QWEN3_VOCAB, max_position_embeddings=40960, tie_word_embeddings=True, params=1.72e9,
+    ),
     "qwen3-14b": dict(
         hf_id="Qwen/Qwen3-14B",
         model_type="qwen3",
@@ -454,4 +459,5 @@ ALIASES: dict[str, str] = {
     "deepseek-v3-0324": "deepseek-v3",
     "gemma-3-27b-it": "gemma-3-27b",
     "gemma-2-9b-it": "gemma-2-9b",
+    "qwen3-coder-30b-a3b": "qwen3-30b-a3b",
 }
