@@ -1,0 +1,31 @@
+"""Which kvplan formats the vLLM plugin can serve (torch-free: `kvplan workers up` checks plans
+with it before starting anything)."""
+
+from __future__ import annotations
+
+from kvplan.formats import FORMATS, Granularity, KVFormat
+
+# The torch reference and the Triton kernels handle these head sizes and pages (vLLM's block).
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def unsupported_reason(fmt: KVFormat) -> str | None:
+    """Why the plugin cannot serve `fmt`, or None when it can."""
+    for side in (fmt.k, fmt.v):
+        if side.granularity is Granularity.PER_CHANNEL:
+            return f"{fmt.name} stores keys per channel, which needs staging state vLLM does not keep"
+        if side.granularity in (Granularity.PER_TENSOR, Granularity.PER_HEAD):
+            return f"{fmt.name} uses static scales: serve it with vLLM's native --kv-cache-dtype"
+    return None
+
+
+def plugin_format(name: str) -> KVFormat:
+    """The format the plugin serves for `name`; ValueError naming the reason otherwise."""
+    if name not in FORMATS:
+        raise ValueError(f"kvplan plugin: unknown KV format {name!r}; known: {', '.join(FORMATS)}")
+    fmt = FORMATS[name]
+    reason = unsupported_reason(fmt)
+    if reason:
+        raise ValueError(f"kvplan plugin: {reason}")
+    return fmt
