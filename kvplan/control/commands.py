@@ -1,0 +1,273 @@
+"""What `kvplan flags ...` and `kvplan rollout ...` do, against a flag store or a router's admin API.
+
+The CLI module only parses options; everything here is async and returns plain data or text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvplan.control import rollout
+from kvplan.control.analysis import Thresholds
+from kvplan.control.state import (
+    AuditEntry,
+    BucketFlags,
+    FlagSnapshot,
+    FlagStore,
+    StoreUnavailable,
+    flags_to_record,
+    unknown_bucket,
+)
+from kvplan.control.stores import open_store
+from kvplan.errors import InputError, KvplanError
+from kvplan.plan import Plan, load_plan
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Which state a command acts on: a flag store URL, or a router's admin API."""
+
+    plan_path: Path | None
+    store_url: str | None
+    router_url: str | None = None
+    token: str | None = None
+
+    def plan(self) -> Plan:
+        if self.plan_path is None:
+            raise InputError("give the pool plan with --plan (or $KVPLAN_PLAN)")
+        return load_plan(self.plan_path)
+
+
+@asynccontextmanager
+async def opened(where: Where) -> AsyncIterator[FlagStore]:
+    if where.store_url in (None, "memory"):
+        raise InputError(
+            "the in-memory flag store lives inside one router: pass --router URL (its admin API) "
+            "or --flag-store redis://host:port/db"
+        )
+    store = open_store(where.store_url, where.plan())
+    try:
+        await store.start()
+        yield store
+    finally:
+        await store.close()
+
+
+# -- router admin API --------------------------------------------------------------------------
+
+
+async def admin_call(where: Where, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    import httpx
+
+    assert where.router_url is not None
+    url = where.router_url.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            resp = await client.request(method, url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise StoreUnavailable(f"cannot reach the router at {where.router_url}: {exc}") from exc
+    if resp.status_code == 401:
+        raise KvplanError(
+            f"the router at {where.router_url} refused the admin call: give its token with "
+            "--admin-token-file or $KVPLAN_ADMIN_TOKEN"
+        )
+    if resp.status_code >= 400:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text[:200]
+        raise InputError(f"router: {message}")
+    return resp.json()
+
+
+# -- flags -------------------------------------------------------------------------------------
+
+
+async def flag_write(
+    where: Where, bucket: str, op: str, actor: str, reason: str, weight: int = 0
+) -> dict[str, Any]:
+    """op: kill, unkill, weight. Returns {bucket, before, after, version}."""
+    if where.router_url:
+        body: dict[str, Any] = {"actor": actor, "reason": reason}
+        if op == "weight":
+            body["weight"] = weight
+        result: dict[str, Any] = await admin_call(where, "POST", f"/admin/buckets/{bucket}/{op}", body)
+        return result
+    async with opened(where) as store:
+        before = store.snapshot().buckets.get(bucket)
+        if before is None:
+            raise unknown_bucket(bucket, store.snapshot().buckets)
+        if op == "kill":
+            after = await store.kill(bucket, actor, reason)
+        elif op == "unkill":
+            after = await store.unkill(bucket, actor, reason)
+        else:
+            after = await store.set_weight(bucket, weight, actor, reason)
+        snap = store.snapshot()
+        return {
+            "bucket": bucket,
+            "before": flags_to_record(before),
+            "after": flags_to_record(after),
+            "version": snap.version,
+        }
+
+
+async def state(where: Where) -> dict[str, Any]:
+    if where.router_url:
+        result: dict[str, Any] = await admin_call(where, "GET", "/admin/state")
+        return result
+    async with opened(where) as store:
+        return store.snapshot().to_json()
+
+
+async def history(where: Where, bucket: str | None, limit: int) -> list[dict[str, Any]]:
+    if where.router_url:
+        q = f"?limit={limit}" + (f"&bucket={bucket}" if bucket else "")
+        result = await admin_call(where, "GET", f"/admin/history{q}")
+        entries: list[dict[str, Any]] = result["entries"]
+        return entries
+    async with opened(where) as store:
+        if bucket is not None and bucket not in store.snapshot().buckets:
+            raise unknown_bucket(bucket, store.snapshot().buckets)
+        rows: list[AuditEntry] = await store.history(bucket, limit)
+        return [r.to_json() for r in rows]
+
+
+def format_state(data: Mapping[str, Any]) -> str:
+    lines = [f"version {data.get('version')}  epoch {data.get('epoch')}  source {data.get('source')}"]
+    lines.append(f"{'bucket':<8} {'baseline':<14} {'candidate':<14} {'weight':>6} {'killed':>6}  rollout")
+    for name, b in data["buckets"].items():
+        killed = "KILLED" if b.get("killed") else "-"
+        lines.append(
+            f"{name:<8} {b['baseline']:<14} {b.get('candidate') or '-':<14} {b['weight']:>6} {killed:>6}  "
+            f"{b.get('rollout', 'idle')}"
+        )
+    return "\n".join(lines)
+
+
+_SHOWN = ("weight", "killed", "rollout")
+
+
+def _diff(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
+    if not before:
+        return ", ".join(f"{k}={after.get(k)}" for k in _SHOWN)
+    changed = [f"{k} {before.get(k)} -> {after.get(k)}" for k in _SHOWN if before.get(k) != after.get(k)]
+    return ", ".join(changed) or "rollout progress"
+
+
+def format_history(rows: list[Mapping[str, Any]]) -> str:
+    out = []
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(r["at"])))
+        reason = f"  ({r['reason']})" if r.get("reason") else ""
+        out.append(
+            f"{when}Z  v{r['version']:<4} {r['bucket']:<6} {r['actor']:<24} {r['action']:<17} "
+            f"{_diff(r.get('before'), r['after'])}{reason}"
+        )
+    return "\n".join(out) or "(no changes recorded)"
+
+
+# -- rollout -----------------------------------------------------------------------------------
+
+
+async def rollout_op(
+    where: Where,
+    bucket: str,
+    op: str,
+    actor: str,
+    *,
+    steps: str = "",
+    interval: str = "",
+    failure_limit: int = 1,
+    thresholds: Thresholds | None = None,
+    reason: str = "",
+) -> BucketFlags:
+    """start, pause, resume, abort: the pure transition, written conditionally."""
+    if where.router_url:
+        raise InputError("rollout commands act on a shared flag store: pass --flag-store redis://...")
+    parsed = rollout.parse_steps(steps) if op == "start" else ()
+    seconds = rollout.parse_interval(interval) if op == "start" else 0.0
+    async with opened(where) as store:
+        flags = store.snapshot().buckets.get(bucket)
+        if flags is None:
+            raise unknown_bucket(bucket, store.snapshot().buckets)
+        now = time.time()
+        if op == "start":
+            d = rollout.start(flags, parsed, seconds, failure_limit, thresholds or Thresholds(), now)
+        elif op == "pause":
+            d = rollout.pause(flags)
+        elif op == "resume":
+            d = rollout.resume(flags, now)
+        else:
+            d = rollout.abort(flags, reason or f"aborted by {actor}")
+        if reason and op != "abort":
+            d = rollout.Decision(d.change, d.action, reason)
+        return await rollout.apply(store, flags, d, actor)
+
+
+def format_rollouts(snap: FlagSnapshot, bucket: str | None, now: float) -> str:
+    lines = []
+    for name, f in snap.buckets.items():
+        if bucket is not None and name != bucket:
+            continue
+        p = f.progress
+        if p is None:
+            lines.append(f"{name}: {f.rollout}, weight {f.weight}{' (killed)' if f.killed else ''}")
+            continue
+        nxt = (
+            f"next analysis in {max(0.0, p.next_check_at - now):.0f} s" if f.rollout == "progressing" else ""
+        )
+        lines.append(
+            f"{name}: {f.rollout}, weight {f.weight}{' (killed)' if f.killed else ''}, step {p.step + 1}/"
+            f"{len(p.steps)} of {list(p.steps)}, every {p.interval_s:g} s, failures {p.failures}/"
+            f"{p.failure_limit}; {nxt}\n    last: {p.last_reason}"
+        )
+    return "\n".join(lines)
+
+
+async def rollout_status(where: Where, bucket: str | None) -> str:
+    if bucket is not None and bucket not in {b.name for b in where.plan().buckets}:
+        raise unknown_bucket(bucket, {b.name: None for b in where.plan().buckets})
+    async with opened(where) as store:
+        return format_rollouts(store.snapshot(), bucket, time.time())
+
+
+async def run_controller(
+    where: Where, prometheus: str | None, router_metrics: str | None, poll_s: float, stop: asyncio.Event
+) -> None:
+    from kvplan.control.sources import PrometheusSource, RouterCounterSource
+
+    plan = where.plan()
+    source: rollout.MetricsSource
+    if prometheus:
+        source = PrometheusSource(prometheus, plan.slo)
+    elif router_metrics:
+        source = RouterCounterSource.from_url(router_metrics, plan.slo)
+    else:
+        raise InputError("the controller needs metrics: --prometheus URL or --router-metrics URL/metrics")
+    async with opened(where) as store:
+        ctl = rollout.RolloutController(store, source, actor=f"rollout-controller@{socket.gethostname()}")
+        await ctl.run(stop, poll_s)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str)
