@@ -233,7 +233,9 @@ class RedisFlagStore(StoreWrites):
             log.warning("flag store %s was empty: seeded a new epoch", self.stats.label)
         pairs = dict(zip(flat[::2], flat[1::2], strict=True))
         state = {_text(k): _text(v) for k, v in pairs.items()}
-        buckets = {k[2:]: flags_from_record(json.loads(v)) for k, v in state.items() if k.startswith("b:")}
+        stored = {k[2:]: flags_from_record(json.loads(v)) for k, v in state.items() if k.startswith("b:")}
+        order = [*self._plan_defaults, *(k for k in stored if k not in self._plan_defaults)]
+        buckets = {k: stored[k] for k in order if k in stored}  # the plan's order, not the hash's
         epoch, version = state["_epoch"], int(state["_version"])
         self._last_id = _text(last_id)
         if epoch != self._snap.epoch or version != self._snap.version or self._snap.source != "redis":
