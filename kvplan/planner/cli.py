@@ -1,8 +1,8 @@
 """`kvplan size` and `kvplan plan` (imports only typer at module level; the planner, rich and numpy
 load inside the commands so that `kvplan size` starts fast)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: typer would eval every string annotation (and
+# rebuild every typer.Option) on each start, which costs more than the rest of `kvplan size`.
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -152,7 +152,7 @@ def _traffic_lengths(traffic: Path | None, context_mix: str | None) -> tuple[int
     return tuple(int(n) for n, c in zip(mix.total_tokens, counts, strict=True) for _ in range(c))
 
 
-def _size_rows(report: SizeReport) -> tuple[list[str], list[list[str]]]:
+def _size_rows(report: "SizeReport") -> tuple[list[str], list[list[str]]]:
     slo = f"SLO {report.request.tpot_slo_seconds * 1000:.0f}ms"
     head = ["format", "KiB/tok", "KV GiB", "blocks", "KV tokens", "max conc", "guar.", "exp.", "fits",
             "TPOT ms", "tok/s", slo]  # fmt: skip
@@ -178,7 +178,7 @@ def _size_rows(report: SizeReport) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _size_header(report: SizeReport) -> list[str]:
+def _size_header(report: "SizeReport") -> list[str]:
     req, m, c = report.request, report.request.model, report.rows[0].capacity
     windows = sorted({w for w in m.layer_windows if w})
     attn = m.attention.value.upper() + (
@@ -206,7 +206,7 @@ def _console() -> Any:
     return console if console.is_terminal else Console(width=160)
 
 
-def _size_rich(report: SizeReport) -> None:
+def _size_rich(report: "SizeReport") -> None:
     from rich.table import Table
 
     console = _console()
@@ -233,7 +233,7 @@ def _size_rich(report: SizeReport) -> None:
         console.print(f"[dim]note: {note}[/]")
 
 
-def _size_markdown(report: SizeReport) -> str:
+def _size_markdown(report: "SizeReport") -> str:
     head, rows = _size_rows(report)
     out = [*(f"{line}  " for line in _size_header(report)), "", "| " + " | ".join(head) + " |"]
     out.append("|" + "|".join("---" for _ in head) + "|")
@@ -413,7 +413,7 @@ def _format_overrides(spec: str | None, bounds: tuple[int, ...]) -> dict[str, tu
     return out
 
 
-def _plan_rows(fleet: FleetPlan) -> tuple[list[str], list[list[str]]]:
+def _plan_rows(fleet: "FleetPlan") -> tuple[list[str], list[list[str]]]:
     head = ["bucket", "share", "req/s", "mean in/out", "pool", "KV", "TP x replicas", "GPUs", "$/h", "seqs",
             "TPOT ms", "KV util", "bound"]  # fmt: skip
     rows = []
@@ -440,7 +440,7 @@ def _plan_rows(fleet: FleetPlan) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _plan_summary(fleet: FleetPlan, out: Path) -> list[str]:
+def _plan_summary(fleet: "FleetPlan", out: Path) -> list[str]:
     share = fleet.saving_per_hour / fleet.baseline_cost if fleet.baseline_cost else 0.0
     lines = [
         f"{fleet.model.name} on {fleet.gpu.name}: {fleet.traffic_source}"
@@ -460,7 +460,7 @@ def _plan_summary(fleet: FleetPlan, out: Path) -> list[str]:
     return lines
 
 
-def _plan_rich(fleet: FleetPlan, out: Path) -> None:
+def _plan_rich(fleet: "FleetPlan", out: Path) -> None:
     from rich.table import Table
 
     console = _console()
@@ -475,7 +475,7 @@ def _plan_rich(fleet: FleetPlan, out: Path) -> None:
         console.print(line, highlight=False)
 
 
-def _plan_markdown(fleet: FleetPlan, out: Path) -> str:
+def _plan_markdown(fleet: "FleetPlan", out: Path) -> str:
     head, rows = _plan_rows(fleet)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

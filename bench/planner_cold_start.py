@@ -1,0 +1,128 @@
+"""Cold start of `kvplan size` (target < 0.3 s wall on a 2-core machine), side by side with the
+bare interpreter and `kvplan --help` in the same run, plus the heavy-import check.
+
+    .venv/bin/python bench/planner_cold_start.py [--runs 30]
+
+Uses hyperfine when installed (apt-get install hyperfine), else a repeated-subprocess timer.
+Writes bench/results/planner_cold_start.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = ROOT / ".venv" / "bin" / "python"
+KVPLAN = ROOT / ".venv" / "bin" / "kvplan"
+HEAVY = ("torch", "triton", "vllm", "starlette", "uvicorn", "httpx", "numpy", "matplotlib")
+
+CASES = {
+    "python -c pass (interpreter floor)": f"{PY} -c pass",
+    "kvplan --help": f"{KVPLAN} --help",
+    "kvplan size llama-3.1-8b": f"{KVPLAN} size llama-3.1-8b",
+    "kvplan size llama-3.1-70b --gpu h100:4 --json": f"{KVPLAN} size llama-3.1-70b --gpu h100:4 --json",
+}
+
+
+def with_hyperfine(runs: int) -> dict[str, dict[str, float]]:
+    out = Path(tempfile.mkdtemp()) / "hf.json"
+    cmd = ["hyperfine", "--warmup", "3", "--runs", str(runs), "--export-json", str(out), "-N"]
+    for name, command in CASES.items():
+        cmd += ["-n", name, command]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    data = json.loads(out.read_text())["results"]
+    return {
+        r["command"]: {"median": r["median"], "mean": r["mean"], "min": r["min"], "max": r["max"]} for r in data
+    }
+
+
+def with_subprocess(runs: int) -> dict[str, dict[str, float]]:
+    res = {}
+    for name, command in CASES.items():
+        times = []
+        for i in range(runs + 3):
+            t = time.perf_counter()
+            subprocess.run(command.split(), check=True, stdout=subprocess.DEVNULL)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        res[name] = {"median": statistics.median(times), "mean": statistics.mean(times), "min": min(times),
+                     "max": max(times)}  # fmt: skip
+    return res
+
+
+def heavy_imports() -> list[str]:
+    code = (
+        "import sys\nfrom kvplan.cli import app\n"
+        "try:\n    app(['size', 'llama-3.1-8b'])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+    )
+    r = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(r.stderr.strip().splitlines()[-1].replace("'", '"'))
+
+
+def slowest_imports(n: int = 8) -> list[tuple[str, int]]:
+    code = "from kvplan.cli import app\ntry:\n    app(['size', 'llama-3.1-8b'])\nexcept SystemExit:\n    pass\n"
+    r = subprocess.run([str(PY), "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
+    rows = []
+    for line in r.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            _, cum, name = line.split("|")
+            if not name.startswith("  "):  # top-level imports only
+                rows.append((name.strip(), int(cum)))
+    return sorted(rows, key=lambda x: -x[1])[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+    tool = "hyperfine" if shutil.which("hyperfine") else "subprocess timer"
+    res = with_hyperfine(args.runs) if tool == "hyperfine" else with_subprocess(args.runs)
+    heavy = heavy_imports()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    size_median = res["kvplan size llama-3.1-8b"]["median"]
+    lines = [
+        "# `kvplan size` cold start",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- device: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()} (shared machine: other",
+        "  jobs were running, so these are upper bounds)",
+        f"- command: `.venv/bin/python bench/planner_cold_start.py --runs {args.runs}` ({tool}, 3 warm-up runs,"
+        " page cache warm: \"cold\" means a fresh process)",
+        "",
+        "| command | median s | mean s | min s | max s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in res.items():
+        lines.append(f"| `{name}` | {r['median']:.3f} | {r['mean']:.3f} | {r['min']:.3f} | {r['max']:.3f} |")
+    verdict = "met" if size_median < 0.3 else "NOT met"
+    lines += [
+        "",
+        f"Target `kvplan size` < 0.3 s wall: median {size_median:.3f} s, **{verdict}**.",
+        "",
+        f"Heavy modules imported by `kvplan size` (checked: {', '.join(HEAVY)}): {heavy or 'none'}.",
+        "",
+        "Largest top-level imports on the `kvplan size` path (cumulative µs, `python -X importtime`):",
+        "",
+        *(f"- `{name}`: {us:,}" for name, us in slowest_imports()),
+    ]
+    dest = ROOT / "bench" / "results" / "planner_cold_start.md"
+    dest.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    sys.exit(0 if size_median < 0.3 and not heavy else 1)
+
+
+if __name__ == "__main__":
+    main()
