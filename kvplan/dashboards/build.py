@@ -3,6 +3,7 @@
 Generated, committed, checked for drift by CI:
   dashboards/<name>.json                      Grafana dashboards
   deploy/prometheus/rules/kvplan.rules.yml    recording and alerting rules
+  deploy/k8s/, deploy/compose/                the deployments rendered from deploy/sample/pools.yaml
 The SLO bounds come from a plan when one is given, else the plan model's defaults.
 """
 
@@ -15,10 +16,14 @@ from typing import Any
 
 from kvplan.dashboards import definitions, grafana, rules
 from kvplan.deploy import yaml_text
-from kvplan.plan import Slo
+from kvplan.plan import Plan, Slo
 
 DASHBOARDS_DIR = Path("dashboards")
 RULES_FILE = Path("deploy/prometheus/rules/kvplan.rules.yml")
+SAMPLE_PLAN = Path("deploy/sample/pools.yaml")
+K8S_DIR = Path("deploy/k8s")
+COMPOSE_DIR = Path("deploy/compose")
+GENERATED_DIRS = (DASHBOARDS_DIR, K8S_DIR, COMPOSE_DIR)
 
 
 def dashboard_json(slo: Slo) -> dict[str, dict[str, Any]]:
@@ -40,10 +45,30 @@ def plan_rules_text(groups: list[dict[str, Any]]) -> str:
     return header + yaml_text.dump({"groups": groups})
 
 
-def generated_files(slo: Slo) -> dict[Path, str]:
-    """Repository-relative path -> exact content."""
+def generated_files(slo: Slo, sample: Plan | None = None) -> dict[Path, str]:
+    """Repository-relative path -> exact content (with `sample`: its k8s and compose renders)."""
     files = {DASHBOARDS_DIR / name: json_text(d) for name, d in dashboard_json(slo).items()}
     files[RULES_FILE] = rules_text(slo)
+    if sample is not None:
+        files.update(sample_deployments(sample))
+    return files
+
+
+def sample_deployments(plan: Plan) -> dict[Path, str]:
+    from kvplan.deploy import compose, k8s
+
+    dashboards = dashboard_json(plan.slo)
+    groups = [*rules.rule_groups(plan.slo), *rules.plan_rule_groups(plan)]
+    manifests = k8s.render(plan, k8s.RenderOptions(), groups, dashboards)
+    files = {K8S_DIR / name: k8s.to_yaml(docs) for name, docs in manifests.items()}
+    stack = compose.render(
+        plan,
+        compose.ComposeOptions(),
+        rules_text(plan.slo),
+        plan_rules_text(rules.plan_rule_groups(plan)),
+        dashboards,
+    )
+    files.update({COMPOSE_DIR / rel: text for rel, text in stack.items()})
     return files
 
 
@@ -63,12 +88,20 @@ def drift(root: Path, files: dict[Path, str]) -> list[str]:
                 n=1,
             )
             problems.append("\n".join(list(diff)[:20]))
-    stale = sorted(p for p in (root / DASHBOARDS_DIR).glob("*.json") if p.relative_to(root) not in files)
-    problems.extend(f"{p.relative_to(root)}: not generated any more (remove it)" for p in stale)
+    problems.extend(f"{p}: not generated any more (remove it)" for p in stale(root, files))
     return problems
 
 
+def stale(root: Path, files: dict[Path, str]) -> list[Path]:
+    """Files under the generated directories that the current build does not produce."""
+    dirs = [d for d in GENERATED_DIRS if any(f.is_relative_to(d) for f in files)]
+    found = (p.relative_to(root) for d in dirs for p in (root / d).rglob("*") if p.is_file())
+    return sorted(p for p in found if p not in files)
+
+
 def write(root: Path, files: dict[Path, str]) -> list[Path]:
+    for old in stale(root, files):
+        (root / old).unlink()
     written = []
     for rel, text in files.items():
         path = root / rel

@@ -26,12 +26,13 @@ def build_cmd(
     root: Annotated[Path, typer.Option(help="Repository root to write into / check.")] = Path("."),
     plan: Annotated[Path | None, typer.Option(help="Take the SLO bounds from this plan.")] = None,
 ) -> None:
-    """Generate dashboards/*.json and deploy/prometheus/rules/kvplan.rules.yml."""
+    """Generate dashboards/*.json, the rules, and deploy/k8s + deploy/compose for the sample plan."""
     from kvplan.dashboards import build
     from kvplan.plan import Slo, load_plan
 
     slo = load_plan(plan).slo if plan else Slo()
-    files = build.generated_files(slo)
+    sample = root / build.SAMPLE_PLAN
+    files = build.generated_files(slo, load_plan(sample) if sample.exists() else None)
     if check:
         problems = build.drift(root, files)
         if problems:

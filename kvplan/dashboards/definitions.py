@@ -21,7 +21,7 @@ ERRORS = "|".join(rules.ERROR_OUTCOMES)
 TOKENS_PER_S = "suffix: tok/s"
 ROLE = f"on (bucket, pool) group_left (role) {rules.POOL_INFO}"
 ERROR_REQUESTS = f'{ROUTER}, outcome=~"{ERRORS}"'
-SERVED_REQUESTS = f'{ROUTER}, outcome!~"cancelled|client_error"'
+SERVED_REQUESTS = f'{ROUTER}, outcome!~"{"|".join(rules.EXCLUDED_OUTCOMES)}"'
 BUCKET_ONLY = 'bucket=~"$bucket"'
 FALLBACKS = f'{ROUTER}, reason=~"fallback|stale|retry"'
 
@@ -249,8 +249,9 @@ def pools_kv(slo: Slo) -> Dashboard:
                 "short",
                 (
                     Query(
+                        # vLLM labels this info series with the cache config only (no model_name).
                         f"max by (pool, kv_format, cache_dtype, block_size, num_gpu_blocks) "
-                        f"({vm.CACHE_CONFIG_INFO}{{{VLLM}}})",
+                        f"({vm.CACHE_CONFIG_INFO}{{{ROUTER}}})",
                         instant=True,
                         format="table",
                     ),
@@ -260,12 +261,21 @@ def pools_kv(slo: Slo) -> Dashboard:
                         format="table",
                     ),
                 ),
-                "num_gpu_blocks is what vLLM allocated (from vllm:cache_config_info); 'Value #B' is the "
-                "plan's prediction in blocks of the same size.",
+                "Blocks vLLM allocated per replica (num_gpu_blocks of vllm:cache_config_info) next to "
+                "the planner's prediction for the same model, GPU, format and length.",
                 kind="table",
                 transformations=(
                     {"id": "merge", "options": {}},
-                    {"id": "organize", "options": {"excludeByName": {"Time": True, "Value #A": True}}},
+                    {
+                        "id": "organize",
+                        "options": {
+                            "excludeByName": {"Time": True, "Value #A": True},
+                            "renameByName": {
+                                "num_gpu_blocks": "blocks (vLLM)",
+                                "Value #B": "blocks (plan)",
+                            },
+                        },
+                    },
                 ),
             ),
             Panel(

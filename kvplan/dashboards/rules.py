@@ -17,6 +17,7 @@ from prometheus_client.utils import floatToGoString
 
 from kvplan import vllm_metrics as vm
 from kvplan.control import metrics as cm
+from kvplan.control import sources
 from kvplan.deploy import labels
 from kvplan.formats import get_format
 from kvplan.plan import Plan, Pool, Slo
@@ -36,8 +37,10 @@ ERROR_MARGIN = 0.01
 TTFT_SHARE_MARGIN = 0.05
 MIN_CANDIDATE_RPS = 0.05
 
-# Outcomes that spend the error budget: the endpoint failed. 4xx and backpressure do not.
-ERROR_OUTCOMES = ("upstream_error", "stream_broken")
+# Outcomes that spend the error budget (the endpoint failed) and those that are neither success nor
+# failure of the pool: the rollout analysis's definitions, so alerts and analysis agree.
+ERROR_OUTCOMES = sources.ERROR_OUTCOMES
+EXCLUDED_OUTCOMES = sources.EXCLUDED_OUTCOMES
 WINDOWS = ("5m", "30m", "1h", "6h")
 
 REQUESTS_TOTAL = f"{rm.REQUESTS}_total"
@@ -80,7 +83,7 @@ def recording_rules(slo: Slo) -> list[dict[str, Any]]:
                     f"sum by (bucket, pool) (rate({REQUESTS_TOTAL}"
                     f'{{outcome=~"{_outcomes(ERROR_OUTCOMES)}"}}[{w}]))\n'
                     f"/\nsum by (bucket, pool) (rate({REQUESTS_TOTAL}"
-                    f'{{outcome!~"cancelled|client_error"}}[{w}]))'
+                    f'{{outcome!~"{_outcomes(EXCLUDED_OUTCOMES)}"}}[{w}]))'
                 ),
             }
         )
