@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kvplan.dashboards import build, rules
@@ -42,16 +43,10 @@ def test_every_alert_has_a_firing_unit_test() -> None:
     assert len(silent) >= 6  # and healthy series next to failing ones stay silent
 
 
-def test_unit_tests_catch_a_wrong_threshold(tmp_path: Path, monkeypatch: object) -> None:
+def test_unit_tests_catch_a_wrong_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Mutation: a KV limit of 0.96 would miss a replica at 95%; the unit tests must notice."""
-    import pytest
-
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(rules, "KV_USAGE_LIMIT", 0.96)
-        broken = build.rules_text(Slo())
-    finally:
-        mp.undo()
+    monkeypatch.setattr(rules, "KV_USAGE_LIMIT", 0.96)
+    broken = build.rules_text(Slo())
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules/kvplan.rules.yml").write_text(broken)
     (tmp_path / "tests").mkdir()
