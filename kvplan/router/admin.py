@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from kvplan.control.state import BucketFlags
+from kvplan.control.state import BucketFlags, StoreUnavailable, WriteConflict
 from kvplan.router.api_errors import ApiError, invalid
 
 if TYPE_CHECKING:
@@ -102,15 +102,23 @@ async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dic
             404, f"Unknown bucket '{bucket}'. Buckets: {known}", param="bucket", code="bucket_not_found"
         )
     before = router.table.flags(router.store.snapshot(), bucket)
-    if action == "weight":
-        weight = data.get("weight")
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-            raise invalid(f"'weight' must be an integer within 0..100, got {weight!r}", param="weight")
-        after = await router.store.set_weight(bucket, weight, actor, reason)
-    elif action == "kill":
-        after = await router.store.kill(bucket, actor, reason)
-    else:
-        after = await router.store.unkill(bucket, actor, reason)
+    weight = data.get("weight")
+    if action == "weight" and (
+        isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100
+    ):
+        raise invalid(f"'weight' must be an integer within 0..100, got {weight!r}", param="weight")
+    try:
+        if action == "weight":
+            assert isinstance(weight, int)
+            after = await router.store.set_weight(bucket, weight, actor, reason)
+        elif action == "kill":
+            after = await router.store.kill(bucket, actor, reason)
+        else:
+            after = await router.store.unkill(bucket, actor, reason)
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
+    except WriteConflict as exc:
+        raise ApiError(409, f"Concurrent change, retry: {exc}", type="conflict") from exc
     log.warning(
         "admin %s bucket=%s actor=%s reason=%r before=%s after=%s",
         action,
@@ -144,7 +152,10 @@ async def handle(router: Router, req: Request, conn: Connection) -> None:
             limit = int(query.get("limit", ["100"])[0])
         except ValueError:
             raise invalid("'limit' must be an integer", param="limit") from None
-        entries = await router.store.history(bucket, limit)
+        try:
+            entries = await router.store.history(bucket, limit)
+        except StoreUnavailable as exc:
+            raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
         result = {"entries": [asdict(e) for e in entries]}
     elif (
         method == b"POST"

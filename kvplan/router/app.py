@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import REGISTRY, generate_latest
 
 from kvplan.control.state import FlagStore
 from kvplan.plan import Plan, load_plan
@@ -53,6 +53,7 @@ class Limits:
     probe_interval: float = 1.0
     probe_timeout: float = 1.0
     reload_interval: float = 1.0
+    ejection_seconds: float = 5.0  # minimum time out of rotation after a passive ejection
 
 
 @dataclass
@@ -240,9 +241,9 @@ class Router:
                 m.endpoint_saturated.labels(pool.name, ep.url).set(1 if saturated else 0)
                 m.endpoint_waiting.labels(pool.name, ep.url).set(ep.waiting)
                 m.endpoint_kv_usage.labels(pool.name, ep.url).set(ep.kv_usage)
-        conn.respond(
-            200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], generate_latest(m.registry)
-        )
+        # the default registry carries the flag store's health (kvplan.control.metrics) and process metrics
+        body = generate_latest(m.registry) + generate_latest(REGISTRY)
+        conn.respond(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], body)
 
     def _observe(self, route: Route) -> _Observed:
         key = (route.bucket.bucket.name, route.pool.name)
@@ -426,8 +427,8 @@ class Router:
                     status,
                     outcome,
                     attempts,
-                    round(ttft, 6),
-                    round(e2e, 6),
+                    ttft,
+                    e2e,
                     comp.stream,
                 )
             )
@@ -452,9 +453,11 @@ class Router:
         )
 
     def _endpoint_failed(self, ep: Endpoint, kind: str) -> None:
-        """Passive ejection: a refused connection at once, 5xx/timeouts after 3 in a row."""
+        """Passive ejection: a refused connection at once, 5xx/timeouts after 3 in a row; /health
+        probes bring the endpoint back after `ejection_seconds`."""
         self.metrics.upstream_errors.labels(ep.pool, kind).inc()
         ep.failures += 1
         if (kind == FailKind.CONNECT.value or ep.failures >= 3) and ep.healthy:
             ep.healthy = False
+            ep.ejected_until = asyncio.get_running_loop().time() + self.limits.ejection_seconds
             log.warning("endpoint %s of pool %s ejected after %s", ep.url, ep.pool, kind)

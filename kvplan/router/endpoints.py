@@ -28,6 +28,7 @@ class Endpoint:
 
     __slots__ = (
         "address",
+        "ejected_until",
         "failures",
         "healthy",
         "host_header",
@@ -52,6 +53,7 @@ class Endpoint:
         self.in_flight = 0
         self.healthy = True  # until a probe or a request says otherwise
         self.failures = 0  # consecutive 5xx
+        self.ejected_until = 0.0  # loop time: a passive ejection holds at least this long
         self.waiting = 0.0
         self.kv_usage = 0.0
         self.scraped_at = -1e18  # loop time of the last successful scrape (never: stale)
@@ -86,15 +88,21 @@ class Availability(enum.Enum):
 
 
 def availability(endpoints: Sequence[Endpoint], now: float, sat: Saturation) -> Availability:
-    healthy = [e for e in endpoints if e.healthy]
+    healthy = fresh = room = 0
+    for e in endpoints:
+        if not e.healthy:
+            continue
+        healthy += 1
+        if now - e.scraped_at > sat.stale_after:
+            continue
+        fresh += 1
+        if e.in_flight < e.max_in_flight and e.waiting < sat.waiting and e.kv_usage < sat.kv_usage:
+            room += 1
     if not healthy:
         return Availability.UNHEALTHY
-    fresh = [e for e in healthy if not e.stale(now, sat)]
     if not fresh:
         return Availability.STALE
-    if all(e.full() or e.overloaded(now, sat) for e in fresh):
-        return Availability.SATURATED
-    return Availability.AVAILABLE
+    return Availability.AVAILABLE if room else Availability.SATURATED
 
 
 def choose(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from kvplan.router.api_errors import invalid
 
@@ -29,8 +30,8 @@ def _json(body: bytes) -> dict[str, Any]:
     if not body:
         raise invalid("The request body is empty; send a JSON object.")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise invalid(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(data, dict):
         raise invalid(f"The request body must be a JSON object, not {type(data).__name__}.")

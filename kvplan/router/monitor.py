@@ -40,6 +40,8 @@ async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
         healthy = status == 200
     except Exception:  # any failure to answer /health means unhealthy
         healthy = False
+    if healthy and not ep.healthy and loop.time() < ep.ejected_until:
+        healthy = False  # ejected for failing real requests: /health alone does not bring it back yet
     if healthy != ep.healthy:
         log.warning(
             "endpoint %s of pool %s is now %s", ep.url, ep.pool, "healthy" if healthy else "unhealthy"

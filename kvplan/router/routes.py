@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from kvplan.control.cohort import percentile
 from kvplan.control.state import BucketFlags, FlagSnapshot, defaults_from_plan
@@ -40,8 +41,7 @@ class BucketRoute:
     model: str
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     bucket: BucketRoute
     pool: PoolRoute
     reason: str

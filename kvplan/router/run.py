@@ -90,7 +90,7 @@ def run(
         admin_token=read_admin_token(admin_token_file),
         provenance_path=provenance_log,
     )
-    store = open_flag_store(flag_store, plan)
+    store = open_flag_store(flag_store, plan, label=f"router@{host}:{port}")
     router = Router(plan, store, settings, plan_path.resolve())
     _raise_fd_limit()
     try:

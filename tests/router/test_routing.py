@@ -198,3 +198,55 @@ def test_plan_reload_keeps_streams_and_applies_changes(
     time.sleep(0.01)
     poll(lambda: "plan reload failed" in r.log(), what="bad plan reported")
     assert _chat(r.url).status_code == 200
+
+
+def test_headers_pass_through_and_provenance_record(
+    backends: Callable[..., Backend], router: Callable[..., RouterProc], tmp_path: object
+) -> None:
+    import json
+    from pathlib import Path
+
+    a = backends("a")
+    prov = Path(str(tmp_path)) / "provenance.jsonl"
+    r = router(plan_dict([a.url]), "--provenance-log", str(prov))
+    headers = {
+        "Authorization": "Bearer sk-user",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vendor=1",
+        "X-Session-ID": "sess-9",
+        "X-Request-Id": "rid-42",
+    }
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    resp = httpx.post(r.url + CHAT, json=body, headers=headers, timeout=10)
+    assert resp.status_code == 200
+    for name, value in headers.items():
+        assert resp.headers[f"x-echo-{name.lower()}"] == value
+    assert resp.headers["x-request-id"] == "rid-42"
+    generated = _chat(r.url)
+    assert len(generated.headers["x-request-id"]) == 24  # generated when absent, and sent upstream
+    assert generated.headers["x-echo-x-request-id"] == generated.headers["x-request-id"]
+
+    def records() -> list[dict[str, object]]:
+        return [json.loads(x) for x in prov.read_text().splitlines()] if prov.exists() else []
+
+    poll(lambda: len(records()) == 2, what="provenance records written")
+    rec = records()[0]
+    assert rec["request_id"] == "rid-42" and rec["pool"] == "short-bf16" and rec["status"] == 200
+    assert rec["endpoint"] == a.url and rec["outcome"] == "ok" and rec["regime"] == "bf16; kv=bf16"
+    assert isinstance(rec["prompt_tokens"], int) and rec["prompt_tokens"] > 0
+
+
+def test_first_byte_timeout_retries_on_another_endpoint(
+    backends: Callable[..., Backend], router: Callable[..., RouterProc]
+) -> None:
+    a, b = backends("a"), backends("b")
+    a.control(delay=5)
+    r = router(plan_dict([a.url, b.url]), "--first-byte-timeout", "0.5")
+    started = time.monotonic()
+    served = Counter(_chat(r.url, user=f"u{i}").headers.get("x-backend") for i in range(6))
+    assert served == {"b": 6}
+    assert time.monotonic() - started < 5  # nobody waited for a's 5 s
+    metrics = httpx.get(r.url + "/metrics", timeout=5).text
+    assert (
+        'kvplan_router_upstream_errors_total{kind="first_byte_timeout",pool="short-bf16"} 0.0' not in metrics
+    )

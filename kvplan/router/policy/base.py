@@ -6,23 +6,20 @@ A policy is pure: loads and flags are pushed in (`PolicyInput`), it never fetche
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kvplan.control.state import BucketFlags
 from kvplan.router.endpoints import Availability
 
 
-@dataclass(frozen=True)
-class PolicyInput:
+class PolicyInput(NamedTuple):
     bucket: str
     flags: BucketFlags
     percentile: int  # the cohort's stable 1..100 percentile within this bucket (facts.md §6)
     availability: Callable[[str], Availability]  # pool name -> how that pool looks right now
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     pool: str
     reason: str  # one of kvplan.router.metrics.DECISION_REASONS
 
