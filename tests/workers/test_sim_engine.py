@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -177,3 +178,44 @@ def test_any_workload_finishes_every_token_within_the_blocks_and_deterministical
     if not ops:
         return
     assert _run(ops) == _run(ops)
+
+
+# -- against the planner ----------------------------------------------------------------------------
+
+
+def test_a_replica_admits_exactly_the_planners_guaranteed_count_of_full_length_requests() -> None:
+    from kvplan.workers.sim.profile import build_profile
+
+    profile = build_profile("llama-3.1-8b", "h100", "bf16", max_model_len=32768)
+    assert profile.engine.num_gpu_blocks == profile.capacity.num_blocks
+    # one step may admit everything that fits: a token budget larger than all prompts together
+    config = dataclasses.replace(profile.engine, max_num_batched_tokens=10**9)
+    sim = Simulation(Engine(config, profile.cost))
+    expected = profile.capacity.guaranteed_concurrency
+    for i in range(expected + 1):
+        sim.submit(f"r{i}", 32766, 2)  # 2048 blocks each, held after the first step
+    result = sim.step()
+    assert len(result.admitted) == expected
+    assert len(sim.engine.waiting) == 1
+    assert sim.engine.used_blocks == expected * profile.capacity.blocks_per_request
+
+
+def test_step_times_are_the_planners_roofline() -> None:
+    from kvplan.formats import get_format
+    from kvplan.planner.gpus import get_gpu
+    from kvplan.planner.models import get_model
+    from kvplan.planner.roofline import decode_step_seconds, prefill_seconds
+    from kvplan.workers.sim.profile import build_profile
+
+    profile = build_profile("llama-3.1-8b", "h100", "int4", max_model_len=8192)
+    model, gpu, fmt = get_model("llama-3.1-8b"), get_gpu("h100")[0], get_format("int4")
+    sim = Simulation(Engine(profile.engine, profile.cost))
+    for i in range(4):
+        sim.submit(f"r{i}", 1000, 5)
+    first = sim.step()
+    assert first.duration == pytest.approx(4 * prefill_seconds(model, gpu, prompt_tokens=1000))
+    second = sim.step()
+    assert second.decode_batch == 4
+    assert second.duration == pytest.approx(
+        decode_step_seconds(model, gpu, fmt, batch=4, context_tokens=1001)
+    )

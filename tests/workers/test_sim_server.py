@@ -29,7 +29,8 @@ MODEL = "llama-3.1-8b"
 def sim() -> Iterator[RunningWorker]:
     profile = build_profile(MODEL, "h100", "int8", max_model_len=8192)
     # 1/100 of real time: fast tests that still exercise the timing path
-    with sim_worker_thread(profile, SimSettings(speed_factor=0.01, seed=7)) as running:
+    # mean_output_tokens=0: answers run to max_tokens, so token counts are exact
+    with sim_worker_thread(profile, SimSettings(speed_factor=0.01, seed=7, mean_output_tokens=0)) as running:
         yield running
 
 
@@ -91,6 +92,21 @@ def test_completion_stream_and_not(client: openai.OpenAI) -> None:
         model=MODEL, prompt="Once upon a time", max_tokens=16, stream=True
     )]  # fmt: skip
     assert "".join(pieces) == full.choices[0].text  # same prompt, same seeded answer
+
+
+def test_without_max_tokens_the_pseudo_model_stops_by_itself() -> None:
+    profile = build_profile(MODEL, "h100", "bf16", max_model_len=4096)
+    with sim_worker_thread(profile, SimSettings(speed_factor=0, seed=3, mean_output_tokens=40)) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0)
+        lengths = set()
+        for question in ("one", "two", "three", "four"):
+            out = client.completions.create(model=MODEL, prompt=question)
+            assert out.choices[0].finish_reason == "stop"
+            assert out.usage is not None and 16 <= out.usage.completion_tokens < 4096
+            lengths.add(out.usage.completion_tokens)
+        assert len(lengths) > 1  # answers differ in length, as a model's do
+        capped = client.completions.create(model=MODEL, prompt="one", max_tokens=16)
+        assert capped.choices[0].finish_reason == "length"
 
 
 def test_models_lists_the_served_model_with_max_model_len(sim: RunningWorker) -> None:
@@ -167,12 +183,24 @@ def test_metrics_have_vllm_names_types_and_labels(client: openai.OpenAI, sim: Ru
     assert buckets[:-1] == [str(float(b)) for b in vm.TTFT_BUCKETS]
 
 
-def test_load_shows_in_running_waiting_and_kv_usage(sim: RunningWorker) -> None:
-    """A request in flight holds blocks: the gauges a router scrapes move, then return to 0."""
+@pytest.fixture
+def realtime_sim() -> Iterator[RunningWorker]:
+    """Real H100 speed: a 400-token answer takes seconds, long enough to look at it in flight."""
+    profile = build_profile(MODEL, "h100", "int8", max_model_len=8192)
+    with sim_worker_thread(profile, SimSettings(speed_factor=1.0)) as running:
+        yield running
+
+
+def test_load_shows_in_running_waiting_and_kv_usage(realtime_sim: RunningWorker) -> None:
+    """A request in flight holds its blocks: the gauges a router scrapes move, then return to 0."""
+    sim = realtime_sim
+    prompt = "word " * 4000
+    tokens = httpx.post(f"{sim.url}/tokenize", json={"prompt": prompt}).json()["count"]
+    usable = sim.worker.engine.config.usable_blocks
     with httpx.stream(
         "POST",
         f"{sim.url}/v1/completions",
-        json={"model": MODEL, "prompt": "word " * 4000, "max_tokens": 400, "stream": True},
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 400, "stream": True, "ignore_eos": True},
     ) as r:
         lines = r.iter_lines()
         next(line for line in lines if line.startswith("data:"))
@@ -180,12 +208,15 @@ def test_load_shows_in_running_waiting_and_kv_usage(sim: RunningWorker) -> None:
         usage = fams[vm.KV_CACHE_USAGE].samples[0].value  # type: ignore[attr-defined]
         running = fams[vm.NUM_REQUESTS_RUNNING].samples[0].value  # type: ignore[attr-defined]
         assert running == 1
-        assert usage == pytest.approx(sim.worker.engine.used_blocks / sim.worker.engine.config.usable_blocks)
-        assert usage > 0
+        blocks = round(usage * usable)
+        assert blocks == pytest.approx(usage * usable)  # a whole number of blocks
+        assert -(-tokens // 16) <= blocks <= -(-(tokens + 400) // 16)  # prompt, plus what it decoded
     deadline = time.monotonic() + 10
     while sim.worker.engine.has_work and time.monotonic() < deadline:
         time.sleep(0.01)  # polling a condition: the aborted stream frees its blocks
     assert sim.worker.engine.used_blocks == 0
+    fams = _families(sim.url)
+    assert fams[vm.KV_CACHE_USAGE].samples[0].value == 0  # type: ignore[attr-defined]
 
 
 def test_a_killed_engine_fails_health_and_requests_until_revived(
