@@ -22,7 +22,28 @@ from kvplan.kernels import reference
 from kvplan.kernels.reference import KiviStage
 
 _LOG2E = 1.4426950408889634
-_MIN_TOKENS_PER_SPLIT = 256
+
+# Launch parameters, chosen by the sweep in bench/kernels_decode.py on an H100 (see
+# bench/results/kernels_h100.md): 128-token tiles and 3 stages for the 8/4-bit integer codes,
+# 64-token tiles for bf16 and fp8; keys as the MMA's A operand for int4.
+TUNING: dict[str, object] = {
+    "block_n": 128,  # tokens per attention tile (at most 32 at head_dim 256)
+    "num_warps": 4,
+    "num_stages": 3,
+    "programs_per_sm": 8,  # flash-decoding: split the context until the grid covers the GPU this often
+    "min_tokens_per_split": 256,
+    "rot_prec": "ieee",  # precision of the fp32 Hadamard dots (ieee, tf32x3, tf32)
+    "swap_qk": False,  # compute s^T = K q^T (keys as the MMA's A operand)
+}
+TUNING_BY_KEY_KIND: dict[int, dict[str, object]] = {
+    0: {"block_n": 64, "num_stages": 2},  # bf16/fp16
+    1: {"block_n": 64, "num_stages": 2},  # fp8
+    3: {"swap_qk": True},  # int4
+}
+
+
+def _tuning(k_kind: int) -> dict[str, object]:
+    return {**TUNING, **TUNING_BY_KEY_KIND.get(k_kind, {})}
 
 
 def triton_supports(fmt: KVFormat) -> bool:
@@ -31,19 +52,19 @@ def triton_supports(fmt: KVFormat) -> bool:
 
 
 def _kind(side: TensorQuant) -> int | None:
-    from kvplan.kernels import triton_kernels as tk
+    from kvplan.kernels import triton_kernels as tk  # kinds are tl.constexpr; pass plain ints
 
     el = side.element
     if el in (Element.BF16, Element.FP16):
-        return tk.PLAIN
+        return int(tk.PLAIN.value)
     if el is Element.FP8_E4M3:
-        return tk.FP8
+        return int(tk.FP8.value)
     if side.granularity is not Granularity.PER_TOKEN_HEAD or side.group_size not in (None,):
         return None
     if el is Element.INT8 and side.symmetric:
-        return tk.INT8
+        return int(tk.INT8.value)
     if el is Element.INT4 and not side.symmetric:
-        return tk.INT4
+        return int(tk.INT4.value)
     return None
 
 
@@ -97,8 +118,26 @@ def _views(cache: torch.Tensor, fmt: KVFormat) -> tuple[torch.Tensor, ...]:
     return flat, flat.view(p16), flat.view(torch.float16), flat.view(torch.float32)
 
 
+@lru_cache(maxsize=32)
+def _half_hadamard(d: int, device: torch.device) -> torch.Tensor:
+    """H_{d/2}/sqrt(d) fp32 [d/2, d/2]: the block both kernels use to apply H_d/sqrt(d) to halves."""
+    return (reference.hadamard(d // 2, device) * math.sqrt((d // 2) / d)).contiguous()
+
+
+@lru_cache(maxsize=32)
+def _ones(hkv: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(hkv, dtype=torch.float32, device=device)
+
+
 def _static(scale: torch.Tensor | float | None, hkv: int, device: torch.device) -> torch.Tensor:
-    s = torch.as_tensor(1.0 if scale is None else scale, dtype=torch.float32, device=device).flatten()
+    """A static scale as [hkv] fp32 on the device (no host copy for None or a device tensor,
+    so the call can be captured in a CUDA graph)."""
+    if scale is None:
+        return _ones(hkv, device)
+    if isinstance(scale, torch.Tensor) and scale.device == device and scale.dtype == torch.float32:
+        s = scale.flatten()
+    else:
+        s = torch.as_tensor(scale, dtype=torch.float32, device=device).flatten()
     if s.numel() not in (1, hkv):
         raise ValueError(f"static scale must have 1 or {hkv} (KV heads) elements, got {s.numel()}")
     return s.expand(hkv).contiguous()
@@ -138,16 +177,15 @@ def write_kv(
         raise ValueError("key and value must be contiguous along head_dim")
     p = _plan(fmt, d, block_size)
     u8, p16, f16, f32 = _views(cache, fmt)
-    rot = (reference.hadamard(d // 2, key.device) * math.sqrt((d // 2) / d)).contiguous()
     block_t = 16
     tk.write_kernel[(triton.cdiv(t, block_t), hkv)](
-        key, value, slot_mapping, u8, p16, f16, f32, rot,
+        key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device),
         _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
         t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         HKV=hkv, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
         K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard",
         K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
-        BLOCK_T=block_t, DOT_PREC="ieee",
+        BLOCK_T=block_t, DOT_PREC=_rot_prec(key),
     )  # fmt: skip
 
 
@@ -220,8 +258,6 @@ def _attention_triton(
         out = torch.empty_like(query)
     if tq == 0 or b == 0:
         return out
-    if fmt.k.rotation == "hadamard":  # keys are stored rotated: rotate q the same way
-        query = (query.float() @ reference.hadamard(d, query.device)).to(query.dtype)
     if max_query_len is None:
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
     if max_seq_len is None:
@@ -230,9 +266,10 @@ def _attention_triton(
     block_q = max(1, min(triton.next_power_of_2(max(max_query_len, 1)), max(1, 64 // group)))
     num_qb = triton.cdiv(max(max_query_len, 1), block_q)
     block_m = max(16, triton.next_power_of_2(block_q * group))
-    block_n = 64 if d <= 128 else 32
+    tune = _tuning(p.k_kind)
+    block_n = int(tune["block_n"]) if d <= 128 else 32  # type: ignore[call-overload]
     if num_splits is None:
-        num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, query.device)
+        num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, query.device, tune)
     tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
     u8, p16, f16, f32 = _views(cache, fmt)
@@ -246,14 +283,16 @@ def _attention_triton(
     tk.attention_kernel[(b * num_qb, hkv, num_splits)](
         query, out, o_part, m_part, l_part, u8, p16, f16, f32, block_table, seq_lens,
         query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
-        scale * _LOG2E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        _half_hadamard(d, query.device), scale * _LOG2E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         block_table.stride(0), tq, hq,
         HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
-        K_KIND=p.k_kind, V_KIND=p.v_kind, K_CODE=p.k_code, V_CODE=p.v_code,
-        K_META=p.k_meta, V_META=p.v_meta, NUM_QB=num_qb, BLOCK_Q=block_q, BLOCK_M=block_m,
-        BLOCK_N=block_n, TOKENS_PER_SPLIT=tps, SPLITS=num_splits, DT=dt,
-        DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32", MAGIC=magic, MAGIC_OFF=magic_off,
-        num_warps=4, num_stages=2,
+        K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard", K_CODE=p.k_code,
+        V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta, num_qb=num_qb,
+        tokens_per_split=tps, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
+        DIRECT=num_splits == 1, DT=dt,
+        DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32", ROT_PREC=_rot_prec(query),
+        MAGIC=magic, MAGIC_OFF=magic_off, SWAP_QK=bool(tune["swap_qk"]),
+        num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )  # fmt: skip
     if num_splits > 1:
         tk.combine_kernel[(tq, hq)](
@@ -263,11 +302,15 @@ def _attention_triton(
     return out
 
 
-def _choose_splits(programs: int, max_seq_len: int, device: torch.device) -> int:
+def _choose_splits(programs: int, max_seq_len: int, device: torch.device, tune: dict[str, object]) -> int:
     """Enough context splits that the grid covers the GPU about twice (flash-decoding)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = int(triton.cdiv(2 * sms, programs))
-    return max(1, min(want, max_seq_len // _MIN_TOKENS_PER_SPLIT))
+    want = int(triton.cdiv(int(tune["programs_per_sm"]) * sms, programs))  # type: ignore[call-overload]
+    return max(1, min(want, max_seq_len // int(tune["min_tokens_per_split"])))  # type: ignore[call-overload]
+
+
+def _rot_prec(t: torch.Tensor) -> str:
+    return str(TUNING["rot_prec"]) if t.is_cuda else "ieee"
 
 
 # query dtype -> (dot dtype, int4 magic-number bits, the value they add); fp32 converts plainly

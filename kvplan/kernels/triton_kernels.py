@@ -26,7 +26,10 @@ import triton
 import triton.language as tl
 
 # side kinds (constexpr): how one of K or V is stored
-PLAIN, FP8, INT8, INT4 = 0, 1, 2, 3
+PLAIN = tl.constexpr(0)
+FP8 = tl.constexpr(1)
+INT8 = tl.constexpr(2)
+INT4 = tl.constexpr(3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,9 +117,12 @@ def write_kernel(
     v_hi = tl.load(v_row + HALF, mask=m2, other=0.0).to(tl.float32)
     k_inv = 1.0 / tl.load(ks_ptr + h)
     v_inv = 1.0 / tl.load(vs_ptr + h)
-    cache = (c_u8, c_p16, c_f16, c_f32)
-    _quant_store(k_lo, k_hi, *cache, base, o, t_mask, k_inv, K_KIND, K_CODE, K_META, D, HALF)
-    _quant_store(v_lo, v_hi, *cache, base, o, t_mask, v_inv, V_KIND, V_CODE, V_META, D, HALF)
+    _quant_store(
+        k_lo, k_hi, c_u8, c_p16, c_f16, c_f32, base, o, t_mask, k_inv, K_KIND, K_CODE, K_META, D, HALF
+    )
+    _quant_store(
+        v_lo, v_hi, c_u8, c_p16, c_f16, c_f32, base, o, t_mask, v_inv, V_KIND, V_CODE, V_META, D, HALF
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,21 +140,24 @@ def _load_side(
     m2 = n_mask[:, None]
     sc = tl.full(o.shape, 1.0, tl.float32)
     zr = tl.zeros(o.shape, tl.float32)
+    # rows start 16-byte aligned (formats.ALIGN); saying so lets Triton emit 16-byte loads
     if KIND == PLAIN:
-        ptr = c_p16 + ((base + CODE_OFF) // 2 + o * D)[:, None] + d2[None, :]
+        row = tl.multiple_of((base + CODE_OFF) // 2 + o * D, 8)
+        ptr = c_p16 + row[:, None] + d2[None, :]
         lo = tl.load(ptr, mask=m2, other=0.0).to(DT)
         hi = tl.load(ptr + HALF, mask=m2, other=0.0).to(DT)
     elif KIND == FP8:
-        ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
+        ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
         lo = tl.load(ptr, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
         hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
     elif KIND == INT8:
-        ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
+        ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
         lo = tl.load(ptr, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
         hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
         sc = tl.load(c_f32 + (base + META_OFF) // 4 + o, mask=n_mask, other=0.0)
     else:  # INT4
-        c = tl.load(c_u8 + (base + CODE_OFF + o * HALF)[:, None] + d2[None, :], mask=m2, other=0)
+        row = tl.multiple_of(base + CODE_OFF + o * HALF, 16)
+        c = tl.load(c_u8 + row[:, None] + d2[None, :], mask=m2, other=0)
         if MAGIC == 0:
             lo = (c & 15).to(DT)
             hi = (c >> 4).to(DT)
@@ -164,17 +173,18 @@ def _load_side(
 @triton.jit
 def attention_kernel(
     q_ptr, out_ptr, o_part, m_part, l_part,
-    c_u8, c_p16, c_f16, c_f32, bt_ptr, seq_lens_ptr, qsl_ptr, ks_ptr, vs_ptr,
+    c_u8, c_p16, c_f16, c_f32, bt_ptr, seq_lens_ptr, qsl_ptr, ks_ptr, vs_ptr, rot_ptr,
     qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, Tq, HQ,
     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
     PAGE_NBYTES: tl.constexpr,
-    K_KIND: tl.constexpr, V_KIND: tl.constexpr,
+    K_KIND: tl.constexpr, V_KIND: tl.constexpr, K_ROT: tl.constexpr,
     K_CODE: tl.constexpr, V_CODE: tl.constexpr, K_META: tl.constexpr, V_META: tl.constexpr,
-    NUM_QB: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TOKENS_PER_SPLIT: tl.constexpr, SPLITS: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr,
-    MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr,
+    num_qb, tokens_per_split,
+    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DIRECT: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr, ROT_PREC: tl.constexpr,
+    MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr, SWAP_QK: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B * NUM_QB, HKV, SPLITS): BLOCK_Q queries x G heads of one KV group, one context split.
+    """Grid (B * num_qb, HKV, splits): BLOCK_Q queries x G heads of one KV group, one context split.
 
     The query rows of the tile are (query i, head g) pairs, so GQA's G heads share every K/V load.
     qk_scale = softmax scale * log2(e); the softmax runs in base 2.
@@ -182,8 +192,8 @@ def attention_kernel(
     pid = tl.program_id(0)
     h = tl.program_id(1)
     split = tl.program_id(2)
-    b = pid // NUM_QB
-    qb = pid % NUM_QB
+    b = pid // num_qb
+    qb = pid % num_qb
     HALF: tl.constexpr = D // 2
     seq_len = tl.load(seq_lens_ptr + b)
     q0 = tl.load(qsl_ptr + b)
@@ -195,8 +205,15 @@ def attention_kernel(
     row_ok = (m_idx < BLOCK_Q * G) & (qi < q_len)
     d2 = tl.arange(0, HALF)
     q_rows = q_ptr + (q0 + qi).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh
-    q_lo = tl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0).to(DT)
-    q_hi = tl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0).to(DT)
+    q_lo = tl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0)
+    q_hi = tl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0)
+    if K_ROT:  # keys are stored rotated by H/sqrt(d): rotate q alike (see write_kernel)
+        hn = tl.load(rot_ptr + d2[:, None] * HALF + d2[None, :])
+        q_s, q_d = q_lo.to(tl.float32) + q_hi.to(tl.float32), q_lo.to(tl.float32) - q_hi.to(tl.float32)
+        q_lo = tl.dot(q_s, hn, input_precision=ROT_PREC)
+        q_hi = tl.dot(q_d, hn, input_precision=ROT_PREC)
+    q_lo = q_lo.to(DT)
+    q_hi = q_hi.to(DT)
     q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
     k_static = tl.load(ks_ptr + h)
     v_static = tl.load(vs_ptr + h)
@@ -206,8 +223,8 @@ def attention_kernel(
     # positions this tile may see: query i sees < seq_len - q_len + i + 1
     limit = seq_len - q_len + qi + 1
     last_q = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
-    start = split * TOKENS_PER_SPLIT
-    end = tl.minimum(tl.minimum(start + TOKENS_PER_SPLIT, seq_len), seq_len - q_len + last_q)
+    start = split * tokens_per_split
+    end = tl.minimum(tl.minimum(start + tokens_per_split, seq_len), seq_len - q_len + last_q)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -223,8 +240,13 @@ def attention_kernel(
         k_lo, k_hi, k_sc, k_zr = _load_side(
             c_u8, c_p16, c_f16, c_f32, base, o, n_mask, K_KIND, K_CODE, K_META, D, HALF, DT, MAGIC
         )
-        s = tl.dot(q_lo, tl.trans(k_lo), input_precision=DOT_PREC)
-        s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=DOT_PREC)
+        if SWAP_QK:  # keys as the A operand: [BLOCK_N, d/2] codes convert in registers
+            st = tl.dot(k_lo, tl.trans(q_lo), input_precision=DOT_PREC)
+            st = tl.dot(k_hi, tl.trans(q_hi), st, input_precision=DOT_PREC)
+            s = tl.trans(st)
+        else:
+            s = tl.dot(q_lo, tl.trans(k_lo), input_precision=DOT_PREC)
+            s = tl.dot(q_hi, tl.trans(k_hi), s, input_precision=DOT_PREC)
         if K_KIND == INT8:
             s = s * k_sc[None, :]
         if K_KIND == INT4:
@@ -261,7 +283,7 @@ def attention_kernel(
     acc_lo = acc_lo + z_acc[:, None]
     acc_hi = acc_hi + z_acc[:, None]
     qt = (q0 + qi).to(tl.int64)
-    if SPLITS == 1:
+    if DIRECT:  # one split: normalise and write the output here
         inv = tl.where(l_i > 0, 1.0 / l_i, 0.0)
         optr = out_ptr + qt[:, None] * stride_ot + head[:, None] * stride_oh + d2[None, :]
         tl.store(optr, (acc_lo * inv[:, None]).to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
