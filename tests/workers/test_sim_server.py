@@ -109,6 +109,14 @@ def test_without_max_tokens_the_pseudo_model_stops_by_itself() -> None:
         assert capped.choices[0].finish_reason == "length"
 
 
+def test_max_tokens_beyond_the_context_is_clamped_like_vllm(client: openai.OpenAI) -> None:
+    """vLLM 0.32's `get_max_tokens` clamps max_tokens to max_model_len - prompt (no error)."""
+    out = client.completions.create(model=MODEL, prompt="word " * 8000, max_tokens=9000)
+    assert out.usage is not None
+    assert out.usage.prompt_tokens + out.usage.completion_tokens == 8192
+    assert out.choices[0].finish_reason == "length"
+
+
 def test_models_lists_the_served_model_with_max_model_len(sim: RunningWorker) -> None:
     data = httpx.get(f"{sim.url}/v1/models").json()["data"]
     assert [m["id"] for m in data] == [MODEL]
@@ -117,9 +125,10 @@ def test_models_lists_the_served_model_with_max_model_len(sim: RunningWorker) ->
 
 def test_bad_requests_get_openai_shaped_errors(client: openai.OpenAI, sim: RunningWorker) -> None:
     with pytest.raises(openai.BadRequestError) as too_long:
-        client.completions.create(model=MODEL, prompt="hello", max_tokens=9000)
+        client.completions.create(model=MODEL, prompt="word " * 9000, max_tokens=1)
     err = too_long.value.body
-    assert isinstance(err, dict) and "maximum context length is 8192" in err["message"]
+    assert isinstance(err, dict) and "maximum context length is 8192 tokens" in err["message"]
+    assert "9001 input tokens" in err["message"] and err["param"] == "input_tokens"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-4", prompt="hello", max_tokens=4)
     for body in (
@@ -169,6 +178,8 @@ def test_metrics_have_vllm_names_types_and_labels(client: openai.OpenAI, sim: Ru
     (info,) = fams[vm.CACHE_CONFIG_INFO].samples
     capacity = kv_capacity(get_model(MODEL), get_gpu("h100")[0], get_format("int8"), max_model_len=8192)
     assert info.labels["num_gpu_blocks"] == str(capacity.num_blocks)
+    assert info.labels["kv_cache_size_tokens"] == str(capacity.kv_tokens)
+    assert info.labels["engine"] == "0" and "model_name" not in info.labels
     assert info.labels["block_size"] == "16" and info.labels["cache_dtype"] == "int8"
     assert info.value == 1
     success = {

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from kvplan import vllm_metrics as vm
 
 ENGINE_INDEX = "0"
-FINISHED_REASONS = ("stop", "length", "abort")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM's FinishReason
 
 
 @dataclass(frozen=True)
@@ -23,21 +23,26 @@ class CacheInfo:
     block_size: int
     cache_dtype: str
     gpu_memory_utilization: float
+    kv_cache_size_tokens: int | None = None  # vLLM's "GPU KV cache size: N tokens"
+    kv_cache_max_concurrency: float | None = None  # "Maximum concurrency for L tokens per request"
 
     def labels(self) -> dict[str, str]:
+        """A subset of vLLM 0.32's `CacheConfig` fields (all stringified, as vLLM does)."""
         return {
             "block_size": str(self.block_size),
             "cache_dtype": self.cache_dtype,
-            "calculate_kv_scales": "False",
-            "cpu_offload_gb": "0",
             "enable_prefix_caching": "False",  # the simulation does not reuse prefixes
             "gpu_memory_utilization": str(self.gpu_memory_utilization),
             "is_attention_free": "False",
+            "kv_cache_max_concurrency": str(self.kv_cache_max_concurrency),
+            "kv_cache_memory_bytes": "None",
+            "kv_cache_size_tokens": str(self.kv_cache_size_tokens),
+            "kv_sharing_fast_prefill": "False",
             "num_cpu_blocks": "None",
             "num_gpu_blocks": str(self.num_gpu_blocks),
             "num_gpu_blocks_override": "None",
+            "prefix_caching_hash_algo": "sha256",
             "sliding_window": "None",
-            "swap_space": "4",
             "engine": ENGINE_INDEX,
         }
 

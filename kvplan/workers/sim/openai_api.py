@@ -142,7 +142,9 @@ def parse_request(
         raise ApiError(400, "request body must be a JSON object")
     model = body.get("model")
     if model is not None and model != served_model_name:
-        raise ApiError(404, f"The model `{model}` does not exist.", "model")
+        raise ApiError(
+            404, f"The model `{model}` does not exist. Valid aliases: {served_model_name}.", "model"
+        )
     ids, text = prompt_ids(kind, body, tokenizer)
     n = _field(body, "n", int, 1)
     if n != 1:
@@ -159,17 +161,10 @@ def parse_request(
     if prompt_len >= max_model_len:
         raise ApiError(
             400,
-            f"This model's maximum context length is {max_model_len} tokens. However, your request has "
-            f"{prompt_len} input tokens. Please reduce the length of the input messages.",
-            "messages" if kind == "chat" else "prompt",
-        )
-    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
-        raise ApiError(
-            400,
-            f"'{name}' is too large: {max_tokens}. This model's maximum context length is "
-            f"{max_model_len} tokens and your request has {prompt_len} input tokens "
-            f"({max_tokens} > {max_model_len} - {prompt_len}).",
-            name,
+            f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
+            f"contains {prompt_len} input tokens, which exceeds this limit even without any output "
+            "tokens. Please reduce the length of the input prompt.",
+            "input_tokens",
         )
     stream = bool(_field(body, "stream", bool, False))
     options = _field(body, "stream_options", dict, {})
@@ -181,7 +176,8 @@ def parse_request(
     return Completion(
         kind=kind,
         prompt_ids=tuple(ids),
-        max_tokens=max_tokens if max_tokens is not None else max_model_len - prompt_len,
+        # vLLM (`get_max_tokens`) clamps max_tokens to the context left instead of refusing it
+        max_tokens=min(max_tokens or max_model_len, max_model_len - prompt_len),
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
         continuous_usage=bool(options.get("continuous_usage_stats", False)),
@@ -296,7 +292,8 @@ def usage_chunk(
         "created": created,
         "model": model,
         "choices": [],
-        "usage": usage(req.prompt_tokens, completion_tokens),
+        # vLLM drops the null fields of this last chunk (exclude_none)
+        "usage": {k: v for k, v in usage(req.prompt_tokens, completion_tokens).items() if v is not None},
     }
 
 
@@ -327,7 +324,9 @@ def tokenize(
         raise ApiError(400, "request body must be a JSON object")
     model = body.get("model")
     if model is not None and model != served_model_name:
-        raise ApiError(404, f"The model `{model}` does not exist.", "model")
+        raise ApiError(
+            404, f"The model `{model}` does not exist. Valid aliases: {served_model_name}.", "model"
+        )
     kind: Kind = "chat" if "messages" in body else "completion"
     ids, _ = prompt_ids(kind, body, tokenizer)
     return {"count": len(ids), "max_model_len": max_model_len, "tokens": ids, "token_strs": None}

@@ -63,6 +63,7 @@ class SimWorker:
         self.settings = settings
         self.tokenizer = tokenizer or PieceTokenizer()
         self.engine = Engine(profile.engine, profile.cost)
+        own_blocks = profile.engine.num_gpu_blocks == profile.capacity.num_blocks
         self.metrics = WorkerMetrics(
             profile.served_model_name,
             profile.engine.max_model_len,
@@ -71,6 +72,9 @@ class SimWorker:
                 block_size=profile.engine.block_size,
                 cache_dtype=profile.cache_dtype,
                 gpu_memory_utilization=profile.gpu_memory_utilization,
+                # the planner's figures hold only for the block count it computed
+                kv_cache_size_tokens=profile.capacity.kv_tokens if own_blocks else None,
+                kv_cache_max_concurrency=profile.capacity.max_concurrency if own_blocks else None,
             ),
         )
         self.dead = False
