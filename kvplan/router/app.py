@@ -80,6 +80,59 @@ class _Observed:
         self.regime_header = pool.regime.encode()
 
 
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status in (429, 503):
+        return "backpressure"
+    return "upstream_error" if status >= 500 else "client_error"
+
+
+class _Forward:
+    """Called by the upstream connection when a response head arrives: forward it, or decline so
+    the proxy retries elsewhere (5xx/429/503 while another endpoint can still be tried)."""
+
+    __slots__ = ("conn", "ep", "may_retry", "obs", "request_id", "router")
+
+    def __init__(
+        self,
+        router: Router,
+        conn: Connection,
+        obs: _Observed,
+        request_id: bytes,
+        ep: Endpoint,
+        may_retry: bool,
+    ) -> None:
+        self.router = router
+        self.conn = conn
+        self.obs = obs
+        self.request_id = request_id
+        self.ep = ep
+        self.may_retry = may_retry
+
+    def __call__(self, up: UpstreamConnection) -> bool:
+        status = up.status
+        if status >= 500 or status == 429:
+            if status in (429, 503):  # backpressure: never an endpoint fault
+                self.router.metrics.upstream_errors.labels(self.ep.pool, "backpressure").inc()
+            else:
+                self.router._endpoint_failed(self.ep, "http_5xx")
+            if self.may_retry:
+                return False
+        elif status < 400:
+            self.ep.failures = 0
+        out = up.forward_headers()
+        out.append((b"x-kvplan-pool", self.obs.pool_header))
+        out.append((b"x-kv-regime", self.obs.regime_header))
+        if not any(h[0] == b"x-request-id" for h in out):
+            out.append((b"x-request-id", self.request_id))
+        conn = self.conn
+        conn.start(status, out, up.content_length)
+        conn.upstream = up.transport
+        up.attach(conn.write)
+        return True
+
+
 class Router:
     def __init__(
         self, plan: Plan, store: FlagStore, settings: Settings, plan_path: Path | None = None
@@ -320,16 +373,29 @@ class Router:
                     obs.retries.inc()
                 ep.in_flight += 1
                 held = ep
+                may_retry = attempts < self.limits.max_attempts and any(
+                    e.healthy and e is not ep and e not in tried for e in pool.endpoints
+                )
                 try:
                     up = await self.upstream.acquire(ep.address)
                     if attempts == 1:
                         self.metrics.overhead.observe(loop.time() - req.received_at)
-                    await up.send(
+                    # The response head is handled in the connection's callback (`_Forward`), so a
+                    # response that will not be retried streams to the client with no task switch.
+                    up.send(
                         first_line + ep.host_header + b"\r\n" + tail,
                         self.limits.first_byte_timeout,
                         self.limits.idle_timeout,
+                        _Forward(self, conn, obs, request_id, ep, may_retry),
                     )
+                    forwarded = await up.done
                 except UpstreamError as exc:
+                    if up is not None and up.forwarded:  # broke after bytes reached the client
+                        status = up.status
+                        self.metrics.upstream_errors.labels(ep.pool, exc.kind.value).inc()
+                        outcome = "stream_broken"
+                        conn.abandon()
+                        break
                     ep.in_flight -= 1
                     held = None
                     if up is not None:
@@ -347,43 +413,16 @@ class Router:
                         reason="no_healthy_endpoint",
                     )
                     continue
-                assert up is not None
+                if not forwarded:  # a 5xx/429/503 head while another endpoint can still be tried
+                    ep.in_flight -= 1
+                    held = None
+                    self.upstream.discard(up)
+                    up = None
+                    tried.append(ep)
+                    continue
                 status = up.status
-                if status >= 500 or status == 429:
-                    backpressure = status in (429, 503)
-                    if backpressure:
-                        self.metrics.upstream_errors.labels(ep.pool, "backpressure").inc()
-                    else:
-                        self._endpoint_failed(ep, "http_5xx")
-                    others = [e for e in pool.endpoints if e.healthy and e is not ep and e not in tried]
-                    if attempts < self.limits.max_attempts and others:
-                        ep.in_flight -= 1
-                        held = None
-                        self.upstream.discard(up)
-                        up = None
-                        tried.append(ep)
-                        continue
-                    outcome = "backpressure" if backpressure else "upstream_error"
-                else:
-                    ep.failures = 0
-                    outcome = "ok" if status < 400 else "client_error"
-                # forward this response (no retry past this point)
-                out = up.forward_headers()
-                out.append((b"x-kvplan-pool", obs.pool_header))
-                out.append((b"x-kv-regime", obs.regime_header))
-                if not any(h[0] == b"x-request-id" for h in out):
-                    out.append((b"x-request-id", request_id))
-                conn.start(status, out, up.content_length)
-                conn.upstream = up.transport
-                up.attach(conn.write)
-                try:
-                    await up.done
-                except UpstreamError as exc:
-                    self.metrics.upstream_errors.labels(ep.pool, exc.kind.value).inc()
-                    outcome = "stream_broken"
-                    conn.abandon()
-                else:
-                    conn.finish()
+                outcome = _outcome(status)
+                conn.finish()
                 ttft = (up.first_body_at or loop.time()) - req.received_at
                 break
             else:

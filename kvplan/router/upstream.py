@@ -56,7 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.head: asyncio.Future[None] = self._loop.create_future()
-        self.done: asyncio.Future[None] = self._loop.create_future()
+        self.done: asyncio.Future[bool] = self._loop.create_future()  # True: whole response delivered
         self.sink: Sink | None = None
         self._early: list[bytes] = []
         self.got_bytes = False
@@ -64,6 +64,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = 0.0  # loop time; 0 = none
         self.idle_timeout = 0.0
         self.keep_alive = False
+        self.forwarded = False  # the head went to the client: no retry from here on
+        self.on_head: Callable[[UpstreamConnection], bool] | None = None
 
     # -- protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,6 +95,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self.content_length = int(value)
         if not self.head.done():
             self.head.set_result(None)
+        if self.on_head is not None:
+            if self.on_head(self):
+                self.forwarded = True
+            elif not self.done.done():
+                self.done.set_result(False)  # declined: the caller retries elsewhere
 
     def on_body(self, body: bytes) -> None:
         if not self.first_body_at:
@@ -106,13 +113,24 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         self.deadline = 0.0
         if not self.done.done():
-            self.done.set_result(None)
+            self.done.set_result(True)
 
     # -- exchange --
-    def send(self, data: bytes, first_byte_timeout: float, idle_timeout: float) -> asyncio.Future[None]:
-        """Write a request; the returned future resolves when the response head has arrived."""
+    def send(
+        self,
+        data: bytes,
+        first_byte_timeout: float,
+        idle_timeout: float,
+        on_head: Callable[[UpstreamConnection], bool] | None = None,
+    ) -> asyncio.Future[None]:
+        """Write a request; the returned future resolves when the response head has arrived.
+
+        With `on_head`, the head is offered to that callback as soon as it is parsed: True means
+        it was forwarded (body bytes go to the sink it attached); False resolves `done` with False.
+        """
         if self.uses:
             self._reset()
+        self.on_head = on_head
         self.uses += 1
         self.idle_timeout = idle_timeout
         self.deadline = self._loop.time() + first_byte_timeout
@@ -136,7 +154,9 @@ class UpstreamConnection(asyncio.Protocol):
         return self.content_length is None
 
     def fail(self, kind: FailKind, message: str) -> None:
-        err = UpstreamError(kind, message, reused=self.uses > 1 and not self.got_bytes)
+        # only a closed connection is the keep-alive race; a timeout is the endpoint's
+        reused = kind is FailKind.PROTOCOL and self.uses > 1 and not self.got_bytes
+        err = UpstreamError(kind, message, reused=reused)
         self.closed = True
         self.deadline = 0.0
         for fut in (self.head, self.done):
@@ -191,7 +211,9 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose exchange finished; anything unfinished is closed."""
         self.busy.discard(conn)
-        if conn.closed or not conn.keep_alive or not conn.done.done() or conn.done.exception() is not None:
+        done = conn.done
+        finished = done.done() and not done.cancelled() and done.exception() is None and done.result()
+        if conn.closed or not conn.keep_alive or not finished:
             conn.close()
             return
         idle = self._idle.setdefault(conn.address, [])
