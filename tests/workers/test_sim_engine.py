@@ -219,3 +219,28 @@ def test_step_times_are_the_planners_roofline() -> None:
     assert second.duration == pytest.approx(
         decode_step_seconds(model, gpu, fmt, batch=4, context_tokens=1001)
     )
+
+
+def test_admission_waits_until_the_whole_prompt_fits_though_it_allocates_one_chunk() -> None:
+    # 200 usable blocks, 1024-token chunks; a 2400-token prompt needs 150 blocks in all.
+    sim = make(num_gpu_blocks=201, max_model_len=3000, max_num_batched_tokens=1024)
+    sim.submit("a", 2400, 50)
+    sim.step()
+    assert sim.engine.used_blocks == 64  # the first chunk only
+    sim.submit("b", 2400, 50)
+    while len(sim.timelines["a"].token_times) < 50:
+        result = sim.step()
+        assert "b" not in result.admitted  # 136 free blocks never hold b's 150
+    assert sim.step().admitted == ("b",)
+
+    loose = Simulation(
+        Engine(dataclasses.replace(sim.engine.config, reserve_full_prompt=False), LinearCost())
+    )
+    loose.submit("a", 2400, 50)
+    loose.step()
+    loose.submit("b", 2400, 50)
+    assert loose.step().admitted == ()  # a's second chunk takes the whole token budget
+    results = [loose.step() for _ in range(2)]
+    assert any("b" in r.admitted for r in results)  # without the gate b gets in early...
+    loose.run_until_idle()
+    assert loose.engine.num_preemptions > 0  # ...and one of them is preempted for it

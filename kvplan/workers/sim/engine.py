@@ -11,7 +11,8 @@ Scheduling, as in `vllm/v1/core/sched/scheduler.py` (chunked prefill on, no pref
   out of blocks the newest running request is preempted (recompute: its blocks are freed and it
   goes back to the head of the waiting queue, to prefill prompt + output so far again);
 - then, if nothing was preempted in this step, waiting requests in arrival order while the budget,
-  `max_num_seqs` and free blocks allow;
+  `max_num_seqs` and free blocks allow (a request is admitted only when its whole prompt fits in
+  the free blocks, though only its first chunk is allocated: `scheduler_reserve_full_isl`);
 - a request whose computed tokens reach its known tokens samples one new token in that step.
 """
 
@@ -43,6 +44,9 @@ class EngineConfig:
     max_model_len: int
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    # vLLM's `scheduler_reserve_full_isl` (default on in 0.32): admit a waiting request only if
+    # all its known tokens fit in the free blocks, though only the first chunk is allocated.
+    reserve_full_prompt: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.max_model_len <= 0:
@@ -189,6 +193,9 @@ class Engine:
                 break
             seq = self.waiting[0]
             new = min(seq.num_tokens - seq.num_computed, budget)
+            whole = self.config.blocks_for(seq.num_tokens) - seq.num_blocks
+            if self.config.reserve_full_prompt and whole > self.free_blocks:
+                break
             if not self._allocate(seq, seq.num_computed + new):
                 break
             self.waiting.popleft()
