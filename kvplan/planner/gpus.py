@@ -45,7 +45,8 @@ def _gib(x: float) -> int:
 GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
-        GpuSpec("h100", _gib(79.18), 3.35 * TB, 989e12, 1979e12, True, 2.99, "measured", "H100 SXM 80GB"),
+        # 85,017,493,504 B: torch.cuda.mem_get_info() on an H100 80GB HBM3 (driver 580), 2026-11-23
+        GpuSpec("h100", 85_017_493_504, 3.35 * TB, 989e12, 1979e12, True, 2.99, "measured", "H100 SXM 80GB"),
         GpuSpec(
             "h100-pcie", _gib(79.18), 2.0 * TB, 756e12, 1513e12, True, 2.49, "estimated", "H100 PCIe 80GB"
         ),
@@ -55,6 +56,8 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec("a100-40gb", _gib(39.39), 1.555 * TB, 312e12, 0.0, False, 1.29, "estimated", "A100 40GB"),
         GpuSpec("l40s", _gib(44.99), 0.864 * TB, 362e12, 733e12, True, 1.19, "measured", "L40S 48GB"),
         GpuSpec("l4", _gib(22.49), 0.3 * TB, 121e12, 242e12, True, 0.69, "measured", "L4 24GB"),
+        # 23.58 GiB: total_gpu_memory in a user's vLLM log (vllm-project/vllm#10517)
+        GpuSpec("rtx-3090", _gib(23.58), 0.936 * TB, 71e12, 0.0, False, 0.39, "measured", "RTX 3090 24GB"),
         GpuSpec("a10g", _gib(22.07), 0.6 * TB, 70e12, 0.0, False, 1.01, "estimated", "A10G 24GB (AWS)"),
         GpuSpec(
             "rtx-4090", _gib(23.64), 1.008 * TB, 165e12, 330e12, True, 0.69, "estimated", "RTX 4090 24GB"
@@ -71,6 +74,7 @@ GPU_ALIASES: dict[str, str] = {
     "a100": "a100-80gb",
     "a100-sxm": "a100-80gb",
     "4090": "rtx-4090",
+    "3090": "rtx-3090",
 }
 
 

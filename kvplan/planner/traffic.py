@@ -205,15 +205,6 @@ def _load_csv(path: Path) -> tuple[array[int], array[int], float | None]:
     return prompts, outputs, duration
 
 
-def _key_pattern(keys: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile(r'"(' + "|".join(keys) + r')"\s*:\s*(-?[0-9.eE+]+)')
-
-
-_PROMPT_RE = _key_pattern(("prompt_tokens", "input_tokens", "input_length"))
-_OUTPUT_RE = _key_pattern(("output_tokens", "max_tokens", "output_length"))
-_TIME_RE = _key_pattern(("timestamp", "arrival_time", "timestamp_ms"))
-
-
 def _explain_jsonl(line_text: str, where: str) -> InputError:
     import json
 
@@ -231,7 +222,14 @@ def _explain_jsonl(line_text: str, where: str) -> InputError:
     return InputError(f"{where}: cannot read this request")
 
 
+def _first_key(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in obj), None)
+
+
 def _load_jsonl(path: Path) -> tuple[array[int], array[int], float | None]:
+    """The exact reader: json.loads per line, so any bad line is named with its reason."""
+    import json
+
     prompts: array[int] = array("q")
     outputs: array[int] = array("q")
     t_min = t_max = None
@@ -240,22 +238,27 @@ def _load_jsonl(path: Path) -> tuple[array[int], array[int], float | None]:
         for line, text in enumerate(fh, start=1):
             if not text.strip():
                 continue
-            p, o = _PROMPT_RE.search(text), _OUTPUT_RE.search(text)
             where = f"{path}:{line}"
-            if p is None or o is None:
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise InputError(f"{where}: not valid JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{where}: each line must be a JSON object")
+            pk, ok = _first_key(obj, PROMPT_KEYS[:3]), _first_key(obj, OUTPUT_KEYS[:3])
+            if pk is None or ok is None:
                 raise _explain_jsonl(text, where)
-            pv, ov = p.group(2), o.group(2)
-            prompts.append(int(pv) if pv.isdigit() else _as_count(pv, where, "prompt_tokens"))
-            outputs.append(int(ov) if ov.isdigit() else _as_count(ov, where, "output_tokens"))
-            t = _TIME_RE.search(text)
-            if t is not None:
+            prompts.append(_as_count(obj[pk], where, "prompt_tokens"))
+            outputs.append(_as_count(obj[ok], where, "output_tokens"))
+            tk = _first_key(obj, TIME_KEYS)
+            if tk is not None:
                 try:
-                    v = float(t.group(2))
-                except ValueError:
-                    raise InputError(f"{where}: timestamp {t.group(2)!r} is not a number") from None
+                    v = float(obj[tk])
+                except (TypeError, ValueError):
+                    raise InputError(f"{where}: {tk} {obj[tk]!r} is not a number") from None
                 t_min = v if t_min is None else min(t_min, v)
                 t_max = v if t_max is None else max(t_max, v)
-                ms = ms or t.group(1) == "timestamp_ms" or p.group(1) == "input_length"
+                ms = ms or tk == "timestamp_ms" or pk == "input_length"
     if t_min is None or t_max is None:
         return prompts, outputs, None
     return prompts, outputs, (t_max - t_min) / (1000.0 if ms else 1.0)
@@ -306,6 +309,8 @@ def _fast_jsonl(path: Path) -> tuple[np.ndarray, np.ndarray, float | None] | Non
     n = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if data.count(b"\n{") + 1 != n:  # every line starts an object
         return None
+    if data.count(b"}\n") + (0 if data.endswith(b"\n") else int(data.rstrip().endswith(b"}"))) != n:
+        return None  # and ends it: a truncated line goes to the exact reader
     prompts, outputs = _FAST_PROMPT.findall(data), _FAST_OUTPUT.findall(data)
     if len(prompts) != n or len(outputs) != n:
         return None
