@@ -61,3 +61,35 @@ def test_killed_endpoint_under_load_loses_only_started_streams(
         assert stream and status == 200 and got > 0, (stream, status, got, error)
     served_after_kill = httpx.get(r.url + "/metrics", timeout=5).text
     assert f'kvplan_router_endpoint_healthy{{endpoint="{a.url}",pool="short-bf16"}} 0.0' in served_after_kill
+
+
+def test_300_concurrent_streams_all_complete(
+    backends: Callable[..., Backend], router: Callable[..., RouterProc]
+) -> None:
+    """A light version of the 1,000-stream benchmark (bench/router_bench.py)."""
+    import asyncio
+
+    a = backends("a", tokens=10, token_delay=0.05)
+    b = backends("b", tokens=10, token_delay=0.05)
+    r = router(plan_dict([a.url, b.url]), "--max-in-flight", "512")
+    host, port = r.url.removeprefix("http://").split(":")
+    body = (
+        b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "stream": true}' % MODEL.encode()
+    )
+
+    async def one() -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def all_streams() -> list[bytes]:
+        return await asyncio.gather(*(one() for _ in range(300)))
+
+    results = asyncio.run(all_streams())
+    assert all(x.startswith(b"HTTP/1.1 200") and x.count(b"data: ") == 12 for x in results)
+    assert all(x.rstrip().endswith(b"0") for x in results)  # chunked stream properly terminated
