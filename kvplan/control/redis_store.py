@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -104,6 +105,9 @@ class RedisFlagStore(StoreWrites):
         self._follower: asyncio.Task[None] | None = None
         self._closing = False
         self._changed = asyncio.Event()
+        # propagation trace for tests and benchmarks: one "version epoch unix_time" line per change
+        trace = os.environ.get("KVPLAN_FLAG_TRACE")
+        self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
         self.stats = SourceStats(label or redacted(url))
         track(self)
         # Two connections: the follower blocks in XREAD on its own, writes never wait behind it.
@@ -156,6 +160,8 @@ class RedisFlagStore(StoreWrites):
             self._follower = None
         await self._sub.aclose()
         await self._cmd.aclose()
+        if self._trace is not None:
+            self._trace.close()
 
     # propagation -----------------------------------------------------------------------------
 
@@ -218,6 +224,8 @@ class RedisFlagStore(StoreWrites):
         self.stats.loaded = True
         self.stats.version = version
         self._changed.set()
+        if self._trace is not None:
+            self._trace.write(f"{version} {epoch} {time.time():.6f}\n")
 
     async def _resync(self, conn: aioredis.Redis, reason: str) -> None:
         seed = self._snap.buckets if self._snap.source == "redis" else self._plan_defaults

@@ -4,9 +4,12 @@ redis-server and prometheus on loopback, on ephemeral ports, in temp dirs."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,3 +99,137 @@ class RedisServer:
             ["redis-cli", "-p", str(self.port), *args], check=True, capture_output=True, text=True
         )
         return out.stdout
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "control-test-token"
+SIM_READY = "kvplan worker sim: listening on "
+ROUTER_READY = "kvplan router listening on "
+
+
+def _ready_url(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return line[len(prefix) :].split()[0]
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before it was ready")
+    raise TimeoutError(f"{proc.args} printed no {prefix!r} within {timeout} s")
+
+
+def kvplan_proc(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvplan.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+class SimWorker:
+    """`kvplan worker sim`: a vLLM-like OpenAI server (simulated GPU timing)."""
+
+    def __init__(self, workdir: Path, name: str, kv_format: str, speed: float = 0.02) -> None:
+        self.proc = kvplan_proc(
+            [
+                "worker",
+                "sim",
+                "--port",
+                "0",
+                "--kv-format",
+                kv_format,
+                "--served-model-name",
+                "m",
+                "--speed-factor",
+                str(speed),
+                "--max-model-len",
+                "32768",
+                "--mean-output-tokens",
+                "0",
+            ],
+            workdir / f"{name}.log",
+        )
+        self.url = _ready_url(self.proc, SIM_READY)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class Router:
+    """`kvplan serve` on the shared flag store; its store traces every change it applies."""
+
+    def __init__(self, workdir: Path, name: str, plan_path: Path, flag_store: str) -> None:
+        token = workdir / "admin.token"
+        token.write_text(TOKEN)
+        self.trace = workdir / f"{name}.trace"
+        self.provenance = workdir / f"{name}.provenance.jsonl"
+        self.proc = kvplan_proc(
+            [
+                "serve",
+                "--plan",
+                str(plan_path),
+                "--port",
+                "0",
+                "--flag-store",
+                flag_store,
+                "--admin-token-file",
+                str(token),
+                "--log-level",
+                "warning",
+                "--provenance-log",
+                str(self.provenance),
+            ],
+            workdir / f"{name}.log",
+            {"KVPLAN_FLAG_TRACE": str(self.trace)},
+        )
+        self.url = _ready_url(self.proc, ROUTER_READY)
+
+    def applied(self) -> dict[int, float]:
+        """version -> unix time this router applied it (current epoch only is the caller's concern)."""
+        out: dict[int, float] = {}
+        if self.trace.exists():
+            for line in self.trace.read_text().splitlines():
+                v, _epoch, t = line.split()
+                out[int(v)] = float(t)
+        return out
+
+    def records(self) -> list[dict[str, object]]:
+        """The router's provenance records (one JSON object per finished request)."""
+        if not self.provenance.exists():
+            return []
+        return [json.loads(line) for line in self.provenance.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def routed_plan(baseline_url: str, candidate_url: str) -> str:
+    """One bucket (16k) whose baseline and candidate pools are real simulated workers."""
+    return f"""\
+version: 1
+slo: {{ttft_seconds: 0.5, itl_seconds: 0.05}}
+default_max_tokens: 16
+buckets:
+  - name: 16k
+    max_tokens: 16384
+    baseline: {{name: b16k-bf16, model: llama-3.1-8b, served_model_name: m, max_model_len: 32768,
+                endpoints: ["{baseline_url}"]}}
+    candidates:
+      - {{name: b16k-int8, model: llama-3.1-8b, served_model_name: m, kv_format: int8,
+          max_model_len: 32768, endpoints: ["{candidate_url}"]}}
+    rollout: {{weight: 100}}
+"""
