@@ -107,6 +107,9 @@ def test_without_max_tokens_the_pseudo_model_stops_by_itself() -> None:
         assert len(lengths) > 1  # answers differ in length, as a model's do
         capped = client.completions.create(model=MODEL, prompt="one", max_tokens=16)
         assert capped.choices[0].finish_reason == "length"
+        success = _families(running.url)[vm.REQUEST_SUCCESS].samples  # type: ignore[attr-defined]
+        by_reason = {s.labels["finished_reason"]: s.value for s in success if s.name.endswith("_total")}
+        assert by_reason["stop"] == 4 and by_reason["length"] == 1 and by_reason["abort"] == 0
 
 
 def test_max_tokens_beyond_the_context_is_clamped_like_vllm(client: openai.OpenAI) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ class Live:
     engine_id: str
     prompt_tokens: int
     target_tokens: int
+    finish_reason: str  # "length" when the target is max_tokens, "stop" when the pseudo-model ends
     arrival: float
     queue: asyncio.Queue[tuple[int, bool] | api.ApiError] = field(default_factory=asyncio.Queue)
     first_token: float | None = None
@@ -87,6 +89,14 @@ class SimWorker:
     # -- engine loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            # Like vLLM's engine core dying: report it, fail what is in flight, /health says 503.
+            logging.getLogger(__name__).exception("simulated engine failed")
+            self.kill()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
@@ -132,8 +142,7 @@ class SimWorker:
             if event.finished:
                 live.done = True
                 del self._live[event.request_id]
-                reason = api.finish_reason(event.index + 1, live.target_tokens)
-                m.success[reason].inc()
+                m.success[live.finish_reason].inc()
                 m.e2e.observe(now - live.arrival)
                 m.request_prompt_tokens.observe(live.prompt_tokens)
                 m.request_generation_tokens.observe(event.index + 1)
@@ -146,9 +155,9 @@ class SimWorker:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def submit(self, prompt_tokens: int, target_tokens: int) -> Live:
+    def submit(self, prompt_tokens: int, target_tokens: int, finish_reason: str = "length") -> Live:
         engine_id = f"req-{next(self._ids)}"
-        live = Live(engine_id, prompt_tokens, target_tokens, time.monotonic())
+        live = Live(engine_id, prompt_tokens, target_tokens, finish_reason, time.monotonic())
         self.engine.add(engine_id, prompt_tokens, target_tokens)
         self._live[engine_id] = live
         self._update_gauges()
@@ -228,7 +237,7 @@ class SimWorker:
         seed = request_seed(self.settings.seed, req.prompt_ids, req.seed)
         natural = None if req.ignore_eos else natural_length(seed, self.settings.mean_output_tokens)
         target = min(req.max_tokens, natural) if natural is not None else req.max_tokens
-        live = self.submit(req.prompt_tokens, target)
+        live = self.submit(req.prompt_tokens, target, api.finish_reason(target, req.max_tokens))
         text = TextStream(seed)
         headers = {"x-request-id": base}
         if req.stream:
