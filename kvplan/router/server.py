@@ -22,6 +22,7 @@ import httptools
 log = logging.getLogger("kvplan.router")
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+MAX_HEADER_BYTES = 64 * 1024  # beyond this a request is refused (400) instead of buffered
 
 
 def status_line(status: int) -> bytes:
@@ -68,13 +69,12 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
         self._body: list[bytes] = []
         self._size = 0
         self._too_large = False
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._paused = False
-        self._drain: asyncio.Future[None] | None = None
         self.closed = False
         self.chunked = False
         self._head = b""  # response head not yet written (see `start`)
@@ -99,25 +99,20 @@ class Connection(asyncio.Protocol):
         self._pending.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client went away: cancel the upstream request too
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("client disconnected"))
 
     def pause_writing(self) -> None:
-        self._paused = True
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        self._paused = False
         if self.upstream is not None:
             self.upstream.resume_reading()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
     # -- httptools callbacks --
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
+        self._header_bytes = 0
         self._body = []
         self._size = 0
         self._too_large = False
@@ -126,12 +121,17 @@ class Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("request headers too large")
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._too_large = True
+        elif self._headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s for this otherwise
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:
@@ -263,11 +263,6 @@ class Connection(asyncio.Protocol):
         """The response cannot be completed (upstream broke mid-body): close so the client sees it."""
         self.keep_alive = False
         self._abort()
-
-    async def drain(self) -> None:
-        if self._paused and not self.closed:
-            self._drain = self._loop.create_future()
-            await self._drain
 
 
 async def serve(

@@ -117,3 +117,21 @@ def test_malformed_http_is_400_not_a_crash(base: str) -> None:
         data = s.recv(4096)
     assert data.startswith(b"HTTP/1.1 400")
     assert httpx.get(base + "/health", timeout=5).status_code == 200
+
+
+def test_oversized_headers_400_and_expect_continue(base: str) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    huge = httpx.get(base + "/health", headers={"x-filler": "a" * 70_000}, timeout=5)
+    assert huge.status_code == 400
+    body = b'{"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}'
+    with socket.create_connection((u.hostname, u.port), timeout=5) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"expect: 100-continue\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
