@@ -73,6 +73,9 @@ def size(
         str | None, typer.Option(help="e.g. 8k:60,16k:25,32k:15 (instead of --traffic)")
     ] = None,
     tpot_slo_ms: Annotated[float, typer.Option(help="time-per-output-token SLO")] = 150.0,
+    batch: Annotated[
+        int | None, typer.Option(help="decode batch for TPOT (default: the guaranteed concurrency)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the kvplan.size/v1 JSON document")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="print a markdown table")] = False,
     plot: Annotated[Path | None, typer.Option(help="write a capacity plot PNG (needs kvplan[plot])")] = None,
@@ -119,6 +122,7 @@ def size(
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs,
         tpot_slo_seconds=tpot_slo_ms / 1000,
+        decode_batch=batch,
     )
     if traffic is not None or context_mix is not None:
         req = with_lengths(req, _traffic_lengths(traffic, context_mix))
@@ -155,7 +159,7 @@ def _traffic_lengths(traffic: Path | None, context_mix: str | None) -> tuple[int
 def _size_rows(report: "SizeReport") -> tuple[list[str], list[list[str]]]:
     slo = f"SLO {report.request.tpot_slo_seconds * 1000:.0f}ms"
     head = ["format", "KiB/tok", "KV GiB", "blocks", "KV tokens", "max conc", "guar.", "exp.", "fits",
-            "TPOT ms", "tok/s", slo]  # fmt: skip
+            "batch", "TPOT ms", "tok/s", slo]  # fmt: skip
     rows = []
     for r in report.rows:
         c = r.capacity
@@ -170,6 +174,7 @@ def _size_rows(report: "SizeReport") -> tuple[list[str], list[list[str]]]:
                 str(c.guaranteed_concurrency),
                 "-" if r.expected_concurrency is None else f"{r.expected_concurrency:.1f}",
                 "yes" if c.fits else "NO",
+                str(r.decode_batch) if c.fits else "-",
                 "-" if r.tpot_seconds is None else f"{r.tpot_seconds * 1000:.1f}",
                 "-" if r.tokens_per_second is None else f"{r.tokens_per_second:,.0f}",
                 "-" if r.tpot_slo_ok is None else ("ok" if r.tpot_slo_ok else f"batch<={r.slo_batch}"),
@@ -194,6 +199,9 @@ def _size_header(report: "SizeReport") -> list[str]:
         f" + activation {c.activation_bytes / GIB:.2f} + non-torch {c.non_torch_bytes / GIB:.2f}"
         f" + CUDA graphs {c.cuda_graph_bytes / GIB:.2f} + KV {c.available_kv_bytes / GIB:.2f}"
         + (" (KV memory given)" if c.kv_memory_override else ""),
+        f"prefill of one {c.max_model_len:,}-token prompt: {report.rows[0].prefill_seconds:.2f} s "
+        f"(roofline); TPOT at {c.max_model_len:,} tokens of context, batch = "
+        + (f"{req.decode_batch} (capped at what fits)" if req.decode_batch else "guaranteed concurrency"),
     ]
     return lines
 

@@ -16,7 +16,7 @@ from kvplan.formats import FORMATS, KVFormat, get_format
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.memory import Capacity, kv_capacity, normalize_weight_dtype
 from kvplan.planner.models import ModelSpec
-from kvplan.planner.roofline import decode_step_seconds, max_batch_within
+from kvplan.planner.roofline import decode_step_seconds, max_batch_within, prefill_seconds
 
 SIZE_SCHEMA = "kvplan.size/v1"
 DEFAULT_SIZE_FORMATS = ("bf16", "fp8_e4m3", "int8", "int4")
@@ -45,6 +45,7 @@ class SizeRequest:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     tpot_slo_seconds: float = 0.150
+    decode_batch: int | None = None  # TPOT at this batch (None: the guaranteed concurrency)
     # Mean tokens a request holds (prompt + output, capped at max_model_len) per traffic; optional.
     traffic_lengths: tuple[int, ...] | None = None
 
@@ -97,6 +98,7 @@ class FormatRow:
     tokens_per_second: float | None
     slo_batch: int  # largest batch within the TPOT SLO at max_model_len context
     tpot_slo_ok: bool | None
+    prefill_seconds: float  # one max_model_len prompt (TTFT floor), compute-bound
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def _row_json(r: FormatRow) -> dict[str, Any]:
         "tpot_seconds": None if r.tpot_seconds is None else round(r.tpot_seconds, 5),
         "tokens_per_second": None if r.tokens_per_second is None else round(r.tokens_per_second, 1),
         "slo_batch": r.slo_batch,
+        "prefill_seconds": round(r.prefill_seconds, 4),
         "tpot_slo_ok": r.tpot_slo_ok,
         "vllm_log": log_lines(c),
     }
@@ -212,7 +215,8 @@ def _row(req: SizeRequest, fmt: KVFormat) -> FormatRow:
         blocks = mean_blocks(req.traffic_lengths, cap.max_model_len, req.block_size)
         expected = cap.expected_concurrency(blocks) if blocks else 0.0
     tp = req.resolved_tp()
-    batch = max(1, cap.guaranteed_concurrency)
+    # A decode batch larger than the KV cache holds at max_model_len cannot run: cap it there.
+    batch = min(req.decode_batch or cap.guaranteed_concurrency, max(1, cap.guaranteed_concurrency))
     tpot = tps = None
     slo_ok = None
     slo_batch = 0
@@ -227,7 +231,8 @@ def _row(req: SizeRequest, fmt: KVFormat) -> FormatRow:
             req.model, req.gpu, fmt, tpot_seconds=req.tpot_slo_seconds, context_tokens=cap.max_model_len,
             tensor_parallel=tp, limit=max(batch, 1), weight_dtype=req.weight_dtype,
         )  # fmt: skip
-    return FormatRow(fmt.name, fmt.regime, cap, expected, tpot, batch, tps, slo_batch, slo_ok)
+    prefill = prefill_seconds(req.model, req.gpu, prompt_tokens=cap.max_model_len, tensor_parallel=tp)
+    return FormatRow(fmt.name, fmt.regime, cap, expected, tpot, batch, tps, slo_batch, slo_ok, prefill)
 
 
 def _suggest(req: SizeRequest, rows: tuple[FormatRow, ...]) -> tuple[Suggestion, ...]:
@@ -297,6 +302,8 @@ def size(req: SizeRequest) -> SizeReport:
         notes.append(
             "weights, activation and overheads exceed the requested memory: nothing is left for KV cache"
         )
+    if req.decode_batch is not None and req.decode_batch <= 0:
+        raise InputError(f"--batch must be positive, got {req.decode_batch}")
     if req.traffic_lengths is None:
         notes.append("expected concurrency needs a traffic mix: pass --traffic FILE or --context-mix")
     if req.model.is_mla:
