@@ -126,6 +126,9 @@ def demo_cmd(
     prometheus: Annotated[bool, typer.Option(help="Start Prometheus when installed.")] = True,
     prometheus_port: Annotated[int, typer.Option(help="Prometheus port (busy or 0: any free port).")] = 9090,
     scrape_interval: Annotated[str, typer.Option(help="Prometheus scrape and rule interval.")] = "2s",
+    redis: Annotated[
+        bool, typer.Option(help="Flags in a local redis-server + the rollout controller (kvplan rollout).")
+    ] = False,
 ) -> None:
     """Run the whole stack locally: router, simulated pools, load, Prometheus (no GPU, Redis or Docker)."""
     from kvplan.dashboards import demo
@@ -137,6 +140,7 @@ def demo_cmd(
         prometheus=prometheus,
         prometheus_port=prometheus_port,
         scrape_interval=scrape_interval,
+        redis=redis,
     )
     raise typer.Exit(demo.run(opts))
 

@@ -32,6 +32,7 @@ import httpx
 
 from kvplan.dashboards import build, rules
 from kvplan.deploy import labels, prometheus, yaml_text
+from kvplan.errors import InputError
 from kvplan.plan import Bucket, Plan, Pool, Rollout, save_plan
 
 MODEL = "llama-3.1-8b"
@@ -69,6 +70,9 @@ class DemoOptions:
     speed_factor: float = 1.0  # simulated GPU seconds per wall second (sim workers)
     seed: int = 0
     workdir: Path | None = None  # default: a temporary directory, removed at the end
+    # Opt-in: a local redis-server as the flag store plus the rollout controller, so that
+    # `kvplan rollout start` from a second terminal is analysed and stepped. Default: in memory.
+    redis: bool = False
 
 
 def demo_plan(endpoints: dict[str, str]) -> Plan:
@@ -229,8 +233,37 @@ def start_workers(stack: Stack, opts: DemoOptions) -> dict[str, str]:
     return urls
 
 
-def start_router(stack: Stack, plan_path: Path, port: int, token: str) -> Child:
+def start_redis(stack: Stack) -> str:
+    """A private redis-server on a free loopback port, no persistence; returns the store URL."""
+    binary = shutil.which("redis-server") or "redis-server"  # presence checked before anything starts
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    child = stack.spawn("redis", cmd)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {child.proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as conn:
+            conn.sendall(b"PING\r\n")
+            if conn.recv(16).startswith(b"+PONG"):
+                child.url = f"redis://127.0.0.1:{port}/0"
+                return child.url
+        time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer PING")
+
+
+def start_controller(stack: Stack, plan_path: Path, store: str, metrics: str) -> Child:
+    """`kvplan rollout run`: analyses every progressing rollout once per its interval."""
+    source = ["--prometheus", metrics] if not metrics.endswith("/metrics") else ["--router-metrics", metrics]
+    cmd = [sys.executable, "-m", "kvplan.cli", "rollout", "run", "--plan", str(plan_path),
+           "--flag-store", store, *source]  # fmt: skip
+    return stack.spawn("rollout-controller", cmd)
+
+
+def start_router(stack: Stack, plan_path: Path, port: int, token: str, store: str | None = None) -> Child:
     cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(plan_path), "--port", str(port)]
+    if store:
+        cmd += ["--flag-store", store]
     child = stack.spawn("router", cmd, {ADMIN_TOKEN_ENV: token})
     child.url = f"http://127.0.0.1:{port}"
     _first_line(child, 60)  # "kvplan router listening on ..."
@@ -483,7 +516,21 @@ async def _run_loop(
     return stats
 
 
-def _banner(router: Child, prom: Child | None, workers: dict[str, str], token: str, workdir: Path) -> str:
+def _banner(
+    router: Child, prom: Child | None, workers: dict[str, str], token: str, workdir: Path, store: str | None
+) -> str:
+    env = f"KVPLAN_ROUTER={router.url} {ADMIN_TOKEN_ENV}={token}"
+    if store:
+        env += f" KVPLAN_FLAG_STORE={store} KVPLAN_PLAN={workdir / 'pools.yaml'}"
+        rollout = [
+            "  kvplan rollout start --bucket 8k --steps 60,80,100 --interval 30s   # the controller steps it",
+            "  kvplan rollout status",
+        ]
+    else:
+        rollout = [
+            "  kvplan flags set-weight --bucket 8k --weight 80   # a rollout step by hand",
+            "  (automatic rollouts need a shared flag store: kvplan demo --redis)",
+        ]
     lines = [
         f"router       {router.url}  (OpenAI API under /v1, metrics at /metrics, admin API under /admin)",
         f"admin token  {token}",
@@ -491,13 +538,14 @@ def _banner(router: Child, prom: Child | None, workers: dict[str, str], token: s
         if prom
         else "prometheus   not installed (or --no-prometheus): no alerts, no queries",
         *(f"worker       {url}  {name}" for name, url in workers.items()),
+        f"flag store   {store or 'in memory (inside the router)'}",
         f"plan         {workdir / 'pools.yaml'}   logs: {workdir}/*.log",
         "",
         "From a second terminal:",
-        f"  export KVPLAN_ROUTER={router.url} {ADMIN_TOKEN_ENV}={token}",
-        "  kvplan flags show                # weights and kill switches per bucket",
-        "  kvplan flags kill 32k --reason test  ;  kvplan flags unkill 32k",
-        "  kvplan rollout start 8k          # step the 8k candidate's weight up under analysis",
+        f"  export {env}",
+        "  kvplan flags show",
+        "  kvplan flags kill --bucket 32k --reason test ; kvplan flags unkill --bucket 32k",
+        *rollout,
         "Grafana: import dashboards/*.json with a Prometheus data source at the URL above.",
     ]
     return "\n".join(lines)
@@ -517,14 +565,19 @@ def run(opts: DemoOptions) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print("starting 4 simulated workers, the router and Prometheus ...", flush=True)
+        if opts.redis and shutil.which("redis-server") is None:
+            raise InputError("--redis needs redis-server on PATH (scripts/setup.sh test installs it)")
         workers = start_workers(stack, opts)
         plan = demo_plan(workers)
         plan_path = workdir / "pools.yaml"
         save_plan(plan, plan_path)
         token = secrets.token_urlsafe(16)
-        router = start_router(stack, plan_path, free_port(opts.port), token)
+        store = start_redis(stack) if opts.redis else None
+        router = start_router(stack, plan_path, free_port(opts.port), token, store)
         prom = start_prometheus(stack, plan, router.url, opts)
-        print(_banner(router, prom, workers, token, workdir), flush=True)
+        if store:
+            start_controller(stack, plan_path, store, prom.url if prom else f"{router.url}/metrics")
+        print(_banner(router, prom, workers, token, workdir, store), flush=True)
         print(f"{READY} router={router.url} prometheus={prom.url if prom else ''} token={token}", flush=True)
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, previous[s])
@@ -536,6 +589,9 @@ def run(opts: DemoOptions) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not abandon children

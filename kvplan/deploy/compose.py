@@ -22,6 +22,7 @@ from kvplan.deploy.router_server import (
     PLAN_PATH,
     REDIS_PORT,
     ROUTER_PORT,
+    controller_args,
     router_args,
 )
 from kvplan.deploy.vllm_server import MODELS_DIR, VLLM_PORT, server_spec
@@ -123,6 +124,17 @@ def render(
                 "redis": {"condition": "service_healthy"},
                 # The router starts at once and ejects endpoints until their /health answers.
                 **{service_name(p): {"condition": "service_started"} for p in plan.pools},
+            },
+            "restart": "unless-stopped",
+        },
+        "rollout-controller": {
+            "image": opts.images.router,
+            "entrypoint": ["kvplan"],
+            "command": list(controller_args(f"redis://redis:{REDIS_PORT}/0", "http://prometheus:9090")),
+            "volumes": [f"./{PLAN_FILE}:{PLAN_PATH}:ro"],
+            "depends_on": {
+                "redis": {"condition": "service_healthy"},
+                "prometheus": {"condition": "service_started"},
             },
             "restart": "unless-stopped",
         },

@@ -24,6 +24,7 @@ from kvplan.deploy.router_server import (
     PLAN_PATH,
     REDIS_PORT,
     ROUTER_PORT,
+    controller_args,
     router_args,
 )
 from kvplan.deploy.vllm_server import MODELS_DIR, VLLM_PORT, server_spec
@@ -51,6 +52,8 @@ class RenderOptions:
     router_replicas: int = 2
     router_max_replicas: int = 10
     models_storage: str = "500Gi"
+    # The Prometheus Operator's default Service for a Prometheus in the `monitoring` namespace.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     models_storage_class: str | None = None
 
 
@@ -166,7 +169,7 @@ def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Mani
 
 
 def router_manifests(plan: Plan, opts: RenderOptions) -> list[Manifest]:
-    """Plan ConfigMap, router Deployment, Service, HPA and PodDisruptionBudget."""
+    """Plan ConfigMap, router Deployment, Service, HPA, PodDisruptionBudget; the rollout controller."""
     ns = opts.namespace
     app = {"app.kubernetes.io/name": ROUTER}
     plan_map: Manifest = {
@@ -238,7 +241,36 @@ def router_manifests(plan: Plan, opts: RenderOptions) -> list[Manifest]:
         "metadata": _meta(ROUTER, ns, app),
         "spec": {"minAvailable": 1, "selector": {"matchLabels": app}},
     }
-    return [plan_map, deployment, service, hpa, pdb]
+    return [plan_map, deployment, service, hpa, pdb, controller_manifest(opts, redis_url)]
+
+
+def controller_manifest(opts: RenderOptions, redis_url: str) -> Manifest:
+    """One rollout controller: its writes are conditional, so a second one would only be idle."""
+    app = {"app.kubernetes.io/name": "kvplan-rollout"}
+    container = {
+        "name": "controller",
+        "image": opts.images.router,
+        "command": ["kvplan"],
+        "args": list(controller_args(redis_url, opts.prometheus_url)),
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "volumeMounts": [{"name": "plan", "mountPath": str(Path(PLAN_PATH).parent), "readOnly": True}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta("kvplan-rollout", opts.namespace, app),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": app},
+            "template": {
+                "metadata": {"labels": {**PART_OF, **app}},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [{"name": "plan", "configMap": {"name": "kvplan-plan"}}],
+                },
+            },
+        },
+    }
 
 
 def redis_manifests(opts: RenderOptions) -> list[Manifest]:

@@ -23,3 +23,18 @@ def router_args(flag_store_url: str, port: int = ROUTER_PORT) -> tuple[str, ...]
         "--port",
         str(port),
     )
+
+
+def controller_args(flag_store_url: str, prometheus_url: str) -> tuple[str, ...]:
+    """Arguments of the rollout controller (`kvplan rollout run`): it reads the plan and the
+    analysis metrics from Prometheus, and writes steps and aborts to the shared flag store."""
+    return (
+        "rollout",
+        "run",
+        "--plan",
+        PLAN_PATH,
+        "--flag-store",
+        flag_store_url,
+        "--prometheus",
+        prometheus_url,
+    )
