@@ -35,6 +35,7 @@ def variables(slo: Slo) -> tuple[Variable, ...]:
         # SLO bounds are exact histogram edges (the router adds them), so `le` selects them exactly.
         Variable("ttft_slo", "TTFT SLO", kind="constant", value=rules.le(slo.ttft_seconds)),
         Variable("e2e_slo", "E2E SLO", kind="constant", value=rules.le(slo.e2e_seconds)),
+        Variable("itl_slo", "ITL SLO", kind="constant", value=rules.le(slo.itl_seconds)),
     )
 
 
@@ -77,7 +78,7 @@ def router_overview(slo: Slo) -> Dashboard:
             Panel(
                 "Error ratio by pool",
                 "percentunit",
-                (Query(_error_ratio("bucket, pool"), "{{bucket}} {{pool}}"),),
+                (Query(_error_ratio("bucket, pool, regime"), "{{bucket}} {{pool}} ({{regime}})"),),
                 "Upstream failures over requests the pool was responsible for (4xx and cancels excluded).",
                 min=0,
                 thresholds=((1 - rules.AVAILABILITY_OBJECTIVE, "red"),),
@@ -456,6 +457,21 @@ def rollout(slo: Slo) -> Dashboard:
                     ),
                 ),
                 "The SLO share shows a slowdown that coarse-bucket percentiles hide.",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Share under the ITL SLO, candidate vs baseline",
+                "percentunit",
+                (
+                    Query(
+                        f"({_share_under(vm.INTER_TOKEN_LATENCY, 'itl_slo', VLLM, 'bucket, pool')})\n"
+                        f"* {ROLE}",
+                        "{{bucket}} {{role}} {{pool}}",
+                    ),
+                ),
+                f"Decode steps within {slo.itl_seconds:g} s (vLLM's inter-token latency, an exact edge of "
+                "its buckets): the third check of the rollout analysis.",
                 min=0,
                 max=1,
             ),

@@ -31,6 +31,7 @@ SUBSTITUTE = {
     "$pool": ".*",
     "$ttft_slo": "2.0",
     "$e2e_slo": "60.0",
+    "$itl_slo": "0.15",
 }
 
 
