@@ -190,7 +190,13 @@ def _size_header(report: "SizeReport") -> list[str]:
         f", sliding {windows} on {m.sliding_layers}/{m.layers} layers" if windows else ""
     )
     lines = [
-        f"{m.name}: {m.layers} layers, {m.num_kv_heads} KV heads x {m.head_dim} ({attn}), "
+        f"{m.name}: {m.layers} layers, "
+        + (
+            f"one {m.mla_latent_dim}-element latent"
+            if m.is_mla
+            else f"{m.num_kv_heads} KV heads x {m.head_dim}"
+        )
+        + f" ({attn}), "
         f"{m.params / 1e9:.1f}B params{', MoE' if m.is_moe else ''}",
         f"{req.gpu_count} x {req.gpu.name} ({c.total_memory_bytes / GIB:.2f} GiB visible), "
         f"TP {c.tensor_parallel}, PP {c.pipeline_parallel}, {report.replicas_per_node} replica(s), "
@@ -346,7 +352,6 @@ def plan(
 ) -> None:
     """Size a fleet per context bucket (BF16 baseline + quantized candidates) and write pools.yaml."""
     from kvplan.errors import InputError
-    from kvplan.plan import save_plan
     from kvplan.planner.fleet import VLLM_KV_READ_EFFICIENCY, PlanOptions, load_prices, plan_fleet, to_plan
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
@@ -383,6 +388,8 @@ def plan(
     )
     fleet = plan_fleet(spec, gpu_spec, mix, opts, load_prices(prices))
     pool_plan = to_plan(fleet, model, opts)
+    from kvplan.plan import save_plan
+
     try:
         save_plan(pool_plan, out)
     except OSError as exc:

@@ -123,7 +123,7 @@ class SizeReport:
                 "hf_id": m.hf_id,
                 "layers": m.layers,
                 "kv_heads": m.num_kv_heads,
-                "head_dim": m.head_dim,
+                "head_dim": None if m.is_mla else m.head_dim,
                 "attention": m.attention.value,
                 "mla_latent_dim": m.mla_latent_dim or None,
                 "sliding_window_layers": m.sliding_layers,
