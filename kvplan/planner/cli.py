@@ -466,6 +466,13 @@ def _plan_summary(fleet: "FleetPlan", out: Path) -> list[str]:
         f"saving ${fleet.saving_per_hour:,.2f}/h ({share:.0%}); prices as of {fleet.prices.as_of}",
         f"wrote {out}",
     ]
+    small = [b.load.name for b in fleet.buckets if 0 < b.load.share < 0.01]
+    if small:
+        lines.insert(
+            2,
+            f"note: bucket(s) {', '.join(small)} carry under 1% of requests but at least one replica each; "
+            "consider fewer buckets (--buckets)",
+        )
     if fleet.over_largest > 0:
         lines.insert(
             2,
