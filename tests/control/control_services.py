@@ -133,7 +133,7 @@ def kvplan_proc(args: list[str], log: Path, env: dict[str, str] | None = None) -
 class SimWorker:
     """`kvplan worker sim`: a vLLM-like OpenAI server (simulated GPU timing)."""
 
-    def __init__(self, workdir: Path, name: str, kv_format: str, speed: float = 0.02) -> None:
+    def __init__(self, workdir: Path, name: str, kv_format: str, speed: float = 1.0) -> None:
         self.proc = kvplan_proc(
             [
                 "worker",

@@ -133,13 +133,14 @@ class Done:
     user: str
     pool: str
     status: int
+    error: str = ""
 
 
 async def stream_one(client: httpx.AsyncClient, url: str, user: str) -> Done:
     body = {
         "model": "m",
         "stream": True,
-        "max_tokens": 8,
+        "max_tokens": 32,
         "user": user,
         "messages": [{"role": "user", "content": "hello there"}],
     }
@@ -147,7 +148,8 @@ async def stream_one(client: httpx.AsyncClient, url: str, user: str) -> Done:
         chunks = [c async for c in resp.aiter_text()]
         text = "".join(chunks)
         ok = resp.status_code == 200 and "[DONE]" in text
-        return Done(url, user, resp.headers.get("x-kvplan-pool", ""), 200 if ok else resp.status_code)
+        pool = resp.headers.get("x-kvplan-pool", "")
+        return Done(url, user, pool, 200 if ok else resp.status_code, "" if ok else text[:300])
 
 
 async def load(urls: list[str], concurrency: int, stop: asyncio.Event, out: list[Done]) -> None:
