@@ -324,8 +324,12 @@ def size_pool(
             "max_num_seqs": seqs / seqs_limit,
         }
         bound, worst = max(need.items(), key=lambda item: item[1])
+        if worst <= 1:
+            bound = "min"  # one replica carries the bucket
+        # Replicas only grow: more replicas lower TPOT, which can lower the need; stop at the
+        # first count that covers its own need (conservative, and it cannot oscillate).
         new = max(1, math.ceil(worst))
-        if new == replicas:
+        if new <= replicas:
             break
         replicas = new
     kv_util = kv_blocks / (replicas * cap.usable_blocks)
