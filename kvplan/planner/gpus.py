@@ -1,8 +1,8 @@
 """GPU catalog: CUDA-visible memory (what vLLM's utilisation multiplies), bandwidth and FLOP rates.
 
 Memory is what `torch.cuda.mem_get_info()` reports as total, not the marketing figure: an
-"80 GB" H100 shows 79.18 GiB. Figures marked measured come from facts.md / a device run; the
-others are the marketing capacity less the same ~1.0% the measured cards lose, and say so.
+"80 GB" H100 shows 79.18 GiB. Each entry says where its figure comes from (`memory_source`);
+"estimated" ones are the marketing capacity less about what the measured cards lose.
 FLOP rates are dense (no 2:4 sparsity). Prices live in the dated price file, not here.
 """
 
@@ -25,7 +25,9 @@ class GpuSpec:
     fp8_flops: float
     fp8_supported: bool
     price_per_hour: float  # default on-demand $/GPU-hour; the price file overrides
-    memory_source: str = "estimated"  # "measured" when read from a real card
+    # Where visible_memory_bytes comes from: "measured" (torch.cuda.mem_get_info on the card),
+    # "facts.md" (a measured figure recorded there), "user log" (vLLM's logged total), "estimated".
+    memory_source: str = "estimated"
     description: str = ""
 
     @property
@@ -52,12 +54,12 @@ GPUS: dict[str, GpuSpec] = {
         ),
         GpuSpec("h200", _gib(139.80), 4.8 * TB, 989e12, 1979e12, True, 3.79, "measured", "H200 141GB"),
         GpuSpec("b200", _gib(178.36), 8.0 * TB, 2250e12, 4500e12, True, 5.99, "estimated", "B200 180GB"),
-        GpuSpec("a100-80gb", _gib(79.20), 2.039 * TB, 312e12, 0.0, False, 1.79, "measured", "A100 SXM 80GB"),
+        GpuSpec("a100-80gb", _gib(79.20), 2.039 * TB, 312e12, 0.0, False, 1.79, "facts.md", "A100 SXM 80GB"),
         GpuSpec("a100-40gb", _gib(39.39), 1.555 * TB, 312e12, 0.0, False, 1.29, "estimated", "A100 40GB"),
-        GpuSpec("l40s", _gib(44.99), 0.864 * TB, 362e12, 733e12, True, 1.19, "measured", "L40S 48GB"),
-        GpuSpec("l4", _gib(22.49), 0.3 * TB, 121e12, 242e12, True, 0.69, "measured", "L4 24GB"),
+        GpuSpec("l40s", _gib(44.99), 0.864 * TB, 362e12, 733e12, True, 1.19, "facts.md", "L40S 48GB"),
+        GpuSpec("l4", _gib(22.49), 0.3 * TB, 121e12, 242e12, True, 0.69, "facts.md", "L4 24GB"),
         # 23.58 GiB: total_gpu_memory in a user's vLLM log (vllm-project/vllm#10517)
-        GpuSpec("rtx-3090", _gib(23.58), 0.936 * TB, 71e12, 0.0, False, 0.39, "measured", "RTX 3090 24GB"),
+        GpuSpec("rtx-3090", _gib(23.58), 0.936 * TB, 71e12, 0.0, False, 0.39, "user log", "RTX 3090 24GB"),
         GpuSpec("a10g", _gib(22.07), 0.6 * TB, 70e12, 0.0, False, 1.01, "estimated", "A10G 24GB (AWS)"),
         GpuSpec(
             "rtx-4090", _gib(23.64), 1.008 * TB, 165e12, 330e12, True, 0.69, "estimated", "RTX 4090 24GB"
