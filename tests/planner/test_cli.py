@@ -107,6 +107,7 @@ def test_size_plot_writes_a_png(tmp_path: Path) -> None:
         (("plan", "llama-3.1-8b", "--context-mix", "8k:100"), "--rps"),
         (("plan", "llama-3.1-8b", "--context-mix", "8k:100", "--rps", "-1"), "--rps"),
         (("plan", "llama-3.1-8b"), "exactly one of --traffic"),
+        (("plan", "llama-3.1-8b", "--traffic", "/nonexistent.csv"), "does not exist"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: tuple[str, ...], expect: str) -> None:
