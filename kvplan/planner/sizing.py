@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kvplan.errors import InputError
+from kvplan.errors import InputError, NotFound, closest
 from kvplan.formats import FORMATS, KVFormat, get_format
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.memory import Capacity, kv_capacity, normalize_weight_dtype
@@ -283,8 +283,6 @@ def size(req: SizeRequest) -> SizeReport:
         raise InputError("give at least one KV format")
     for name in req.formats:
         if name not in FORMATS:
-            from kvplan.errors import NotFound, closest
-
             raise NotFound(
                 f"unknown KV format {name!r}"
                 + closest(name, list(FORMATS))
@@ -296,14 +294,14 @@ def size(req: SizeRequest) -> SizeReport:
             f"tensor parallel {req.resolved_tp()} x pipeline parallel {req.pipeline_parallel} needs "
             f"{ranks} GPUs, {req.gpu_count} given; use --gpu {req.gpu.name}:{ranks}"
         )
+    if req.decode_batch is not None and req.decode_batch <= 0:
+        raise InputError(f"--batch must be positive, got {req.decode_batch}")
     rows = tuple(_row(req, get_format(n)) for n in req.formats)
     notes: list[str] = []
     if rows[0].capacity.available_kv_bytes <= 0:
         notes.append(
             "weights, activation and overheads exceed the requested memory: nothing is left for KV cache"
         )
-    if req.decode_batch is not None and req.decode_batch <= 0:
-        raise InputError(f"--batch must be positive, got {req.decode_batch}")
     if req.traffic_lengths is None:
         notes.append("expected concurrency needs a traffic mix: pass --traffic FILE or --context-mix")
     if req.model.is_mla:
