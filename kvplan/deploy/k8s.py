@@ -35,14 +35,33 @@ Manifest = dict[str, Any]
 PART_OF = {"app.kubernetes.io/part-of": "kvplan"}
 ROUTER = "kvplan-router"
 REDIS = "kvplan-redis"
-# GPU Feature Discovery's product label (nvidia.com/gpu.product) for the plan's GPU names.
+# GPU Feature Discovery's product label (nvidia.com/gpu.product) for the planner's GPU names.
 GPU_PRODUCTS = {
     "h100": "NVIDIA-H100-80GB-HBM3",
+    "h100-pcie": "NVIDIA-H100-PCIe",
     "h200": "NVIDIA-H200",
-    "a100": "NVIDIA-A100-SXM4-80GB",
+    "b200": "NVIDIA-B200",
+    "a100-80gb": "NVIDIA-A100-SXM4-80GB",
+    "a100-40gb": "NVIDIA-A100-SXM4-40GB",
     "l40s": "NVIDIA-L40S",
     "l4": "NVIDIA-L4",
+    "a10g": "NVIDIA-A10G",
+    "rtx-4090": "NVIDIA-GeForce-RTX-4090",
+    "rtx-3090": "NVIDIA-GeForce-RTX-3090",
 }
+# The device plugin's resource name; NVIDIA unless listed.
+GPU_RESOURCES = {"mi300x": "amd.com/gpu"}
+
+
+def gpu_name(pool: Pool) -> str:
+    """The planner's canonical name for the pool's GPU (aliases resolved), else as written."""
+    from kvplan.errors import KvplanError
+    from kvplan.planner.gpus import get_gpu
+
+    try:
+        return get_gpu(pool.gpu)[0].name
+    except KvplanError:
+        return pool.gpu.lower()
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,8 @@ def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Mani
     selector = {"app.kubernetes.io/instance": name}
     spec = server_spec(pool)
     gpus = str(pool.gpus_per_replica)
+    gpu = gpu_name(pool)
+    resource = GPU_RESOURCES.get(gpu, "nvidia.com/gpu")
     container: dict[str, Any] = {
         "name": "vllm",
         "image": opts.images.vllm,
@@ -107,8 +128,8 @@ def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Mani
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         # Sized per GPU: host memory holds the weights while loading and the CPU swap space.
         "resources": {
-            "requests": {"nvidia.com/gpu": gpus, "cpu": str(4 * pool.gpus_per_replica), "memory": "32Gi"},
-            "limits": {"nvidia.com/gpu": gpus, "memory": f"{48 * pool.gpus_per_replica}Gi"},
+            "requests": {resource: gpus, "cpu": str(4 * pool.gpus_per_replica), "memory": "32Gi"},
+            "limits": {resource: gpus, "memory": f"{48 * pool.gpus_per_replica}Gi"},
         },
         # Loading weights and capturing CUDA graphs takes minutes: the startup probe allows 15.
         "startupProbe": _http_probe(HEALTH_PATH, "http", 10, 90),
@@ -126,10 +147,10 @@ def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Mani
             # NCCL between tensor-parallel ranks needs more shared memory than the 64 MiB default.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
         ],
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}],
         "terminationGracePeriodSeconds": 60,
     }
-    product = GPU_PRODUCTS.get(pool.gpu.lower())
+    product = GPU_PRODUCTS.get(gpu)
     if product is not None:
         pod_spec["affinity"] = {
             "nodeAffinity": {

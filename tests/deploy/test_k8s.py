@@ -245,3 +245,26 @@ def test_a_plan_written_by_kvplan_plan_renders_valid_manifests(tmp_path: Path) -
         if m["kind"] == "Deployment" and m["metadata"]["name"].startswith("vllm-")
     )
     assert gpu_requests == sum(p.replicas * p.gpus_per_replica for p in plan.pools) > 0
+
+
+@pytest.mark.parametrize(
+    ("gpu", "resource", "product"),
+    [("a100-80gb", "nvidia.com/gpu", "NVIDIA-A100-SXM4-80GB"), ("mi300x", "amd.com/gpu", None)],
+)
+def test_gpu_kind_selects_resource_and_nodes(gpu: str, resource: str, product: str | None) -> None:
+    plan = parse_plan(
+        "buckets:\n  - name: 8k\n    max_tokens: 8192\n"
+        f"    baseline: {{name: p, model: llama-3.1-8b, max_model_len: 8192, gpu: {gpu}}}\n"
+    )
+    deployment = by_kind([m for docs in render(plan).values() for m in docs], "Deployment")["vllm-p"]
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"][resource] == "1"
+    terms = pod.get("affinity", {}).get("nodeAffinity", {})
+    if product is None:
+        assert not terms
+    else:
+        expr = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+            "matchExpressions"
+        ]
+        assert expr == [{"key": "nvidia.com/gpu.product", "operator": "In", "values": [product]}]
