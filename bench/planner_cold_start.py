@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,8 @@ def with_hyperfine(runs: int) -> dict[str, dict[str, float]]:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(out.read_text())["results"]
     return {
-        r["command"]: {"median": r["median"], "mean": r["mean"], "min": r["min"], "max": r["max"]} for r in data
+        r["command"]: {"median": r["median"], "mean": r["mean"], "min": r["min"], "max": r["max"]}
+        for r in data
     }
 
 
@@ -72,7 +73,9 @@ def heavy_imports() -> list[str]:
 
 
 def slowest_imports(n: int = 8) -> list[tuple[str, int]]:
-    code = "from kvplan.cli import app\ntry:\n    app(['size', 'llama-3.1-8b'])\nexcept SystemExit:\n    pass\n"
+    code = (
+        "from kvplan.cli import app\ntry:\n    app(['size', 'llama-3.1-8b'])\nexcept SystemExit:\n    pass\n"
+    )
     r = subprocess.run([str(PY), "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
     rows = []
     for line in r.stderr.splitlines():
@@ -96,11 +99,12 @@ def main() -> None:
     lines = [
         "# `kvplan size` cold start",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- device: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()} (shared machine: other",
         "  jobs were running, so these are upper bounds)",
-        f"- command: `.venv/bin/python bench/planner_cold_start.py --runs {args.runs}` ({tool}, 3 warm-up runs,"
-        " page cache warm: \"cold\" means a fresh process)",
+        f"- command: `.venv/bin/python bench/planner_cold_start.py --runs {args.runs}` ({tool}, 3 warm-up"
+        " runs,"
+        ' page cache warm: "cold" means a fresh process)',
         "",
         "| command | median s | mean s | min s | max s |",
         "|---|---|---|---|---|",

@@ -20,7 +20,7 @@ import random
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,9 @@ def main() -> None:
             walls.append(wall)
         doc = json.loads(out)
         assert doc["traffic"]["requests"] == args.requests
-        rows.append((f"`kvplan plan llama-3.1-70b --traffic traffic.{label.lower()}`", min(walls), sorted(walls)[1]))
+        rows.append(
+            (f"`kvplan plan llama-3.1-70b --traffic traffic.{label.lower()}`", min(walls), sorted(walls)[1])
+        )
     rows.append(("baseline: csv module only (parse, no planning)", csv_only(csv_path), float("nan")))
     rows.append(("baseline: json.loads per line only (parse, no planning)", json_loads_only(jsonl_path),
                  float("nan")))  # fmt: skip
@@ -93,10 +95,13 @@ def main() -> None:
     lines = [
         "# `kvplan plan` over 1,000,000 requests",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- device: {os.cpu_count()} cores, Python {platform.python_version()}; shared machine (other jobs ran)",
-        f"- command: `.venv/bin/python bench/planner_plan_1m.py --requests {args.requests} --repeats {args.repeats}`",
-        f"- files: {args.requests:,} requests, CSV {size_mb['.csv']:.0f} MB, JSONL {size_mb['.jsonl']:.0f} MB "
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- device: {os.cpu_count()} cores, Python {platform.python_version()}; shared machine "
+        "(other jobs ran)",
+        f"- command: `.venv/bin/python bench/planner_plan_1m.py --requests {args.requests} "
+        f"--repeats {args.repeats}`",
+        f"- files: {args.requests:,} requests, CSV {size_mb['.csv']:.0f} MB, "
+        f"JSONL {size_mb['.jsonl']:.0f} MB "
         f"(46%-over-8K-like lognormal mix, one hour of arrivals)",
         "",
         "| what | best s | median s |",
@@ -105,7 +110,10 @@ def main() -> None:
         "",
     ]
     worst = max(r[2] for r in rows[:2])
-    lines.append(f"Target < 5 s wall end to end: median {worst:.2f} s at worst, **{'met' if worst < 5 else 'NOT met'}**.")
+    lines.append(
+        f"Target < 5 s wall end to end: median {worst:.2f} s at worst, "
+        f"**{'met' if worst < 5 else 'NOT met'}**."
+    )
     dest = ROOT / "bench" / "results" / "planner_plan_1m.md"
     dest.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,8 @@ def _given_available(row: dict[str, Any]) -> list[Check]:
     if "kv_tokens_approx" in logged:
         want = logged["kv_tokens_approx"]
         err = (at.kv_tokens - want) / want
-        checks.append(Check(row["id"], "KV tokens (published ≈)", f"≈{want:,}", f"{at.kv_tokens:,} ({err:+.2%})",
+        got = f"{at.kv_tokens:,} ({err:+.2%})"
+        checks.append(Check(row["id"], "KV tokens (published ≈)", f"≈{want:,}", got,
                             "within 0.1%" if abs(err) < 0.001 else "MISS"))  # fmt: skip
     if "num_blocks" in logged:
         add("GPU blocks", logged["num_blocks"], at.num_blocks, lo.num_blocks, hi.num_blocks)
@@ -147,7 +148,7 @@ def main() -> None:
     lines = [
         "# kvplan's memory model against real vLLM start-up logs",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; device: this machine "
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; device: this machine "
         f"({os.cpu_count()} cores, CPU only: arithmetic, no GPU needed)",
         "- command: `.venv/bin/python bench/planner_vllm_logs.py` (rows: `bench/planner_vllm_logs.yaml`)",
         f"- {len(data['rows'])} rows from {len({s.split(' ')[0] for s in sources.values()})} sources; "
@@ -164,8 +165,10 @@ def main() -> None:
         "",
         "| row | kvplan's terms (GiB per GPU) | vLLM logged | kvplan | verdict |",
         "|---|---|---|---|---|",
-        *(f"| {c.row} | {c.what.split('[', 1)[1].rstrip(']')} | {c.logged} | {c.kvplan} | {c.verdict} |"
-          for c in alone),  # fmt: skip
+        *(
+            f"| {c.row} | {c.what.split('[', 1)[1].rstrip(']')} | {c.logged} | {c.kvplan} | {c.verdict} |"
+            for c in alone
+        ),
         "",
         "## Sources",
         "",
@@ -176,7 +179,8 @@ def main() -> None:
     misses_alone = sum(c.verdict.startswith("MISS") for c in alone)
     lines.append(
         f"Summary: given the logged memory, {len(given) - misses_given}/{len(given)} figures match (exact or "
-        f"within the log's GiB rounding); from model + GPU alone, {len(alone) - misses_alone}/{len(alone)} rows "
+        f"within the log's GiB rounding); from model + GPU alone, "
+        f"{len(alone) - misses_alone}/{len(alone)} rows "
         "within 5%."
     )
     dest = ROOT / "bench" / "results" / "planner_vllm_logs.md"
