@@ -133,7 +133,9 @@ def kvplan_proc(args: list[str], log: Path, env: dict[str, str] | None = None) -
 class SimWorker:
     """`kvplan worker sim`: a vLLM-like OpenAI server (simulated GPU timing)."""
 
-    def __init__(self, workdir: Path, name: str, kv_format: str, speed: float = 1.0) -> None:
+    def __init__(
+        self, workdir: Path, name: str, kv_format: str, speed: float = 1.0, mean_output_tokens: int = 0
+    ) -> None:
         self.proc = kvplan_proc(
             [
                 "worker",
@@ -149,7 +151,7 @@ class SimWorker:
                 "--max-model-len",
                 "32768",
                 "--mean-output-tokens",
-                "0",
+                str(mean_output_tokens),
             ],
             workdir / f"{name}.log",
         )
@@ -233,3 +235,46 @@ buckets:
           max_model_len: 32768, endpoints: ["{candidate_url}"]}}
     rollout: {{weight: 100}}
 """
+
+
+class Prometheus:
+    """A real prometheus on an ephemeral port, scraping the given targets every second."""
+
+    def __init__(self, workdir: Path, jobs: dict[str, list[tuple[str, dict[str, str]]]]) -> None:
+        import yaml
+
+        exe = shutil.which("prometheus")
+        assert exe, "prometheus is not installed (scripts/setup.sh test installs it)"
+        scrape = []
+        for job, targets in jobs.items():
+            static = [{"targets": [url.split("://", 1)[1]], "labels": labels} for url, labels in targets]
+            scrape.append({"job_name": job, "scrape_interval": "1s", "static_configs": static})
+        config = workdir / "prometheus.yml"
+        config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": scrape}))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(workdir / "prometheus.log").open("w"),
+            text=True,
+        )
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("prometheus did not become ready in 30 s")
+
+    def stop(self) -> None:
+        stop(self.proc)  # type: ignore[arg-type]
