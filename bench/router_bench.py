@@ -358,14 +358,15 @@ def write_results(r: dict[str, Any]) -> None:
         )
     lines += [
         "",
-        f"- streaming time to first byte, p50 ms (c=1): {json.dumps({k: round(v, 3) for k, v in r['stream_ttfb_p50_ms'].items()})}",
+        "- streaming time to first byte, p50 ms (c=1): "
+        + json.dumps({k: round(v, 3) for k, v in r["stream_ttfb_p50_ms"].items()}),
         f"- kvplan added p50 at c=1: non-streaming {r['added_p50_ms']['non_streaming']:.3f} ms, "
         f"streaming TTFB {r['added_p50_ms']['streaming_ttfb']:.3f} ms (target <= 1 ms)",
     ]
     if "ratio_vs_vllm_router" in r:
         rv = r["ratio_vs_vllm_router"]
         lines.append(
-            f"- kvplan / vllm-router throughput: c=16 {rv['16']:.2f}x, c=64 {rv['64']:.2f}x (target >= 0.9x); "
+            f"- kvplan / vllm-router req/s: c=16 {rv['16']:.2f}x, c=64 {rv['64']:.2f}x (target >= 0.9x); "
             f"vllm-router added p50 at c=1: {r['vllm_router_added_p50_ms']:.3f} ms"
         )
     rp = r["ratio_vs_python_router_110"]

@@ -158,12 +158,14 @@ class Router:
     # -- lifecycle --
     async def start(self, host: str, port: int, **kw: Any) -> asyncio.Server:
         self._loop = asyncio.get_running_loop()
+        # bind first (a taken port fails at once); requests before the first probe round see
+        # stale load, so they go to baselines
+        self.server = await serve(self.handle, host, port, self.limits.max_body, **kw)
         await start_store(self.store)
         await probe_all(self.table.endpoints.values(), self.upstream, self.limits.probe_timeout)
         self.provenance.start()
         for coro in (self._probe_loop(), self._sweep_loop(), self._reload_loop()):
             self._tasks.append(self._loop.create_task(coro))
-        self.server = await serve(self.handle, host, port, self.limits.max_body, **kw)
         return self.server
 
     @property

@@ -39,7 +39,11 @@ def _raise_fd_limit() -> None:
 
 
 async def _main(router: Router, host: str, port: int) -> None:
-    await router.start(host, port)
+    try:
+        await router.start(host, port)
+    except OSError as exc:
+        await router.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     print(f"kvplan router listening on http://{host}:{router.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

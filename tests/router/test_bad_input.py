@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -135,3 +136,24 @@ def test_oversized_headers_400_and_expect_continue(base: str) -> None:
         assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(body)
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "kvplan.cli", "serve", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    missing = serve("--plan", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: cannot read plan")
+    plan = tmp_path / "pools.yaml"
+    plan.write_text(yaml.safe_dump(plan_dict(["http://127.0.0.1:9"])))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = serve("--plan", str(plan), "--port", str(busy.getsockname()[1]))
+    assert taken.returncode == 2 and taken.stderr.strip().startswith("error: cannot listen on")
+    assert "Traceback" not in taken.stderr and len(taken.stderr.strip().splitlines()) == 1
