@@ -6,7 +6,7 @@ Per pool, started by `kvplan workers up --device cpu` with the same KV memory:
 - decode throughput: one stream, and 8 concurrent streams (output tokens per second, wall clock).
 
 Phase A runs the baseline (vLLM's own attention) and INT8 (kvplan's plugin) together; phase B
-runs INT4 alone (at most two servers at once on this machine) and is compared with phase A's
+runs INT4 and INT4 with Hadamard-rotated keys (at most two servers at once on this machine), compared with phase A's
 baseline answers (greedy decoding is deterministic).
 
     .venv/bin/python bench/workers_vllm_cpu.py            # prints the table
@@ -128,7 +128,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kvplan-bench-") as tmp:
         root = Path(tmp)
         results = run_phase(root, "a", [("smol-bf16", "bf16"), ("smol-int8", "int8")], model_dir)
-        results.update(run_phase(root, "b", [("smol-int4", "int4")], model_dir))
+        results.update(
+            run_phase(root, "b", [("smol-int4", "int4"), ("smol-int4-had", "int4_hadamard")], model_dir)
+        )
     base = results["smol-bf16"]["answers"]
     for r in results.values():
         r["agreement"] = agreement(base, r["answers"])

@@ -56,6 +56,9 @@ class LaunchOptions:
     kv_memory_bytes: int | None = None  # --kv-cache-memory-bytes; required on CPU
     log_dir: Path = Path(".kvplan/workers/logs")
     extra_args: tuple[str, ...] = ()
+    # CPU: cores to pin servers to, one per replica in turn (vLLM's own "auto" binding puts every
+    # server on the same first core). None: the cores this process may run on.
+    cpu_cores: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,7 @@ def render(plan: Plan, opts: LaunchOptions, ports: Sequence[int] | None = None) 
     """One launch per replica of every pool, in plan order; ports from `ports`, else consecutive
     from `opts.base_port` (0: free ephemeral ports)."""
     launches: list[ReplicaLaunch] = []
+    cores = opts.cpu_cores or tuple(sorted(os.sched_getaffinity(0)))
     n = 0
     for pool in plan.pools:
         model = resolve_model(pool)
@@ -265,6 +269,8 @@ def render(plan: Plan, opts: LaunchOptions, ports: Sequence[int] | None = None) 
             else:
                 port = opts.base_port + n
             argv, env = replica_argv(pool, model, port, opts)
+            if opts.device is Device.CPU:
+                env["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[n % len(cores)])
             log = opts.log_dir / f"{pool.name}-{r}.log"
             launches.append(ReplicaLaunch(pool.name, r, port, opts.host, tuple(argv), env, log))
             n += 1

@@ -64,8 +64,9 @@ def test_render_one_command_per_replica_with_native_and_plugin_formats() -> None
 
 def test_render_cpu_runs_float32_eager_with_fixed_kv_memory(tmp_path: Path) -> None:
     plan = parse_plan(plan_text(replicas=1))
-    launches = launch.render(plan, LaunchOptions(device=Device.CPU, python="py", kv_memory_bytes=123,
-                                                 base_port=0, log_dir=tmp_path))  # fmt: skip
+    opts = LaunchOptions(device=Device.CPU, python="py", kv_memory_bytes=123, base_port=0, log_dir=tmp_path,
+                         cpu_cores=(4, 7))  # fmt: skip
+    launches = launch.render(plan, opts)
     ports = [lc.port for lc in launches]
     assert len(set(ports)) == 3 and all(p > 0 for p in ports)
     for lc in launches:
@@ -74,6 +75,9 @@ def test_render_cpu_runs_float32_eager_with_fixed_kv_memory(tmp_path: Path) -> N
         assert a["--kv-cache-memory-bytes"] == "123"
         assert "--gpu-memory-utilization" not in a and "--attention-backend" not in a
         assert lc.log_path == tmp_path / f"{lc.name}.log"
+    # servers spread over the given cores, one each in turn
+    assert [lc.env["VLLM_CPU_OMP_THREADS_BIND"] for lc in launches] == ["4", "7", "4"]
+    assert launches[2].env == {"KVPLAN_KV_FORMAT": "int8", "VLLM_CPU_OMP_THREADS_BIND": "4"}
     assert launch.effective_format(plan.pool("base"), Device.CPU).name == "fp32"
     assert launch.effective_format(plan.pool("base"), Device.CUDA).name == "bf16"
 
