@@ -1,0 +1,94 @@
+"""`kvplan flags` and `kvplan rollout` as a user runs them: real processes, real Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from control_services import ROOT, TOKEN, RedisServer, Router, free_port
+
+
+def kvplan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvplan.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_kill_show_history_through_the_cli(redis_server: RedisServer, plan_file: Path) -> None:
+    common = ["--plan", str(plan_file), "--flag-store", redis_server.url]
+    out = kvplan(
+        "flags", "kill", "--bucket", "32k", "--reason", "ttft regression", "--actor", "alice", *common
+    )
+    assert out.returncode == 0, out.stderr
+    assert "32k: KILLED" in out.stdout
+    shown = json.loads(kvplan("flags", "show", "--json", *common).stdout)
+    assert shown["buckets"]["32k"]["killed"] is True and shown["version"] == 1
+    hist = kvplan("flags", "history", "--bucket", "32k", *common).stdout.splitlines()
+    assert "alice" in hist[-1] and "killed False -> True" in hist[-1] and "(ttft regression)" in hist[-1]
+    out = kvplan("rollout", "start", "--bucket", "16k", "--steps", "10,50,100", "--interval", "30s", *common)
+    assert out.returncode == 0 and "progressing at weight 10" in out.stdout, out.stderr
+    status = kvplan("rollout", "status", "--bucket", "16k", *common).stdout
+    assert "step 1/3" in status and "failures 0/1" in status
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["flags", "kill", "--bucket", "64k"], "error: unknown bucket '64k'; buckets: 8k, 16k, 32k"),
+        (
+            ["flags", "set-weight", "--bucket", "8k", "--weight", "101"],
+            "error: weight must be an integer",
+        ),
+        (
+            ["flags", "set-weight", "--bucket", "8k", "--weight", "-1"],
+            "error: weight must be an integer",
+        ),
+        (
+            ["rollout", "start", "--bucket", "16k", "--steps", "10,50,25"],
+            "error: steps must be strictly",
+        ),
+        (["rollout", "start", "--bucket", "16k", "--interval", "soon"], "error: interval must look like"),
+        (["rollout", "pause", "--bucket", "16k"], "error: bucket '16k' has no progressing rollout"),
+        (
+            ["rollout", "start", "--bucket", "8k", "--steps", "10,50", "--interval", "0s"],
+            "error: interval must be positive",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    redis_server: RedisServer, plan_file: Path, args: list[str], message: str
+) -> None:
+    out = kvplan(*args, "--plan", str(plan_file), "--flag-store", redis_server.url)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_redis_names_the_url(plan_file: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for args in (["flags", "show"], ["rollout", "status"], ["flags", "kill", "--bucket", "8k"]):
+        out = kvplan(*args, "--plan", str(plan_file), "--flag-store", url)
+        assert out.returncode == 2, out.stderr
+        assert f"error: cannot reach the flag store at {url}" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_a_router_starts_without_redis_on_plan_defaults_and_says_so(tmp_path: Path, plan_file: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    router = Router(tmp_path, "router", plan_file, url)
+    try:
+        state = httpx.get(f"{router.url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert state["source"] == "plan" and state["buckets"]["32k"]["weight"] == 10
+        assert url in (tmp_path / "router.log").read_text()
+    finally:
+        router.stop()
