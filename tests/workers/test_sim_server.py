@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from kvplan.formats import get_format
 from kvplan.planner.gpus import get_gpu
 from kvplan.planner.memory import kv_capacity
 from kvplan.planner.models import get_model
-from kvplan.workers.sim.launch import RunningWorker, sim_worker_process, sim_worker_thread
+from kvplan.workers.sim.launch import RunningWorker, sim_worker_process, sim_worker_thread, wait_healthy
 from kvplan.workers.sim.profile import build_profile
 from kvplan.workers.sim.server import SimSettings
 from kvplan.workers.sim.text import PieceTokenizer
@@ -275,3 +276,31 @@ def test_cli_subprocess_serves_and_bad_input_exits_2() -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and "h1000" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sigterm_ends_open_streams_and_exits_promptly() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvplan.cli", "worker", "sim", "--port", "0", "--max-model-len", "8192"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split("listening on ")[1].split()[0]
+        wait_healthy(url, proc=proc)
+        body = {"prompt": "hi", "max_tokens": 5000, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data:"))  # streaming at H100 speed
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data:")]
+        # uvicorn re-raises the captured signal after its clean shutdown
+        assert proc.wait(timeout=10) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 4  # not the 5,000 tokens (~35 s), nor a 5 s drain timeout
+        assert '"error"' in rest[-2] and rest[-1] == "data: [DONE]"
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -12,6 +12,7 @@ For tests and benchmarks of other parts:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kvplan.workers.sim.profile import WorkerProfile
 from kvplan.workers.sim.server import SimSettings, SimWorker
@@ -48,8 +50,23 @@ def serve(worker: SimWorker, sock: socket.socket) -> None:
     """Serve until interrupted (SIGINT/SIGTERM: uvicorn shuts down gracefully)."""
     import uvicorn
 
-    config = uvicorn.Config(worker.app(), log_level="warning", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Streams at real speed can last minutes: on SIGTERM/SIGINT the engine stops, as
+            # vLLM's does, so in-flight requests end at once and the server exits promptly.
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon_threadsafe(worker.kill, "The server is shutting down.")
+            super().handle_exit(sig, frame)
+
+    Server(_config(worker)).run(sockets=[sock])
+
+
+def _config(worker: SimWorker) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        worker.app(), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
+    )
 
 
 def wait_healthy(url: str, timeout: float = 30.0, proc: subprocess.Popen[str] | None = None) -> None:
@@ -90,9 +107,7 @@ def sim_worker_thread(
 
     worker = SimWorker(profile, settings or SimSettings(), tokenizer)
     sock = bind(host, 0)
-    server = uvicorn.Server(
-        uvicorn.Config(worker.app(), log_level="warning", access_log=False, lifespan="on")
-    )
+    server = uvicorn.Server(_config(worker))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = url_of(sock)

@@ -170,14 +170,14 @@ class SimWorker:
             self.metrics.success["abort"].inc()
             self._update_gauges()
 
-    def kill(self) -> None:
+    def kill(
+        self, reason: str = "EngineCore encountered an issue. See stack trace for the root cause."
+    ) -> None:
         """Make the engine dead, as after a CUDA error: /health 503, every request fails."""
         self.dead = True
         for live in list(self._live.values()):
             self.engine.abort(live.engine_id)
-            live.queue.put_nowait(
-                api.ApiError(500, "EngineCore encountered an issue. See stack trace for the root cause.")
-            )
+            live.queue.put_nowait(api.ApiError(500, reason))
         self._live.clear()
         self._update_gauges()
 
