@@ -194,7 +194,7 @@ class Router:
         """version -> unix time this router applied it (current epoch only is the caller's concern)."""
         out: dict[int, float] = {}
         if self.trace.exists():
-            for line in self.trace.read_text().splitlines():
+            for line in self.trace.read_text().split("\n")[:-1]:  # the last line may be half written
                 v, _epoch, t = line.split()
                 out[int(v)] = float(t)
         return out
@@ -203,7 +203,8 @@ class Router:
         """The router's provenance records (one JSON object per finished request)."""
         if not self.provenance.exists():
             return []
-        return [json.loads(line) for line in self.provenance.read_text().splitlines() if line.strip()]
+        lines = self.provenance.read_text().split("\n")[:-1]  # the last line may be half written
+        return [json.loads(line) for line in lines if line.strip()]
 
     def stop(self) -> None:
         stop(self.proc)
