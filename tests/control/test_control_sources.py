@@ -1,0 +1,57 @@
+"""The embedded metrics source reads the router's own counters (the router's real metric classes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import generate_latest
+
+from kvplan.control.sources import RouterCounterSource, totals_from_text
+from kvplan.formats import get_format
+from kvplan.plan import Plan
+from kvplan.router.metrics import RouterMetrics
+
+
+def serve(m: RouterMetrics, pool: str, fmt: str, ok: int, errors: int, fast: int, slow: int) -> None:
+    regime = get_format(fmt).regime
+    m.requests.labels("16k", pool, regime, "ok").inc(ok)
+    m.requests.labels("16k", pool, regime, "upstream_error").inc(errors)
+    m.requests.labels("16k", pool, regime, "client_error").inc(7)  # the client's fault: not counted
+    for _ in range(fast):
+        m.ttft.labels("16k", pool, regime).observe(0.1)
+    for _ in range(slow):
+        m.ttft.labels("16k", pool, regime).observe(0.9)
+
+
+def test_a_window_is_the_difference_of_two_readings(plan: Plan) -> None:
+    m = RouterMetrics(plan)
+    now = [1000.0]
+    source = RouterCounterSource(lambda: _text(m), plan.slo, clock=lambda: now[0])
+
+    async def main() -> None:
+        serve(m, "b16k-int4", "int4", ok=50, errors=5, fast=40, slow=10)
+        await source.observe()
+        assert not source.covers(999.0) and source.covers(1000.0)
+        now[0] = 1300.0
+        serve(m, "b16k-int4", "int4", ok=90, errors=10, fast=60, slow=30)
+        serve(m, "b16k-bf16", "bf16", ok=900, errors=1, fast=880, slow=20)
+        cand = await source.window("16k", "b16k-int4", 1000.0, 1300.0)
+        base = await source.window("16k", "b16k-bf16", 1000.0, 1300.0)
+        assert cand is not None and base is not None
+        assert (cand.requests, cand.errors, cand.ttft_total, cand.ttft_fast) == (100, 10, 90, 60)
+        assert (base.requests, base.errors, base.ttft_fast) == (901, 1, 880)
+        assert cand.itl_total is None  # the router exports no inter-token histogram: check skipped
+
+    asyncio.run(main())
+
+
+async def _text(m: RouterMetrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_the_ttft_share_uses_the_slo_edge_exactly(plan: Plan) -> None:
+    m = RouterMetrics(plan)
+    serve(m, "b16k-int4", "int4", ok=10, errors=0, fast=3, slow=7)
+    totals = totals_from_text(generate_latest(m.registry).decode(), plan.slo)
+    w = totals[("16k", "b16k-int4")]
+    assert (w.ttft_total, w.ttft_fast) == (10, 3)  # plan.slo.ttft_seconds = 0.5 is an edge
