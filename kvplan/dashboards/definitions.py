@@ -499,13 +499,18 @@ def rollout(slo: Slo) -> Dashboard:
         "Rollout controller",
         (
             Panel(
-                "Controller weight",
-                "percent",
-                (Query(f'max by (bucket) ({cm.ROLLOUT_WEIGHT}{{bucket=~"$bucket"}})', "{{bucket}}"),),
-                "The weight the rollout controller last set (steps of its schedule).",
-                min=0,
-                max=100,
-                step=True,
+                "Weight steps",
+                "short",
+                (
+                    Query(
+                        f"max by (bucket) (changes({rm.BUCKET_WEIGHT}{{{BUCKET_ONLY}}}[$__range]))",
+                        "{{bucket}}",
+                        instant=True,
+                    ),
+                ),
+                "Changes of each bucket's effective weight over the time range: the controller's steps, "
+                "manual set-weight, kills and aborts.",
+                kind="bargauge",
             ),
             Panel(
                 "Analyses by verdict",

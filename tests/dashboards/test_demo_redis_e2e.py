@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from demo_harness import Running, cli, demo_process, query, stop_with_sigint, substitute
 
-from kvplan.dashboards import build, grafana
+from kvplan.control import metrics as cm
+from kvplan.dashboards import build, grafana, rules
 from kvplan.plan import Slo
 
 
@@ -36,19 +37,40 @@ def test_a_rollout_started_from_a_second_terminal_is_analysed(running: Running) 
     assert cli(running, "rollout", "status", "--bucket", "8k").returncode == 0
 
 
-def test_every_dashboard_query_returns_data_from_prometheus(running: Running) -> None:
-    queries = [
+# The rollout controller's own series (kvplan.control.metrics): separate, so that a missing
+# exporter is reported as exactly that.
+CONTROLLER = (cm.ROLLOUT_ANALYSES, rules.rollout_aborts())
+
+
+def _queries(controller: bool) -> list[tuple[str, str, str]]:
+    return [
         (name, f"{title} {ref}", substitute(t["expr"]))
         for name, d in build.dashboard_json(Slo()).items()
         for title, ref, t in grafana.queries(d)
+        if any(m in t["expr"] for m in CONTROLLER) == controller
     ]
-    deadline = time.monotonic() + 60
+
+
+def _without_data(running: Running, queries: list[tuple[str, str, str]], wait: float) -> list[str]:
+    deadline = time.monotonic() + wait
     while True:
-        empty = [(n, title, expr) for n, title, expr in queries if not query(running.prometheus, expr)]
+        empty = [f"{n} / {t}: {e}" for n, t, e in queries if not query(running.prometheus, e)]
         if not empty or time.monotonic() > deadline:
-            break
+            return empty
         time.sleep(2)
-    assert not empty, "queries without data:\n" + "\n".join(f"{n} / {t}: {e}" for n, t, e in empty)
+
+
+def test_every_dashboard_query_returns_data_from_prometheus(running: Running) -> None:
+    empty = _without_data(running, _queries(controller=False), 60)
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+
+
+def test_rollout_controller_series_reach_prometheus(running: Running) -> None:
+    """Needs kvplan.control to export its rollout metrics where Prometheus scrapes them."""
+    queries = _queries(controller=True)
+    assert queries
+    empty = _without_data(running, queries, 10)
+    assert not empty, "the rollout controller exports none of these yet:\n" + "\n".join(empty)
 
 
 def test_sigint_stops_everything_it_started(running: Running) -> None:
