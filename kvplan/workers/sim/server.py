@@ -29,7 +29,8 @@ from kvplan.workers.sim.metrics import CacheInfo, WorkerMetrics
 from kvplan.workers.sim.profile import WorkerProfile
 from kvplan.workers.sim.text import PieceTokenizer, TextStream, Tokenizer, natural_length, request_seed
 
-VLLM_VERSION = "0.33.0"  # the vLLM release whose API and metrics the worker imitates
+VLLM_VERSION = "0.33.0"
+INSTANT_STEPS_PER_TURN = 32  # the vLLM release whose API and metrics the worker imitates
 
 
 @dataclass
@@ -105,15 +106,19 @@ class SimWorker:
                 await self._wake.wait()
                 deadline = loop.time()
                 continue
+            if self.settings.speed_factor == 0:
+                # Instant mode: several steps per turn of the event loop, then let handlers write.
+                for _ in range(INSTANT_STEPS_PER_TURN):
+                    if not self.engine.has_work:
+                        break
+                    self._deliver(self.engine.step(), time.monotonic())
+                await asyncio.sleep(0)
+                continue
             started = time.monotonic()
             result = self.engine.step()
-            delay = result.duration * self.settings.speed_factor
-            if delay > 0:
-                # Sleep to an absolute deadline so that per-step scheduling jitter does not add up.
-                deadline = max(deadline, loop.time()) + delay
-                await asyncio.sleep(max(0.0, deadline - loop.time()))
-            else:
-                await asyncio.sleep(0)
+            # Sleep to an absolute deadline so that per-step scheduling jitter does not add up.
+            deadline = max(deadline, loop.time()) + result.duration * self.settings.speed_factor
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
             self._deliver(result, started)
 
     def _deliver(self, result: StepResult, started: float) -> None:
