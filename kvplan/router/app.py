@@ -392,12 +392,15 @@ class Router:
                     )
                     forwarded = await up.done
                 except UpstreamError as exc:
-                    if up is not None and up.forwarded:  # broke after bytes reached the client
-                        status = up.status
-                        self.metrics.upstream_errors.labels(ep.pool, exc.kind.value).inc()
-                        outcome = "stream_broken"
-                        conn.abandon()
-                        break
+                    if up is not None and up.forwarded:
+                        if conn.unsent():  # the head was held back with no body yet: still retryable
+                            conn.reset_response()
+                        else:  # bytes reached the client: no retry possible
+                            status = up.status
+                            self.metrics.upstream_errors.labels(ep.pool, exc.kind.value).inc()
+                            outcome = "stream_broken"
+                            conn.abandon()
+                            break
                     ep.in_flight -= 1
                     held = None
                     if up is not None:

@@ -259,6 +259,16 @@ class Connection(asyncio.Protocol):
             self.transport.write(self._head + tail)
             self._head = b""
 
+    def unsent(self) -> bool:
+        """A response was started but not one byte of it has been written yet."""
+        return bool(self._head)
+
+    def reset_response(self) -> None:
+        """Forget a started, still unsent response (the proxy retries elsewhere)."""
+        self._head = b""
+        self.chunked = False
+        self.upstream = None
+
     def abandon(self) -> None:
         """The response cannot be completed (upstream broke mid-body): close so the client sees it."""
         self.keep_alive = False

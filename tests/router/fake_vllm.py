@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import time
 from typing import Any
@@ -37,6 +38,7 @@ class FakeVllm:
         self.running = 0
         self.served = 0
         self.cancelled = 0
+        self.crash_after_head = False
 
     # -- responses --
     def _completion(self, kind: str, rid: str) -> bytes:
@@ -164,6 +166,9 @@ class FakeVllm:
         self.running += 1
         try:
             if not req.get("stream"):
+                if self.crash_after_head:  # a worker dying between the response head and its body
+                    await send({"type": "http.response.start", "status": 200, "headers": extra})
+                    os._exit(1)
                 await _reply(send, 200, self._completion(kind, rid), extra=extra)
             else:
                 # uvicorn drops writes after a disconnect silently: watch for it like vLLM does

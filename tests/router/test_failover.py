@@ -93,3 +93,18 @@ def test_300_concurrent_streams_all_complete(
     results = asyncio.run(all_streams())
     assert all(x.startswith(b"HTTP/1.1 200") and x.count(b"data: ") == 12 for x in results)
     assert all(x.rstrip().endswith(b"0") for x in results)  # chunked stream properly terminated
+
+
+def test_worker_dying_between_head_and_body_is_retried(
+    backends: Callable[..., Backend], router: Callable[..., RouterProc]
+) -> None:
+    """The router holds a response head back until body bytes come, so this is still retryable."""
+    a, b = backends("a"), backends("b")
+    r = router(plan_dict([a.url, b.url]))
+    a.control(crash_after_head=True)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    for i in range(6):
+        resp = httpx.post(r.url + CHAT, json=body, headers={"X-Request-Id": f"r{i}"}, timeout=10)
+        assert resp.status_code == 200 and resp.headers["x-backend"] == "b"
+        assert resp.json()["choices"][0]["message"]["content"]
+    assert a.proc.poll() is not None  # a really died on the request routed to it
