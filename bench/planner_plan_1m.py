@@ -96,8 +96,9 @@ def main() -> None:
         "# `kvplan plan` over 1,000,000 requests",
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- device: {os.cpu_count()} cores, Python {platform.python_version()}; shared machine "
-        "(other jobs ran)",
+        f"- device: {os.cpu_count()} cores, Python {platform.python_version()}; shared machine, "
+        f"1-min load average {os.getloadavg()[0]:.1f} at the end"
+        + (f", run at nice {os.nice(0)} so that other jobs yield the CPU" if os.nice(0) < 0 else ""),
         f"- command: `.venv/bin/python bench/planner_plan_1m.py --requests {args.requests} "
         f"--repeats {args.repeats}`",
         f"- files: {args.requests:,} requests, CSV {size_mb['.csv']:.0f} MB, "
