@@ -255,6 +255,9 @@ def rollout_run(
         str | None, typer.Option("--router-metrics", help="a router's /metrics URL (no Prometheus)")
     ] = None,
     poll: Annotated[float, typer.Option("--poll", help="seconds between ticks")] = 1.0,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="serve the controller's /metrics on this port")
+    ] = None,
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
 ) -> None:
@@ -271,7 +274,7 @@ def rollout_run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_controller(where, prometheus, router_metrics, poll, stop)
+        await run_controller(where, prometheus, router_metrics, poll, stop, metrics_port)
 
     asyncio.run(main())
 

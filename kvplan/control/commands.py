@@ -252,7 +252,12 @@ async def rollout_status(where: Where, bucket: str | None) -> str:
 
 
 async def run_controller(
-    where: Where, prometheus: str | None, router_metrics: str | None, poll_s: float, stop: asyncio.Event
+    where: Where,
+    prometheus: str | None,
+    router_metrics: str | None,
+    poll_s: float,
+    stop: asyncio.Event,
+    metrics_port: int | None = None,
 ) -> None:
     from kvplan.control.sources import PrometheusSource, RouterCounterSource
 
@@ -264,8 +269,16 @@ async def run_controller(
         source = RouterCounterSource.from_url(router_metrics, plan.slo)
     else:
         raise InputError("the controller needs metrics: --prometheus URL or --router-metrics URL/metrics")
+    from kvplan.control.metrics import RolloutMetrics
+
+    metrics = RolloutMetrics([b.name for b in plan.buckets])
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="0.0.0.0")
     async with opened(where) as store:
-        ctl = rollout.RolloutController(store, source, actor=f"rollout-controller@{socket.gethostname()}")
+        actor = f"rollout-controller@{socket.gethostname()}"
+        ctl = rollout.RolloutController(store, source, actor=actor, metrics=metrics)
         await ctl.run(stop, poll_s)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -25,9 +26,11 @@ STATE_VERSION = "kvplan_flag_state_version"
 RESYNCS = "kvplan_flag_resyncs"  # full reloads, by reason (periodic, reconnect, gap, epoch)
 UPDATES = "kvplan_flag_updates"  # changes applied from the stream
 EPOCH_CHANGES = "kvplan_flag_epoch_changes"
-# rollout controller
-ROLLOUT_WEIGHT = "kvplan_rollout_weight"
-ROLLOUT_ANALYSES = "kvplan_rollout_analyses"  # by bucket and verdict (pass, fail)
+# rollout controller (exported by `kvplan rollout run --metrics-port`)
+ROLLOUT_WEIGHT = "kvplan_rollout_weight"  # gauge {bucket}: the weight the controller last saw/set
+ROLLOUT_ANALYSES = "kvplan_rollout_analyses"  # counter {bucket, verdict}: pass, fail
+ROLLOUT_ABORTS = "kvplan_rollout_aborts"  # counter {bucket}: automatic aborts
+VERDICTS = ("pass", "fail")
 
 
 @dataclass
@@ -87,3 +90,21 @@ def track(store: _HasStats) -> None:
             REGISTRY.register(FlagStoreCollector())
             _registered = True
         _stores.add(store)
+
+
+class RolloutMetrics:
+    """The controller's own series, every label combination created up front (ratios read 0)."""
+
+    def __init__(self, buckets: list[str], registry: CollectorRegistry = REGISTRY) -> None:
+        self.weight = Gauge(ROLLOUT_WEIGHT, "Candidate weight per bucket", ["bucket"], registry=registry)
+        self.analyses = Counter(
+            ROLLOUT_ANALYSES, "Rollout analyses by verdict", ["bucket", "verdict"], registry=registry
+        )
+        self.aborts = Counter(
+            ROLLOUT_ABORTS, "Rollouts aborted by the analysis", ["bucket"], registry=registry
+        )
+        for b in buckets:
+            self.weight.labels(b)
+            self.aborts.labels(b)
+            for v in VERDICTS:
+                self.analyses.labels(b, v)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from kvplan.control.analysis import PoolWindow, Thresholds, Verdict, analyse
+from kvplan.control.metrics import RolloutMetrics
 from kvplan.control.state import (
     BucketFlags,
     FlagStore,
@@ -112,6 +113,13 @@ def start(
     )
 
 
+def _next_check(p: RolloutProgress, now: float) -> float:
+    """One interval after the check that was due, so late ticks do not drift the schedule;
+    after a long stall (controller down), one full interval from now."""
+    planned = p.next_check_at + p.interval_s
+    return planned if planned > now else now + p.interval_s
+
+
 def decide(flags: BucketFlags, verdict: Verdict, now: float) -> Decision:
     """The next state of a progressing rollout after one analysis."""
     p = flags.progress
@@ -119,14 +127,14 @@ def decide(flags: BucketFlags, verdict: Verdict, now: float) -> Decision:
     if verdict.passed:
         step = p.step + 1
         last = step == len(p.steps) - 1
-        progress = replace(p, step=step, next_check_at=now + p.interval_s, last_reason=verdict.reason)
+        progress = replace(p, step=step, next_check_at=_next_check(p, now), last_reason=verdict.reason)
         phase = RolloutPhase.SUCCEEDED.value if last else PROGRESSING
         action = "rollout:complete" if last else "rollout:advance"
         return Decision(
             {"weight": p.steps[step], "rollout": phase, "progress": progress}, action, verdict.reason
         )
     failures = p.failures + 1
-    progress = replace(p, failures=failures, next_check_at=now + p.interval_s, last_reason=verdict.reason)
+    progress = replace(p, failures=failures, next_check_at=_next_check(p, now), last_reason=verdict.reason)
     if failures > p.failure_limit:
         return abort(replace(flags, progress=progress), f"analysis failed {failures}x: {verdict.reason}")
     return Decision(
@@ -193,8 +201,10 @@ class RolloutController:
         *,
         clock: Callable[[], float] = time.time,
         actor: str = "rollout-controller",
+        metrics: RolloutMetrics | None = None,
     ) -> None:
         self.store, self.source, self.clock, self.actor = store, source, clock, actor
+        self.metrics = metrics
 
     async def tick(self) -> list[tuple[str, Decision]]:
         """Analyse every rollout that is due; return what was written."""
@@ -215,13 +225,20 @@ class RolloutController:
                 base = await self.source.window(flags.bucket, flags.baseline, *window)
                 verdict = analyse(cand, base, Thresholds.from_dict(flags.progress.thresholds))
                 d = decide(flags, verdict, now)
+                if self.metrics is not None:
+                    self.metrics.analyses.labels(flags.bucket, "pass" if verdict.passed else "fail").inc()
             try:
                 await apply(self.store, flags, d, self.actor)
             except WriteConflict as exc:  # someone else acted (operator, another controller)
                 log.info("rollout %s: skipped, %s", flags.bucket, exc)
                 continue
             log.warning("rollout %s: %s %s", flags.bucket, d.action, d.reason)
+            if self.metrics is not None and d.action == "rollout:abort":
+                self.metrics.aborts.labels(flags.bucket).inc()
             done.append((flags.bucket, d))
+        if self.metrics is not None:
+            for name, f in self.store.snapshot().buckets.items():
+                self.metrics.weight.labels(name).set(f.effective_weight)
         return done
 
     async def run(self, stop: asyncio.Event, poll_s: float = 1.0) -> None:

@@ -67,7 +67,7 @@ async def until(cond, timeout: float, what: str) -> float:  # type: ignore[no-un
     while not cond():
         if time.monotonic() - t0 > timeout:
             raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.01)  # routers timestamp what they apply: polling speed does not bias it
     return time.monotonic() - t0
 
 
@@ -190,7 +190,7 @@ def test_50_flips_under_64_streams_fail_nothing_and_route_right(fleet: Fleet) ->
         done: list[Done] = []
         stop = asyncio.Event()
         traffic = asyncio.create_task(load([r.url for r in routers], 64, stop, done))
-        await until(lambda: len(done) >= 64, 20, "traffic flowing")
+        await until(lambda: len(done) >= 64, 60, "traffic flowing")
         for i in range(50):
             killed = i % 2 == 0
             flips.append((time.time(), killed))

@@ -11,9 +11,11 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from kvplan.control import rollout
 from kvplan.control.analysis import PoolWindow, Thresholds, analyse
+from kvplan.control.metrics import RolloutMetrics
 from kvplan.control.state import MemoryFlagStore, RolloutPhase
 from kvplan.errors import InputError
 from kvplan.plan import Plan
@@ -80,7 +82,8 @@ def begin(plan: Plan, failure_limit: int, seed: int = 0):  # type: ignore[no-unt
     store = MemoryFlagStore(plan)
     clock = Clock()
     source = FakeSource(store, seed)
-    ctl = rollout.RolloutController(store, source, clock=clock)
+    metrics = RolloutMetrics([b.name for b in plan.buckets], registry=CollectorRegistry())
+    ctl = rollout.RolloutController(store, source, clock=clock, metrics=metrics)
     d = rollout.start(store.snapshot().buckets["16k"], STEPS, INTERVAL, failure_limit, Thresholds(), clock())
     asyncio.run(rollout.apply(store, store.snapshot().buckets["16k"], d, "alice"))
     return store, clock, source, ctl
@@ -116,6 +119,9 @@ def test_a_regression_aborts_within_failure_limit_plus_one_intervals(
     flags = store.snapshot().buckets["16k"]
     assert flags.rollout == RolloutPhase.ABORTED.value
     assert flags.weight == 0 and flags.killed and flags.effective_weight == 0
+    assert ctl.metrics.aborts.labels("16k")._value.get() == 1  # type: ignore[union-attr]
+    assert ctl.metrics.analyses.labels("16k", "fail")._value.get() == failure_limit + 1  # type: ignore[union-attr]
+    assert ctl.metrics.weight.labels("16k")._value.get() == 0  # type: ignore[union-attr]
 
 
 def test_no_data_counts_as_failure(plan: Plan) -> None:
