@@ -3,8 +3,10 @@
 Starts four simulated vLLM replicas (two buckets: BF16 baselines, an INT8 and an INT4
 candidate), the router with the in-memory flag store in front of them, Prometheus when it is
 installed (scraping router and workers with the plan's rules loaded), and a load generator;
-prints the URLs and a live summary. Every process it starts is its child and is stopped on
-Ctrl-C, SIGTERM or at the end of --duration; children also die with it (PR_SET_PDEATHSIG).
+prints the URLs and a live summary. With --redis the flags live in a private redis-server and
+the rollout controller runs too, so `kvplan rollout` works from a second terminal. Every process
+it starts is its child and is stopped on Ctrl-C, SIGTERM or at the end of --duration; children
+also die with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ import httpx
 
 from kvplan.dashboards import build, rules
 from kvplan.deploy import labels, prometheus, yaml_text
+from kvplan.deploy.router_server import ADMIN_TOKEN_ENV
 from kvplan.errors import InputError
 from kvplan.plan import Bucket, Plan, Pool, Rollout, save_plan
 
 MODEL = "llama-3.1-8b"
 GPU = "h100"
 READY = "kvplan demo ready:"
-ADMIN_TOKEN_ENV = "KVPLAN_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)
