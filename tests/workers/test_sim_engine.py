@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.workers.sim.engine import Engine, EngineConfig
+from kvplan.workers.sim.engine import Engine, EngineConfig, prompt_block_hashes
 from kvplan.workers.sim.simulation import Simulation
 
 
@@ -244,3 +244,87 @@ def test_admission_waits_until_the_whole_prompt_fits_though_it_allocates_one_chu
     assert any("b" in r.admitted for r in results)  # without the gate b gets in early...
     loose.run_until_idle()
     assert loose.engine.num_preemptions > 0  # ...and one of them is preempted for it
+
+
+# -- prefix caching ---------------------------------------------------------------------------------
+
+
+def _check_blocks(engine: Engine) -> None:
+    """The physical accounting agrees with the block tables, whatever happened before."""
+    seqs = [*engine.running, *engine.waiting]
+    private = sum(s.num_blocks - len(s.cached) for s in seqs)
+    assert engine.used_blocks == private + len(engine._refs)
+    refs: dict[int, int] = {}
+    for s in seqs:
+        for h in s.cached:
+            refs[h] = refs.get(h, 0) + 1
+    assert refs == engine._refs
+    assert not set(engine._evictable) & set(engine._refs)
+    assert len(engine._evictable) <= engine.free_blocks
+    assert 0 <= engine.used_blocks <= engine.config.usable_blocks
+
+
+def test_a_repeated_prompt_reuses_the_cached_blocks_and_skips_their_prefill() -> None:
+    sim = make()
+    ids = list(range(1000, 1100))  # 100 tokens: 6 full blocks
+    hashes = prompt_block_hashes(ids, 16)
+    assert len(hashes) == 6
+    sim.submit("a", 100, 5, hashes)
+    first = sim.step()
+    assert first.prefix_queried_tokens == 100 and first.prefix_hit_tokens == 0
+    sim.submit("b", 100, 5, hashes)
+    second = sim.step()
+    assert second.prefix_hit_tokens == 96  # six blocks found, the last 4 tokens computed
+    assert second.prefill_tokens == 4
+    assert sim.engine.used_blocks == 7 + 1  # a's 7 blocks, b shares 6 and adds 1
+    _check_blocks(sim.engine)
+    sim.run_until_idle()
+    assert sim.engine.used_blocks == 0 and len(sim.engine._evictable) == 6  # kept, evictable
+    sim.submit("c", 100, 5, hashes)
+    assert sim.step().prefix_hit_tokens == 96
+    _check_blocks(sim.engine)
+
+
+def test_a_different_prefix_misses_and_cached_blocks_are_evicted_under_pressure() -> None:
+    sim = make(num_gpu_blocks=41, max_model_len=320, max_num_batched_tokens=10_000)
+    a = prompt_block_hashes(range(320), 16)
+    b = prompt_block_hashes(range(1, 321), 16)
+    sim.submit("a", 300, 2, a[:18])
+    sim.run_until_idle()
+    assert len(sim.engine._evictable) == 18
+    sim.submit("b", 300, 2, b[:18])
+    result = sim.step()
+    assert result.prefix_hit_tokens == 0
+    # b needs 19 of the 40 blocks: 21 are free of cache, so nothing is evicted yet...
+    assert len(sim.engine._evictable) == 18
+    sim.submit("c", 300, 2, prompt_block_hashes(range(2, 322), 16)[:18])
+    sim.step()
+    # ...c needs 19 more: 16 of a's cached blocks (the oldest) make room; b finished in the same
+    # step, so its 18 blocks join the cache as the most recent
+    assert [h in sim.engine._evictable for h in a[:18]] == [True] * 2 + [False] * 16  # tail first
+    assert all(h in sim.engine._evictable for h in b[:18])
+    _check_blocks(sim.engine)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(1, 300), st.integers(1, 60), st.integers(0, 4)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_shared_prefixes_keep_the_block_accounting_exact(ops: list[tuple[int, int, int, int]]) -> None:
+    sim = make(num_gpu_blocks=60, max_model_len=512, max_num_batched_tokens=128)
+    for i, (family, prompt, out, gap) in enumerate(ops):
+        ids = [family * 10_000 + t for t in range(prompt)]  # same family: same prefix
+        sim.submit(f"r{i}", prompt, out, prompt_block_hashes(ids, 16))
+        for _ in range(gap):
+            if sim.engine.has_work:
+                sim.step()
+                _check_blocks(sim.engine)
+    while sim.engine.has_work:
+        sim.step()
+        _check_blocks(sim.engine)
+    for i, (_, _, out, _) in enumerate(ops):
+        assert len(sim.timelines[f"r{i}"].token_times) == out

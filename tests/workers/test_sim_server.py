@@ -121,6 +121,23 @@ def test_max_tokens_beyond_the_context_is_clamped_like_vllm(client: openai.OpenA
     assert out.choices[0].finish_reason == "length"
 
 
+def test_a_repeated_prompt_hits_the_prefix_cache(client: openai.OpenAI, sim: RunningWorker) -> None:
+    def counter(name: str) -> float:
+        return next(s.value for s in _families(sim.url)[name].samples if s.name.endswith("_total"))  # type: ignore[attr-defined]
+
+    prompt = "The quick brown fox jumps over the lazy dog. " * 20
+    n = httpx.post(f"{sim.url}/tokenize", json={"prompt": prompt}).json()["count"]
+    hits, queries = counter(vm.PREFIX_CACHE_HITS), counter(vm.PREFIX_CACHE_QUERIES)
+    client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
+    assert counter(vm.PREFIX_CACHE_QUERIES) - queries == n
+    assert counter(vm.PREFIX_CACHE_HITS) == hits  # first time: nothing cached
+    client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
+    # the full blocks before the last prompt token (which is always computed, as in vLLM)
+    assert counter(vm.PREFIX_CACHE_HITS) - hits == (n - 1) // 16 * 16 > 0
+    info = _families(sim.url)[vm.CACHE_CONFIG_INFO].samples[0]  # type: ignore[attr-defined]
+    assert info.labels["enable_prefix_caching"] == "True"
+
+
 def test_models_lists_the_served_model_with_max_model_len(sim: RunningWorker) -> None:
     data = httpx.get(f"{sim.url}/v1/models").json()["data"]
     assert [m["id"] for m in data] == [MODEL]

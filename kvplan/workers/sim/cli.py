@@ -33,6 +33,7 @@ def sim(
         int, typer.Option(help="mean natural answer length (EOS); 0 = answer until max_tokens", min=0)
     ] = 256,
     served_model_name: Annotated[str | None, typer.Option(help="the `model` clients send")] = None,
+    enable_prefix_caching: Annotated[bool, typer.Option(help="vLLM's automatic prefix caching")] = True,
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer.json to count prompt tokens")] = None,
 ) -> None:
     """Serve vLLM's OpenAI API, /health, /tokenize and /metrics as one replica of MODEL on GPU
@@ -59,6 +60,7 @@ def sim(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         served_model_name=served_model_name,
+        enable_prefix_caching=enable_prefix_caching,
     )
     tok = None
     if tokenizer is not None:

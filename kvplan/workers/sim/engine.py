@@ -4,7 +4,7 @@ A pure state machine. `step()` schedules one batch the way vLLM's v1 scheduler d
 what it produced and how long the GPU would have taken; it never reads a clock or sleeps, so tests
 and the capacity benchmark drive it on a simulated clock and the HTTP server on a real one.
 
-Scheduling, as in `vllm/v1/core/sched/scheduler.py` (chunked prefill on, no prefix caching):
+Scheduling, as in `vllm/v1/core/sched/scheduler.py` (chunked prefill and prefix caching on):
 - one token budget per step (`max_num_batched_tokens`) shared by decodes and prefill chunks;
 - running requests first, in order: each needs KV blocks for the tokens it computes this step
   (its prompt at admission, then one block every `block_size` decoded tokens); when the pool is
@@ -13,14 +13,19 @@ Scheduling, as in `vllm/v1/core/sched/scheduler.py` (chunked prefill on, no pref
 - then, if nothing was preempted in this step, waiting requests in arrival order while the budget,
   `max_num_seqs` and free blocks allow (a request is admitted only when its whole prompt fits in
   the free blocks, though only its first chunk is allocated: `scheduler_reserve_full_isl`);
-- a request whose computed tokens reach its known tokens samples one new token in that step.
+- a request whose computed tokens reach its known tokens samples one new token in that step;
+- prefix caching: a (re)admitted request reuses the cached blocks its prompt starts with (by hash
+  chain, never the block of its last token) and computes only the rest; a computed full prompt
+  block is cached, and once no request holds it, it stays cached until its space is needed
+  (evicted least recently freed first, a prompt's tail before its head).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +52,9 @@ class EngineConfig:
     # vLLM's `scheduler_reserve_full_isl` (default on in 0.32): admit a waiting request only if
     # all its known tokens fit in the free blocks, though only the first chunk is allocated.
     reserve_full_prompt: bool = True
+    # vLLM's automatic prefix caching (on by default): full prompt blocks are kept, keyed by a hash
+    # chain over their tokens, and a request whose prompt starts with cached blocks skips them.
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.max_model_len <= 0:
@@ -83,7 +91,9 @@ class Sequence:
     max_output_tokens: int
     output_tokens: int = 0
     num_computed: int = 0  # tokens whose KV is in the cache
-    num_blocks: int = 0
+    num_blocks: int = 0  # blocks in its block table (shared cached ones included)
+    block_hashes: tuple[int, ...] = ()  # of the prompt's full blocks (prefix caching)
+    cached: list[int] = field(default_factory=list)  # hashes of the cached blocks it holds
     num_preemptions: int = 0
     status: Status = Status.WAITING
 
@@ -109,6 +119,8 @@ class StepResult:
     admitted: tuple[str, ...]  # requests moved from waiting to running in this step
     prefill_tokens: int  # prompt (or recomputed) tokens processed in this step
     decode_batch: int  # sequences that decoded one token in this step
+    prefix_queried_tokens: int = 0  # prompt tokens looked up in the prefix cache at admission
+    prefix_hit_tokens: int = 0  # of those, tokens found (not computed again)
 
 
 @dataclass
@@ -117,13 +129,20 @@ class Engine:
     cost: StepCost
     running: list[Sequence] = field(default_factory=list)
     waiting: deque[Sequence] = field(default_factory=deque)
-    used_blocks: int = 0
+    used_blocks: int = 0  # physical blocks referenced by requests (a shared block counts once)
     num_preemptions: int = 0
     _by_id: dict[str, Sequence] = field(default_factory=dict)
+    # Cached blocks: referenced ones with their reference counts, and unreferenced ones in LRU
+    # order. Unreferenced cached blocks count as free; allocating evicts the oldest of them.
+    _refs: dict[int, int] = field(default_factory=dict)
+    _evictable: OrderedDict[int, None] = field(default_factory=OrderedDict)
 
     # -- requests -------------------------------------------------------------------------------
 
-    def add(self, request_id: str, prompt_tokens: int, max_output_tokens: int) -> None:
+    def add(
+        self, request_id: str, prompt_tokens: int, max_output_tokens: int, block_hashes: tuple[int, ...] = ()
+    ) -> None:
+        """Queue a request; `block_hashes` (see `prompt_block_hashes`) enable prefix-cache hits."""
         if request_id in self._by_id:
             raise ValueError(f"request {request_id!r} is already in the engine")
         if prompt_tokens <= 0 or max_output_tokens <= 0:
@@ -133,7 +152,7 @@ class Engine:
                 f"{prompt_tokens} prompt + {max_output_tokens} output tokens exceed "
                 f"max_model_len {self.config.max_model_len}"
             )
-        seq = Sequence(request_id, prompt_tokens, max_output_tokens)
+        seq = Sequence(request_id, prompt_tokens, max_output_tokens, block_hashes=block_hashes)
         self._by_id[request_id] = seq
         self.waiting.append(seq)
 
@@ -171,6 +190,7 @@ class Engine:
         scheduled: list[tuple[Sequence, int]] = []
         preempted: list[str] = []
         admitted: list[str] = []
+        queried = hit_tokens = 0
 
         index = 0
         while index < len(self.running) and budget > 0:
@@ -192,12 +212,22 @@ class Engine:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             seq = self.waiting[0]
-            new = min(seq.num_tokens - seq.num_computed, budget)
-            whole = self.config.blocks_for(seq.num_tokens) - seq.num_blocks
+            hits = self._prefix_hits(seq)
+            # blocks it needs: new ones, plus cached ones that are free (unreferenced) right now
+            reuse = sum(1 for h in hits if h in self._evictable)
+            computed = len(hits) * self.config.block_size
+            new = min(seq.num_tokens - computed, budget)
+            whole = self.config.blocks_for(seq.num_tokens) - len(hits) + reuse
+            first = self.config.blocks_for(computed + new) - len(hits) + reuse
             if self.config.reserve_full_prompt and whole > self.free_blocks:
                 break
-            if not self._allocate(seq, seq.num_computed + new):
+            if first > self.free_blocks:
                 break
+            self._take_cached(seq, hits)
+            queried += seq.prompt_tokens
+            hit_tokens += computed
+            allocated = self._allocate(seq, computed + new)
+            assert allocated, "checked above"
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
@@ -206,7 +236,13 @@ class Engine:
             budget -= new
 
         result = self._execute(scheduled)
-        return dataclasses.replace(result, preempted=tuple(preempted), admitted=tuple(admitted))
+        return dataclasses.replace(
+            result,
+            preempted=tuple(preempted),
+            admitted=tuple(admitted),
+            prefix_queried_tokens=queried,
+            prefix_hit_tokens=hit_tokens,
+        )
 
     def _execute(self, scheduled: list[tuple[Sequence, int]]) -> StepResult:
         prefill_seconds = 0.0
@@ -224,6 +260,7 @@ class Engine:
                 ) - self.cost.prefill_seconds(seq.num_computed)
                 prefill_tokens += new
             seq.num_computed += new
+            self._register_full_blocks(seq)
             if seq.num_computed == seq.num_tokens:
                 seq.output_tokens += 1
                 done = seq.output_tokens >= seq.max_output_tokens
@@ -251,12 +288,66 @@ class Engine:
             return False
         if need > 0:
             seq.num_blocks += need
-            self.used_blocks += need
+            self._reference(need)
         return True
 
+    def _reference(self, blocks: int) -> None:
+        """Take `blocks` physical blocks; evict the oldest unreferenced cached blocks to make room."""
+        self.used_blocks += blocks
+        while len(self._evictable) > self.free_blocks:
+            self._evictable.popitem(last=False)
+
     def _free(self, seq: Sequence) -> None:
-        self.used_blocks -= seq.num_blocks
+        released = seq.num_blocks - len(seq.cached)  # its private blocks
+        # Tail first, as vLLM frees: a prompt's last blocks are evicted before its first ones.
+        for h in reversed(seq.cached):
+            self._refs[h] -= 1
+            if self._refs[h] == 0:  # still cached, now free to evict (most recently used last)
+                del self._refs[h]
+                self._evictable[h] = None
+                released += 1
+        self.used_blocks -= released
         seq.num_blocks = 0
+        seq.cached = []
+
+    # -- prefix cache ---------------------------------------------------------------------------
+
+    def _prefix_hits(self, seq: Sequence) -> list[int]:
+        """Cached leading blocks of a request about to be (re)admitted. As in vLLM, the last
+        prompt token is always computed, so a fully cached prompt hits one block less."""
+        if not self.config.enable_prefix_caching or seq.num_computed:
+            return []
+        limit = (seq.num_tokens - 1) // self.config.block_size
+        hits: list[int] = []
+        for h in seq.block_hashes[:limit]:
+            if h not in self._refs and h not in self._evictable:
+                break
+            hits.append(h)
+        return hits
+
+    def _take_cached(self, seq: Sequence, hits: list[int]) -> None:
+        for h in hits:
+            if h in self._evictable:
+                del self._evictable[h]
+                self._refs[h] = 1
+                self.used_blocks += 1
+            else:
+                self._refs[h] += 1
+        seq.cached = list(hits)
+        seq.num_blocks = len(hits)
+        seq.num_computed = len(hits) * self.config.block_size
+
+    def _register_full_blocks(self, seq: Sequence) -> None:
+        """Blocks of the prompt this request just computed become cached (if not already)."""
+        if not self.config.enable_prefix_caching:
+            return
+        full = min(seq.num_computed // self.config.block_size, len(seq.block_hashes))
+        for i in range(len(seq.cached), full):
+            h = seq.block_hashes[i]
+            if h in self._refs or h in self._evictable:
+                return  # another request computed the same block: keep ours private
+            self._refs[h] = 1
+            seq.cached.append(h)
 
     def _preempt(self, seq: Sequence) -> None:
         self._free(seq)
@@ -271,3 +362,15 @@ class Engine:
         self._free(seq)
         seq.status = Status.FINISHED
         del self._by_id[seq.request_id]
+
+
+def prompt_block_hashes(token_ids: Iterable[int], block_size: int) -> tuple[int, ...]:
+    """Hash chain over the full blocks of a prompt: block i's hash covers blocks 0..i, so equal
+    hashes mean equal prefixes (vLLM keys its prefix cache the same way)."""
+    ids = list(token_ids)
+    hashes: list[int] = []
+    parent = 0
+    for start in range(0, len(ids) - block_size + 1, block_size):
+        parent = hash((parent, *ids[start : start + block_size]))
+        hashes.append(parent)
+    return tuple(hashes)

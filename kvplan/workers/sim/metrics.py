@@ -23,6 +23,7 @@ class CacheInfo:
     block_size: int
     cache_dtype: str
     gpu_memory_utilization: float
+    enable_prefix_caching: bool = True
     kv_cache_size_tokens: int | None = None  # vLLM's "GPU KV cache size: N tokens"
     kv_cache_max_concurrency: float | None = None  # "Maximum concurrency for L tokens per request"
 
@@ -31,7 +32,7 @@ class CacheInfo:
         return {
             "block_size": str(self.block_size),
             "cache_dtype": self.cache_dtype,
-            "enable_prefix_caching": "False",  # the simulation does not reuse prefixes
+            "enable_prefix_caching": str(self.enable_prefix_caching),
             "gpu_memory_utilization": str(self.gpu_memory_utilization),
             "is_attention_free": "False",
             "kv_cache_max_concurrency": str(self.kv_cache_max_concurrency),

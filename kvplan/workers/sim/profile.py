@@ -114,6 +114,7 @@ def build_profile(
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
     served_model_name: str | None = None,
+    enable_prefix_caching: bool = True,
 ) -> WorkerProfile:
     """The replica vLLM would start for this configuration; bad input raises NotFound/InputError.
 
@@ -157,6 +158,7 @@ def build_profile(
             max_model_len=length,
             max_num_seqs=seqs,
             max_num_batched_tokens=batched,
+            enable_prefix_caching=enable_prefix_caching,
         )
     except ValueError as exc:
         raise InputError(f"{model} on {gpu} with {kv_format} KV: {exc}") from exc

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kvplan.workers.sim import openai_api as api
-from kvplan.workers.sim.engine import Engine, StepResult
+from kvplan.workers.sim.engine import Engine, StepResult, prompt_block_hashes
 from kvplan.workers.sim.metrics import CacheInfo, WorkerMetrics
 from kvplan.workers.sim.profile import WorkerProfile
 from kvplan.workers.sim.text import PieceTokenizer, TextStream, Tokenizer, natural_length, request_seed
@@ -75,6 +75,7 @@ class SimWorker:
                 block_size=profile.engine.block_size,
                 cache_dtype=profile.cache_dtype,
                 gpu_memory_utilization=profile.gpu_memory_utilization,
+                enable_prefix_caching=profile.engine.enable_prefix_caching,
                 # the planner's figures hold only for the block count it computed
                 kv_cache_size_tokens=profile.capacity.kv_tokens if own_blocks else None,
                 kv_cache_max_concurrency=profile.capacity.max_concurrency if own_blocks else None,
@@ -130,6 +131,8 @@ class SimWorker:
                 live.queued = True  # a preempted request's second admission is not queue time
                 m.queue_time.observe(started - live.arrival)
         m.preemptions.inc(len(result.preempted))
+        m.prefix_queries.inc(result.prefix_queried_tokens)
+        m.prefix_hits.inc(result.prefix_hit_tokens)
         m.generation_tokens.inc(len(result.tokens))
         for event in result.tokens:
             live = self._live.get(event.request_id)
@@ -139,7 +142,6 @@ class SimWorker:
                 live.first_token = now
                 m.ttft.observe(now - live.arrival)
                 m.prompt_tokens.inc(live.prompt_tokens)
-                m.prefix_queries.inc(live.prompt_tokens)
             elif live.last_token is not None:
                 m.itl.observe(now - live.last_token)
             live.last_token = now
@@ -160,10 +162,16 @@ class SimWorker:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def submit(self, prompt_tokens: int, target_tokens: int, finish_reason: str = "length") -> Live:
+    def submit(
+        self,
+        prompt_tokens: int,
+        target_tokens: int,
+        finish_reason: str = "length",
+        block_hashes: tuple[int, ...] = (),
+    ) -> Live:
         engine_id = f"req-{next(self._ids)}"
         live = Live(engine_id, prompt_tokens, target_tokens, finish_reason, time.monotonic())
-        self.engine.add(engine_id, prompt_tokens, target_tokens)
+        self.engine.add(engine_id, prompt_tokens, target_tokens, block_hashes)
         self._live[engine_id] = live
         self._update_gauges()
         self._wake.set()
@@ -242,7 +250,8 @@ class SimWorker:
         seed = request_seed(self.settings.seed, req.prompt_ids, req.seed)
         natural = None if req.ignore_eos else natural_length(seed, self.settings.mean_output_tokens)
         target = min(req.max_tokens, natural) if natural is not None else req.max_tokens
-        live = self.submit(req.prompt_tokens, target, api.finish_reason(target, req.max_tokens))
+        hashes = prompt_block_hashes(req.prompt_ids, self.profile.engine.block_size)
+        live = self.submit(req.prompt_tokens, target, api.finish_reason(target, req.max_tokens), hashes)
         text = TextStream(seed)
         headers = {"x-request-id": base}
         if req.stream:

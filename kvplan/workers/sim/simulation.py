@@ -39,9 +39,11 @@ class Simulation:
     timelines: dict[str, Timeline] = field(default_factory=dict)
     steps: int = 0
 
-    def submit(self, request_id: str, prompt_tokens: int, max_output_tokens: int) -> None:
+    def submit(
+        self, request_id: str, prompt_tokens: int, max_output_tokens: int, block_hashes: tuple[int, ...] = ()
+    ) -> None:
         """A request arrives now."""
-        self.engine.add(request_id, prompt_tokens, max_output_tokens)
+        self.engine.add(request_id, prompt_tokens, max_output_tokens, block_hashes)
         self.timelines[request_id] = Timeline(self.now, prompt_tokens)
 
     def step(self) -> StepResult:
