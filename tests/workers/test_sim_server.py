@@ -321,3 +321,23 @@ def test_sigterm_ends_open_streams_and_exits_promptly() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_wall_clock_follows_the_roofline_times_the_speed_factor(realtime_sim: RunningWorker) -> None:
+    """At speed 1 an answer takes what the planner's roofline says an H100 takes (loose bounds:
+    the machine running the tests may be busy; the worker sleeps to absolute deadlines)."""
+    cost = realtime_sim.worker.profile.cost
+    prompt = "word " * 499  # 500 tokens with the trailing space
+    n = 100
+    expected = cost.prefill_seconds(500) + sum(cost.decode_seconds(1, 500 + i) for i in range(1, n))
+    started = time.monotonic()
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": n, "ignore_eos": True}
+    out = httpx.post(f"{realtime_sim.url}/v1/completions", json=body, timeout=30).json()
+    elapsed = time.monotonic() - started
+    assert out["usage"] == {
+        "prompt_tokens": 500,
+        "total_tokens": 600,
+        "completion_tokens": 100,
+        "prompt_tokens_details": None,
+    }
+    assert 0.95 * expected <= elapsed <= 2.0 * expected + 0.2, (elapsed, expected)
