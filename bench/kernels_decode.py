@@ -34,7 +34,7 @@ DEV = (
     "cuda" if torch.cuda.is_available() else "cpu"
 )  # cpu: a dry run of --sections check under TRITON_INTERPRET=1
 QDT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter's bf16 dot is broken
-FORMATS = ["bf16", "fp8_e4m3", "int8", "k8v4", "int4", "int4_hadamard"]
+FORMATS = ["bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
 GRID = [(1, 32768), (8, 32768), (32, 4096), (32, 32768), (64, 1024), (1, 131072)]
 CHECK_SHAPES = [
     (64, 16, 1),
@@ -149,7 +149,7 @@ def check_correctness(log: list[str]) -> list[dict[str, object]]:
     """GPU kernels vs an fp64 reference on the dequantized cache: every format, head_dim, page."""
     rows = []
     torch.manual_seed(0)
-    for name in FORMATS + ["fp16"]:
+    for name in [*FORMATS, "fp16"]:
         fmt = get_format(name)
         for d, page, q_len in CHECK_SHAPES:
             if True:
@@ -275,7 +275,9 @@ def write_bench(copy_bw: float, log: list[str]) -> list[dict[str, object]]:
             slot = (slot[:, None] * PAGE + torch.arange(PAGE, device=DEV)).flatten()
             sets.append((k, v, cache, slot))
         ks = torch.full((HKV,), 0.02, device=DEV) if "fp8" in name else None
-        t = timed([lambda s=s: api.write_kv(s[0], s[1], s[2], s[3], fmt, PAGE, ks, ks) for s in sets])
+        t = timed(
+            [lambda s=s, f=fmt, k=ks: api.write_kv(s[0], s[1], s[2], s[3], f, PAGE, k, k) for s in sets]
+        )
         nbytes = 2 * t_tok * HKV * D * 2 + t_tok * 8 + t_tok * HKV * fmt.bytes_per_token_head(D, PAGE)
         src = [torch.empty(int(nbytes) // 2, dtype=torch.uint8, device=DEV) for _ in range(n)]
         dst = [torch.empty_like(x) for x in src]
@@ -317,6 +319,13 @@ def main() -> None:
     }
     log: list[str] = [f"{props.name}, torch {torch.__version__}, triton {triton.__version__}"]
     t0 = time.time()
+
+    def save() -> None:
+        res["log"] = log
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
     if "check" in sections:
         res["correctness"] = check_correctness(log)
         print(log[-1], f"({time.time() - t0:.0f}s)", flush=True)
@@ -350,10 +359,12 @@ def main() -> None:
                 f" flex {row['flex']:8.1f}" if "flex" in row else ""
             )
             for name in formats:
-                line += f" | {name} {row[name]:8.1f}us {best_bf16 / row[name]:4.2f}x {row[name + '_GBps']:5.0f}GB/s"
+                speedup = best_bf16 / row[name]
+                line += f" | {name} {row[name]:8.1f}us {speedup:4.2f}x {row[name + '_GBps']:5.0f}GB/s"
             log.append(line)
             print(line, flush=True)
-        res["grid"] = grid
+            res["grid"] = grid
+            save()
     if "sweep" in sections:
         configs = [
             {"block_n": 64, "num_warps": 4, "num_stages": 2, "programs_per_sm": 2},
@@ -403,14 +414,12 @@ def main() -> None:
             line = f"bytes {name:14s} " + " ".join(f"{r['us']:8.1f}" for r in rows if r["format"] == name)
             log.append(line)
             print(line, flush=True)
-        res["time_follows_bytes"] = rows
+            res["time_follows_bytes"] = rows
+            save()
     if "write" in sections:
         res["write"] = write_bench(copy_bw, log)
         print("\n".join(log[-len(FORMATS) :]), flush=True)
-    res["log"] = log
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1)
+    save()
     print(f"done in {time.time() - t0:.0f}s")
 
 

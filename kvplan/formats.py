@@ -227,6 +227,7 @@ _INT8 = TensorQuant(Element.INT8, Granularity.PER_TOKEN_HEAD)
 _INT4 = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False)
 _INT4_G32 = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, group_size=32, symmetric=False)
 _INT4_KEYS_PER_CHANNEL = TensorQuant(Element.INT4, Granularity.PER_CHANNEL, symmetric=False)
+_INT8_ROTATED = TensorQuant(Element.INT8, Granularity.PER_TOKEN_HEAD, rotation="hadamard")
 _INT4_ROTATED = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False, rotation="hadamard")
 
 FORMATS: dict[str, KVFormat] = {
@@ -245,6 +246,12 @@ FORMATS: dict[str, KVFormat] = {
             "INT4 KIVI-style: keys per channel per page, values per token-head",
         ),
         KVFormat("k8v4", _INT8, _INT4, "mixed: K int8, V int4 per token-head"),
+        KVFormat(
+            "int8_hadamard",
+            _INT8_ROTATED,
+            _INT8,
+            "INT8 per token-head, keys Hadamard-rotated (outlier channels spread), same bytes as int8",
+        ),
         KVFormat(
             "int4_hadamard",
             _INT4_ROTATED,

@@ -1,0 +1,162 @@
+"""The Triton kernels under TRITON_INTERPRET=1 (conftest) against the torch reference.
+
+Attention is compared with an fp64 reference computed on the dequantized cache the kernel itself
+wrote (so quantization error is not counted; relative error <= 5e-3); outputs are poisoned with NaN
+so an unwritten element fails; inputs are fresh random draws each run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from synthetic import keys_values, paged, rel
+
+from kvplan.formats import get_format
+from kvplan.kernels import api
+from kvplan.kernels import reference as R
+
+TRITON_FORMATS = ["bf16", "fp16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
+
+
+def triton_write(k, v, cache, slot, fmt, page, ks, vs, stage=None):
+    api.write_kv(k, v, cache, slot, fmt, page, ks, vs, backend="triton")
+
+
+def _run(name: str, d: int, page: int, q_lens: list[int], lens: list[int], dtype, splits) -> float:
+    fmt = get_format(name)
+    hkv, g = 2, 3
+    k, v = keys_values(sum(lens), hkv, d, outliers=True, dtype=torch.float16)
+    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
+    cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, ks, write=triton_write)
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(int(qsl[-1]), hkv * g, d).to(dtype)
+    sl = torch.tensor(lens, dtype=torch.int32)
+    want = R.paged_attention(
+        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, compute_dtype=torch.float64
+    )
+    out = torch.full_like(q, float("nan"))
+    api.paged_attention(
+        q, cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, backend="triton", num_splits=splits, out=out
+    )
+    assert torch.isfinite(out).all()
+    return rel(out, want)
+
+
+@pytest.mark.parametrize("name", TRITON_FORMATS)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_matches_fp64_reference_on_the_dequantized_cache(name: str, splits: int) -> None:
+    assert _run(name, 64, 16, [1, 1, 1], [37, 1, 70], torch.float16, splits) <= 5e-3
+
+
+@pytest.mark.parametrize(("d", "page"), [(128, 16), (256, 16), (64, 32), (64, 64), (64, 128)])
+@pytest.mark.parametrize("name", ["int8", "int4_hadamard", "fp8_e4m3"])
+def test_every_head_dim_and_page_size(name: str, d: int, page: int) -> None:
+    assert _run(name, d, page, [1, 2], [150, 9], torch.float16, None) <= 5e-3
+
+
+@pytest.mark.parametrize("name", ["fp16", "int8", "k8v4", "int4"])
+def test_multi_token_decode_two_to_eight_queries(name: str) -> None:
+    assert _run(name, 64, 16, [2, 8, 5], [20, 45, 5], torch.float16, 2) <= 5e-3
+
+
+@pytest.mark.parametrize("name", ["fp16", "int4_hadamard", "int8"])
+def test_fp32_queries(name: str) -> None:
+    assert _run(name, 64, 16, [1, 3], [33, 17], torch.float32, 2) <= 5e-3
+
+
+@pytest.mark.parametrize("name", TRITON_FORMATS)
+def test_write_kernel_stores_what_the_reference_stores(name: str) -> None:
+    fmt, d, page, hkv = get_format(name), 64, 16, 2
+    k, v = keys_values(40, hkv, d, outliers=True, dtype=torch.float16)
+    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
+    slot = torch.randperm(6 * page)[:40]
+    slot[[3, 17]] = -1  # skipped tokens
+    ref = R.new_cache(fmt, 6, hkv, d, page)
+    got = R.new_cache(fmt, 6, hkv, d, page)
+    R.write_kv(k, v, ref, slot, fmt, page, ks, ks)
+    api.write_kv(k, v, got, slot, fmt, page, ks, ks, backend="triton")
+    kr, vr = R.dequantize_pages(ref, fmt, d, page, ks, ks)
+    kg, vg = R.dequantize_pages(got, fmt, d, page, ks, ks)
+    s = slot[slot >= 0]
+    b, o = s // page, s % page
+    # the interpreter rounds bf16/fp8 stores differently from torch: allow one step of those
+    tol = {"bf16": 8e-3, "fp8_e4m3": 0.13, "int4": 0.03, "int4_hadamard": 0.03, "k8v4": 0.03}.get(name, 3e-3)
+    assert rel(kg[b, :, o], kr[b, :, o]) <= tol
+    assert rel(vg[b, :, o], vr[b, :, o]) <= tol
+    untouched = torch.ones(6 * page, dtype=torch.bool)
+    untouched[s] = False
+    views = R.page_views(got, fmt, d, page)
+    u = untouched.nonzero().flatten()  # skipped and never-mapped slots keep their 0xFF poison
+    for codes in (views.k_codes, views.v_codes):
+        assert (codes[u // page, :, u % page].contiguous().view(torch.uint8) == 0xFF).all()
+
+
+def test_constant_rows_saturation_empty_and_single_token_stay_finite() -> None:
+    for name in ("int8", "int4", "int4_hadamard", "fp8_e4m3"):
+        fmt, d, page = get_format(name), 64, 16
+        k = torch.full((17, 1, d), 2.5, dtype=torch.float16)  # zero range in every row
+        v = torch.full((17, 1, d), -1.0, dtype=torch.float16)
+        if "fp8" in name:
+            k = k * 1000  # far past 448 * scale: saturates
+        ks = torch.tensor([0.01]) if "fp8" in name else None
+        cache, table, _ = paged(fmt, [16, 0, 1], 1, d, page, k, v, ks, ks, write=triton_write)
+        q = torch.randn(2, 2, d, dtype=torch.float16)
+        qsl = torch.tensor([0, 1, 1, 2], dtype=torch.int32)  # the empty sequence has no query
+        out = torch.full_like(q, float("nan"))
+        api.paged_attention(
+            q,
+            cache,
+            table,
+            torch.tensor([16, 0, 1], dtype=torch.int32),
+            qsl,
+            fmt,
+            page,
+            0.125,
+            ks,
+            ks,
+            backend="triton",
+            out=out,
+        )
+        assert torch.isfinite(out).all(), name
+        # every value is -1 (fp8 stores -1/0.01 = -100 as -96 or -104)
+        assert torch.allclose(out.float(), torch.full_like(out, -1.0).float(), atol=0.05), name
+
+
+def test_unsupported_inputs_raise_before_launch() -> None:
+    fmt = get_format("int8")
+    q = torch.zeros(1, 4, 96, dtype=torch.float16)
+    cache = torch.zeros(2, 2, fmt.head_page(64, 16).nbytes, dtype=torch.uint8)
+    args = (torch.zeros(1, 1, dtype=torch.int32), torch.tensor([1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="head_dim 96"):
+        api.paged_attention(q, cache, *args, fmt, 16, 0.1, backend="triton")
+    with pytest.raises(ValueError, match="no Triton kernel for int4_g32"):
+        g32 = get_format("int4_g32")
+        api.paged_attention(
+            q[..., :64],
+            torch.zeros(2, 2, g32.head_page(64, 16).nbytes, dtype=torch.uint8),
+            *args,
+            g32,
+            16,
+            0.1,
+            backend="triton",
+        )
+    with pytest.raises(ValueError, match="in the pages"):
+        api.paged_attention(q[..., :64], cache, *args, fmt, 16, 0.1, k_scale=0.5, backend="triton")
+    with pytest.raises(ValueError, match="page size 24"):
+        kv = torch.zeros(1, 2, 64, dtype=torch.float16)
+        api.write_kv(kv, kv, cache, torch.tensor([0]), fmt, 24, backend="triton")
+
+
+def test_auto_backend_uses_the_reference_on_cpu_tensors() -> None:
+    fmt = get_format("int4_kivi")  # no Triton kernel: auto must still work on CPU
+    k, v = keys_values(20, 1, 64, outliers=False)
+    stage = R.KiviStage.empty(2, 1, 16, 64)
+    cache, table, _ = paged(fmt, [20], 1, 64, 16, k, v, stage=stage)
+    q = torch.randn(1, 2, 64)
+    a = api.paged_attention(
+        q, cache, table, torch.tensor([20]), torch.tensor([0, 1]), fmt, 16, 0.125, kivi_stage=stage
+    )
+    b = R.paged_attention(
+        q, cache, table, torch.tensor([20]), torch.tensor([0, 1]), fmt, 16, 0.125, kivi_stage=stage
+    )
+    assert torch.equal(a, b)
