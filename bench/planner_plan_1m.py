@@ -111,9 +111,8 @@ def main() -> None:
         "",
     ]
     for name, _best, med in rows[:2]:
-        lines.append(
-            f"- target < 5 s wall end to end, {name}: median {med:.2f} s, **{'met' if med < 5 else 'NOT met'}**"
-        )
+        verdict = "met" if med < 5 else "NOT met"
+        lines.append(f"- target < 5 s wall end to end, {name}: median {med:.2f} s, **{verdict}**")
     dest = ROOT / "bench" / "results" / "planner_plan_1m.md"
     dest.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
