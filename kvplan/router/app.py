@@ -235,7 +235,7 @@ class Router:
 
     # -- dispatch --
     async def handle(self, req: Request, conn: Connection) -> None:
-        path = req.path.encode() if req.path.isascii() else b""
+        path = req.raw_path
         try:
             if req.too_large:
                 raise ApiError(
@@ -342,7 +342,7 @@ class Router:
             b"".join(headers),
             req.body,
         )
-        first_line = b"POST %s HTTP/1.1\r\nhost: " % req.path.encode()
+        first_line = b"POST %s HTTP/1.1\r\nhost: " % req.raw_path
 
         pool = route.pool
         tried: list[Endpoint] = []

@@ -32,11 +32,22 @@ def status_line(status: int) -> bytes:
 class Request:
     """One parsed request. Header names are lower-case bytes; the body is complete."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "received_at", "too_large")
+    __slots__ = (
+        "body",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "raw_path",
+        "received_at",
+        "too_large",
+    )
 
     def __init__(
         self,
         method: bytes,
+        raw_path: bytes,
         path: str,
         query: str,
         headers: dict[bytes, bytes],
@@ -46,6 +57,7 @@ class Request:
         too_large: bool,
     ) -> None:
         self.method = method
+        self.raw_path = raw_path
         self.path = path
         self.query = query
         self.headers = headers
@@ -144,13 +156,13 @@ class Connection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
-        url = self._url.decode("latin-1")
-        path, _, query = url.partition("?")
+        raw_path, _, query = self._url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(
             self._parser.get_method(),
-            path,
-            query,
+            raw_path,
+            raw_path.decode("latin-1"),
+            query.decode("latin-1"),
             self._headers,
             body,
             self._parser.should_keep_alive(),

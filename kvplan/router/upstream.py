@@ -55,7 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
-        self.head: asyncio.Future[None] = self._loop.create_future()
+        self.head_received = False
         self.done: asyncio.Future[bool] = self._loop.create_future()  # True: whole response delivered
         self.sink: Sink | None = None
         self._early: list[bytes] = []
@@ -93,8 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit():
                 self.content_length = int(value)
-        if not self.head.done():
-            self.head.set_result(None)
+        self.head_received = True
         if self.on_head is not None:
             if self.on_head(self):
                 self.forwarded = True
@@ -121,12 +120,12 @@ class UpstreamConnection(asyncio.Protocol):
         data: bytes,
         first_byte_timeout: float,
         idle_timeout: float,
-        on_head: Callable[[UpstreamConnection], bool] | None = None,
-    ) -> asyncio.Future[None]:
-        """Write a request; the returned future resolves when the response head has arrived.
+        on_head: Callable[[UpstreamConnection], bool],
+    ) -> None:
+        """Write a request. `done` resolves True once the whole response has arrived.
 
-        With `on_head`, the head is offered to that callback as soon as it is parsed: True means
-        it was forwarded (body bytes go to the sink it attached); False resolves `done` with False.
+        The head is offered to `on_head` as soon as it is parsed: True means it was forwarded (body
+        bytes go to the sink it attached); False resolves `done` with False at once.
         """
         if self.uses:
             self._reset()
@@ -136,7 +135,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = self._loop.time() + first_byte_timeout
         assert self.transport is not None
         self.transport.write(data)
-        return self.head
 
     def attach(self, sink: Sink) -> None:
         """Start delivering body bytes to `sink` (bytes already received are delivered first)."""
@@ -159,16 +157,15 @@ class UpstreamConnection(asyncio.Protocol):
         err = UpstreamError(kind, message, reused=reused)
         self.closed = True
         self.deadline = 0.0
-        for fut in (self.head, self.done):
-            if not fut.done():
-                fut.set_exception(err)
-                fut.exception()  # mark retrieved: the waiter may be gone (cancelled)
+        if not self.done.done():
+            self.done.set_exception(err)
+            self.done.exception()  # mark retrieved: the waiter may be gone (cancelled)
         if self.transport is not None:
             self.transport.abort()
 
     def check_deadline(self, now: float) -> None:
         if self.deadline and now > self.deadline and not self.done.done():
-            if self.head.done():
+            if self.head_received:
                 self.fail(FailKind.IDLE_TIMEOUT, f"no bytes from upstream for {self.idle_timeout:g}s")
             else:
                 self.fail(FailKind.FIRST_BYTE_TIMEOUT, "upstream sent no response head in time")
@@ -247,8 +244,12 @@ async def fetch(pool: UpstreamPool, address: tuple[str, int], path: str, timeout
     try:
         host = f"{address[0]}:{address[1]}".encode()
         request = b"GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: kvplan-router\r\n\r\n" % (path.encode(), host)
-        await conn.send(request, timeout, timeout)
-        conn.attach(chunks.append)
+
+        def collect(up: UpstreamConnection) -> bool:
+            up.attach(chunks.append)
+            return True
+
+        conn.send(request, timeout, timeout, collect)
         await conn.done
     except BaseException:
         pool.discard(conn)
