@@ -341,3 +341,25 @@ def test_wall_clock_follows_the_roofline_times_the_speed_factor(realtime_sim: Ru
         "prompt_tokens_details": None,
     }
     assert 0.95 * expected <= elapsed <= 2.0 * expected + 0.2, (elapsed, expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--kv-format", "int9"], "unknown KV format 'int9'"),
+        (["--model", "llama-9"], "unknown model 'llama-9'"),
+        (["--max-model-len", "900000"], "greater than llama-3.1-8b's context length 131072"),
+        (["--kv-memory-gib", "1"], "cannot hold one request of max_model_len 32768"),
+        (["--num-blocks", "10"], "cannot hold one request"),
+        (["--max-model-len", "0"], "max_model_len must be positive"),
+    ],
+)
+def test_bad_worker_options_exit_2_with_the_reason(args: list[str], reason: str) -> None:
+    from typer.testing import CliRunner
+
+    from kvplan.cli import app
+    from kvplan.errors import InputError
+
+    result = CliRunner().invoke(app, ["worker", "sim", "--port", "0", *args])
+    assert isinstance(result.exception, InputError)  # kvplan.cli.main prints it and exits 2
+    assert reason in str(result.exception)

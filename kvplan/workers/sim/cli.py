@@ -15,7 +15,9 @@ def sim(
     gpu: Annotated[str, typer.Option(help="GPU catalog name, e.g. h100")] = "h100",
     kv_format: Annotated[str, typer.Option(help="KV format (kvplan.formats)")] = "bf16",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="0 picks a free port (printed on stdout)")] = 8000,
+    port: Annotated[
+        int, typer.Option(help="0 picks a free port (printed on stdout)", min=0, max=65535)
+    ] = 8000,
     max_model_len: Annotated[int | None, typer.Option(help="default 32768")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(min=1)] = 1,
     gpu_memory_utilization: Annotated[float, typer.Option()] = 0.92,

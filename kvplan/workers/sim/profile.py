@@ -134,7 +134,11 @@ def build_profile(
     defaults = engine_defaults(gpu_spec)
     seqs = max_num_seqs or defaults.max_num_seqs
     batched = max_num_batched_tokens or defaults.max_num_batched_tokens
-    length = max_model_len or DEFAULT_MAX_MODEL_LEN
+    length = DEFAULT_MAX_MODEL_LEN if max_model_len is None else max_model_len
+    limit = model_spec.max_position_embeddings
+    if limit is not None and length > limit:
+        # vLLM refuses this too ("User-specified max_model_len ... is greater than the derived").
+        raise InputError(f"max_model_len {length} is greater than {model}'s context length {limit}")
     capacity = kv_capacity(
         model_spec,
         gpu_spec,
