@@ -25,6 +25,7 @@ from kvplan.control.state import (
     FlagSnapshot,
     FlagStore,
     StoreUnavailable,
+    flags_from_record,
     flags_to_record,
     unknown_bucket,
 )
@@ -202,8 +203,13 @@ async def rollout_op(
     reason: str = "",
 ) -> BucketFlags:
     """start, pause, resume, abort: the pure transition, written conditionally."""
-    if where.router_url:
-        raise InputError("rollout commands act on a shared flag store: pass --flag-store redis://...")
+    if where.router_url:  # a router carrying the control plane (kvplan.control.embedded.rollout_admin)
+        body: dict[str, Any] = {"actor": actor, "reason": reason}
+        if op == "start":
+            body |= {"steps": steps, "interval": interval, "failure_limit": failure_limit}
+            body["thresholds"] = (thresholds or Thresholds()).to_dict()
+        result = await admin_call(where, "POST", f"/admin/buckets/{bucket}/rollout/{op}", body)
+        return flags_from_record(result["after"])
     parsed = rollout.parse_steps(steps) if op == "start" else ()
     seconds = rollout.parse_interval(interval) if op == "start" else 0.0
     async with opened(where) as store:

@@ -115,8 +115,17 @@ def flags_from_record(rec: Mapping[str, Any]) -> BucketFlags:
         weight=int(rec.get("weight", 0)),
         killed=bool(rec.get("killed", False)),
         rollout=str(rec.get("rollout", RolloutPhase.IDLE.value)),
-        progress=RolloutProgress.decode(progress) if isinstance(progress, str) else None,
+        progress=_progress(progress),
     )
+
+
+def _progress(value: Any) -> RolloutProgress | None:
+    """Stored as JSON text; admin APIs may hand it over already decoded."""
+    if isinstance(value, str):
+        return RolloutProgress.decode(value)
+    if isinstance(value, Mapping):
+        return RolloutProgress.decode(json.dumps(dict(value)))
+    return None
 
 
 def change_record(change: Mapping[str, Any]) -> dict[str, Any]:
