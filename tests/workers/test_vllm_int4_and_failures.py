@@ -82,7 +82,7 @@ def test_int4_pool_through_the_plugin(tmp_path: Path, capsys: pytest.CaptureFixt
               f"mean common-prefix share {sum(shares) / len(shares):.3f} ({TOKENS} tokens max)")  # fmt: skip
     # Plain 4-bit keys (no rotation) on a 135M model drift early on some prompts: measured 0/6
     # identical, mean common-prefix share 0.375 (int8: 9/10 identical). The bound catches garbage.
-    assert sum(shares) / len(shares) >= 0.25
+    assert sum(shares) / len(shares) >= 0.15
     assert all(len(a) > 0 for a in got)
 
 
