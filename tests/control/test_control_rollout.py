@@ -11,11 +11,13 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from control_services import RedisServer
 from prometheus_client import CollectorRegistry
 
 from kvplan.control import rollout
 from kvplan.control.analysis import PoolWindow, Thresholds, analyse
 from kvplan.control.metrics import RolloutMetrics
+from kvplan.control.redis_store import RedisFlagStore
 from kvplan.control.state import MemoryFlagStore, RolloutPhase
 from kvplan.errors import InputError
 from kvplan.plan import Plan
@@ -234,3 +236,27 @@ def test_start_refuses_a_killed_bucket_or_a_running_rollout(plan: Plan) -> None:
     asyncio.run(store.kill("8k", "bob"))
     with pytest.raises(InputError, match="is killed"):
         rollout.start(store.snapshot().buckets["8k"], STEPS, INTERVAL, 1, Thresholds(), clock())
+
+
+def test_a_restarted_controller_resumes_from_the_store(plan: Plan, redis_server: RedisServer) -> None:
+    clock = Clock()
+
+    async def controller_life(ticks: int) -> tuple[int, str]:
+        store = RedisFlagStore(redis_server.url, plan)  # a fresh process's view: only what Redis holds
+        await store.start()
+        flags = store.snapshot().buckets["16k"]
+        if flags.rollout == "idle":
+            d = rollout.start(flags, STEPS, INTERVAL, 1, Thresholds(), clock())
+            await rollout.apply(store, flags, d, "alice")
+        source = FakeSource(store, seed=3)  # type: ignore[arg-type]
+        ctl = rollout.RolloutController(store, source, clock=clock)
+        for _ in range(ticks):
+            clock.now += INTERVAL
+            await ctl.tick()
+        after = store.snapshot().buckets["16k"]
+        await store.close()
+        return after.weight, after.rollout
+
+    assert asyncio.run(controller_life(1)) == (25, "progressing")
+    assert asyncio.run(controller_life(1)) == (50, "progressing")  # picked up at step 2, not from scratch
+    assert asyncio.run(controller_life(1)) == (100, "succeeded")
