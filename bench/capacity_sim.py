@@ -29,7 +29,7 @@ from kvplan.planner.gpus import get_gpu
 from kvplan.planner.models import get_model
 from kvplan.planner.roofline import max_batch_within
 from kvplan.workers.sim.engine import Engine
-from kvplan.workers.sim.profile import WorkerProfile, build_profile
+from kvplan.workers.sim.profile import KERNELS, WorkerProfile, build_profile, efficiency
 from kvplan.workers.sim.simulation import Simulation
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,7 +132,7 @@ def users_within(points: list[Point], slo: Slo) -> int:
     return held
 
 
-def predictions(profile: WorkerProfile, slo: Slo, w: Workload) -> dict[str, float]:
+def predictions(profile: WorkerProfile, slo: Slo, w: Workload, kernels: str) -> dict[str, float]:
     c = profile.capacity
     prompt = (w.prompt_min + w.prompt_max) / 2
     output = (w.output_min + w.output_max) / 2
@@ -145,6 +145,7 @@ def predictions(profile: WorkerProfile, slo: Slo, w: Workload) -> dict[str, floa
         get_format(profile.kv_format),
         tpot_seconds=slo.itl_seconds,
         context_tokens=context,
+        efficiency=efficiency(kernels),
     )
     return {
         "num_gpu_blocks": c.num_blocks,
@@ -178,6 +179,7 @@ def main() -> None:
     ap.add_argument("--ttft", type=float, default=5.0, help="long-context p95 TTFT bound, s")
     ap.add_argument("--tpot", type=float, default=Slo().itl_seconds, help="p95 TPOT bound, s")
     ap.add_argument("--max-users", type=int, default=120)
+    ap.add_argument("--kernels", default="kvplan", choices=KERNELS, help="whose decode kernels are timed")
     ap.add_argument("--write", action="store_true", help="record in bench/results/")
     args = ap.parse_args()
 
@@ -192,7 +194,9 @@ def main() -> None:
     curves = {}
     t0 = time.perf_counter()
     for name in args.formats.split(","):
-        profile = build_profile(args.model, args.gpu, name, max_model_len=w.max_model_len)
+        profile = build_profile(
+            args.model, args.gpu, name, max_model_len=w.max_model_len, kernels=args.kernels
+        )
         points = sweep(profile, w, loosest, args.max_users)
         row: dict[str, object] = {"format": name}
         for key, slo in slos.items():
@@ -200,7 +204,7 @@ def main() -> None:
             at = next((pt for pt in points if pt.users == held), None)
             row[key] = {
                 "measured_users": held,
-                **predictions(profile, slo, w),
+                **predictions(profile, slo, w, args.kernels),
                 "at": asdict(at) if at else None,
             }
         rows.append(row)
@@ -212,9 +216,10 @@ def main() -> None:
     print(md)
     if args.write:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "capacity_sim.md").write_text(md)
+        stem = "capacity_sim" if args.kernels == "kvplan" else f"capacity_sim_{args.kernels}_kernels"
+        (RESULTS / f"{stem}.md").write_text(md)
         payload = {"meta": meta(args, slos, w, elapsed), "rows": rows, "curves": curves}
-        (RESULTS / "capacity_sim.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
 def meta(args: argparse.Namespace, slos: dict[str, Slo], w: Workload, elapsed: float) -> dict[str, object]:
@@ -224,6 +229,7 @@ def meta(args: argparse.Namespace, slos: dict[str, Slo], w: Workload, elapsed: f
         "command": ".venv/bin/python " + " ".join(sys.argv),
         "model": args.model,
         "gpu": args.gpu,
+        "kernels": args.kernels,
         "slo": {k: {"ttft_p95_s": s.ttft_seconds, "tpot_p95_s": s.itl_seconds} for k, s in slos.items()},
         "workload": asdict(w),
         "wall_seconds": round(elapsed, 1),
@@ -249,7 +255,12 @@ def render(
         f"{w.duration_s:.0f} s simulated, requests arriving in the first {w.warmup_s:.0f} s discarded",
         "- engine: vLLM v1 scheduling (chunked prefill, 8192-token budget, incremental blocks, recompute "
         "preemption of the newest request), blocks from `kvplan.planner.memory.kv_capacity`, step times "
-        "from `kvplan.planner.roofline` (default efficiencies: every format bandwidth-bound at its bytes)",
+        "from `kvplan.planner.roofline` with "
+        + (
+            "vLLM's own quantized-KV kernel speeds (`kvplan.planner.fleet.VLLM_KV_READ_EFFICIENCY`)"
+            if args.kernels == "vllm"
+            else "kvplan's kernels (default efficiencies: every format bandwidth-bound at its bytes)"
+        ),
         "- planner columns (`kvplan.planner`): vLLM's logged max concurrency for 32768-token requests; "
         "guaranteed = usable blocks // blocks of one 32K request; expected = "
         "`Capacity.expected_concurrency` at this workload's mean held blocks (prompt + half the output); "

@@ -328,3 +328,18 @@ def test_shared_prefixes_keep_the_block_accounting_exact(ops: list[tuple[int, in
         _check_blocks(sim.engine)
     for i, (_, _, out, _) in enumerate(ops):
         assert len(sim.timelines[f"r{i}"].token_times) == out
+
+
+def test_vllm_kernels_make_quantized_decode_slower_and_leave_bf16_alone() -> None:
+    from kvplan.errors import InputError
+    from kvplan.workers.sim.profile import build_profile
+
+    def step(fmt: str, kernels: str) -> float:
+        cost = build_profile("llama-3.1-8b", "h100", fmt, kernels=kernels).cost
+        return cost.decode_seconds(32, 32_000)
+
+    assert step("bf16", "vllm") == step("bf16", "kvplan")
+    assert step("int4", "kvplan") < step("bf16", "kvplan")  # reads 136 of 512 bytes
+    assert step("int4", "vllm") > step("bf16", "vllm")  # facts.md §4: vLLM's int4 path is slower
+    with pytest.raises(InputError, match="kernels must be one of"):
+        build_profile("llama-3.1-8b", "h100", "int4", kernels="cuda")

@@ -36,6 +36,9 @@ def sim(
     ] = 256,
     served_model_name: Annotated[str | None, typer.Option(help="the `model` clients send")] = None,
     enable_prefix_caching: Annotated[bool, typer.Option(help="vLLM's automatic prefix caching")] = True,
+    kernels: Annotated[
+        str, typer.Option(help="decode kernels timed: kvplan (byte-bound) or vllm (vLLM's own, slower)")
+    ] = "kvplan",
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer.json to count prompt tokens")] = None,
 ) -> None:
     """Serve vLLM's OpenAI API, /health, /tokenize and /metrics as one replica of MODEL on GPU
@@ -63,6 +66,7 @@ def sim(
         max_num_batched_tokens=max_num_batched_tokens,
         served_model_name=served_model_name,
         enable_prefix_caching=enable_prefix_caching,
+        kernels=kernels,
     )
     tok = None
     if tokenizer is not None:

@@ -8,7 +8,7 @@ model, the step times from its roofline. This module only adapts them to the eng
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
 from kvplan.errors import InputError
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from kvplan.planner.gpus import GpuSpec
     from kvplan.planner.memory import Capacity
     from kvplan.planner.models import ModelSpec
+    from kvplan.planner.roofline import Efficiency
 
 DEFAULT_MAX_MODEL_LEN = 32768
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's default
@@ -37,14 +38,33 @@ class WorkerProfile:
     capacity: Capacity  # the planner's figures for this replica (vLLM's startup log lines)
 
 
+KERNELS = ("kvplan", "vllm")  # whose decode kernels read the quantized cache
+
+
+@cache
+def efficiency(kernels: str) -> Efficiency:
+    """kvplan's kernels read each format at its byte count; vLLM's own are slower (the planner's
+    `VLLM_KV_READ_EFFICIENCY`, from facts.md §4)."""
+    from kvplan.planner.roofline import Efficiency
+
+    if kernels not in KERNELS:
+        raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    if kernels == "vllm":
+        from kvplan.planner.fleet import VLLM_KV_READ_EFFICIENCY
+
+        return Efficiency(kv_read_efficiency=dict(VLLM_KV_READ_EFFICIENCY))
+    return Efficiency()
+
+
 @dataclass(frozen=True)
 class PlannerCost:
-    """The planner's roofline for one (model, GPU, format, TP)."""
+    """The planner's roofline for one (model, GPU, format, TP, kernels)."""
 
     model: ModelSpec
     gpu: GpuSpec
     fmt: KVFormat
     tensor_parallel: int = 1
+    kernels: str = "kvplan"
 
     def prefill_seconds(self, prompt_tokens: int) -> float:
         if prompt_tokens <= 0:
@@ -62,6 +82,7 @@ class PlannerCost:
                 batch=batch,
                 context_tokens=context_tokens,
                 tensor_parallel=self.tensor_parallel,
+                efficiency=efficiency(self.kernels),
             )
         )
 
@@ -73,7 +94,11 @@ def _prefill(cost: PlannerCost, prompt_tokens: int) -> float:
 
     return float(
         prefill_seconds(
-            cost.model, cost.gpu, prompt_tokens=prompt_tokens, tensor_parallel=cost.tensor_parallel
+            cost.model,
+            cost.gpu,
+            prompt_tokens=prompt_tokens,
+            tensor_parallel=cost.tensor_parallel,
+            efficiency=efficiency(cost.kernels),
         )
     )
 
@@ -115,6 +140,7 @@ def build_profile(
     max_num_batched_tokens: int | None = None,
     served_model_name: str | None = None,
     enable_prefix_caching: bool = True,
+    kernels: str = "kvplan",
 ) -> WorkerProfile:
     """The replica vLLM would start for this configuration; bad input raises NotFound/InputError.
 
@@ -128,6 +154,7 @@ def build_profile(
 
     if kv_format not in FORMATS:
         raise NotFound(f"unknown KV format {kv_format!r}{closest(kv_format, list(FORMATS))}")
+    efficiency(kernels)  # refuse an unknown name before any work
     model_spec = get_model(model)
     gpu_spec, _ = get_gpu(gpu)
     fmt = FORMATS[kv_format]
@@ -174,6 +201,6 @@ def build_profile(
         cache_dtype=cache_dtype_label(kv_format),
         gpu_memory_utilization=gpu_memory_utilization,
         engine=engine,
-        cost=PlannerCost(model_spec, gpu_spec, fmt, tensor_parallel),
+        cost=PlannerCost(model_spec, gpu_spec, fmt, tensor_parallel, kernels),
         capacity=capacity,
     )
