@@ -38,12 +38,13 @@ TUNING: dict[str, object] = {
 TUNING_BY_KEY_KIND: dict[int, dict[str, object]] = {
     0: {"block_n": 64, "num_stages": 2},  # bf16/fp16
     1: {"block_n": 64, "num_stages": 2},  # fp8
-    3: {"swap_qk": True},  # int4
+    3: {"swap_qk": True},  # int4 (not when the keys are rotated: measured slower there)
 }
 
 
-def _tuning(k_kind: int) -> dict[str, object]:
-    return {**TUNING, **TUNING_BY_KEY_KIND.get(k_kind, {})}
+def _tuning(k_kind: int, rotated: bool) -> dict[str, object]:
+    extra = {} if rotated else TUNING_BY_KEY_KIND.get(k_kind, {})
+    return {**TUNING, **extra}
 
 
 def triton_supports(fmt: KVFormat) -> bool:
@@ -119,9 +120,10 @@ def _views(cache: torch.Tensor, fmt: KVFormat) -> tuple[torch.Tensor, ...]:
 
 
 @lru_cache(maxsize=32)
-def _half_hadamard(d: int, device: torch.device) -> torch.Tensor:
-    """H_{d/2}/sqrt(d) fp32 [d/2, d/2]: the block both kernels use to apply H_d/sqrt(d) to halves."""
-    return (reference.hadamard(d // 2, device) * math.sqrt((d // 2) / d)).contiguous()
+def _half_hadamard(d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The +-1 Sylvester block H_{d/2} [d/2, d/2] in `dtype`: both kernels apply H_d/sqrt(d) to
+    the two halves of a row with it (see triton_kernels._rotate_halves)."""
+    return (reference.hadamard(d // 2, device) * math.sqrt(d // 2)).round().to(dtype).contiguous()
 
 
 @lru_cache(maxsize=32)
@@ -179,7 +181,7 @@ def write_kv(
     u8, p16, f16, f32 = _views(cache, fmt)
     block_t = 16
     tk.write_kernel[(triton.cdiv(t, block_t), hkv)](
-        key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device),
+        key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device, key.dtype),
         _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
         t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         HKV=hkv, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
@@ -266,7 +268,7 @@ def _attention_triton(
     block_q = max(1, min(triton.next_power_of_2(max(max_query_len, 1)), max(1, 64 // group)))
     num_qb = triton.cdiv(max(max_query_len, 1), block_q)
     block_m = max(16, triton.next_power_of_2(block_q * group))
-    tune = _tuning(p.k_kind)
+    tune = _tuning(p.k_kind, fmt.k.rotation is not None)
     block_n = int(str(tune["block_n"])) if d <= 128 else 32
     if num_splits is None:
         num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, query.device, tune)
@@ -283,7 +285,7 @@ def _attention_triton(
     tk.attention_kernel[(b * num_qb, hkv, num_splits)](
         query, out, o_part, m_part, l_part, u8, p16, f16, f32, block_table, seq_lens,
         query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
-        _half_hadamard(d, query.device), scale * _LOG2E, query.stride(0), query.stride(1),
+        _half_hadamard(d, query.device, query.dtype), scale * _LOG2E, query.stride(0), query.stride(1),
         out.stride(0), out.stride(1),
         block_table.stride(0), tq, hq,
         HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,

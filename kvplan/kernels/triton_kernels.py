@@ -81,6 +81,22 @@ def _quant_store(
 
 
 @triton.jit
+def _rotate_halves(lo, hi, pm1_ptr, HALF: tl.constexpr, PREC: tl.constexpr):
+    """[lo, hi] @ H_d / sqrt(d) in fp32, from the halves in their own dtype.
+
+    Sylvester: H_d = [[H', H'], [H', -H']], so with a = lo @ H' and b = hi @ H' the result is
+    [(a + b), (a - b)] / sqrt(d). H' is +-1 in the inputs' dtype (exact), so the tensor-core dots
+    round nothing but the fp32 sums.
+    """
+    d2 = tl.arange(0, HALF)
+    hs = tl.load(pm1_ptr + d2[:, None] * HALF + d2[None, :])
+    a = tl.dot(lo, hs, input_precision=PREC)
+    b = tl.dot(hi, hs, input_precision=PREC)
+    inv = 1.0 / tl.sqrt(2.0 * HALF)
+    return (a + b) * inv, (a - b) * inv
+
+
+@triton.jit
 def write_kernel(
     k_ptr, v_ptr, slot_ptr, c_u8, c_p16, c_f16, c_f32, rot_ptr, ks_ptr, vs_ptr,
     T, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -103,15 +119,12 @@ def write_kernel(
     tt = t.to(tl.int64)[:, None]
     m2 = t_mask[:, None]
     k_row = k_ptr + tt * stride_kt + h * stride_kh + d2[None, :]
-    k_lo = tl.load(k_row, mask=m2, other=0.0).to(tl.float32)
-    k_hi = tl.load(k_row + HALF, mask=m2, other=0.0).to(tl.float32)
+    k_lo = tl.load(k_row, mask=m2, other=0.0)
+    k_hi = tl.load(k_row + HALF, mask=m2, other=0.0)
     if K_ROT:
-        # Sylvester Hadamard: H_d = [[H', H'], [H', -H']], so [lo, hi] @ H_d/sqrt(d) is
-        # [(lo + hi) @ H'n, (lo - hi) @ H'n] with H'n = H'/sqrt(d) passed as [d/2, d/2] fp32.
-        hn = tl.load(rot_ptr + d2[:, None] * HALF + d2[None, :])
-        s_, df = k_lo + k_hi, k_lo - k_hi
-        k_lo = tl.dot(s_, hn, input_precision=DOT_PREC)
-        k_hi = tl.dot(df, hn, input_precision=DOT_PREC)
+        k_lo, k_hi = _rotate_halves(k_lo, k_hi, rot_ptr, HALF, DOT_PREC)
+    k_lo = k_lo.to(tl.float32)
+    k_hi = k_hi.to(tl.float32)
     v_row = v_ptr + tt * stride_vt + h * stride_vh + d2[None, :]
     v_lo = tl.load(v_row, mask=m2, other=0.0).to(tl.float32)
     v_hi = tl.load(v_row + HALF, mask=m2, other=0.0).to(tl.float32)
@@ -207,11 +220,8 @@ def attention_kernel(
     q_rows = q_ptr + (q0 + qi).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh
     q_lo = tl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0)
     q_hi = tl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0)
-    if K_ROT:  # keys are stored rotated by H/sqrt(d): rotate q alike (see write_kernel)
-        hn = tl.load(rot_ptr + d2[:, None] * HALF + d2[None, :])
-        q_s, q_d = q_lo.to(tl.float32) + q_hi.to(tl.float32), q_lo.to(tl.float32) - q_hi.to(tl.float32)
-        q_lo = tl.dot(q_s, hn, input_precision=ROT_PREC)
-        q_hi = tl.dot(q_d, hn, input_precision=ROT_PREC)
+    if K_ROT:  # keys are stored rotated by H/sqrt(d): rotate q alike
+        q_lo, q_hi = _rotate_halves(q_lo, q_hi, rot_ptr, HALF, ROT_PREC)
     q_lo = q_lo.to(DT)
     q_hi = q_hi.to(DT)
     q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
