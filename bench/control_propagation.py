@@ -91,7 +91,10 @@ async def flips(url: str, plan_path: Path, n: int, groups: dict[str, list[Path]]
         while not all(v in applied(p) for p in every):
             await asyncio.sleep(0.01)  # followers timestamp what they apply: polling speed does not bias it
         for g, paths in groups.items():
-            lat[g].append(max(applied(p)[v] for p in paths) - t0)
+            per = [applied(p)[v] - t0 for p in paths]
+            lat[g].append(max(per))
+            if os.environ.get("KVPLAN_BENCH_DEBUG") and max(per) > 0.1:
+                print(f"flip {i} {g}: " + " ".join(f"{x * 1e3:.0f}" for x in per), file=sys.stderr)
     await writer.close()
     return lat
 
