@@ -125,6 +125,7 @@ def test_connections_cut_just_before_a_flip_converge_within_1s(fleet: Fleet) -> 
         return took
 
     took = asyncio.run(main())
+    print(f"converged after a connection cut: {[round(t * 1e3) for t in took]} ms")
     assert max(took) < 1.0, took
 
 
@@ -226,6 +227,7 @@ def test_50_flips_under_64_streams_fail_nothing_and_route_right(fleet: Fleet) ->
         if not ok:
             wrong.append((len(before) - 1, round(admitted - before[-1][0], 3), rec["pool"], rec["reason"]))
     assert judged > 200 and not wrong, (judged, len(wrong), wrong[:8])
+    print(f"{len(done)} streams ok; {judged} judged after the bound, 0 wrong, {fallbacks} health fallbacks")
     assert fallbacks < judged * 0.2, (fallbacks, judged)
 
 
@@ -267,6 +269,7 @@ def test_redis_outage_changes_nothing_and_a_restart_is_resynced(fleet: Fleet) ->
 
         await until(new_epoch_everywhere, 5.0, "new epoch on every router")
         latest = [float(r.trace.read_text().split("\n")[:-1][-1].split()[2]) - up_at for r in fleet.routers]
+        print(f"new epoch on all routers {max(latest) * 1e3:.0f} ms after the empty restart; {len(done)} ok")
         assert max(latest) < 1.0, latest
         async with httpx.AsyncClient(timeout=5) as client:
             for r in fleet.routers:
