@@ -531,8 +531,7 @@ def rollout(slo: Slo) -> Dashboard:
                 "short",
                 (
                     Query(
-                        f"sum by (bucket) "
-                        f"(increase({rules.rollout_aborts()}_total{{{BUCKET_ONLY}}}[$__range]))",
+                        f"sum by (bucket) (increase({cm.ROLLOUT_ABORTS}_total{{{BUCKET_ONLY}}}[$__range]))",
                         "{{bucket}}",
                         instant=True,
                     ),

@@ -254,12 +254,15 @@ def start_redis(stack: Stack) -> str:
     raise RuntimeError("redis-server did not answer PING")
 
 
-def start_controller(stack: Stack, plan_path: Path, store: str, metrics: str) -> Child:
+def start_controller(stack: Stack, plan_path: Path, store: str, metrics_url: str, port: int) -> Child:
     """`kvplan rollout run`: analyses every progressing rollout once per its interval."""
-    source = ["--prometheus", metrics] if not metrics.endswith("/metrics") else ["--router-metrics", metrics]
-    cmd = [sys.executable, "-m", "kvplan.cli", "rollout", "run", "--plan", str(plan_path),
-           "--flag-store", store, *source]  # fmt: skip
-    return stack.spawn("rollout-controller", cmd)
+    from kvplan.deploy.router_server import controller_args
+
+    args = controller_args(store, metrics_url, port, str(plan_path))
+    child = stack.spawn("rollout-controller", [sys.executable, "-m", "kvplan.cli", *args])
+    child.url = f"http://127.0.0.1:{port}"
+    _wait_http(f"{child.url}/metrics", child, 30)
+    return child
 
 
 def start_router(stack: Stack, plan_path: Path, port: int, token: str, store: str | None = None) -> Child:
@@ -273,7 +276,7 @@ def start_router(stack: Stack, plan_path: Path, port: int, token: str, store: st
     return child
 
 
-def prometheus_config(plan: Plan, router: str, opts: DemoOptions) -> dict[str, Any]:
+def prometheus_config(plan: Plan, router: str, opts: DemoOptions, controller: str | None) -> dict[str, Any]:
     pools = [
         prometheus.PoolTargets(labels.pool_labels(b, p), tuple(e.split("://", 1)[1] for e in p.endpoints))
         for b in plan.buckets
@@ -285,16 +288,19 @@ def prometheus_config(plan: Plan, router: str, opts: DemoOptions) -> dict[str, A
         ["kvplan.rules.yml", "plan.rules.yml"],
         scrape_interval=opts.scrape_interval,
         evaluation_interval=opts.scrape_interval,
+        controller_targets=[controller] if controller else [],
     )
 
 
-def start_prometheus(stack: Stack, plan: Plan, router: str, opts: DemoOptions) -> Child | None:
+def start_prometheus(
+    stack: Stack, plan: Plan, router: str, opts: DemoOptions, controller: str | None = None
+) -> Child | None:
     binary = shutil.which("prometheus")
     if not opts.prometheus or binary is None:
         return None
     conf = stack.workdir / "prometheus"
     conf.mkdir(exist_ok=True)
-    (conf / "prometheus.yml").write_text(yaml_text.dump(prometheus_config(plan, router, opts)))
+    (conf / "prometheus.yml").write_text(yaml_text.dump(prometheus_config(plan, router, opts, controller)))
     (conf / "kvplan.rules.yml").write_text(build.rules_text(plan.slo))
     (conf / "plan.rules.yml").write_text(build.plan_rules_text(rules.plan_rule_groups(plan)))
     port = free_port(opts.prometheus_port)
@@ -576,9 +582,13 @@ def run(opts: DemoOptions) -> int:
         token = secrets.token_urlsafe(16)
         store = start_redis(stack) if opts.redis else None
         router = start_router(stack, plan_path, free_port(opts.port), token, store)
-        prom = start_prometheus(stack, plan, router.url, opts)
+        # The controller's port is chosen first: Prometheus scrapes it, and it queries Prometheus.
+        controller_port = free_port() if store else 0
+        controller = f"127.0.0.1:{controller_port}" if store else None
+        prom = start_prometheus(stack, plan, router.url, opts, controller)
         if store:
-            start_controller(stack, plan_path, store, prom.url if prom else f"{router.url}/metrics")
+            source = prom.url if prom else f"{router.url}/metrics"
+            start_controller(stack, plan_path, store, source, controller_port)
         print(_banner(router, prom, workers, token, workdir, store), flush=True)
         print(f"{READY} router={router.url} prometheus={prom.url if prom else ''} token={token}", flush=True)
         for s in (signal.SIGINT, signal.SIGTERM):

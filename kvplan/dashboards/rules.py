@@ -199,11 +199,6 @@ def _pool_alerts() -> list[dict[str, Any]]:
     ]
 
 
-def rollout_aborts() -> str:
-    # TODO(control): the rollout controller's abort counter; name pending in kvplan.control.metrics.
-    return str(getattr(cm, "ROLLOUT_ABORTS", "kvplan_rollout_aborts"))
-
-
 def _control_alerts() -> list[dict[str, Any]]:
     return [
         {
@@ -219,7 +214,7 @@ def _control_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "RolloutAborted",
-            "expr": f"increase({rollout_aborts()}_total[15m]) > 0",
+            "expr": f"increase({cm.ROLLOUT_ABORTS}_total[15m]) > 0",
             "labels": {"severity": "ticket"},
             "annotations": {
                 "summary": "Rollout of bucket {{ $labels.bucket }} aborted",

@@ -18,6 +18,7 @@ from kvplan.deploy import labels, prometheus, yaml_text
 from kvplan.deploy.images import Images
 from kvplan.deploy.router_server import (
     ADMIN_TOKEN_ENV,
+    CONTROLLER_METRICS_PORT,
     HEALTH_PATH,
     PLAN_PATH,
     REDIS_PORT,
@@ -168,7 +169,12 @@ def render(
         for b in plan.buckets
         for p in b.pools
     ]
-    scrape = prometheus.config([f"router:{ROUTER_PORT}"], pools, ["kvplan.rules.yml", "plan.rules.yml"])
+    scrape = prometheus.config(
+        [f"router:{ROUTER_PORT}"],
+        pools,
+        ["kvplan.rules.yml", "plan.rules.yml"],
+        controller_targets=[f"rollout-controller:{CONTROLLER_METRICS_PORT}"],
+    )
     datasource = {
         "apiVersion": 1,
         "datasources": [

@@ -19,6 +19,7 @@ from kvplan.deploy import labels, yaml_text
 from kvplan.deploy.images import Images
 from kvplan.deploy.router_server import (
     ADMIN_TOKEN_ENV,
+    CONTROLLER_METRICS_PORT,
     HEALTH_PATH,
     METRICS_PATH,
     PLAN_PATH,
@@ -273,6 +274,7 @@ def controller_manifest(opts: RenderOptions, redis_url: str) -> Manifest:
         "image": opts.images.router,
         "command": ["kvplan"],
         "args": list(controller_args(redis_url, opts.prometheus_url)),
+        "ports": [{"name": "metrics", "containerPort": CONTROLLER_METRICS_PORT}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [{"name": "plan", "mountPath": str(Path(PLAN_PATH).parent), "readOnly": True}],
     }
@@ -350,7 +352,8 @@ def models_volume(opts: RenderOptions) -> Manifest:
 def monitoring_manifests(
     opts: RenderOptions, rule_groups: Sequence[Mapping[str, Any]], dashboards: Mapping[str, Any]
 ) -> list[Manifest]:
-    """ServiceMonitor (router), PodMonitor (vLLM, pool labels copied onto every series),
+    """ServiceMonitor (router), PodMonitors (vLLM, pool labels copied onto every series; the
+    rollout controller),
     PrometheusRule (the alert and recording rules) and one ConfigMap per dashboard."""
     ns = opts.namespace
     relabel = [
@@ -381,6 +384,15 @@ def monitoring_manifests(
                 "podMetricsEndpoints": [
                     {"port": "http", "path": METRICS_PATH, "interval": "15s", "relabelings": relabel}
                 ],
+            },
+        },
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PodMonitor",
+            "metadata": _meta("kvplan-rollout", ns),
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "kvplan-rollout"}},
+                "podMetricsEndpoints": [{"port": "metrics", "path": METRICS_PATH, "interval": "15s"}],
             },
         },
         {

@@ -14,6 +14,7 @@ from kvplan.deploy.router_server import METRICS_PATH
 
 ROUTER_JOB = "kvplan-router"
 VLLM_JOB = "kvplan-vllm"
+CONTROLLER_JOB = "kvplan-rollout"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,19 @@ def config(
     rule_files: Sequence[str],
     scrape_interval: str = "15s",
     evaluation_interval: str = "15s",
+    controller_targets: Sequence[str] = (),
 ) -> dict[str, Any]:
+    jobs: list[dict[str, Any]] = (
+        [
+            {
+                "job_name": CONTROLLER_JOB,
+                "metrics_path": METRICS_PATH,
+                "static_configs": [{"targets": list(controller_targets)}],
+            }
+        ]
+        if controller_targets
+        else []
+    )
     return {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
         "rule_files": list(rule_files),
@@ -43,5 +56,6 @@ def config(
                 "metrics_path": METRICS_PATH,
                 "static_configs": [{"targets": list(p.targets), "labels": dict(p.labels)} for p in pools],
             },
+            *jobs,
         ],
     }

@@ -11,7 +11,7 @@ import pytest
 from demo_harness import Running, cli, demo_process, query, stop_with_sigint, substitute
 
 from kvplan.control import metrics as cm
-from kvplan.dashboards import build, grafana, rules
+from kvplan.dashboards import build, grafana
 from kvplan.plan import Slo
 
 
@@ -39,7 +39,7 @@ def test_a_rollout_started_from_a_second_terminal_is_analysed(running: Running) 
 
 # The rollout controller's own series (kvplan.control.metrics): separate, so that a missing
 # exporter is reported as exactly that.
-CONTROLLER = (cm.ROLLOUT_ANALYSES, rules.rollout_aborts())
+CONTROLLER = (cm.ROLLOUT_ANALYSES, cm.ROLLOUT_ABORTS)
 
 
 def _queries(controller: bool) -> list[tuple[str, str, str]]:
