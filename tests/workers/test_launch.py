@@ -184,3 +184,26 @@ def test_cli_refuses_before_starting_anything(tmp_path: Path) -> None:
     plan.write_text(bad_format)
     run = subprocess.run([KVPLAN, "workers", "render", "--plan", str(plan)], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown KV format 'int7'" in run.stderr
+
+
+def test_plugin_is_inert_without_a_configured_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One vLLM environment serves plain pools too: without KVPLAN_KV_FORMAT nothing is registered
+    (and vLLM is not even imported; it is not installed in this environment)."""
+    from kvplan.workers import vllm_plugin
+
+    monkeypatch.delenv(FORMAT_ENV, raising=False)
+    vllm_plugin.register()
+    assert "vllm" not in sys.modules
+    monkeypatch.setenv(FORMAT_ENV, "int8")
+    with pytest.raises(ModuleNotFoundError, match="vllm"):
+        vllm_plugin.register()  # configured: it must reach vLLM (and would fail loudly without it)
+
+
+def test_plugin_format_refusals() -> None:
+    from kvplan.workers.vllm_plugin.support import plugin_format
+
+    assert plugin_format("int4").name == "int4"
+    with pytest.raises(ValueError, match="unknown KV format 'int3'"):
+        plugin_format("int3")
+    with pytest.raises(ValueError, match="static scales"):
+        plugin_format("fp8_e4m3")
