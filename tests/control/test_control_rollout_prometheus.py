@@ -137,5 +137,6 @@ def test_slow_candidate_is_aborted_and_healthy_one_promoted(
     assert [e[1] for e in events["8k"]] == ["rollout:complete"], events
     assert [e[1] for e in events["16k"]] == ["rollout:hold", "rollout:abort"], events
     abort_at, _, reason = events["16k"][-1]
+    print(f"16k aborted {abort_at:.1f} s after start; 8k promoted {events['8k'][-1][0]:.1f} s after start")
     assert abort_at <= (FAILURE_LIMIT + 1) * INTERVAL + 2.0, events  # + one tick and the queries
     assert "itl_under_slo" in reason, reason  # the regression was seen, not mere silence
