@@ -373,14 +373,22 @@ def dequantize_pages(
     k_scale: torch.Tensor | float | None = None,
     v_scale: torch.Tensor | float | None = None,
     kivi_stage: KiviStage | None = None,
+    blocks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole dequantized cache, K and V [num_blocks, Hkv, P, D] fp32 (staged pages included)."""
+    """Dequantized pages, K and V [n, Hkv, P, D] fp32, staged keys included: the pages listed in
+    `blocks` (n of them), or the whole cache when blocks is None."""
     v = page_views(kv_cache, fmt, head_dim, block_size)
-    k = dequantize(v.k_codes, v.k_meta, fmt.k, k_scale, head_axis=1)
-    val = dequantize(v.v_codes, v.v_meta, fmt.v, v_scale, head_axis=1)
+
+    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or blocks is None else t[blocks]
+
+    k = dequantize(pick(v.k_codes), pick(v.k_meta), fmt.k, k_scale, head_axis=1)  # type: ignore[arg-type]
+    val = dequantize(pick(v.v_codes), pick(v.v_meta), fmt.v, v_scale, head_axis=1)  # type: ignore[arg-type]
     if kivi_stage is not None:
+        ids = torch.arange(v.k_codes.shape[0]) if blocks is None else blocks.cpu()
         for row in (kivi_stage.block_of_row >= 0).nonzero().flatten().tolist():
-            k[int(kivi_stage.block_of_row[row])] = kivi_stage.keys[row]
+            hit = (ids == kivi_stage.block_of_row[row]).nonzero().flatten()
+            k[hit.to(k.device)] = kivi_stage.keys[row].to(k.device)
     return k, val
 
 
@@ -431,7 +439,6 @@ def paged_attention(
         query, kv_cache, block_table, seq_lens, query_start_loc, (*_QUERY_DTYPES, torch.float64)
     )
     d = query.shape[-1]
-    k_all, v_all = dequantize_pages(kv_cache, fmt, d, block_size, k_scale, v_scale, kivi_stage)
     out = torch.zeros(query.shape, dtype=compute_dtype, device=query.device)
     qsl, lens = query_start_loc.tolist(), seq_lens.tolist()
     for i in range(b):
@@ -442,8 +449,11 @@ def paged_attention(
         if q_len > n:
             raise ValueError(f"sequence {i}: {q_len} queries but only {n} cached tokens")
         pages = block_table[i, : (n + block_size - 1) // block_size].long()
-        k = k_all[pages].transpose(0, 1).reshape(k_all.shape[1], -1, d)[:, :n].to(compute_dtype)
-        v = v_all[pages].transpose(0, 1).reshape(v_all.shape[1], -1, d)[:, :n].to(compute_dtype)
+        # only this sequence's pages are dequantized: the CPU plugin calls this every layer and step
+        kp, vp = dequantize_pages(kv_cache, fmt, d, block_size, k_scale, v_scale, kivi_stage, pages)
+        hkv = kp.shape[1]
+        k = kp.transpose(0, 1).reshape(hkv, -1, d)[:, :n].to(compute_dtype)
+        v = vp.transpose(0, 1).reshape(hkv, -1, d)[:, :n].to(compute_dtype)
         k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)  # [Hq, n, D]
         q = query[q0:q1].to(compute_dtype).transpose(0, 1)  # [Hq, q_len, D]
         s = (q @ k.transpose(1, 2)) * scale
