@@ -104,7 +104,6 @@ class RedisFlagStore(StoreWrites):
         self._last_resync = 0.0
         self._follower: asyncio.Task[None] | None = None
         self._closing = False
-        self._changed = asyncio.Event()
         # propagation trace for tests and benchmarks: one "version epoch unix_time" line per change
         trace = os.environ.get("KVPLAN_FLAG_TRACE")
         self._trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
@@ -126,16 +125,8 @@ class RedisFlagStore(StoreWrites):
 
     @property
     def state_age(self) -> float:
+        """Seconds since Redis last confirmed the state (also exported as a metric)."""
         return time.monotonic() - self.stats.confirmed_at
-
-    async def wait_for_change(self, timeout: float) -> bool:
-        """For tests and tools: wait until the snapshot changes (or timeout)."""
-        self._changed.clear()
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -223,7 +214,6 @@ class RedisFlagStore(StoreWrites):
         self._snap = FlagSnapshot(buckets, version=version, epoch=epoch, source="redis")
         self.stats.loaded = True
         self.stats.version = version
-        self._changed.set()
         if self._trace is not None:
             self._trace.write(f"{version} {epoch} {time.time():.6f}\n")
 
