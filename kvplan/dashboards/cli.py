@@ -79,6 +79,9 @@ def render_cmd(
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "kvplan",
     router_image: Annotated[str | None, typer.Option(help="Router image.")] = None,
     vllm_image: Annotated[str | None, typer.Option(help="vLLM image with the kvplan plugin.")] = None,
+    prometheus_url: Annotated[
+        str | None, typer.Option(help="Prometheus the rollout controller queries (in-cluster URL).")
+    ] = None,
 ) -> None:
     """Render Kubernetes manifests for a plan: router, Redis, one vLLM Deployment per pool, monitoring."""
     from dataclasses import replace
@@ -87,6 +90,8 @@ def render_cmd(
 
     gen = _generated(plan)
     opts = k8s.RenderOptions(namespace=namespace)
+    if prometheus_url:
+        opts = replace(opts, prometheus_url=prometheus_url)
     if router_image:
         opts = replace(opts, images=replace(opts.images, router=router_image))
     if vllm_image:
