@@ -363,3 +363,14 @@ def test_bad_worker_options_exit_2_with_the_reason(args: list[str], reason: str)
     result = CliRunner().invoke(app, ["worker", "sim", "--port", "0", *args])
     assert isinstance(result.exception, InputError)  # kvplan.cli.main prints it and exits 2
     assert reason in str(result.exception)
+
+
+def test_an_api_key_guards_v1_like_vllm() -> None:
+    profile = build_profile(MODEL, "h100", "bf16", max_model_len=4096)
+    with sim_worker_thread(profile, SimSettings(speed_factor=0, api_key="sk-sim")) as running:
+        denied = httpx.get(f"{running.url}/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert denied.status_code == 401 and denied.json() == {"error": "Unauthorized"}
+        assert httpx.post(f"{running.url}/v1/completions", json={"prompt": "x"}).status_code == 401
+        assert httpx.get(f"{running.url}/health").status_code == 200  # outside /v1: open
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key="sk-sim", max_retries=0)
+        assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2  # type: ignore[union-attr]

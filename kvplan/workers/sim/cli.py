@@ -40,6 +40,9 @@ def sim(
         str, typer.Option(help="decode kernels timed: kvplan (byte-bound) or vllm (vLLM's own, slower)")
     ] = "kvplan",
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer.json to count prompt tokens")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="require this bearer token on /v1 (vLLM's --api-key)")
+    ] = None,
 ) -> None:
     """Serve vLLM's OpenAI API, /health, /tokenize and /metrics as one replica of MODEL on GPU
     with KV_FORMAT: blocks from the planner's memory model, timing from its roofline."""
@@ -74,7 +77,7 @@ def sim(
             tok = FileTokenizer(tokenizer)
         except Exception as exc:  # the tokenizers library raises its own Exception type
             raise InputError(f"--tokenizer {tokenizer}: cannot load ({exc})") from exc
-    worker = SimWorker(profile, SimSettings(speed_factor, seed, mean_output_tokens), tok)
+    worker = SimWorker(profile, SimSettings(speed_factor, seed, mean_output_tokens, api_key), tok)
     try:
         sock = bind(host, port)
     except OSError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import logging
@@ -54,6 +56,7 @@ class SimSettings:
     speed_factor: float = 1.0  # wall seconds per simulated GPU second; 0 = no waiting
     seed: int = 0
     mean_output_tokens: int = 256  # where the pseudo-model stops by itself (0: only max_tokens)
+    api_key: str | None = None  # vLLM's --api-key: /v1/* then needs "Authorization: Bearer KEY"
 
 
 class SimWorker:
@@ -231,7 +234,20 @@ class SimWorker:
     async def _completion(self, request: Request) -> Response:
         return await self._generate(request, "completion")
 
+    def _unauthorized(self, request: Request) -> Response | None:
+        """vLLM's answer to a missing or wrong bearer token on /v1 (its own body, not OpenAI's)."""
+        key = self.settings.api_key
+        if key is None:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(token.encode()).digest()
+        if scheme.lower() == "bearer" and hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest()):
+            return None
+        return JSONResponse({"error": "Unauthorized"}, status_code=401)
+
     async def _generate(self, request: Request, kind: api.Kind) -> Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         try:
             if self.dead:
                 raise api.ApiError(503, "The engine is dead; the server is shutting down.")
@@ -307,7 +323,9 @@ class SimWorker:
         finally:
             self.abort(live)  # a client that went away frees its blocks
 
-    async def _models(self, _: Request) -> Response:
+    async def _models(self, request: Request) -> Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         p = self.profile
         return JSONResponse(
             api.models_list(p.served_model_name, p.model, p.engine.max_model_len, self.created)
