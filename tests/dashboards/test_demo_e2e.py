@@ -4,6 +4,7 @@ switch and a weight step from a second terminal, and SIGINT stops every process 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -66,4 +67,9 @@ def test_every_rule_loaded_and_healthy(running: Running) -> None:
 
 
 def test_sigint_stops_everything_it_started(running: Running) -> None:
-    stop_with_sigint(running, expected_children=6)  # 4 workers, router, Prometheus
+    rest = stop_with_sigint(running, expected_children=6)  # 4 workers, router, Prometheus
+    # The live summary (plain lines without a terminal) and the final table, every pool in it.
+    assert re.search(r"sent \d+ ok \d+ failed 0 \| demo-8k-bf16: \d+ req", rest), rest
+    assert all(p.name in rest for p in demo.POOLS)
+    sent, ok = map(int, re.search(r"load: (\d+) sent, (\d+) ok, 0 failed", rest).groups())  # type: ignore[union-attr]
+    assert ok > 0 and sent >= ok
