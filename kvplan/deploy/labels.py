@@ -8,7 +8,7 @@ plan's names, the same names the router's metrics use.
 from __future__ import annotations
 
 from kvplan.formats import get_format
-from kvplan.plan import Bucket, Plan, Pool
+from kvplan.plan import Bucket, Pool
 
 POOL = "pool"
 BUCKET = "bucket"
@@ -31,7 +31,3 @@ def pool_labels(bucket: Bucket, pool: Pool) -> dict[str, str]:
         KV_FORMAT: get_format(pool.kv_format).name,
         ROLE: role(bucket, pool),
     }
-
-
-def all_pool_labels(plan: Plan) -> list[dict[str, str]]:
-    return [pool_labels(b, p) for b in plan.buckets for p in b.pools]
