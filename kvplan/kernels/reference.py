@@ -174,6 +174,8 @@ def check_cache(kv_cache: torch.Tensor, fmt: KVFormat, head_dim: int, block_size
         raise ValueError(f"page size {block_size} not supported; supported: {SUPPORTED_PAGE_SIZES}")
     if kv_cache.dtype != torch.uint8:
         raise ValueError(f"kv_cache must be uint8 bytes, got {kv_cache.dtype}")
+    if not kv_cache.is_contiguous():  # a flattened copy would take the writes silently
+        raise ValueError("kv_cache must be contiguous ([num_blocks, num_kv_heads, head_page_nbytes])")
     if kv_cache.dim() == 4:  # vLLM's [blocks, heads, tokens, C] view of the same memory
         kv_cache = kv_cache.flatten(2)
     nbytes = fmt.head_page(head_dim, block_size).nbytes

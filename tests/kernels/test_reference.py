@@ -195,3 +195,15 @@ def test_write_rejects_mismatched_shapes_and_slots_past_the_cache() -> None:
     with pytest.raises(ValueError, match="past the cache"):
         R.write_kv(k, k, cache, torch.tensor([0, 1, 2 * 16 + 3]), fmt, 16)
     assert math.isfinite(1.0)
+
+
+def test_vllm_four_dim_byte_view_is_the_same_memory_and_a_permuted_one_is_refused() -> None:
+    fmt, d, page = get_format("int4_hadamard"), 64, 16
+    c = fmt.head_page(d, page).content_bytes_per_token
+    cache4 = torch.full((3, 2, page, c), 0xFF, dtype=torch.uint8)  # [blocks, heads, tokens, C]
+    k, v = keys_values(5, 2, d, outliers=False)
+    R.write_kv(k, v, cache4, torch.arange(16, 21), fmt, page)
+    kd, _ = R.dequantize_pages(cache4.view(3, 2, -1), fmt, d, page)
+    assert rel(kd[1, :, :5].transpose(0, 1), k) < 0.15
+    with pytest.raises(ValueError, match="contiguous"):
+        R.write_kv(k, v, cache4.transpose(0, 2), torch.arange(5), fmt, page)
