@@ -7,8 +7,8 @@ and the median round is reported. Streaming time-to-first-byte at 1 concurrent i
 raw-socket client. Then: 100,000 requests through kvplan's router with its resident memory
 sampled after warm-up and at the end, and 1,000 concurrent streaming clients.
 
-    .venv/bin/python bench/router_bench.py            # full run, writes bench/results/router-<date>.{md,json}
-    .venv/bin/python bench/router_bench.py --quick    # shorter runs, no result files
+    .venv/bin/python bench/router_bench.py          # writes bench/results/router-<date>-<HHMM>.{md,json}
+    .venv/bin/python bench/router_bench.py --quick  # shorter runs, no result files
 """
 
 from __future__ import annotations
@@ -335,8 +335,8 @@ def main() -> None:
 def write_results(r: dict[str, Any]) -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    day = r["date"][:10]
-    (out / f"router-{day}.json").write_text(json.dumps(r, indent=2) + "\n")
+    stamp = r["date"][:16].replace(" ", "-").replace(":", "")  # one file pair per run: 2026-11-23-1914
+    (out / f"router-{stamp}.json").write_text(json.dumps(r, indent=2) + "\n")
     w = r["wrk"]
     lines = [
         f"# Router benchmark, {r['date']}",
@@ -383,7 +383,7 @@ def write_results(r: dict[str, Any]) -> None:
         f"- concurrent streams: {s['clients']} clients, {s['completed']} completed, {s['failed']} failed, "
         f"{s['wall_s']:.1f} s wall"
     )
-    (out / f"router-{day}.md").write_text("\n".join(lines) + "\n")
+    (out / f"router-{stamp}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
