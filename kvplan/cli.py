@@ -61,8 +61,12 @@ def _app_for(argv: list[str]) -> typer.Typer:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
     try:
-        _app_for(sys.argv[1:])()
+        from kvplan.planner import cli as planner_cli
+
+        if not planner_cli.run_fast(argv):
+            _app_for(argv)()
     except KvplanError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ load inside the commands so that `kvplan size` starts fast)."""
 
 # No `from __future__ import annotations` here: typer would eval every string annotation (and
 # rebuild every typer.Option) on each start, which costs more than the rest of `kvplan size`.
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -508,3 +509,15 @@ def register(app: typer.Typer) -> None:
     """Add `kvplan size` and `kvplan plan`."""
     app.command("size")(size)
     app.command("plan")(plan)
+
+
+def run_fast(argv: list[str]) -> bool:
+    """Run `kvplan size` / `kvplan plan` without typer's argument machinery (planner/argv.py
+    says why); False when typer should handle argv (another command, or --help)."""
+    commands: dict[str, Callable[..., None]] = {"size": size, "plan": plan}
+    if not argv or argv[0] not in commands or any(a in ("--help", "-h") for a in argv[1:]):
+        return False
+    from kvplan.planner import argv as fast
+
+    fast.run(argv[0], commands[argv[0]], argv[1:])
+    return True

@@ -181,17 +181,44 @@ def test_plan_prices_can_be_overridden(tmp_path: Path) -> None:
 
 
 def test_size_imports_no_heavy_modules() -> None:
-    # typer itself imports pydantic to run a command; numpy is for `kvplan plan` only.
+    # The console script's own path: argparse over the typer signature, so not even pydantic.
     code = (
         "import sys\n"
-        "from kvplan.cli import app\n"
+        "from kvplan.cli import main\n"
+        "sys.argv = ['kvplan', 'size', 'llama-3.1-8b', '--json']\n"
         "try:\n"
-        "    app(['size', 'llama-3.1-8b', '--json'])\n"
+        "    main()\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted(m for m in ('torch', 'triton', 'vllm', 'starlette', 'uvicorn', 'httpx', 'numpy')"
-        " if m in sys.modules)\n"
-        "print('HEAVY', heavy, file=sys.stderr)\n"
+        "heavy = ('torch', 'triton', 'vllm', 'starlette', 'uvicorn', 'httpx', 'numpy', 'pydantic',"
+        " 'matplotlib')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert "HEAVY []" in r.stderr, r.stderr[-2000:]
+    assert json.loads(r.stdout)["schema"] == "kvplan.size/v1"
+
+
+def test_fast_argument_parsing_matches_typer() -> None:
+    # The same command through the fast parser (the console script) and through typer.
+    args = ("size", "llama-3.1-8b", "-k", "bf16,int8", "--max-model-len", "16k", "--tp", "2",
+            "--gpu", "h100:2", "--enforce-eager", "--json")  # fmt: skip
+    fast = json.loads(run(*args).stdout)
+    code = (
+        "import sys, contextlib, io\n"
+        "from kvplan.cli import _app_for\n"
+        f"argv = {list(args)!r}\n"
+        "try:\n"
+        "    _app_for(argv)(argv)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+    )
+    typer_run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert fast == json.loads(typer_run.stdout)
+    assert fast["memory_per_gpu"]["cuda_graph_bytes"] == 0 and fast["config"]["tensor_parallel"] == 2
+    assert run("size", "--help").returncode == 0
+    assert run("size", "llama-3.1-8b", "--no-enforce-eager", "--json").returncode == 0
+    assert "llama-3.1-70b" in run("size", "--list").stdout
+    assert "unrecognized arguments: --bogus" in fails("size", "llama-3.1-8b", "--bogus")
