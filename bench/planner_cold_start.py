@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = ROOT / ".venv" / "bin" / "python"
 KVPLAN = ROOT / ".venv" / "bin" / "kvplan"
-HEAVY = ("torch", "triton", "vllm", "starlette", "uvicorn", "httpx", "numpy", "matplotlib")
+HEAVY = ("torch", "triton", "vllm", "starlette", "uvicorn", "httpx", "numpy", "matplotlib", "pydantic")
 
 CASES = {
     "python -c pass (interpreter floor)": f"{PY} -c pass",
@@ -68,20 +68,21 @@ def with_subprocess(runs: int) -> dict[str, dict[str, float]]:
     return res
 
 
+# What the console script runs (kvplan.cli:main), in-process so sys.modules can be inspected.
+SIZE_IN_PROCESS = (
+    "import sys\nfrom kvplan.cli import main\nsys.argv = ['kvplan', 'size', 'llama-3.1-8b']\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\n"
+)
+
+
 def heavy_imports() -> list[str]:
-    code = (
-        "import sys\nfrom kvplan.cli import app\n"
-        "try:\n    app(['size', 'llama-3.1-8b'])\nexcept SystemExit:\n    pass\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
-    )
+    code = SIZE_IN_PROCESS + f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
     r = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=True)
     return json.loads(r.stderr.strip().splitlines()[-1].replace("'", '"'))
 
 
 def slowest_imports(n: int = 8) -> list[tuple[str, int]]:
-    code = (
-        "from kvplan.cli import app\ntry:\n    app(['size', 'llama-3.1-8b'])\nexcept SystemExit:\n    pass\n"
-    )
+    code = SIZE_IN_PROCESS
     r = subprocess.run([str(PY), "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
     rows = []
     for line in r.stderr.splitlines():

@@ -88,7 +88,7 @@ def size(
     from kvplan.planner.models import get_model
     from kvplan.planner.sizing import SizeRequest, with_lengths
     from kvplan.planner.sizing import size as run_size
-    from kvplan.planner.traffic import parse_tokens
+    from kvplan.planner.units import parse_tokens
 
     if list_models:
         _print_catalog()
@@ -357,7 +357,8 @@ def plan(
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
     from kvplan.planner.roofline import Efficiency
-    from kvplan.planner.traffic import load_traffic, parse_context_mix, parse_tokens
+    from kvplan.planner.traffic import load_traffic, parse_context_mix
+    from kvplan.planner.units import parse_tokens
 
     if (traffic is None) == (context_mix is None):
         raise InputError("give exactly one of --traffic FILE or --context-mix MIX (with --rps)")
@@ -408,7 +409,7 @@ def plan(
 def _format_overrides(spec: str | None, bounds: tuple[int, ...]) -> dict[str, tuple[str, ...]]:
     from kvplan.errors import InputError
     from kvplan.planner.fleet import bucket_name
-    from kvplan.planner.traffic import parse_tokens
+    from kvplan.planner.units import parse_tokens
 
     if not spec:
         return {}

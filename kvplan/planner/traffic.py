@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvplan.errors import InputError
+from kvplan.planner.units import parse_tokens
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,23 +62,6 @@ class Traffic:
         if self.weight is None:
             return float(np.mean(over)) if self.requests else 0.0
         return float(np.sum(self.weight[over]) / np.sum(self.weight))
-
-
-def parse_tokens(text: str, what: str = "token count") -> int:
-    """`8k` -> 8192, `32K` -> 32768, `1m` -> 1048576, `4096` -> 4096."""
-    t = text.strip().lower()
-    mult = 1
-    if t.endswith("k"):
-        mult, t = 1024, t[:-1]
-    elif t.endswith("m"):
-        mult, t = 1024 * 1024, t[:-1]
-    try:
-        value = float(t) * mult
-    except ValueError:
-        raise InputError(f"bad {what} {text!r}: use a number like 8192 or 8k") from None
-    if value <= 0 or value != int(value):
-        raise InputError(f"bad {what} {text!r}: must be a positive whole number of tokens")
-    return int(value)
 
 
 def parse_context_mix(spec: str, rps: float | None, output_tokens: int = 256) -> Traffic:
