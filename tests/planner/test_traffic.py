@@ -11,6 +11,7 @@ from kvplan.planner import traffic as T
 from kvplan.planner.fleet import BASELINE_FORMAT, bucket_loads, policy_formats
 from kvplan.planner.gpus import get_gpu
 
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # the real traces beside the repo
 ROWS = [(0.0, 1200, 300), (1.5, 9000, 20), (2.0, 17000, 512), (10.0, 40000, 1)]
 
 
@@ -45,11 +46,11 @@ def test_fast_and_exact_readers_agree(tmp_path: Path) -> None:
 
 
 def test_mooncake_and_azure_traces_load_as_shipped() -> None:
-    moon = T.load_traffic("/work/shared/data/mooncake-trace-2025/conversation.jsonl")
+    moon = T.load_traffic(DATA / "mooncake-trace-2025" / "conversation.jsonl")
     assert moon.requests == 12_031
     assert float(np.mean(moon.prompt_tokens)) == pytest.approx(12_035, rel=0.01)  # README: average input
     assert moon.duration_s is not None and 3000 < moon.duration_s <= 3600  # milliseconds, one hour
-    azure = T.load_traffic("/work/shared/data/azure-llm-trace-2023/code.csv")
+    azure = T.load_traffic(DATA / "azure-llm-trace-2023" / "code.csv")
     assert azure.requests == 8_819 and azure.share_above(8192) < 0.01
     assert azure.duration_s is not None and 3000 < azure.duration_s <= 3600  # ISO date-times
 
