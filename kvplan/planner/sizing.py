@@ -264,7 +264,9 @@ def _suggest(req: SizeRequest, rows: tuple[FormatRow, ...]) -> tuple[Suggestion,
             continue
         out.append(
             Suggestion(
-                f"--tp {more}", f"{c.kv_tokens:,} KV tokens per replica, {c.max_concurrency:.2f}x", c.fits
+                f"--gpu {req.gpu.name}:{more} --tp {more}",
+                f"{c.kv_tokens:,} KV tokens per replica, {c.max_concurrency:.2f}x",
+                c.fits,
             )
         )
         if c.fits:

@@ -71,7 +71,7 @@ def test_size_that_does_not_fit_says_what_would() -> None:
     doc = json.loads(r.stdout)
     assert r.returncode == 0 and not doc["formats"][0]["fits"]
     fixes = {s["change"]: s["fits"] for s in doc["suggestions"]}
-    assert fixes["--tp 4"] is True
+    assert fixes["--gpu h100:4 --tp 4"] is True
     text = run("size", "llama-3.1-70b", "--gpu", "h100:2", "--max-model-len", "128k").stdout
     assert "will not start" in text and "--max-model-len" in text and "--kv-format int4" in text
 
