@@ -112,8 +112,10 @@ def analyse(candidate: PoolWindow | None, baseline: PoolWindow | None, th: Thres
             th.max_itl_share_drop,
         ),
     ):
-        if c[1] is None and b[1] is None and name == "itl_under_slo":
-            continue  # this source does not measure inter-token latency (said in `status`)
+        if name == "itl_under_slo" and not c[1] and not b[1]:
+            # this source does not measure inter-token latency, or neither pool streamed a response
+            # in this window (the router's ITL histogram only sees streamed responses)
+            continue
         if not c[1] or not b[1] or c[0] is None or b[0] is None:
             return Verdict(False, f"no data: {name} has no observations", tuple(checks))
         checks.append(_worse(name, (c[0], c[1]), (b[0], b[1]), tol, th.z, higher_is_worse=False))

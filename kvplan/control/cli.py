@@ -166,13 +166,15 @@ def rollout_start(
     actor: ActorOpt = None,
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
+    router: RouterOpt = None,
+    admin_token_file: TokenOpt = None,
 ) -> None:
     """Start a rollout at the first step; the controller (`kvplan rollout run`) advances it."""
     from kvplan.control.analysis import Thresholds
     from kvplan.control.commands import rollout_op
 
     th = Thresholds(min_requests, max_error_increase, max_ttft_share_drop, max_itl_share_drop)
-    where = _where(plan, flag_store, None, None)
+    where = _where(plan, flag_store, router, admin_token_file)
     after = _run(
         rollout_op(
             where,
@@ -189,12 +191,10 @@ def rollout_start(
     typer.echo(f"{bucket}: rollout {after.rollout} at weight {after.weight}")
 
 
-def _simple(
-    op: str, bucket: str, reason: str, actor: str | None, plan: Path | None, store: str | None
-) -> None:
+def _simple(op: str, bucket: str, reason: str, actor: str | None, where: Any) -> None:
     from kvplan.control.commands import rollout_op
 
-    after = _run(rollout_op(_where(plan, store, None, None), bucket, op, _actor(actor), reason=reason))
+    after = _run(rollout_op(where, bucket, op, _actor(actor), reason=reason))
     typer.echo(
         f"{bucket}: rollout {after.rollout}, weight {after.weight}{' (killed)' if after.killed else ''}"
     )
@@ -207,9 +207,11 @@ def rollout_pause(
     actor: ActorOpt = None,
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
+    router: RouterOpt = None,
+    admin_token_file: TokenOpt = None,
 ) -> None:
     """Hold the current weight; no analysis until resumed."""
-    _simple("pause", bucket, reason, actor, plan, flag_store)
+    _simple("pause", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
 
 
 @rollout_app.command("resume")
@@ -219,9 +221,11 @@ def rollout_resume(
     actor: ActorOpt = None,
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
+    router: RouterOpt = None,
+    admin_token_file: TokenOpt = None,
 ) -> None:
     """Continue a paused rollout; the next analysis is one full interval from now."""
-    _simple("resume", bucket, reason, actor, plan, flag_store)
+    _simple("resume", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
 
 
 @rollout_app.command("abort")
@@ -231,9 +235,11 @@ def rollout_abort(
     actor: ActorOpt = None,
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
+    router: RouterOpt = None,
+    admin_token_file: TokenOpt = None,
 ) -> None:
     """Roll back now: weight 0 and kill switch on."""
-    _simple("abort", bucket, reason, actor, plan, flag_store)
+    _simple("abort", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
 
 
 @rollout_app.command("status")
@@ -241,11 +247,13 @@ def rollout_status(
     bucket: Annotated[str | None, typer.Option("--bucket", help="only this bucket")] = None,
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
+    router: RouterOpt = None,
+    admin_token_file: TokenOpt = None,
 ) -> None:
     """Phase, weight, step, failures and the last analysis of each bucket's rollout."""
     from kvplan.control.commands import rollout_status as status
 
-    typer.echo(_run(status(_where(plan, flag_store, None, None), bucket)))
+    typer.echo(_run(status(_where(plan, flag_store, router, admin_token_file), bucket)))
 
 
 @rollout_app.command("run")

@@ -251,6 +251,12 @@ def format_rollouts(snap: FlagSnapshot, bucket: str | None, now: float) -> str:
 
 
 async def rollout_status(where: Where, bucket: str | None) -> str:
+    if where.router_url:
+        state = await admin_call(where, "GET", "/admin/state")
+        buckets = {name: flags_from_record(rec) for name, rec in state["buckets"].items()}
+        if bucket is not None and bucket not in buckets:
+            raise unknown_bucket(bucket, buckets)
+        return format_rollouts(FlagSnapshot(buckets, int(state["version"])), bucket, time.time())
     if bucket is not None and bucket not in {b.name for b in where.plan().buckets}:
         raise unknown_bucket(bucket, {b.name: None for b in where.plan().buckets})
     async with opened(where) as store:

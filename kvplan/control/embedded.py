@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from kvplan.control import rollout
 from kvplan.control.analysis import Thresholds
@@ -18,7 +19,35 @@ from kvplan.control.state import BucketFlags, FlagStore, unknown_bucket
 from kvplan.errors import InputError
 from kvplan.plan import Plan
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 OPS = ("start", "pause", "resume", "abort")
+START_FIELDS = ("steps", "interval", "failure_limit", "thresholds", "actor", "reason")
+
+
+def _text(body: Mapping[str, Any], name: str, default: str) -> str:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _thresholds(value: Any) -> Thresholds:
+    if value is None:
+        return Thresholds()
+    if not isinstance(value, Mapping):
+        raise InputError(f"thresholds must be an object, got {value!r}")
+    known = [f.name for f in fields(Thresholds)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise InputError(f"unknown thresholds {unknown}; known: {', '.join(known)}")
+    for name, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise InputError(f"threshold {name} must be a non-negative number, got {v!r}")
+    return Thresholds.from_dict(value)
 
 
 async def rollout_admin(store: FlagStore, bucket: str, op: str, body: Mapping[str, Any]) -> BucketFlags:
@@ -28,17 +57,30 @@ async def rollout_admin(store: FlagStore, bucket: str, op: str, body: Mapping[st
     flags = store.snapshot().buckets.get(bucket)
     if flags is None:
         raise unknown_bucket(bucket, store.snapshot().buckets)
-    actor = str(body.get("actor") or "admin-api")
-    reason = str(body.get("reason") or "")
+    actor = _text(body, "actor", "") or "admin-api"
+    reason = _text(body, "reason", "")
     now = time.time()
     if op == "start":
-        steps = rollout.parse_steps(body.get("steps", "10,25,50,100"))
-        interval = rollout.parse_interval(str(body.get("interval", "5m")))
+        unknown = sorted(set(body) - set(START_FIELDS))
+        if unknown:
+            raise InputError(f"unknown fields {unknown}; rollout start takes {', '.join(START_FIELDS)}")
+        raw_steps = body.get("steps", "10,25,50,100")
+        if not isinstance(raw_steps, str) and not (
+            isinstance(raw_steps, list) and all(type(s) is int for s in raw_steps)
+        ):
+            raise InputError(
+                f"steps must be a string like '10,25,50,100' or a list of integers, got {raw_steps!r}"
+            )
+        steps = rollout.parse_steps(raw_steps)
+        interval = body.get("interval", "5m")
+        if isinstance(interval, bool) or not isinstance(interval, str | int | float):
+            raise InputError(f"interval must look like 30s, 5m or 1h, got {interval!r}")
+        seconds = rollout.parse_interval(str(interval))
         limit = body.get("failure_limit", 1)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InputError(f"failure_limit must be an integer, got {limit!r}")
-        th = Thresholds.from_dict(body.get("thresholds") or {})
-        d = rollout.start(flags, steps, interval, limit, th, now)
+        th = _thresholds(body.get("thresholds"))
+        d = rollout.start(flags, steps, seconds, limit, th, now)
     elif op == "pause":
         d = rollout.pause(flags)
     elif op == "resume":
@@ -49,9 +91,15 @@ async def rollout_admin(store: FlagStore, bucket: str, op: str, body: Mapping[st
 
 
 def embedded_controller(
-    store: FlagStore, plan: Plan, metrics_text: Callable[[], str]
+    store: FlagStore,
+    plan: Plan,
+    metrics_text: Callable[[], str],
+    registry: CollectorRegistry | None = None,
 ) -> rollout.RolloutController:
-    """A controller reading the router's counters in process (`metrics_text`: its exposition)."""
+    """A controller reading the router's counters in process (`metrics_text`: its exposition).
+
+    Its own metrics go to `registry` (the router's, so its /metrics shows them), else the default.
+    """
     from kvplan.control.metrics import RolloutMetrics
     from kvplan.control.sources import RouterCounterSource
 
@@ -59,9 +107,10 @@ def embedded_controller(
         return metrics_text()
 
     source = RouterCounterSource(read, plan.slo)
+    names = [b.name for b in plan.buckets]
     return rollout.RolloutController(
         store,
         source,
         actor="rollout-controller@router",
-        metrics=RolloutMetrics([b.name for b in plan.buckets]),
+        metrics=RolloutMetrics(names) if registry is None else RolloutMetrics(names, registry),
     )

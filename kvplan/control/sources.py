@@ -23,7 +23,7 @@ from kvplan.vllm_metrics import INTER_TOKEN_LATENCY
 
 EXCLUDED_OUTCOMES = ("cancelled", "client_error")  # neither the pool's success nor its fault
 ERROR_OUTCOMES = ("upstream_error", "stream_broken")
-ROUTER_ITL = f"{router_metrics.PREFIX}_itl_seconds"  # used when the router exports one
+ROUTER_ITL = router_metrics.ITL_SECONDS  # the router's own inter-token histogram (embedded mode)
 
 
 def _edge_count(buckets: Mapping[float, float], bound: float) -> float | None:

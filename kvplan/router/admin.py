@@ -1,4 +1,5 @@
-"""The admin API under /admin: read the plan and the flag state, set weights, kill and unkill.
+"""The admin API under /admin: read the plan and the flag state, set weights, kill and unkill,
+and start, pause, resume or abort a rollout (POST /admin/buckets/<bucket>/rollout/<op>).
 
 Every call needs `Authorization: Bearer <token>` (compared in constant time); without a
 configured token the API refuses everything. Every mutation goes through the flag store (which
@@ -14,7 +15,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from kvplan.control.state import BucketFlags, StoreUnavailable, WriteConflict
+from kvplan.control.state import BucketFlags, StoreUnavailable, UnknownBucket, WriteConflict
+from kvplan.errors import InputError
 from kvplan.router.api_errors import ApiError, invalid
 
 if TYPE_CHECKING:
@@ -92,15 +94,39 @@ def _text(data: dict[str, Any], name: str, default: str) -> str:
     return value
 
 
-async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dict[str, Any]:
-    data = _body(req)
-    actor = _text(data, "actor", "admin-api")
-    reason = _text(data, "reason", "")
+def _known_bucket(router: Router, bucket: str) -> None:
     if bucket not in router.table.defaults:
         known = ", ".join(router.table.defaults)
         raise ApiError(
             404, f"Unknown bucket '{bucket}'. Buckets: {known}", param="bucket", code="bucket_not_found"
         )
+
+
+def _logged(
+    router: Router, bucket: str, action: str, actor: str, reason: str, before: BucketFlags, after: BucketFlags
+) -> dict[str, Any]:
+    log.warning(
+        "admin %s bucket=%s actor=%s reason=%r before=%s after=%s",
+        action,
+        bucket,
+        actor,
+        reason,
+        json.dumps(_flags(before)),
+        json.dumps(_flags(after)),
+    )
+    return {
+        "bucket": bucket,
+        "before": _flags(before),
+        "after": _flags(after),
+        "version": router.store.snapshot().version,
+    }
+
+
+async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dict[str, Any]:
+    data = _body(req)
+    actor = _text(data, "actor", "admin-api")
+    reason = _text(data, "reason", "")
+    _known_bucket(router, bucket)
     before = router.table.flags(router.store.snapshot(), bucket)
     weight = data.get("weight")
     if action == "weight" and (
@@ -119,21 +145,36 @@ async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dic
         raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
     except WriteConflict as exc:
         raise ApiError(409, f"Concurrent change, retry: {exc}", type="conflict") from exc
-    log.warning(
-        "admin %s bucket=%s actor=%s reason=%r before=%s after=%s",
-        action,
-        bucket,
-        actor,
-        reason,
-        json.dumps(_flags(before)),
-        json.dumps(_flags(after)),
-    )
-    return {
-        "bucket": bucket,
-        "before": _flags(before),
-        "after": _flags(after),
-        "version": router.store.snapshot().version,
-    }
+    return _logged(router, bucket, action, actor, reason, before, after)
+
+
+async def _rollout(router: Router, req: Request, bucket: str, op: str) -> dict[str, Any]:
+    """start, pause, resume, abort: the control plane's own transition (kvplan.control.embedded)."""
+    from kvplan.control.embedded import OPS, rollout_admin
+
+    data = _body(req)
+    actor = _text(data, "actor", "admin-api")
+    reason = _text(data, "reason", "")
+    _known_bucket(router, bucket)
+    if op not in OPS:
+        raise ApiError(
+            404,
+            f"Unknown rollout operation '{op}': one of {', '.join(OPS)}.",
+            code="not_found",
+            reason="not_found",
+        )
+    before = router.table.flags(router.store.snapshot(), bucket)
+    try:
+        after = await rollout_admin(router.store, bucket, op, data)
+    except UnknownBucket as exc:  # in the plan but not in the flag store's state
+        raise ApiError(404, str(exc), param="bucket", code="bucket_not_found") from exc
+    except InputError as exc:
+        raise invalid(str(exc)) from exc
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
+    except WriteConflict as exc:
+        raise ApiError(409, f"Concurrent change, retry: {exc}", type="conflict") from exc
+    return _logged(router, bucket, f"rollout:{op}", actor, reason, before, after)
 
 
 async def handle(router: Router, req: Request, conn: Connection) -> None:
@@ -164,6 +205,8 @@ async def handle(router: Router, req: Request, conn: Connection) -> None:
         and parts[3] in ("weight", "kill", "unkill")
     ):
         result = await _mutate(router, req, parts[2], parts[3])
+    elif method == b"POST" and len(parts) == 5 and parts[1] == "buckets" and parts[3] == "rollout":
+        result = await _rollout(router, req, parts[2], parts[4])
     elif method == b"POST" and parts == ["admin", "reload"]:
         if router.plan_path is None:
             raise invalid("This router was not started from a plan file.")

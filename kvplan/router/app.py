@@ -12,19 +12,21 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, generate_latest
 
-from kvplan.control.state import FlagStore
+from kvplan.control.state import FlagStore, MemoryFlagStore
 from kvplan.plan import Plan, load_plan
 from kvplan.router import admin
 from kvplan.router.api_errors import ApiError
 from kvplan.router.endpoints import Endpoint, Saturation, all_full, choose
 from kvplan.router.flags import close_store, start_store
 from kvplan.router.inputs import CHAT, COMPLETION, parse
+from kvplan.router.metric_types import HistogramChild
 from kvplan.router.metrics import DECISION_REASONS as _REASONS
 from kvplan.router.metrics import OUTCOMES as _OUTCOMES
 from kvplan.router.metrics import RouterMetrics
@@ -33,6 +35,9 @@ from kvplan.router.provenance import ProvenanceLog, now
 from kvplan.router.routes import PoolRoute, Route, RouteTable
 from kvplan.router.server import Connection, Request, serve
 from kvplan.router.upstream import FailKind, UpstreamConnection, UpstreamError, UpstreamPool
+
+if TYPE_CHECKING:
+    from kvplan.control.rollout import RolloutController
 
 log = logging.getLogger("kvplan.router")
 
@@ -54,6 +59,7 @@ class Limits:
     probe_timeout: float = 1.0
     reload_interval: float = 1.0
     ejection_seconds: float = 5.0  # minimum time out of rotation after a passive ejection
+    controller_poll: float = 1.0  # embedded rollout controller: seconds between ticks
 
 
 @dataclass
@@ -73,6 +79,7 @@ class _Observed:
         self.outcome = {o: m.requests.labels(*labels, o) for o in _OUTCOMES}
         self.ttft = m.ttft.labels(*labels)
         self.e2e = m.e2e.labels(*labels)
+        self.itl = m.itl.labels(*labels)
         self.retries = m.retries.labels(bucket, pool.name)
         self.decisions = {r: m.decisions.labels(bucket, pool.name, r) for r in _REASONS}
         self.prompt_tokens = m.prompt_tokens.labels(bucket)
@@ -88,11 +95,34 @@ def _outcome(status: int) -> str:
     return "upstream_error" if status >= 500 else "client_error"
 
 
+class _TokenGaps:
+    """Body sink of a streamed 2xx response: forwards each upstream chunk and observes the gap
+    since the previous one (inter-token latency; vLLM sends one SSE event per chunk). Per chunk:
+    one clock read and one histogram increment."""
+
+    __slots__ = ("clock", "hist", "last", "write")
+
+    def __init__(
+        self, write: Callable[[bytes], None], hist: HistogramChild, clock: Callable[[], float]
+    ) -> None:
+        self.write = write
+        self.hist = hist
+        self.clock = clock
+        self.last = 0.0
+
+    def __call__(self, data: bytes) -> None:
+        now = self.clock()
+        if self.last:
+            self.hist.observe(now - self.last)
+        self.last = now
+        self.write(data)
+
+
 class _Forward:
     """Called by the upstream connection when a response head arrives: forward it, or decline so
     the proxy retries elsewhere (5xx/429/503 while another endpoint can still be tried)."""
 
-    __slots__ = ("conn", "ep", "may_retry", "obs", "request_id", "router")
+    __slots__ = ("conn", "ep", "may_retry", "obs", "request_id", "router", "stream")
 
     def __init__(
         self,
@@ -102,6 +132,7 @@ class _Forward:
         request_id: bytes,
         ep: Endpoint,
         may_retry: bool,
+        stream: bool,
     ) -> None:
         self.router = router
         self.conn = conn
@@ -109,6 +140,7 @@ class _Forward:
         self.request_id = request_id
         self.ep = ep
         self.may_retry = may_retry
+        self.stream = stream
 
     def __call__(self, up: UpstreamConnection) -> bool:
         status = up.status
@@ -129,7 +161,10 @@ class _Forward:
         conn = self.conn
         conn.start(status, out, up.content_length)
         conn.upstream = up.transport
-        up.attach(conn.write)
+        if self.stream and status < 400:
+            up.attach(_TokenGaps(conn.write, self.obs.itl, asyncio.get_running_loop().time))
+        else:
+            up.attach(conn.write)
         return True
 
 
@@ -154,6 +189,8 @@ class Router:
         self._plan_stat = self._stat()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.Server | None = None
+        self._controller_stop = asyncio.Event()
+        self.controller: RolloutController | None = None
 
     # -- lifecycle --
     async def start(self, host: str, port: int, **kw: Any) -> asyncio.Server:
@@ -166,7 +203,28 @@ class Router:
         self.provenance.start()
         for coro in (self._probe_loop(), self._sweep_loop(), self._reload_loop()):
             self._tasks.append(self._loop.create_task(coro))
+        if isinstance(self.store, MemoryFlagStore):
+            self._start_controller()
         return self.server
+
+    def _start_controller(self) -> None:
+        """Embedded mode: the rollout controller runs in this process on the router's own counters.
+
+        With a shared (Redis) store it runs separately (`kvplan rollout run`), once for the fleet.
+        It is not re-created on plan reload: its SLO bounds must match the histogram edges, and
+        those (like the in-memory store's buckets) are fixed when the router starts.
+        """
+        from kvplan.control.embedded import embedded_controller
+
+        assert self._loop is not None
+        self.controller = embedded_controller(
+            self.store, self.table.plan, self.metrics.analysis_text, registry=self.metrics.registry
+        )
+        self._tasks.append(
+            self._loop.create_task(
+                self.controller.run(self._controller_stop, poll_s=self.limits.controller_poll)
+            )
+        )
 
     @property
     def port(self) -> int:
@@ -174,6 +232,7 @@ class Router:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        self._controller_stop.set()
         if self.server is not None:
             self.server.close()
         for task in self._tasks:
@@ -388,7 +447,7 @@ class Router:
                         first_line + ep.host_header + b"\r\n" + tail,
                         self.limits.first_byte_timeout,
                         self.limits.idle_timeout,
-                        _Forward(self, conn, obs, request_id, ep, may_retry),
+                        _Forward(self, conn, obs, request_id, ep, may_retry, comp.stream),
                     )
                     forwarded = await up.done
                 except UpstreamError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from kvplan.router.metric_types import Counter, Gauge, Histogram
 
@@ -26,6 +26,9 @@ REQUESTS = f"{PREFIX}_requests"  # counter {bucket, pool, regime, outcome}
 REJECTED = f"{PREFIX}_rejected"  # counter {reason}: refused before a pool was chosen
 TTFT_SECONDS = f"{PREFIX}_ttft_seconds"  # histogram {bucket, pool, regime}: to first upstream byte
 E2E_SECONDS = f"{PREFIX}_e2e_seconds"  # histogram {bucket, pool, regime}: to last byte
+# histogram {bucket, pool, regime}: gap between consecutive upstream body chunks of a streamed 2xx
+# response (one SSE event per chunk from vLLM), observed for every chunk after the first
+ITL_SECONDS = f"{PREFIX}_itl_seconds"
 PROMPT_TOKENS = f"{PREFIX}_prompt_tokens"  # histogram {bucket}
 OVERHEAD_SECONDS = f"{PREFIX}_overhead_seconds"  # histogram: request parsed -> sent upstream
 RETRIES = f"{PREFIX}_retries"  # counter {bucket, pool}: attempts after the first
@@ -82,6 +85,7 @@ LATENCY_LABELS = ("bucket", "pool", "regime")
 DECISION_LABELS = ("bucket", "pool", "reason")
 ENDPOINT_LABELS = ("pool", "endpoint")
 
+_ITL_EDGES = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LATENCY_EDGES = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_EDGES = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _TOKEN_EDGES = tuple(float(2**k) for k in range(6, 18))  # 64 .. 131072
@@ -115,6 +119,13 @@ class RouterMetrics:
             buckets=with_edges(_LATENCY_EDGES, slo.ttft_seconds, slo.e2e_seconds),
             registry=r,
         )
+        self.itl = Histogram(
+            ITL_SECONDS,
+            "Gap between streamed upstream chunks (inter-token latency)",
+            LATENCY_LABELS,
+            buckets=with_edges(_ITL_EDGES, slo.itl_seconds),
+            registry=r,
+        )
         self.prompt_tokens = Histogram(
             PROMPT_TOKENS,
             "Prompt tokens as counted by the router",
@@ -146,11 +157,21 @@ class RouterMetrics:
         self.bucket_weight = Gauge(BUCKET_WEIGHT, "Effective candidate weight", ("bucket",), registry=r)
         self.bucket_killed = Gauge(BUCKET_KILLED, "Kill switch state", ("bucket",), registry=r)
         self.plan_reloads = Counter(PLAN_RELOADS, "Plan file reloads", ("result",), registry=r)
+        # what rollout analysis reads in embedded mode (kvplan.control.sources.totals_from_text):
+        # a second registry over the same families, so the controller's per-tick reading does not
+        # render every endpoint gauge
+        self.analysis_registry = CollectorRegistry()
+        for family in (self.requests, self.ttft, self.itl):
+            self.analysis_registry.register(family)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for result in RELOAD_RESULTS:
             self.plan_reloads.labels(result)
         self.declare(plan)
+
+    def analysis_text(self) -> str:
+        """The exposition of the request counter and the TTFT and ITL histograms only."""
+        return generate_latest(self.analysis_registry).decode()
 
     def declare(self, plan: Plan) -> None:
         """Create every label combination the plan allows (idempotent; called again on reload)."""
@@ -166,6 +187,7 @@ class RouterMetrics:
                     self.requests.labels(bucket.name, pool.name, regime, outcome)
                 self.ttft.labels(bucket.name, pool.name, regime)
                 self.e2e.labels(bucket.name, pool.name, regime)
+                self.itl.labels(bucket.name, pool.name, regime)
                 self.retries.labels(bucket.name, pool.name)
                 for reason in DECISION_REASONS:
                     self.decisions.labels(bucket.name, pool.name, reason)

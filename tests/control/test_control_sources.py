@@ -40,7 +40,7 @@ def test_a_window_is_the_difference_of_two_readings(plan: Plan) -> None:
         assert cand is not None and base is not None
         assert (cand.requests, cand.errors, cand.ttft_total, cand.ttft_fast) == (100, 10, 90, 60)
         assert (base.requests, base.errors, base.ttft_fast) == (901, 1, 880)
-        assert cand.itl_total is None  # the router exports no inter-token histogram: check skipped
+        assert cand.itl_total == 0  # no streamed responses: nothing observed (analysis skips ITL)
 
     asyncio.run(main())
 
@@ -55,3 +55,13 @@ def test_the_ttft_share_uses_the_slo_edge_exactly(plan: Plan) -> None:
     totals = totals_from_text(generate_latest(m.registry).decode(), plan.slo)
     w = totals[("16k", "b16k-int4")]
     assert (w.ttft_total, w.ttft_fast) == (10, 3)  # plan.slo.ttft_seconds = 0.5 is an edge
+
+
+def test_the_itl_share_reads_the_routers_histogram_at_the_slo_edge(plan: Plan) -> None:
+    m = RouterMetrics(plan)
+    regime = get_format("int4").regime
+    m.requests.labels("16k", "b16k-int4", regime, "ok").inc(4)
+    for gap in (0.01, 0.02, plan.slo.itl_seconds, 0.2, 0.3):  # the bound itself counts as under it
+        m.itl.labels("16k", "b16k-int4", regime).observe(gap)
+    w = totals_from_text(m.analysis_text(), plan.slo)[("16k", "b16k-int4")]
+    assert (w.itl_total, w.itl_fast) == (5, 3)
