@@ -2,7 +2,8 @@
 
 - `rollout_admin`: what `POST /admin/buckets/<bucket>/rollout/<op>` does (op: start, pause,
   resume, abort), so `kvplan rollout ... --router URL` works without Redis.
-- `embedded_controller`: a rollout controller fed by the router's own counters (no Prometheus).
+- `embedded_controller`: a rollout controller fed by the router's own counters (no Prometheus);
+  `kvplan serve` with the in-memory store runs one (kvplan.router.app.Router._start_controller).
   Run it as a task next to the router: `asyncio.create_task(ctl.run(stop))`.
 """
 
@@ -21,6 +22,8 @@ from kvplan.plan import Plan
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from kvplan.router.metrics import RouterMetrics
 
 OPS = ("start", "pause", "resume", "abort")
 START_FIELDS = ("steps", "interval", "failure_limit", "thresholds", "actor", "reason")
@@ -93,20 +96,27 @@ async def rollout_admin(store: FlagStore, bucket: str, op: str, body: Mapping[st
 def embedded_controller(
     store: FlagStore,
     plan: Plan,
-    metrics_text: Callable[[], str],
+    counters: Callable[[], str] | RouterMetrics,
     registry: CollectorRegistry | None = None,
 ) -> rollout.RolloutController:
-    """A controller reading the router's counters in process (`metrics_text`: its exposition).
+    """A controller reading the router's counters in process: its metric objects (cheap: the
+    reading runs on the router's event loop every tick), or a callable giving its exposition text.
 
     Its own metrics go to `registry` (the router's, so its /metrics shows them), else the default.
     """
     from kvplan.control.metrics import RolloutMetrics
     from kvplan.control.sources import RouterCounterSource
+    from kvplan.router.metrics import RouterMetrics
 
-    async def read() -> str:
-        return metrics_text()
+    if isinstance(counters, RouterMetrics):
+        source = RouterCounterSource.in_process(counters, plan.slo)
+    else:
+        text = counters
 
-    source = RouterCounterSource(read, plan.slo)
+        async def read() -> str:
+            return text()
+
+        source = RouterCounterSource(read, plan.slo)
     names = [b.name for b in plan.buckets]
     return rollout.RolloutController(
         store,

@@ -218,7 +218,7 @@ class Router:
 
         assert self._loop is not None
         self.controller = embedded_controller(
-            self.store, self.table.plan, self.metrics.analysis_text, registry=self.metrics.registry
+            self.store, self.table.plan, self.metrics, registry=self.metrics.registry
         )
         self._tasks.append(
             self._loop.create_task(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from kvplan.router.metric_types import Counter, Gauge, Histogram
 
@@ -157,21 +157,11 @@ class RouterMetrics:
         self.bucket_weight = Gauge(BUCKET_WEIGHT, "Effective candidate weight", ("bucket",), registry=r)
         self.bucket_killed = Gauge(BUCKET_KILLED, "Kill switch state", ("bucket",), registry=r)
         self.plan_reloads = Counter(PLAN_RELOADS, "Plan file reloads", ("result",), registry=r)
-        # what rollout analysis reads in embedded mode (kvplan.control.sources.totals_from_text):
-        # a second registry over the same families, so the controller's per-tick reading does not
-        # render every endpoint gauge
-        self.analysis_registry = CollectorRegistry()
-        for family in (self.requests, self.ttft, self.itl):
-            self.analysis_registry.register(family)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for result in RELOAD_RESULTS:
             self.plan_reloads.labels(result)
         self.declare(plan)
-
-    def analysis_text(self) -> str:
-        """The exposition of the request counter and the TTFT and ITL histograms only."""
-        return generate_latest(self.analysis_registry).decode()
 
     def declare(self, plan: Plan) -> None:
         """Create every label combination the plan allows (idempotent; called again on reload)."""
