@@ -132,7 +132,7 @@ def demo_cmd(
     prometheus_port: Annotated[int, typer.Option(help="Prometheus port (busy or 0: any free port).")] = 9090,
     scrape_interval: Annotated[str, typer.Option(help="Prometheus scrape and rule interval.")] = "2s",
     redis: Annotated[
-        bool, typer.Option(help="Flags in a local redis-server + the rollout controller (kvplan rollout).")
+        bool, typer.Option(help="Flags in a local redis-server, a separate rollout controller.")
     ] = False,
 ) -> None:
     """Run the whole stack locally: router, simulated pools, load, Prometheus (no GPU, Redis or Docker)."""

@@ -3,8 +3,9 @@
 Starts four simulated vLLM replicas (two buckets: BF16 baselines, an INT8 and an INT4
 candidate), the router with the in-memory flag store in front of them, Prometheus when it is
 installed (scraping router and workers with the plan's rules loaded), and a load generator;
-prints the URLs and a live summary. With --redis the flags live in a private redis-server and
-the rollout controller runs too, so `kvplan rollout` works from a second terminal. Every process
+prints the URLs and a live summary. The router runs the rollout controller on its own counters;
+with --redis the flags live in a private redis-server and `kvplan rollout run` is started as the
+fleet's controller instead (analysing through Prometheus). Every process
 it starts is its child and is stopped on Ctrl-C, SIGTERM or at the end of --duration; children
 also die with it (PR_SET_PDEATHSIG).
 """
@@ -534,10 +535,11 @@ def _banner(
             "  kvplan rollout start --bucket 8k --steps 60,80,100 --interval 30s   # the controller steps it",
             "  kvplan rollout status",
         ]
-    else:
+    else:  # the router runs the rollout controller itself on its own counters
         rollout = [
             "  kvplan flags set-weight --bucket 8k --weight 80   # a rollout step by hand",
-            "  (automatic rollouts need a shared flag store: kvplan demo --redis)",
+            "  kvplan rollout start --bucket 8k --steps 60,80,100 --interval 30s   # or analysed steps",
+            "  kvplan rollout status",
         ]
     lines = [
         f"router       {router.url}  (OpenAI API under /v1, metrics at /metrics, admin API under /admin)",

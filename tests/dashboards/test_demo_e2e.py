@@ -54,6 +54,23 @@ def test_kill_switch_and_weight_step_from_a_second_terminal(running: Running) ->
     assert "e2e test" in history.stdout and "50 -> 80" in history.stdout, history.stdout
 
 
+def test_a_rollout_from_a_second_terminal_is_analysed_by_the_router(running: Running) -> None:
+    run = cli(running, "rollout", "start", "--bucket", "8k", "--steps", "90,100", "--interval", "3s",
+              "--min-requests", "1")  # fmt: skip
+    assert run.returncode == 0 and "8k: rollout progressing at weight 90" in run.stdout, (
+        run.stdout + run.stderr
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        analyses = query(running.prometheus, 'sum(kvplan_rollout_analyses_total{bucket="8k"})')
+        if analyses and float(analyses[0]["value"][1]) > 0:
+            break
+        assert time.monotonic() < deadline, "no rollout analysis reached Prometheus"
+        time.sleep(1)
+    status = cli(running, "rollout", "status", "--bucket", "8k")
+    assert status.returncode == 0 and "8k:" in status.stdout, status.stdout + status.stderr
+
+
 def test_every_rule_loaded_and_healthy(running: Running) -> None:
     deadline = time.monotonic() + 20
     while True:
