@@ -23,9 +23,10 @@ from kvplan.kernels.reference import KiviStage
 
 _LOG2E = 1.4426950408889634
 
-# Launch parameters, chosen by the sweep in bench/kernels_decode.py on an H100 (see
-# bench/results/kernels_h100.md): 128-token tiles and 3 stages for the 8/4-bit integer codes,
-# 64-token tiles for bf16 and fp8; keys as the MMA's A operand for int4.
+# Launch parameters, chosen by the sweeps in bench/kernels_decode.py and bench/kernels_variants.py
+# on an H100 (see bench/results/kernels_h100.md): 128-token tiles and 3 stages for the 8/4-bit
+# integer codes, 64-token tiles for bf16 and fp8. (Keys as the MMA's A operand helped plain int4
+# only before the word loads; with them it is slower.)
 TUNING: dict[str, object] = {
     "block_n": 128,  # tokens per attention tile (at most 32 at head_dim 256)
     "num_warps": 4,
@@ -34,11 +35,15 @@ TUNING: dict[str, object] = {
     "min_tokens_per_split": 256,
     "rot_prec": "tf32x3",  # fp32 Hadamard dots: tf32x3 keeps ~fp32 accuracy, ieee is 3x slower on writes
     "swap_qk": False,  # compute s^T = K q^T (keys as the MMA's A operand)
+    # 8-/4-bit codes loaded as int32 words and converted to bf16 by inline PTX (bf16 queries on
+    # CUDA; integer ops elsewhere), so the MMA-operand layout change moves 16-bit values: -11% (int8)
+    # to -17% (int4_hadamard) at 32x32K on an H100 (bench/results/kernels_h100.md, 2026-11-23)
+    "word_loads": True,
+    "asm_convert": True,  # the inline-PTX conversions (CUDA only; the interpreter runs integer ops)
 }
 TUNING_BY_KEY_KIND: dict[int, dict[str, object]] = {
     0: {"block_n": 64, "num_stages": 2},  # bf16/fp16
     1: {"block_n": 64, "num_stages": 2},  # fp8
-    3: {"swap_qk": True},  # int4 (not when the keys are rotated: measured slower there)
 }
 
 
@@ -295,6 +300,8 @@ def _attention_triton(
         DIRECT=num_splits == 1, DT=dt,
         DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32", ROT_PREC=_rot_prec(query),
         MAGIC=magic, MAGIC_OFF=magic_off, SWAP_QK=bool(tune["swap_qk"]),
+        ASM=bool(tune["asm_convert"]) and query.is_cuda,
+        WORDS=bool(tune["word_loads"]),
         num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )  # fmt: skip
     if num_splits > 1:

@@ -142,11 +142,153 @@ def write_kernel(
 # paged attention
 
 
+# Code -> bf16 conversions as inline PTX on int32 words of codes (about 1-2 instructions a code;
+# Triton's own conversion of a uint8 tile moves and masks byte by byte, about 7 a code in the
+# SASS, and converts after the MMA-operand layout change, with byte-wide shared-memory loads).
+# Not available under TRITON_INTERPRET or for fp16 queries: ASM=False runs the same word
+# unpacking with integer ops.
+
+
+@triton.jit
+def _s8_words(w, ASM: tl.constexpr, DT: tl.constexpr):
+    """int8 codes loaded as int32 words [BN, W] -> DT [BN, 4W] in register order, exactly.
+
+    prmt selector 0x(4+k)(4+k)kk puts byte k of the first word in the low half and byte k of the
+    second word in the high half; lop3 0xEA is (a & b) | c.
+
+    The asm (bf16) takes two words (pack=2) and returns, for each byte position k, a bf16x2 holding
+    byte k of both; joining the four outputs back puts code 4i + k at column 4i + k. The layout
+    change to the MMA operand then moves 16-bit values. Without ASM: the same with integer ops.
+    """
+    if not ASM:
+        e0 = (((w & 255) ^ 128) - 128).to(DT)
+        e1 = ((((w >> 8) & 255) ^ 128) - 128).to(DT)
+        e2 = ((((w >> 16) & 255) ^ 128) - 128).to(DT)
+        e3 = ((((w >> 24) & 255) ^ 128) - 128).to(DT)
+        return _interleave4(e0, e1, e2, e3)
+    e0, e1, e2, e3 = tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t, a, b;
+        prmt.b32 t, $4, $5, 0x4400;
+        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
+        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
+        sub.bf16x2 $0, a, b;
+        prmt.b32 t, $4, $5, 0x5511;
+        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
+        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
+        sub.bf16x2 $1, a, b;
+        prmt.b32 t, $4, $5, 0x6622;
+        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
+        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
+        sub.bf16x2 $2, a, b;
+        prmt.b32 t, $4, $5, 0x7733;
+        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
+        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
+        sub.bf16x2 $3, a, b;
+        }""",
+        constraints="=r,=r,=r,=r,r,r", args=[w],
+        dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
+    )  # fmt: skip
+    return _interleave4(e0, e1, e2, e3)
+
+
+@triton.jit
+def _nib_words(w, ASM: tl.constexpr, DT: tl.constexpr, MAGIC_OFF: tl.constexpr):
+    """int4 bytes loaded as int32 words [BN, W] -> (lo, hi) DT [BN, 4W] = MAGIC_OFF + nibble."""
+    if not ASM:
+        l0 = ((w & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        l1 = (((w >> 8) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        l2 = (((w >> 16) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        l3 = (((w >> 24) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        h0 = (((w >> 4) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        h1 = (((w >> 12) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        h2 = (((w >> 20) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        h3 = (((w >> 28) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        return _interleave4(l0, l1, l2, l3), _interleave4(h0, h1, h2, h3)
+    l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t, u;
+        prmt.b32 t, $8, $9, 0x4400;
+        shr.b32 u, t, 4;
+        lop3.b32 $0, t, 0x000F000F, 0x43004300, 0xEA;
+        lop3.b32 $4, u, 0x000F000F, 0x43004300, 0xEA;
+        prmt.b32 t, $8, $9, 0x5511;
+        shr.b32 u, t, 4;
+        lop3.b32 $1, t, 0x000F000F, 0x43004300, 0xEA;
+        lop3.b32 $5, u, 0x000F000F, 0x43004300, 0xEA;
+        prmt.b32 t, $8, $9, 0x6622;
+        shr.b32 u, t, 4;
+        lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xEA;
+        lop3.b32 $6, u, 0x000F000F, 0x43004300, 0xEA;
+        prmt.b32 t, $8, $9, 0x7733;
+        shr.b32 u, t, 4;
+        lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
+        lop3.b32 $7, u, 0x000F000F, 0x43004300, 0xEA;
+        }""",
+        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
+        dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2,
+    )  # fmt: skip
+    return _interleave4(l0, l1, l2, l3), _interleave4(h0, h1, h2, h3)
+
+
+@triton.jit
+def _e4m3_words(w, ASM: tl.constexpr, DT: tl.constexpr):
+    """fp8 e4m3 codes loaded as int32 words [BN, W] -> DT [BN, 4W], exactly.
+
+    Byte k of both words goes to the high byte of a bf16 lane (selectors as in _s8_words); its 7
+    exponent+mantissa bits shifted right by 4 land in bf16's with the exponent 120 short (fp8
+    bias 7, bf16 127; fp8 subnormals become bf16 subnormals): one multiply by 2^120 is exact.
+    """
+    if not ASM:
+        e0 = (w & 255).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(DT)
+        e1 = ((w >> 8) & 255).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(DT)
+        e2 = ((w >> 16) & 255).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(DT)
+        e3 = ((w >> 24) & 255).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(DT)
+        return _interleave4(e0, e1, e2, e3)
+    e0, e1, e2, e3 = tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t, u, m;
+        mov.b32 m, 0x7B807B80;
+        prmt.b32 t, $4, $5, 0x4400;
+        shr.b32 u, t, 4;
+        and.b32 u, u, 0x07F007F0;
+        lop3.b32 u, u, t, 0x80008000, 0xF8;
+        mul.rn.bf16x2 $0, u, m;
+        prmt.b32 t, $4, $5, 0x5511;
+        shr.b32 u, t, 4;
+        and.b32 u, u, 0x07F007F0;
+        lop3.b32 u, u, t, 0x80008000, 0xF8;
+        mul.rn.bf16x2 $1, u, m;
+        prmt.b32 t, $4, $5, 0x6622;
+        shr.b32 u, t, 4;
+        and.b32 u, u, 0x07F007F0;
+        lop3.b32 u, u, t, 0x80008000, 0xF8;
+        mul.rn.bf16x2 $2, u, m;
+        prmt.b32 t, $4, $5, 0x7733;
+        shr.b32 u, t, 4;
+        and.b32 u, u, 0x07F007F0;
+        lop3.b32 u, u, t, 0x80008000, 0xF8;
+        mul.rn.bf16x2 $3, u, m;
+        }""",
+        constraints="=r,=r,=r,=r,r,r", args=[w],
+        dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
+    )  # fmt: skip
+    return _interleave4(e0, e1, e2, e3)
+
+
+@triton.jit
+def _interleave4(e0, e1, e2, e3):
+    """[BN, W] x4 with e_k[:, i] = x[:, 4i + k] -> x [BN, 4W]."""
+    x = tl.join(tl.join(e0, e2), tl.join(e1, e3))  # [BN, W, j, m] = e_{2j + m}
+    return tl.reshape(x, [x.shape[0], x.shape[1] * 4])
+
+
 @triton.jit
 def _load_side(
     c_u8, c_p16, c_f16, c_f32, base, o, n_mask,
     KIND: tl.constexpr, CODE_OFF: tl.constexpr, META_OFF: tl.constexpr,
     D: tl.constexpr, HALF: tl.constexpr, DT: tl.constexpr, MAGIC: tl.constexpr,
+    ASM: tl.constexpr, WORDS: tl.constexpr, MAGIC_OFF: tl.constexpr,
 ):  # fmt: skip
     """A tile of one side: (lo, hi) [BN, HALF] in DT, and the per-token (scale, zero') in fp32."""
     d2 = tl.arange(0, HALF)
@@ -160,18 +302,37 @@ def _load_side(
         lo = tl.load(ptr, mask=m2, other=0.0).to(DT)
         hi = tl.load(ptr + HALF, mask=m2, other=0.0).to(DT)
     elif KIND == FP8:
-        ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
-        lo = tl.load(ptr, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
-        hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
+        if WORDS:
+            wp = c_f32.to(tl.pointer_type(tl.int32)) + ((base + CODE_OFF + o * D) // 4)[:, None]
+            w4 = tl.arange(0, HALF // 4)
+            wa = ASM and (MAGIC == 0x4300)
+            lo = _e4m3_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT)
+            hi = _e4m3_words(tl.load(wp + HALF // 4 + w4[None, :], mask=m2, other=0), wa, DT)
+        else:
+            ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
+            lo = tl.load(ptr, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
+            hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.float8e4nv, bitcast=True).to(DT)
     elif KIND == INT8:
-        ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
-        lo = tl.load(ptr, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
-        hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
+        if WORDS:
+            wp = c_f32.to(tl.pointer_type(tl.int32)) + ((base + CODE_OFF + o * D) // 4)[:, None]
+            w4 = tl.arange(0, HALF // 4)
+            wa = ASM and (MAGIC == 0x4300)
+            lo = _s8_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT)
+            hi = _s8_words(tl.load(wp + HALF // 4 + w4[None, :], mask=m2, other=0), wa, DT)
+        else:
+            ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
+            lo = tl.load(ptr, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
+            hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.int8, bitcast=True).to(DT)
         sc = tl.load(c_f32 + (base + META_OFF) // 4 + o, mask=n_mask, other=0.0)
     else:  # INT4
         row = tl.multiple_of(base + CODE_OFF + o * HALF, 16)
         c = tl.load(c_u8 + row[:, None] + d2[None, :], mask=m2, other=0)
-        if MAGIC == 0:
+        if WORDS:
+            wp = c_f32.to(tl.pointer_type(tl.int32)) + ((base + CODE_OFF + o * HALF) // 4)[:, None]
+            w4 = tl.arange(0, HALF // 4)
+            wa = ASM and (MAGIC == 0x4300)
+            lo, hi = _nib_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT, MAGIC_OFF)
+        elif MAGIC == 0:
             lo = (c & 15).to(DT)
             hi = (c >> 4).to(DT)
         else:
@@ -196,6 +357,7 @@ def attention_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr, ROT_PREC: tl.constexpr,
     MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr, SWAP_QK: tl.constexpr,
+    ASM: tl.constexpr, WORDS: tl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits): BLOCK_Q queries x G heads of one KV group, one context split.
 
@@ -248,8 +410,9 @@ def attention_kernel(
         base = (blk * HKV + h) * PAGE_NBYTES
         o = tok % PAGE
         k_lo, k_hi, k_sc, k_zr = _load_side(
-            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, K_KIND, K_CODE, K_META, D, HALF, DT, MAGIC
-        )
+            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, K_KIND, K_CODE, K_META, D, HALF, DT,
+            MAGIC, ASM, WORDS, MAGIC_OFF,
+        )  # fmt: skip
         if SWAP_QK:  # keys as the A operand: [BLOCK_N, d/2] codes convert in registers
             st = tl.dot(k_lo, tl.trans(q_lo), input_precision=DOT_PREC)
             st = tl.dot(k_hi, tl.trans(q_hi), st, input_precision=DOT_PREC)
@@ -273,8 +436,9 @@ def attention_kernel(
         acc_lo = acc_lo * alpha[:, None]
         acc_hi = acc_hi * alpha[:, None]
         v_lo, v_hi, v_sc, v_zr = _load_side(
-            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, V_KIND, V_CODE, V_META, D, HALF, DT, MAGIC
-        )
+            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, V_KIND, V_CODE, V_META, D, HALF, DT,
+            MAGIC, ASM, WORDS, MAGIC_OFF,
+        )  # fmt: skip
         if V_KIND == INT4:
             z_acc = z_acc * alpha + tl.sum(p * v_zr[None, :], axis=1)
         if (V_KIND == INT8) or (V_KIND == INT4):  # noqa: SIM109 (constexpr compare in Triton)
