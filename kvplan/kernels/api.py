@@ -36,8 +36,10 @@ TUNING: dict[str, object] = {
     "rot_prec": "tf32x3",  # fp32 Hadamard dots: tf32x3 keeps ~fp32 accuracy, ieee is 3x slower on writes
     "swap_qk": False,  # compute s^T = K q^T (keys as the MMA's A operand)
     # 8-/4-bit codes loaded as int32 words and converted to bf16 by inline PTX (bf16 queries on
-    # CUDA; integer ops elsewhere), so the MMA-operand layout change moves 16-bit values: -11% (int8)
-    # to -17% (int4_hadamard) at 32x32K on an H100 (bench/results/kernels_h100.md, 2026-11-23)
+    # CUDA; under the interpreter the same unpacking with integer ops, so CI covers it; fp16/fp32
+    # queries on CUDA keep the byte loads, unmeasured with words), so the MMA-operand layout change
+    # moves 16-bit values: -11% (int8) to -17% (int4_hadamard) at 32x32K on an H100
+    # (bench/results/kernels_h100.md, 2026-11-23)
     "word_loads": True,
     "asm_convert": True,  # the inline-PTX conversions (CUDA only; the interpreter runs integer ops)
 }
@@ -301,7 +303,7 @@ def _attention_triton(
         DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32", ROT_PREC=_rot_prec(query),
         MAGIC=magic, MAGIC_OFF=magic_off, SWAP_QK=bool(tune["swap_qk"]),
         ASM=bool(tune["asm_convert"]) and query.is_cuda,
-        WORDS=bool(tune["word_loads"]),
+        WORDS=bool(tune["word_loads"]) and (query.dtype == torch.bfloat16 or not query.is_cuda),
         num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )  # fmt: skip
     if num_splits > 1:
