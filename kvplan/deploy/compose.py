@@ -74,7 +74,7 @@ def _vllm_service(pool: Pool, gpu_ids: Sequence[str], opts: ComposeOptions) -> d
     health = f"http://localhost:{VLLM_PORT}{HEALTH_PATH}"
     return {
         "image": opts.images.vllm,
-        "entrypoint": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "entrypoint": list(spec.command),
         "command": list(spec.args),
         "environment": {**dict(spec.env), "HF_TOKEN": "${HF_TOKEN:-}"},
         "volumes": [f"{opts.models_dir}:{MODELS_DIR}"],

@@ -123,7 +123,7 @@ def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Mani
     container: dict[str, Any] = {
         "name": "vllm",
         "image": opts.images.vllm,
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "command": list(spec.command),
         "args": list(spec.args),
         "env": [{"name": k, "value": v} for k, v in spec.env],
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],

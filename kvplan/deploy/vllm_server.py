@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvplan.formats import get_format
 from kvplan.plan import Pool
 
 VLLM_PORT = 8000
 MODELS_DIR = "/models"
-# The kvplan plugin reads its format from here (the vLLM entry point runs in every vLLM process).
-PLUGIN_FORMAT_ENV = "KVPLAN_KV_FORMAT"
 VLLM_VERSION = "v0.33.0"
 
 
 @dataclass(frozen=True)
 class ServerSpec:
+    command: tuple[str, ...]  # python3 -m <vLLM's OpenAI server module>
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
 
@@ -41,38 +39,13 @@ def model_path(pool: Pool) -> str:
     return hf_id or f"{MODELS_DIR}/{pool.model}"
 
 
-def kv_format_flags(kv_format: str) -> ServerSpec:
-    """The vLLM flags and environment that select a KV format."""
-    fmt = get_format(kv_format)
-    if fmt.vllm_native_dtype is not None:
-        return ServerSpec(("--kv-cache-dtype", fmt.vllm_native_dtype), ())
-    return ServerSpec(
-        ("--kv-cache-dtype", "auto", "--attention-backend", "CUSTOM"),
-        ((PLUGIN_FORMAT_ENV, fmt.name),),
-    )
-
-
 def server_spec(pool: Pool, port: int = VLLM_PORT) -> ServerSpec:
-    """Arguments after `vllm serve` (the OpenAI server entry point) and the environment."""
-    kv = kv_format_flags(pool.kv_format)
-    args = (
-        "--model",
-        model_path(pool),
-        "--served-model-name",
-        pool.model_name,
-        "--port",
-        str(port),
-        "--max-model-len",
-        str(pool.max_model_len),
-        "--tensor-parallel-size",
-        str(pool.tensor_parallel),
-        "--pipeline-parallel-size",
-        str(pool.pipeline_parallel),
-        "--gpu-memory-utilization",
-        f"{pool.gpu_memory_utilization:g}",
-        "--dtype",
-        "bfloat16" if pool.weight_dtype == "bf16" else "auto",
-        *kv.args,
-    )
-    env = (("HF_HOME", f"{MODELS_DIR}/.hf"), *kv.env)
-    return ServerSpec(args, env)
+    """Arguments after the OpenAI server entry point and the environment: the same command line
+    `kvplan workers up` runs on a GPU host (`kvplan.workers.launch.replica_argv`), listening on all
+    interfaces inside the container."""
+    from kvplan.workers.launch import Device, LaunchOptions, replica_argv
+
+    opts = LaunchOptions(device=Device.CUDA, python="python3", host="0.0.0.0")
+    argv, env = replica_argv(pool, model_path(pool), port, opts)
+    command, args = tuple(argv[:3]), tuple(argv[3:])
+    return ServerSpec(command, args, (("HF_HOME", f"{MODELS_DIR}/.hf"), *sorted(env.items())))

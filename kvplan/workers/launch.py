@@ -249,7 +249,7 @@ def replica_argv(pool: Pool, model: str, port: int, opts: LaunchOptions) -> tupl
     if opts.device is Device.CPU:
         argv += ["--dtype", "float32", "--enforce-eager"]
     else:
-        argv += ["--gpu-memory-utilization", str(pool.gpu_memory_utilization)]
+        argv += ["--gpu-memory-utilization", f"{pool.gpu_memory_utilization:g}"]
     return argv + list(opts.extra_args), env
 
 

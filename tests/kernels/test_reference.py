@@ -101,8 +101,9 @@ def test_quantization_error_on_synthetic_keys_with_outlier_channels(
 
 
 def test_rotation_is_what_saves_int4_from_outlier_key_channels() -> None:
-    # per token-head int4 without rotation is ruined by 4 outlier channels (facts: 0.93)
-    assert _attention_error("int4", True, trials=1) > 2 * _attention_error("int4_hadamard", True, trials=1)
+    # per token-head int4 without rotation is ruined by 4 outlier channels (facts: 0.93). One draw
+    # spreads widely (plain 0.41-1.73, rotated 0.19-0.48 over 12 draws), so compare means of 8.
+    assert _attention_error("int4", True, trials=8) > 1.5 * _attention_error("int4_hadamard", True, trials=8)
 
 
 def test_constant_rows_and_fp8_saturation_stay_finite() -> None:
