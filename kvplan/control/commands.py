@@ -202,32 +202,21 @@ async def rollout_op(
     thresholds: Thresholds | None = None,
     reason: str = "",
 ) -> BucketFlags:
-    """start, pause, resume, abort: the pure transition, written conditionally."""
-    if where.router_url:  # a router carrying the control plane (kvplan.control.embedded.rollout_admin)
-        body: dict[str, Any] = {"actor": actor, "reason": reason}
-        if op == "start":
-            body |= {"steps": steps, "interval": interval, "failure_limit": failure_limit}
-            body["thresholds"] = (thresholds or Thresholds()).to_dict()
+    """start, pause, resume, abort: the pure transition, written conditionally. Both paths go
+    through `kvplan.control.embedded.rollout_admin` (in the router, or here on the store)."""
+    from kvplan.control.embedded import rollout_admin
+
+    body: dict[str, Any] = {"actor": actor, "reason": reason}
+    if op == "start":
+        rollout.parse_steps(steps)  # bad input fails before any I/O
+        rollout.parse_interval(interval)
+        body |= {"steps": steps, "interval": interval, "failure_limit": failure_limit}
+        body["thresholds"] = (thresholds or Thresholds()).to_dict()
+    if where.router_url:  # a router carrying the control plane
         result = await admin_call(where, "POST", f"/admin/buckets/{bucket}/rollout/{op}", body)
         return flags_from_record(result["after"])
-    parsed = rollout.parse_steps(steps) if op == "start" else ()
-    seconds = rollout.parse_interval(interval) if op == "start" else 0.0
     async with opened(where) as store:
-        flags = store.snapshot().buckets.get(bucket)
-        if flags is None:
-            raise unknown_bucket(bucket, store.snapshot().buckets)
-        now = time.time()
-        if op == "start":
-            d = rollout.start(flags, parsed, seconds, failure_limit, thresholds or Thresholds(), now)
-        elif op == "pause":
-            d = rollout.pause(flags)
-        elif op == "resume":
-            d = rollout.resume(flags, now)
-        else:
-            d = rollout.abort(flags, reason or f"aborted by {actor}")
-        if reason and op != "abort":
-            d = rollout.Decision(d.change, d.action, reason)
-        return await rollout.apply(store, flags, d, actor)
+        return await rollout_admin(store, bucket, op, body)
 
 
 def format_rollouts(snap: FlagSnapshot, bucket: str | None, now: float) -> str:
