@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-test lint
+.PHONY: demo test setup setup-test setup-bench lint
 
 demo: setup
 	$(BIN)/kvplan demo
@@ -16,6 +16,9 @@ setup:
 
 setup-test:
 	bash scripts/setup.sh test
+
+setup-bench:
+	bash scripts/setup-bench.sh
 
 lint:
 	$(BIN)/ruff check kvplan tests bench
