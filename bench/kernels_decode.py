@@ -381,9 +381,9 @@ def main() -> None:
                 for i, cfg in enumerate(configs):
                     if "rot_prec" in cfg and "hadamard" not in name:
                         continue
-                    saved, saved_kind = dict(api.TUNING), dict(api.TUNING_BY_KEY_KIND)
-                    api.TUNING_BY_KEY_KIND.clear()
-                    api.TUNING.update(cfg)
+                    saved, saved_fmt = dict(api.TUNING), dict(api.TUNING_BY_FORMAT)
+                    api.TUNING_BY_FORMAT.clear()
+                    api.TUNING.update({"small_grid_per_sm": 0.0, **cfg})
                     try:
                         t = c.time()
                     except Exception as e:
@@ -391,7 +391,7 @@ def main() -> None:
                         t = float("nan")
                     api.TUNING.clear()
                     api.TUNING.update(saved)
-                    api.TUNING_BY_KEY_KIND.update(saved_kind)
+                    api.TUNING_BY_FORMAT.update(saved_fmt)
                     sweep.append({"batch": batch, "ctx": ctx, "format": name, "cfg": i, **cfg, "us": t * 1e6})
                 c.free()
                 line = f"sweep {batch}x{ctx} {name:14s} " + " ".join(

@@ -21,15 +21,16 @@ import kernels_decode as kd
 import torch
 import triton
 
+from kvplan.formats import KVFormat
 from kvplan.kernels import api
 
 QUANT = ["fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
-# name -> overrides on top of the per-format tuning; "flip" inverts the format's default.
-# "base" is the kernel before word loads (2026-11-23 18:59 grid), as measured against "words".
+# name -> tuning keys applied over each format's resolved tuning (api._tuning); the key
+# "small_grid": False resolves as if the grid filled the GPU (no TUNING_SMALL_GRID).
 VARIANTS: dict[str, dict[str, object]] = {
-    "base": {"word_loads": False, "asm_convert": False, "swap_qk": "int4"},
-    "words": {"word_loads": True, "asm_convert": True},
-    "words_swap": {"word_loads": True, "asm_convert": True, "swap_qk": "flip"},
+    "base": {},
+    "no_int8_qk": {"int8_qk": False},
+    "no_small_grid": {"small_grid": False},
 }
 SHAPES = [(32, 32768), (1, 32768), (64, 1024), (8, 32768)]
 
@@ -37,17 +38,12 @@ _orig_tuning = api._tuning
 
 
 def use(variant: str) -> None:
-    over = VARIANTS[variant]
+    over = dict(VARIANTS[variant])
+    small = over.pop("small_grid", True)
 
-    def tuning(k_kind: int, rotated: bool) -> dict[str, object]:
-        t = _orig_tuning(k_kind, rotated)
-        for k, v in over.items():
-            if v == "flip":
-                t[k] = not t[k]
-            elif k == "swap_qk" and v == "int4":  # the pre-word-load default: swapped for plain int4
-                t[k] = k_kind == 3 and not rotated
-            else:
-                t[k] = v
+    def tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
+        t = _orig_tuning(fmt, programs if small else 1 << 30, sms)
+        t.update(over)
         return t
 
     api._tuning = tuning  # type: ignore[assignment]

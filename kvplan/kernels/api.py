@@ -24,34 +24,46 @@ from kvplan.kernels.reference import KiviStage
 _LOG2E = 1.4426950408889634
 
 # Launch parameters, chosen by the sweeps in bench/kernels_decode.py and bench/kernels_variants.py
-# on an H100 (see bench/results/kernels_h100.md): 128-token tiles and 3 stages for the 8/4-bit
-# integer codes, 64-token tiles for bf16 and fp8. (Keys as the MMA's A operand helped plain int4
-# only before the word loads; with them it is slower.)
+# on an H100 (bench/results/kernels_h100.md, 2026-11-23). TUNING holds the defaults;
+# TUNING_BY_FORMAT what each format's sweep preferred when the grid fills the GPU, and
+# TUNING_SMALL_GRID what every quantized format preferred when it does not (batch 1-8 decode, where
+# the context is split finely): one-warp programs over 32-token tiles.
 TUNING: dict[str, object] = {
     "block_n": 128,  # tokens per attention tile (at most 32 at head_dim 256)
     "num_warps": 4,
     "num_stages": 3,
     "programs_per_sm": 8,  # flash-decoding: split the context until the grid covers the GPU this often
     "min_tokens_per_split": 256,
+    "small_grid_per_sm": 0.25,  # fewer (sequence, KV head) programs than this x SMs: TUNING_SMALL_GRID
     "rot_prec": "tf32x3",  # fp32 Hadamard dots: tf32x3 keeps ~fp32 accuracy, ieee is 3x slower on writes
     "swap_qk": False,  # compute s^T = K q^T (keys as the MMA's A operand)
     # 8-/4-bit codes loaded as int32 words and converted to bf16 by inline PTX (bf16 queries on
     # CUDA; under the interpreter the same unpacking with integer ops, so CI covers it; fp16/fp32
     # queries on CUDA keep the byte loads, unmeasured with words), so the MMA-operand layout change
-    # moves 16-bit values: -11% (int8) to -17% (int4_hadamard) at 32x32K on an H100
-    # (bench/results/kernels_h100.md, 2026-11-23)
+    # moves 16-bit values
     "word_loads": True,
     "asm_convert": True,  # the inline-PTX conversions (CUDA only; the interpreter runs integer ops)
+    # int8/int4 keys: q split into two int8 operands (q ~ s1 a + s2 b, ~16 bits) and q.k as two
+    # int8 MMAs on the codes themselves, so keys are never converted to a float type
+    "int8_qk": True,
 }
-TUNING_BY_KEY_KIND: dict[int, dict[str, object]] = {
-    0: {"block_n": 64, "num_stages": 2},  # bf16/fp16
-    1: {"block_n": 64, "num_stages": 2},  # fp8
+TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
+    "bf16": {"block_n": 64, "num_stages": 2},
+    "fp16": {"block_n": 64, "num_stages": 2},
+    "int8": {"num_warps": 2, "block_n": 64, "num_stages": 2},
+    "k8v4": {"num_warps": 2, "block_n": 64, "num_stages": 3, "int8_qk": False},
+    "int4": {"num_warps": 2, "block_n": 64, "num_stages": 3},
+    "int4_hadamard": {"num_warps": 2, "block_n": 64, "num_stages": 3, "int8_qk": False},
 }
+TUNING_SMALL_GRID: dict[str, object] = {"num_warps": 1, "block_n": 32, "num_stages": 3}
 
 
-def _tuning(k_kind: int, rotated: bool) -> dict[str, object]:
-    extra = {} if rotated else TUNING_BY_KEY_KIND.get(k_kind, {})
-    return {**TUNING, **extra}
+def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
+    """Launch parameters for `programs` (sequence, query block, KV head) programs on `sms` SMs."""
+    tune = {**TUNING, **TUNING_BY_FORMAT.get(fmt.name, {})}
+    if fmt.is_quantized and programs < float(str(tune["small_grid_per_sm"])) * sms:
+        tune.update(TUNING_SMALL_GRID)
+    return tune
 
 
 def triton_supports(fmt: KVFormat) -> bool:
@@ -275,10 +287,11 @@ def _attention_triton(
     block_q = max(1, min(triton.next_power_of_2(max(max_query_len, 1)), max(1, 64 // group)))
     num_qb = triton.cdiv(max(max_query_len, 1), block_q)
     block_m = max(16, triton.next_power_of_2(block_q * group))
-    tune = _tuning(p.k_kind, fmt.k.rotation is not None)
+    sms = _sm_count(query.device)
+    tune = _tuning(fmt, b * num_qb * hkv, sms)
     block_n = int(str(tune["block_n"])) if d <= 128 else 32
     if num_splits is None:
-        num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, query.device, tune)
+        num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, sms, tune)
     tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
     u8, p16, f16, f32 = _views(cache, fmt)
@@ -304,6 +317,7 @@ def _attention_triton(
         MAGIC=magic, MAGIC_OFF=magic_off, SWAP_QK=bool(tune["swap_qk"]),
         ASM=bool(tune["asm_convert"]) and query.is_cuda,
         WORDS=bool(tune["word_loads"]) and (query.dtype == torch.bfloat16 or not query.is_cuda),
+        I8K=bool(tune["int8_qk"]) and p.k_kind in (int(tk.INT8.value), int(tk.INT4.value)),
         num_warps=tune["num_warps"], num_stages=tune["num_stages"],
     )  # fmt: skip
     if num_splits > 1:
@@ -314,9 +328,13 @@ def _attention_triton(
     return out
 
 
-def _choose_splits(programs: int, max_seq_len: int, device: torch.device, tune: dict[str, object]) -> int:
-    """Enough context splits that the grid covers the GPU about twice (flash-decoding)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+@lru_cache(maxsize=8)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _choose_splits(programs: int, max_seq_len: int, sms: int, tune: dict[str, object]) -> int:
+    """Enough context splits that the grid covers the GPU programs_per_sm times (flash-decoding)."""
     per_sm, min_tokens = int(str(tune["programs_per_sm"])), int(str(tune["min_tokens_per_split"]))
     want = -(-per_sm * sms // programs)
     return max(1, min(want, max_seq_len // min_tokens))

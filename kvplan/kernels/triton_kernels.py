@@ -17,6 +17,10 @@ int4 codes become bf16/fp16 by OR-ing the nibble into the mantissa of 128.0 (bf1
 or 1024.0 (fp16, 0x6400): c' = c + MAGIC_OFF exactly, with no int->float conversion; the offset is
 folded into the zero point for K (zero' = zero - MAGIC_OFF * scale) and taken out of V's sum with
 the same rounded probabilities the dot used.
+
+With I8K (int8/int4 keys), q is split once into two int8 operands with row scales,
+q = s1 * a + s2 * b, and q . c_t is two int8 MMAs on the codes (int4: the nibbles, no offset), so
+the keys are never converted: s = scale_t * (s1 (a . c_t) + s2 (b . c_t)) [+ zero_t * sum(q)].
 """
 
 # mypy: disable-error-code="no-untyped-def, untyped-decorator"
@@ -284,19 +288,66 @@ def _interleave4(e0, e1, e2, e3):
 
 
 @triton.jit
+def _nibbles_i8(c, ASM: tl.constexpr):
+    """uint8 bytes -> (low nibble, high nibble) as int8; with ASM four bytes a 32-bit op."""
+    if not ASM:
+        return (c & 15).to(tl.int8, bitcast=True), (c >> 4).to(tl.int8, bitcast=True)
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t;
+        and.b32 $0, $2, 0x0F0F0F0F;
+        shr.b32 t, $2, 4;
+        and.b32 $1, t, 0x0F0F0F0F;
+        }""",
+        constraints="=r,=r,r", args=[c], dtype=(tl.int8, tl.int8), is_pure=True, pack=4,
+    )  # fmt: skip
+
+
+@triton.jit
+def _split_i8(x_lo, x_hi):
+    """fp32 rows [M, HALF] x2 -> int8 (a, b) per half and row scales (s1, s2) with
+    x = s1 * a + s2 * b to within s2 / 2 = max|x| / 64516 (two int8 MMAs give ~16-bit operands)."""
+    amax = tl.maximum(tl.max(tl.abs(x_lo), axis=1), tl.max(tl.abs(x_hi), axis=1))
+    s1 = tl.where(amax > 0, amax / 127.0, 1.0)
+    s2 = s1 / 254.0
+    a_lo = tl.floor(x_lo / s1[:, None] + 0.5)
+    a_hi = tl.floor(x_hi / s1[:, None] + 0.5)
+    b_lo = tl.floor((x_lo - a_lo * s1[:, None]) / s2[:, None] + 0.5)
+    b_hi = tl.floor((x_hi - a_hi * s1[:, None]) / s2[:, None] + 0.5)
+    b_lo = tl.minimum(tl.maximum(b_lo, -127.0), 127.0)
+    b_hi = tl.minimum(tl.maximum(b_hi, -127.0), 127.0)
+    return a_lo.to(tl.int8), a_hi.to(tl.int8), b_lo.to(tl.int8), b_hi.to(tl.int8), s1, s2
+
+
+@triton.jit
 def _load_side(
     c_u8, c_p16, c_f16, c_f32, base, o, n_mask,
     KIND: tl.constexpr, CODE_OFF: tl.constexpr, META_OFF: tl.constexpr,
     D: tl.constexpr, HALF: tl.constexpr, DT: tl.constexpr, MAGIC: tl.constexpr,
-    ASM: tl.constexpr, WORDS: tl.constexpr, MAGIC_OFF: tl.constexpr,
+    ASM: tl.constexpr, WORDS: tl.constexpr, MAGIC_OFF: tl.constexpr, I8: tl.constexpr = False,
 ):  # fmt: skip
-    """A tile of one side: (lo, hi) [BN, HALF] in DT, and the per-token (scale, zero') in fp32."""
+    """A tile of one side: (lo, hi) [BN, HALF] in DT, and the per-token (scale, zero') in fp32.
+
+    I8 (INT8/INT4 only): the codes themselves as int8 (int4: the nibbles 0..15) for an int8 MMA,
+    and zero' = zero (no magic-number offset).
+    """
     d2 = tl.arange(0, HALF)
     m2 = n_mask[:, None]
     sc = tl.full(o.shape, 1.0, tl.float32)
     zr = tl.zeros(o.shape, tl.float32)
     # rows start 16-byte aligned (formats.ALIGN); saying so lets Triton emit 16-byte loads
-    if KIND == PLAIN:
+    if I8 and (KIND == INT8):
+        ptr = c_u8 + tl.multiple_of(base + CODE_OFF + o * D, 16)[:, None] + d2[None, :]
+        lo = tl.load(ptr, mask=m2, other=0).to(tl.int8, bitcast=True)
+        hi = tl.load(ptr + HALF, mask=m2, other=0).to(tl.int8, bitcast=True)
+        sc = tl.load(c_f32 + (base + META_OFF) // 4 + o, mask=n_mask, other=0.0)
+    elif I8:  # INT4
+        row = tl.multiple_of(base + CODE_OFF + o * HALF, 16)
+        lo, hi = _nibbles_i8(tl.load(c_u8 + row[:, None] + d2[None, :], mask=m2, other=0), ASM)
+        mptr = c_f16 + (base + META_OFF) // 2 + o * 2
+        sc = tl.load(mptr, mask=n_mask, other=0.0).to(tl.float32)
+        zr = tl.load(mptr + 1, mask=n_mask, other=0.0).to(tl.float32)
+    elif KIND == PLAIN:
         row = tl.multiple_of((base + CODE_OFF) // 2 + o * D, 8)
         ptr = c_p16 + row[:, None] + d2[None, :]
         lo = tl.load(ptr, mask=m2, other=0.0).to(DT)
@@ -357,7 +408,7 @@ def attention_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr, ROT_PREC: tl.constexpr,
     MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr, SWAP_QK: tl.constexpr,
-    ASM: tl.constexpr, WORDS: tl.constexpr,
+    ASM: tl.constexpr, WORDS: tl.constexpr, I8K: tl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits): BLOCK_Q queries x G heads of one KV group, one context split.
 
@@ -384,9 +435,15 @@ def attention_kernel(
     q_hi = tl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0)
     if K_ROT:  # keys are stored rotated by H/sqrt(d): rotate q alike
         q_lo, q_hi = _rotate_halves(q_lo, q_hi, rot_ptr, HALF, ROT_PREC)
+    if I8K:  # int8 keys meet q as two int8 MMAs (q ~ s1 * a + s2 * b): no key conversion at all
+        qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2 = _split_i8(q_lo.to(tl.float32), q_hi.to(tl.float32))
     q_lo = q_lo.to(DT)
     q_hi = q_hi.to(DT)
+    # the int4 zero-point term needs the q of the dot: the rounded one when codes carry MAGIC_OFF
     q_sum = tl.sum(q_lo.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
+    if I8K:
+        q_sum = qs1 * (tl.sum(qa_lo.to(tl.float32), axis=1) + tl.sum(qa_hi.to(tl.float32), axis=1))
+        q_sum += qs2 * (tl.sum(qb_lo.to(tl.float32), axis=1) + tl.sum(qb_hi.to(tl.float32), axis=1))
     k_static = tl.load(ks_ptr + h)
     v_static = tl.load(vs_ptr + h)
     if K_KIND == FP8:
@@ -411,9 +468,15 @@ def attention_kernel(
         o = tok % PAGE
         k_lo, k_hi, k_sc, k_zr = _load_side(
             c_u8, c_p16, c_f16, c_f32, base, o, n_mask, K_KIND, K_CODE, K_META, D, HALF, DT,
-            MAGIC, ASM, WORDS, MAGIC_OFF,
+            MAGIC, ASM, WORDS, MAGIC_OFF, I8K,
         )  # fmt: skip
-        if SWAP_QK:  # keys as the A operand: [BLOCK_N, d/2] codes convert in registers
+        if I8K:
+            sa = tl.dot(qa_lo, tl.trans(k_lo), out_dtype=tl.int32)
+            sa = tl.dot(qa_hi, tl.trans(k_hi), sa, out_dtype=tl.int32)
+            sb = tl.dot(qb_lo, tl.trans(k_lo), out_dtype=tl.int32)
+            sb = tl.dot(qb_hi, tl.trans(k_hi), sb, out_dtype=tl.int32)
+            s = sa.to(tl.float32) * qs1[:, None] + sb.to(tl.float32) * qs2[:, None]
+        elif SWAP_QK:  # keys as the A operand: [BLOCK_N, d/2] codes convert in registers
             st = tl.dot(k_lo, tl.trans(q_lo), input_precision=DOT_PREC)
             st = tl.dot(k_hi, tl.trans(q_hi), st, input_precision=DOT_PREC)
             s = tl.trans(st)
@@ -423,7 +486,8 @@ def attention_kernel(
         if K_KIND == INT8:
             s = s * k_sc[None, :]
         if K_KIND == INT4:
-            k_zr = k_zr - MAGIC_OFF * k_sc
+            if not I8K:
+                k_zr = k_zr - MAGIC_OFF * k_sc
             s = s * k_sc[None, :] + q_sum[:, None] * k_zr[None, :]
         s = s * qk_scale
         ok = n_mask[None, :] & (tok[None, :] < limit[:, None])
