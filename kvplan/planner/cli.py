@@ -340,7 +340,11 @@ def plan(
     gpu_memory_utilization: Annotated[float, typer.Option()] = 0.92,
     weight_dtype: Annotated[str, typer.Option(help="auto, bf16, fp8, int8, int4")] = "auto",
     kernels: Annotated[
-        str, typer.Option(help="decode speed of quantized KV: kvplan (byte-bound) or vllm")
+        str,
+        typer.Option(
+            help="decode speed of quantized KV: kvplan (byte-bound ideal), measured (kvplan's"
+            " kernels as measured on an H100) or vllm (vLLM's own kernels)"
+        ),
     ] = "kvplan",
     prices: Annotated[Path | None, typer.Option(help="price file overriding the shipped one")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="where to write the pool plan")] = Path(
@@ -353,7 +357,14 @@ def plan(
 ) -> None:
     """Size a fleet per context bucket (BF16 baseline + quantized candidates) and write pools.yaml."""
     from kvplan.errors import InputError
-    from kvplan.planner.fleet import VLLM_KV_READ_EFFICIENCY, PlanOptions, load_prices, plan_fleet, to_plan
+    from kvplan.planner.fleet import (
+        KERNELS,
+        PlanOptions,
+        kv_read_efficiency,
+        load_prices,
+        plan_fleet,
+        to_plan,
+    )
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
     from kvplan.planner.roofline import Efficiency
@@ -366,8 +377,8 @@ def plan(
         raise InputError(f"--headroom must be in [0, 1), got {headroom}")
     if tpot_slo_ms <= 0:
         raise InputError(f"--tpot-slo-ms must be positive, got {tpot_slo_ms}")
-    if kernels not in ("kvplan", "vllm"):
-        raise InputError(f"--kernels must be kvplan or vllm, got {kernels!r}")
+    if kernels not in KERNELS:
+        raise InputError(f"--kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     gpu_spec, _count = get_gpu(gpu)
     spec = get_model(model)
     bucket_bounds = tuple(parse_tokens(b, "bucket bound") for b in buckets.split(",") if b.strip())
@@ -376,7 +387,7 @@ def plan(
     else:
         assert context_mix is not None
         mix = parse_context_mix(context_mix, rps, output_tokens)
-    eff = Efficiency(kv_read_efficiency=dict(VLLM_KV_READ_EFFICIENCY)) if kernels == "vllm" else Efficiency()
+    eff = Efficiency(kv_read_efficiency=kv_read_efficiency(kernels))
     opts = PlanOptions(
         buckets=bucket_bounds,
         target_kv_utilization=1 - headroom,

@@ -44,6 +44,35 @@ VLLM_KV_READ_EFFICIENCY = {
     "int4": 136 / 512 * 0.40 / 0.92,
 }
 
+# kvplan's own decode kernels as measured on an H100 (bench/results/kernels_h100.md, 2026-11-23,
+# batch 32 x 32K, Llama-3-8B shapes): speed-up over the BF16 kernel. They do not reach the byte
+# ratio (int4 1.8x for 3.8x fewer bytes); `--kernels measured` plans with these figures.
+KVPLAN_H100_SPEEDUP = {
+    "fp8_e4m3": 1.61,
+    "int8": 1.73,
+    "int8_hadamard": 1.63,
+    "k8v4": 1.69,
+    "int4": 1.81,
+    "int4_hadamard": 1.76,
+}
+
+
+KERNELS = ("kvplan", "measured", "vllm")  # whose decode kernels read the quantized cache
+
+
+def kv_read_efficiency(kernels: str) -> dict[str, float]:
+    """Per-format KV read efficiency for `--kernels`: kvplan (byte-bound, 1.0), vllm, measured."""
+    from kvplan.formats import get_format
+
+    if kernels == "vllm":
+        return dict(VLLM_KV_READ_EFFICIENCY)
+    if kernels == "measured":
+        bf16 = get_format(BASELINE_FORMAT).bytes_per_token_head(128)
+        return {n: x * get_format(n).bytes_per_token_head(128) / bf16 for n, x in KVPLAN_H100_SPEEDUP.items()}
+    if kernels == "kvplan":
+        return {}
+    raise ValueError(f"kernels must be kvplan, measured or vllm, got {kernels!r}")
+
 
 @dataclass(frozen=True)
 class Prices:

@@ -222,3 +222,45 @@ def test_fast_argument_parsing_matches_typer() -> None:
     assert run("size", "llama-3.1-8b", "--no-enforce-eager", "--json").returncode == 0
     assert "llama-3.1-70b" in run("size", "--list").stdout
     assert "unrecognized arguments: --bogus" in fails("size", "llama-3.1-8b", "--bogus")
+
+
+def test_plan_with_measured_kernels_sits_between_byte_bound_and_vllms(tmp_path: Path) -> None:
+    """--kernels measured plans with kvplan's H100 figures: a quantized decode step is slower than
+    the byte-bound ideal and faster than with vLLM's own kernels; BF16 is the same in all three."""
+    from kvplan.formats import get_format
+    from kvplan.planner.fleet import kv_read_efficiency
+    from kvplan.planner.gpus import get_gpu
+    from kvplan.planner.models import get_model
+    from kvplan.planner.roofline import Efficiency, decode_step_seconds
+
+    model, (gpu, _n) = get_model("llama-3.1-8b"), get_gpu("h100")
+
+    def step(kernels: str, fmt: str) -> float:
+        eff = Efficiency(kv_read_efficiency=kv_read_efficiency(kernels))
+        f = get_format(fmt)
+        return decode_step_seconds(model, gpu, f, batch=32, context_tokens=32768, efficiency=eff)
+
+    assert step("kvplan", "bf16") == step("measured", "bf16") == step("vllm", "bf16")
+    for fmt in ("fp8_e4m3", "int8", "int4"):
+        assert step("kvplan", fmt) < step("measured", fmt) < step("vllm", fmt), fmt
+    r = run("plan", "llama-3.1-8b", "--context-mix", "8k:60,16k:25,32k:15", "--rps", "40",
+            "--kernels", "measured", "-o", str(tmp_path / "pools.yaml"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert load_plan(tmp_path / "pools.yaml").buckets
+    assert "kvplan, measured, vllm" in fails("plan", "llama-3.1-8b", "--context-mix", "8k:100",
+                                             "--kernels", "fast")  # fmt: skip
+
+
+def test_measured_efficiency_is_the_h100_speedup_over_the_byte_ratio() -> None:
+    from kvplan.formats import get_format
+    from kvplan.planner.fleet import KVPLAN_H100_SPEEDUP, kv_read_efficiency
+
+    eff = kv_read_efficiency("measured")
+    bf16 = get_format("bf16").bytes_per_token_head(128)
+    for name, speedup in KVPLAN_H100_SPEEDUP.items():
+        byte_ratio = bf16 / get_format(name).bytes_per_token_head(128)
+        assert eff[name] == pytest.approx(speedup / byte_ratio)
+        assert 0 < eff[name] < 1  # none of kvplan's quantized kernels reaches its byte ratio yet
+    assert kv_read_efficiency("kvplan") == {}
+    with pytest.raises(ValueError, match="kvplan, measured or vllm"):
+        kv_read_efficiency("fast")

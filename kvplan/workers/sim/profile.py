@@ -38,22 +38,16 @@ class WorkerProfile:
     capacity: Capacity  # the planner's figures for this replica (vLLM's startup log lines)
 
 
-KERNELS = ("kvplan", "vllm")  # whose decode kernels read the quantized cache
-
-
 @cache
 def efficiency(kernels: str) -> Efficiency:
-    """kvplan's kernels read each format at its byte count; vLLM's own are slower (the planner's
-    `VLLM_KV_READ_EFFICIENCY`, from facts.md §4)."""
+    """The roofline's efficiency for `kernels` (see `kvplan.planner.fleet.kv_read_efficiency`):
+    kvplan's kernels at the byte ratio, as measured on an H100, or vLLM's own (facts.md §4)."""
+    from kvplan.planner.fleet import KERNELS, kv_read_efficiency
     from kvplan.planner.roofline import Efficiency
 
     if kernels not in KERNELS:
         raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
-    if kernels == "vllm":
-        from kvplan.planner.fleet import VLLM_KV_READ_EFFICIENCY
-
-        return Efficiency(kv_read_efficiency=dict(VLLM_KV_READ_EFFICIENCY))
-    return Efficiency()
+    return Efficiency(kv_read_efficiency=kv_read_efficiency(kernels))
 
 
 @dataclass(frozen=True)
