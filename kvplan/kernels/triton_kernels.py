@@ -249,34 +249,56 @@ def _e4m3_words(w, ASM: tl.constexpr, DT: tl.constexpr):
         e2 = ((w >> 16) & 255).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(DT)
         e3 = ((w >> 24) & 255).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(DT)
         return _interleave4(e0, e1, e2, e3)
-    e0, e1, e2, e3 = tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, u, m;
-        mov.b32 m, 0x7B807B80;
-        prmt.b32 t, $4, $5, 0x4400;
-        shr.b32 u, t, 4;
-        and.b32 u, u, 0x07F007F0;
-        lop3.b32 u, u, t, 0x80008000, 0xF8;
-        mul.rn.bf16x2 $0, u, m;
-        prmt.b32 t, $4, $5, 0x5511;
-        shr.b32 u, t, 4;
-        and.b32 u, u, 0x07F007F0;
-        lop3.b32 u, u, t, 0x80008000, 0xF8;
-        mul.rn.bf16x2 $1, u, m;
-        prmt.b32 t, $4, $5, 0x6622;
-        shr.b32 u, t, 4;
-        and.b32 u, u, 0x07F007F0;
-        lop3.b32 u, u, t, 0x80008000, 0xF8;
-        mul.rn.bf16x2 $2, u, m;
-        prmt.b32 t, $4, $5, 0x7733;
-        shr.b32 u, t, 4;
-        and.b32 u, u, 0x07F007F0;
-        lop3.b32 u, u, t, 0x80008000, 0xF8;
-        mul.rn.bf16x2 $3, u, m;
-        }""",
-        constraints="=r,=r,=r,=r,r,r", args=[w],
-        dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
-    )  # fmt: skip
+    if tl.float16 == DT:  # the hardware conversion of two e4m3 in 16 bits to f16x2 (sm_89+)
+        e0, e1, e2, e3 = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t;
+            .reg .b16 h, x;
+            prmt.b32 t, $4, $5, 0x0040;
+            mov.b32 {h, x}, t;
+            cvt.rn.f16x2.e4m3x2 $0, h;
+            prmt.b32 t, $4, $5, 0x0051;
+            mov.b32 {h, x}, t;
+            cvt.rn.f16x2.e4m3x2 $1, h;
+            prmt.b32 t, $4, $5, 0x0062;
+            mov.b32 {h, x}, t;
+            cvt.rn.f16x2.e4m3x2 $2, h;
+            prmt.b32 t, $4, $5, 0x0073;
+            mov.b32 {h, x}, t;
+            cvt.rn.f16x2.e4m3x2 $3, h;
+            }""",
+            constraints="=r,=r,=r,=r,r,r", args=[w],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=2,
+        )  # fmt: skip
+    else:
+        e0, e1, e2, e3 = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t, u, m;
+            mov.b32 m, 0x7B807B80;
+            prmt.b32 t, $4, $5, 0x4400;
+            shr.b32 u, t, 4;
+            and.b32 u, u, 0x07F007F0;
+            lop3.b32 u, u, t, 0x80008000, 0xF8;
+            mul.rn.bf16x2 $0, u, m;
+            prmt.b32 t, $4, $5, 0x5511;
+            shr.b32 u, t, 4;
+            and.b32 u, u, 0x07F007F0;
+            lop3.b32 u, u, t, 0x80008000, 0xF8;
+            mul.rn.bf16x2 $1, u, m;
+            prmt.b32 t, $4, $5, 0x6622;
+            shr.b32 u, t, 4;
+            and.b32 u, u, 0x07F007F0;
+            lop3.b32 u, u, t, 0x80008000, 0xF8;
+            mul.rn.bf16x2 $2, u, m;
+            prmt.b32 t, $4, $5, 0x7733;
+            shr.b32 u, t, 4;
+            and.b32 u, u, 0x07F007F0;
+            lop3.b32 u, u, t, 0x80008000, 0xF8;
+            mul.rn.bf16x2 $3, u, m;
+            }""",
+            constraints="=r,=r,=r,=r,r,r", args=[w],
+            dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
+        )  # fmt: skip
     return _interleave4(e0, e1, e2, e3)
 
 
@@ -356,7 +378,7 @@ def _load_side(
         if WORDS:
             wp = c_f32.to(tl.pointer_type(tl.int32)) + ((base + CODE_OFF + o * D) // 4)[:, None]
             w4 = tl.arange(0, HALF // 4)
-            wa = ASM and (MAGIC == 0x4300)
+            wa = ASM and ((MAGIC == 0x4300) or (MAGIC == 0x6400))
             lo = _e4m3_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT)
             hi = _e4m3_words(tl.load(wp + HALF // 4 + w4[None, :], mask=m2, other=0), wa, DT)
         else:
@@ -437,6 +459,14 @@ def attention_kernel(
         q_lo, q_hi = _rotate_halves(q_lo, q_hi, rot_ptr, HALF, ROT_PREC)
     if I8K:  # int8 keys meet q as two int8 MMAs (q ~ s1 * a + s2 * b): no key conversion at all
         qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2 = _split_i8(q_lo.to(tl.float32), q_hi.to(tl.float32))
+    q_mul = tl.full([BLOCK_M], 1.0, tl.float32)
+    if (tl.float16 == DT) and (q_ptr.dtype.element_ty == tl.bfloat16):  # fp8 pages, fp16 dots
+        q_amax = tl.maximum(
+            tl.max(tl.abs(q_lo.to(tl.float32)), axis=1), tl.max(tl.abs(q_hi.to(tl.float32)), axis=1)
+        )
+        q_mul = tl.where(q_amax > 16384.0, q_amax / 16384.0, 1.0)  # keep q inside fp16's range
+        q_lo = q_lo.to(tl.float32) / q_mul[:, None]
+        q_hi = q_hi.to(tl.float32) / q_mul[:, None]
     q_lo = q_lo.to(DT)
     q_hi = q_hi.to(DT)
     # the int4 zero-point term needs the q of the dot: the rounded one when codes carry MAGIC_OFF
@@ -490,6 +520,8 @@ def attention_kernel(
                 k_zr = k_zr - MAGIC_OFF * k_sc
             s = s * k_sc[None, :] + q_sum[:, None] * k_zr[None, :]
         s = s * qk_scale
+        if (tl.float16 == DT) and (q_ptr.dtype.element_ty == tl.bfloat16):
+            s = s * q_mul[:, None]
         ok = n_mask[None, :] & (tok[None, :] < limit[:, None])
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
