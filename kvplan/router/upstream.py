@@ -133,8 +133,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.uses += 1
         self.idle_timeout = idle_timeout
         self.deadline = self._loop.time() + first_byte_timeout
+        if not self.usable:  # closed under us (peer reset, abort) before connection_lost ran
+            self.closed = True
+            raise UpstreamError(FailKind.PROTOCOL, "upstream connection already closed", reused=self.uses > 1)
         assert self.transport is not None
         self.transport.write(data)
+
+    @property
+    def usable(self) -> bool:
+        """Open as far as the transport knows (uvloop refuses writes on a closing transport)."""
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def attach(self, sink: Sink) -> None:
         """Start delivering body bytes to `sink` (bytes already received are delivered first)."""
@@ -189,7 +197,7 @@ class UpstreamPool:
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if conn.usable:
                 self.busy.add(conn)
                 return conn
         loop = asyncio.get_running_loop()
