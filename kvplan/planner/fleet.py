@@ -48,12 +48,12 @@ VLLM_KV_READ_EFFICIENCY = {
 # batch 32 x 32K, Llama-3-8B shapes): speed-up over the BF16 kernel. They do not reach the byte
 # ratio (int4 1.8x for 3.8x fewer bytes); `--kernels measured` plans with these figures.
 KVPLAN_H100_SPEEDUP = {
-    "fp8_e4m3": 1.61,
-    "int8": 1.73,
-    "int8_hadamard": 1.63,
-    "k8v4": 1.69,
+    "fp8_e4m3": 1.66,
+    "int8": 1.72,
+    "int8_hadamard": 1.62,
+    "k8v4": 1.68,
     "int4": 1.81,
-    "int4_hadamard": 1.76,
+    "int4_hadamard": 1.74,
 }
 
 
@@ -62,8 +62,6 @@ KERNELS = ("kvplan", "measured", "vllm")  # whose decode kernels read the quanti
 
 def kv_read_efficiency(kernels: str) -> dict[str, float]:
     """Per-format KV read efficiency for `--kernels`: kvplan (byte-bound, 1.0), vllm, measured."""
-    from kvplan.formats import get_format
-
     if kernels == "vllm":
         return dict(VLLM_KV_READ_EFFICIENCY)
     if kernels == "measured":
