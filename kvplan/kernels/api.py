@@ -50,6 +50,9 @@ TUNING: dict[str, object] = {
     # e4m3x2 -> f16x2 conversion (1 instruction per 2 codes instead of 5 for bf16); q is scaled into
     # fp16's range per row. H100 32x32K: 877 -> 847 us (bench/results/kernels_h100_fp8_fp16.json)
     "fp8_fp16": True,
+    # registers per thread cap (0: the compiler's choice); 128 and 96 spill and were slower for
+    # every integer format on an H100 (bench/results/kernels_h100_maxnreg_rejected.json)
+    "maxnreg": 0,
 }
 TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4}  # cache write: tokens a program
 TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
@@ -326,7 +329,7 @@ def _attention_triton(
         ASM=bool(tune["asm_convert"]) and query.is_cuda,
         WORDS=words,
         I8K=bool(tune["int8_qk"]) and p.k_kind in (int(tk.INT8.value), int(tk.INT4.value)),
-        num_warps=tune["num_warps"], num_stages=tune["num_stages"],
+        num_warps=tune["num_warps"], num_stages=tune["num_stages"], **_maxnreg(tune),
     )  # fmt: skip
     if num_splits > 1:
         tk.combine_kernel[(tq, hq)](
@@ -334,6 +337,11 @@ def _attention_triton(
             D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits),
         )  # fmt: skip
     return out
+
+
+def _maxnreg(tune: dict[str, object]) -> dict[str, int]:
+    n = int(str(tune["maxnreg"]))
+    return {"maxnreg": n} if n else {}
 
 
 @lru_cache(maxsize=8)
