@@ -153,6 +153,47 @@ def write_kernel(
 # unpacking with integer ops.
 
 
+# The inline PTX, one block per conversion: the same few instructions for each byte position k,
+# with the prmt selector `sel` gathering byte k of the two packed words (see the functions below).
+_BYTE_SELECTORS = ("0x4400", "0x5511", "0x6622", "0x7733")
+
+
+def _per_byte_ptx(regs: str, body: str, head: str = "", selectors: tuple[str, ...] = _BYTE_SELECTORS) -> str:
+    lines = [body.format(sel=sel, k=k, k4=k + 4) for k, sel in enumerate(selectors)]
+    return "{ " + regs + " " + head + " " + " ".join(lines) + " }"
+
+
+_PTX_S8_BF16 = tl.constexpr(
+    _per_byte_ptx(
+        ".reg .b32 t, a, b;",
+        "prmt.b32 t, $4, $5, {sel}; lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;"
+        " lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA; sub.bf16x2 ${k}, a, b;",
+    )
+)
+_PTX_NIB_BF16 = tl.constexpr(
+    _per_byte_ptx(
+        ".reg .b32 t, u;",
+        "prmt.b32 t, $8, $9, {sel}; shr.b32 u, t, 4; lop3.b32 ${k}, t, 0x000F000F, 0x43004300, 0xEA;"
+        " lop3.b32 ${k4}, u, 0x000F000F, 0x43004300, 0xEA;",
+    )
+)
+_PTX_E4M3_F16 = tl.constexpr(
+    _per_byte_ptx(
+        ".reg .b32 t; .reg .b16 h, x;",
+        "prmt.b32 t, $4, $5, {sel}; mov.b32 {{h, x}}, t; cvt.rn.f16x2.e4m3x2 ${k}, h;",
+        selectors=("0x0040", "0x0051", "0x0062", "0x0073"),  # byte k of both words in 16 bits
+    )
+)
+_PTX_E4M3_BF16 = tl.constexpr(
+    _per_byte_ptx(
+        ".reg .b32 t, u, m;",
+        "prmt.b32 t, $4, $5, {sel}; shr.b32 u, t, 4; and.b32 u, u, 0x07F007F0;"
+        " lop3.b32 u, u, t, 0x80008000, 0xF8; mul.rn.bf16x2 ${k}, u, m;",
+        head="mov.b32 m, 0x7B807B80;",
+    )
+)
+
+
 @triton.jit
 def _s8_words(w, ASM: tl.constexpr, DT: tl.constexpr):
     """int8 codes loaded as int32 words [BN, W] -> DT [BN, 4W] in register order, exactly.
@@ -171,25 +212,7 @@ def _s8_words(w, ASM: tl.constexpr, DT: tl.constexpr):
         e3 = ((((w >> 24) & 255) ^ 128) - 128).to(DT)
         return _interleave4(e0, e1, e2, e3)
     e0, e1, e2, e3 = tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, a, b;
-        prmt.b32 t, $4, $5, 0x4400;
-        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
-        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
-        sub.bf16x2 $0, a, b;
-        prmt.b32 t, $4, $5, 0x5511;
-        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
-        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
-        sub.bf16x2 $1, a, b;
-        prmt.b32 t, $4, $5, 0x6622;
-        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
-        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
-        sub.bf16x2 $2, a, b;
-        prmt.b32 t, $4, $5, 0x7733;
-        lop3.b32 a, t, 0x007F007F, 0x43004300, 0xEA;
-        lop3.b32 b, t, 0x00800080, 0x43004300, 0xEA;
-        sub.bf16x2 $3, a, b;
-        }""",
+        asm=_PTX_S8_BF16,
         constraints="=r,=r,=r,=r,r,r", args=[w],
         dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
     )  # fmt: skip
@@ -210,25 +233,7 @@ def _nib_words(w, ASM: tl.constexpr, DT: tl.constexpr, MAGIC_OFF: tl.constexpr):
         h3 = (((w >> 28) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
         return _interleave4(l0, l1, l2, l3), _interleave4(h0, h1, h2, h3)
     l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, u;
-        prmt.b32 t, $8, $9, 0x4400;
-        shr.b32 u, t, 4;
-        lop3.b32 $0, t, 0x000F000F, 0x43004300, 0xEA;
-        lop3.b32 $4, u, 0x000F000F, 0x43004300, 0xEA;
-        prmt.b32 t, $8, $9, 0x5511;
-        shr.b32 u, t, 4;
-        lop3.b32 $1, t, 0x000F000F, 0x43004300, 0xEA;
-        lop3.b32 $5, u, 0x000F000F, 0x43004300, 0xEA;
-        prmt.b32 t, $8, $9, 0x6622;
-        shr.b32 u, t, 4;
-        lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xEA;
-        lop3.b32 $6, u, 0x000F000F, 0x43004300, 0xEA;
-        prmt.b32 t, $8, $9, 0x7733;
-        shr.b32 u, t, 4;
-        lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
-        lop3.b32 $7, u, 0x000F000F, 0x43004300, 0xEA;
-        }""",
+        asm=_PTX_NIB_BF16,
         constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
         dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2,
     )  # fmt: skip
@@ -251,51 +256,13 @@ def _e4m3_words(w, ASM: tl.constexpr, DT: tl.constexpr):
         return _interleave4(e0, e1, e2, e3)
     if tl.float16 == DT:  # the hardware conversion of two e4m3 in 16 bits to f16x2 (sm_89+)
         e0, e1, e2, e3 = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 t;
-            .reg .b16 h, x;
-            prmt.b32 t, $4, $5, 0x0040;
-            mov.b32 {h, x}, t;
-            cvt.rn.f16x2.e4m3x2 $0, h;
-            prmt.b32 t, $4, $5, 0x0051;
-            mov.b32 {h, x}, t;
-            cvt.rn.f16x2.e4m3x2 $1, h;
-            prmt.b32 t, $4, $5, 0x0062;
-            mov.b32 {h, x}, t;
-            cvt.rn.f16x2.e4m3x2 $2, h;
-            prmt.b32 t, $4, $5, 0x0073;
-            mov.b32 {h, x}, t;
-            cvt.rn.f16x2.e4m3x2 $3, h;
-            }""",
+            asm=_PTX_E4M3_F16,
             constraints="=r,=r,=r,=r,r,r", args=[w],
             dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=2,
         )  # fmt: skip
     else:
         e0, e1, e2, e3 = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 t, u, m;
-            mov.b32 m, 0x7B807B80;
-            prmt.b32 t, $4, $5, 0x4400;
-            shr.b32 u, t, 4;
-            and.b32 u, u, 0x07F007F0;
-            lop3.b32 u, u, t, 0x80008000, 0xF8;
-            mul.rn.bf16x2 $0, u, m;
-            prmt.b32 t, $4, $5, 0x5511;
-            shr.b32 u, t, 4;
-            and.b32 u, u, 0x07F007F0;
-            lop3.b32 u, u, t, 0x80008000, 0xF8;
-            mul.rn.bf16x2 $1, u, m;
-            prmt.b32 t, $4, $5, 0x6622;
-            shr.b32 u, t, 4;
-            and.b32 u, u, 0x07F007F0;
-            lop3.b32 u, u, t, 0x80008000, 0xF8;
-            mul.rn.bf16x2 $2, u, m;
-            prmt.b32 t, $4, $5, 0x7733;
-            shr.b32 u, t, 4;
-            and.b32 u, u, 0x07F007F0;
-            lop3.b32 u, u, t, 0x80008000, 0xF8;
-            mul.rn.bf16x2 $3, u, m;
-            }""",
+            asm=_PTX_E4M3_BF16,
             constraints="=r,=r,=r,=r,r,r", args=[w],
             dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=2,
         )  # fmt: skip
