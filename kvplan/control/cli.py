@@ -71,34 +71,27 @@ def _write(
     typer.echo(f"{bucket}: {state}  [version {result['version']}]")
 
 
-@flags_app.command("kill")
-def kill(
-    bucket: BucketOpt,
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """Send every cohort of a bucket to its baseline pool (overrides any weight)."""
-    _write("kill", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json)
+def _flag_command(op: str, doc: str) -> None:
+    """`kvplan flags <op>`: a kill-switch write on one bucket."""
+
+    def command(
+        bucket: BucketOpt,
+        reason: ReasonOpt = "",
+        actor: ActorOpt = None,
+        plan: PlanOpt = None,
+        flag_store: StoreOpt = None,
+        router: RouterOpt = None,
+        admin_token_file: TokenOpt = None,
+        json: JsonOpt = False,
+    ) -> None:
+        _write(op, bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json)
+
+    command.__doc__ = doc
+    flags_app.command(op)(command)
 
 
-@flags_app.command("unkill")
-def unkill(
-    bucket: BucketOpt,
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """Lift the kill switch: the bucket's weight applies again."""
-    _write("unkill", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json)
+_flag_command("kill", "Send every cohort of a bucket to its baseline pool (overrides any weight).")
+_flag_command("unkill", "Lift the kill switch: the bucket's weight applies again.")
 
 
 @flags_app.command("set-weight")
@@ -200,46 +193,27 @@ def _simple(op: str, bucket: str, reason: str, actor: str | None, where: Any) ->
     )
 
 
-@rollout_app.command("pause")
-def rollout_pause(
-    bucket: BucketOpt,
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-) -> None:
-    """Hold the current weight; no analysis until resumed."""
-    _simple("pause", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
+def _rollout_command(op: str, doc: str) -> None:
+    """`kvplan rollout <op>` for the ops that take only a bucket and a reason."""
+
+    def command(
+        bucket: BucketOpt,
+        reason: ReasonOpt = "",
+        actor: ActorOpt = None,
+        plan: PlanOpt = None,
+        flag_store: StoreOpt = None,
+        router: RouterOpt = None,
+        admin_token_file: TokenOpt = None,
+    ) -> None:
+        _simple(op, bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
+
+    command.__doc__ = doc
+    rollout_app.command(op)(command)
 
 
-@rollout_app.command("resume")
-def rollout_resume(
-    bucket: BucketOpt,
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-) -> None:
-    """Continue a paused rollout; the next analysis is one full interval from now."""
-    _simple("resume", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
-
-
-@rollout_app.command("abort")
-def rollout_abort(
-    bucket: BucketOpt,
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-) -> None:
-    """Roll back now: weight 0 and kill switch on."""
-    _simple("abort", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file))
+_rollout_command("pause", "Hold the current weight; no analysis until resumed.")
+_rollout_command("resume", "Continue a paused rollout; the next analysis is one full interval from now.")
+_rollout_command("abort", "Roll back now: weight 0 and kill switch on.")
 
 
 @rollout_app.command("status")
