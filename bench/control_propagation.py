@@ -17,13 +17,14 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kvplan.procs import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = """\
@@ -45,12 +46,6 @@ while True:
         out.write(f"{int(v or 0)} - {time.time():.6f}\\n")
     time.sleep(0.1)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def applied(trace: Path) -> dict[int, float]:
@@ -126,7 +121,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )
         )
-        time.sleep(0.3)
+        wait_port(port)
         plan_path = work / "pools.yaml"
         plan_path.write_text(PLAN)
         routers = [work / f"router{i}.trace" for i in range(args.replicas)]

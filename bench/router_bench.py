@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from kvplan.procs import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "router" / "fake_vllm.py"
 BIN = Path(sys.executable).parent
@@ -44,12 +46,6 @@ STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16, "stream": True}
 )
 PY_ROUTER_RPS = 110.0  # facts.md §5: a Python (production-stack style) router on a 2-core box
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(port: int, path: str = "/health", timeout: float = 30.0) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kvplan.errors import InputError
 from kvplan.plan import load_plan
+from kvplan.procs import ROUTER_READY
 from kvplan.router.app import Limits, Router, Settings
 from kvplan.router.endpoints import Saturation
 from kvplan.router.flags import open_flag_store
@@ -44,7 +45,7 @@ async def _main(router: Router, host: str, port: int) -> None:
     except OSError as exc:
         await router.close()
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    print(f"kvplan router listening on http://{host}:{router.port}", flush=True)
+    print(f"{ROUTER_READY}http://{host}:{router.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from kvplan.errors import KvplanError, NotFound, PlanError
 from kvplan.formats import FORMATS, Element, KVFormat, TensorQuant
 from kvplan.plan import Plan, Pool
+from kvplan.procs import free_port
 from kvplan.workers.vllm_plugin import FORMAT_ENV
 from kvplan.workers.vllm_plugin.support import SUPPORTED_HEAD_DIMS, unsupported_reason
 
@@ -215,12 +215,6 @@ def check_plan(plan: Plan, opts: LaunchOptions) -> None:
     problems = [f"pool {p.name!r}: {r}" for p in plan.pools if p.replicas for r in check_pool(p, opts)]
     if problems:
         raise PlanError("vLLM cannot serve this plan: " + "; ".join(problems))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def replica_argv(pool: Pool, model: str, port: int, opts: LaunchOptions) -> tuple[list[str], dict[str, str]]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from kvplan.procs import ROUTER_READY, free_port, ready_url, wait_port
+from kvplan.workers.sim.launch import READY_PREFIX as SIM_READY
 
 PLAN = """\
 version: 1
@@ -34,22 +36,6 @@ buckets:
       - {name: b32k-int8, model: llama-3.1-8b, kv_format: int8, max_model_len: 32768}
     rollout: {weight: 10}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
 class RedisServer:
@@ -103,20 +89,6 @@ class RedisServer:
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "control-test-token"
-SIM_READY = "kvplan worker sim: listening on "
-ROUTER_READY = "kvplan router listening on "
-
-
-def _ready_url(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            return line[len(prefix) :].split()[0]
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before it was ready")
-    raise TimeoutError(f"{proc.args} printed no {prefix!r} within {timeout} s")
 
 
 def kvplan_proc(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -155,7 +127,7 @@ class SimWorker:
             ],
             workdir / f"{name}.log",
         )
-        self.url = _ready_url(self.proc, SIM_READY)
+        self.url = ready_url(self.proc, SIM_READY)
 
     def stop(self) -> None:
         stop(self.proc)
@@ -188,7 +160,7 @@ class Router:
             workdir / f"{name}.log",
             {"KVPLAN_FLAG_TRACE": str(self.trace)},
         )
-        self.url = _ready_url(self.proc, ROUTER_READY)
+        self.url = ready_url(self.proc, ROUTER_READY)
 
     def applied(self) -> dict[int, float]:
         """version -> unix time this router applied it (current epoch only is the caller's concern)."""

@@ -13,22 +13,12 @@ from typing import Any
 
 import httpx
 
+from kvplan.procs import ROUTER_READY, ready_url
+
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).with_name("fake_vllm.py")
 TOKEN = "test-admin-token"
 MODEL = "test-model"
-
-
-def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            return line[len(prefix) :].split()[0]
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before it was ready")
-    raise TimeoutError(f"{proc.args} printed no {prefix!r} within {timeout}s")
 
 
 class Backend:
@@ -54,7 +44,7 @@ class Backend:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self.url = _wait_line(self.proc, "listening on ")
+        self.url = ready_url(self.proc, "listening on ", 30)
 
     def control(self, **settings: Any) -> dict[str, Any]:
         r = httpx.post(f"{self.url}/_control", json=settings, timeout=5)
@@ -142,7 +132,7 @@ class RouterProc:
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.url = _wait_line(self.proc, "kvplan router listening on ")
+        self.url = ready_url(self.proc, ROUTER_READY, 30)
         self.admin = {"Authorization": f"Bearer {TOKEN}"}
 
     def log(self) -> str:

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from kvplan.plan import parse_plan
+from kvplan.procs import free_port
 from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
-from kvplan.workers.launch import Device, free_port
+from kvplan.workers.launch import Device
 from kvplan.workers.status import replica_status
 
 
