@@ -107,6 +107,33 @@ def _http_probe(path: str, port: str, period: int, failures: int) -> dict[str, A
     }
 
 
+def _with_plan(container: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod spec running `container` with the plan ConfigMap as its `plan` volume."""
+    return {"containers": [container], "volumes": [{"name": "plan", "configMap": {"name": "kvplan-plan"}}]}
+
+
+def _deployment(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    replicas: int,
+    pod_spec: Mapping[str, Any],
+    selector: Mapping[str, str] | None = None,
+    strategy: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """A Deployment whose pods carry `labels` (plus part-of) and are selected by `selector`."""
+    spec: dict[str, Any] = {"replicas": replicas, "selector": {"matchLabels": dict(selector or labels)}}
+    if strategy is not None:
+        spec["strategy"] = dict(strategy)
+    spec["template"] = {"metadata": {"labels": {**PART_OF, **labels}}, "spec": dict(pod_spec)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, namespace, labels),
+        "spec": spec,
+    }
+
+
 def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Manifest]:
     """The Deployment and Service of one pool."""
     name = pool_service_name(pool)
@@ -166,18 +193,9 @@ def pool_manifests(bucket: Bucket, pool: Pool, opts: RenderOptions) -> list[Mani
                 }
             }
         }
-    deployment: Manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(name, opts.namespace, pod_labels),
-        "spec": {
-            "replicas": pool.replicas,
-            "selector": {"matchLabels": selector},
-            # GPUs are the scarce resource: replace a replica in place rather than surge a new one.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-            "template": {"metadata": {"labels": {**PART_OF, **pod_labels}}, "spec": pod_spec},
-        },
-    }
+    # GPUs are the scarce resource: replace a replica in place rather than surge a new one.
+    in_place = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    deployment = _deployment(name, opts.namespace, pod_labels, pool.replicas, pod_spec, selector, in_place)
     service: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -219,22 +237,7 @@ def router_manifests(plan: Plan, opts: RenderOptions) -> list[Manifest]:
         # A ConfigMap volume (not subPath) so that plan edits reach the router, which reloads the file.
         "volumeMounts": [{"name": "plan", "mountPath": str(Path(PLAN_PATH).parent), "readOnly": True}],
     }
-    deployment: Manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(ROUTER, ns, app),
-        "spec": {
-            "replicas": opts.router_replicas,
-            "selector": {"matchLabels": app},
-            "template": {
-                "metadata": {"labels": {**PART_OF, **app}},
-                "spec": {
-                    "containers": [container],
-                    "volumes": [{"name": "plan", "configMap": {"name": "kvplan-plan"}}],
-                },
-            },
-        },
-    }
+    deployment = _deployment(ROUTER, ns, app, opts.router_replicas, _with_plan(container))
     service: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -278,53 +281,23 @@ def controller_manifest(opts: RenderOptions, redis_url: str) -> Manifest:
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [{"name": "plan", "mountPath": str(Path(PLAN_PATH).parent), "readOnly": True}],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta("kvplan-rollout", opts.namespace, app),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": app},
-            "template": {
-                "metadata": {"labels": {**PART_OF, **app}},
-                "spec": {
-                    "containers": [container],
-                    "volumes": [{"name": "plan", "configMap": {"name": "kvplan-plan"}}],
-                },
-            },
-        },
-    }
+    return _deployment("kvplan-rollout", opts.namespace, app, 1, _with_plan(container))
 
 
 def redis_manifests(opts: RenderOptions) -> list[Manifest]:
     """A single Redis for the shared flag store (state carries an epoch, so no persistence needed)."""
     app = {"app.kubernetes.io/name": REDIS}
     probe = {"tcpSocket": {"port": "redis"}, "periodSeconds": 5}
-    deployment: Manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(REDIS, opts.namespace, app),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": app},
-            "template": {
-                "metadata": {"labels": {**PART_OF, **app}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "redis",
-                            "image": opts.images.redis,
-                            "args": ["--save", "", "--appendonly", "no"],
-                            "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
-                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                            "readinessProbe": probe,
-                            "livenessProbe": probe,
-                        }
-                    ]
-                },
-            },
-        },
+    container = {
+        "name": "redis",
+        "image": opts.images.redis,
+        "args": ["--save", "", "--appendonly", "no"],
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "readinessProbe": probe,
+        "livenessProbe": probe,
     }
+    deployment = _deployment(REDIS, opts.namespace, app, 1, {"containers": [container]})
     service: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
