@@ -22,10 +22,9 @@ from kvplan.dashboards import demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Grafana's substitutions for a short run scraped every second ("All" sends `.*`).
-SUBSTITUTE = {
-    "$__rate_interval": "15s",
-    "$__range": "5m",
+# Values Grafana would substitute; `.*` is what "All" sends for a multi-value variable.
+VARIABLES = {
+    "$datasource": "prometheus",
     "$model": ".*",
     "$bucket": ".*",
     "$pool": ".*",
@@ -35,9 +34,13 @@ SUBSTITUTE = {
 }
 
 
-def substitute(expr: str) -> str:
-    for var, value in sorted(SUBSTITUTE.items(), key=lambda kv: -len(kv[0])):
+def substitute(expr: str, rate_interval: str = "15s", range_: str = "5m") -> str:
+    """A dashboard or rule expression as Grafana would send it (defaults: a short demo run
+    scraped every second)."""
+    values = {**VARIABLES, "$__rate_interval": rate_interval, "$__range": range_}
+    for var, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
         expr = expr.replace(var, value)
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import promql_parser
 import pytest
+from demo_harness import substitute as grafana_substitute
 
 from kvplan import vllm_metrics as vm
 from kvplan.control import metrics as cm
@@ -22,25 +23,9 @@ from kvplan.router import metrics as rm
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = build.dashboard_json(Slo())
 
-# Values Grafana would substitute; `.*` is what "All" sends for a multi-value variable.
-SUBSTITUTE = {
-    "$__rate_interval": "1m",
-    "$__range": "1h",
-    "$datasource": "prometheus",
-    "$model": ".*",
-    "$bucket": ".*",
-    "$pool": ".*",
-    "$ttft_slo": "2.0",
-    "$e2e_slo": "60.0",
-    "$itl_slo": "0.15",
-}
-
 
 def substitute(expr: str) -> str:
-    for var, value in sorted(SUBSTITUTE.items(), key=lambda kv: -len(kv[0])):
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
+    return grafana_substitute(expr, rate_interval="1m", range_="1h")
 
 
 def _module_names(module: Any) -> set[str]:
