@@ -211,10 +211,8 @@ def check_correctness(log: list[str], formats: list[str] | None = None) -> list[
     return rows
 
 
-def sdpa_time(batch: int, ctx: int) -> float:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
+def contiguous_bf16(batch: int, ctx: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The torch baselines' inputs: a decode query and 2-6 rotated contiguous BF16 K/V caches."""
     n = max(2, min(6, math.ceil(ROTATE_BYTES / (batch * ctx * HKV * 512))))
     q = torch.randn(batch, HQ, 1, D, dtype=torch.bfloat16, device=DEV)
     kvs = [
@@ -224,6 +222,14 @@ def sdpa_time(batch: int, ctx: int) -> float:
         )
         for _ in range(n)
     ]
+    return q, kvs
+
+
+def sdpa_time(batch: int, ctx: int) -> float:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    q, kvs = contiguous_bf16(batch, ctx)
 
     def mk(k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
         def f() -> object:
@@ -242,15 +248,7 @@ def flex_time(batch: int, ctx: int) -> float:
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False)
-    n = max(2, min(6, math.ceil(ROTATE_BYTES / (batch * ctx * HKV * 512))))
-    q = torch.randn(batch, HQ, 1, D, dtype=torch.bfloat16, device=DEV)
-    kvs = [
-        (
-            torch.randn(batch, HKV, ctx, D, dtype=torch.bfloat16, device=DEV),
-            torch.randn(batch, HKV, ctx, D, dtype=torch.bfloat16, device=DEV),
-        )
-        for _ in range(n)
-    ]
+    q, kvs = contiguous_bf16(batch, ctx)
     t = timed([lambda k=k, v=v: flex(q, k, v, enable_gqa=True) for k, v in kvs])
     del kvs
     torch.cuda.empty_cache()
