@@ -486,9 +486,10 @@ def attention_kernel(
             if not I8K:
                 k_zr = k_zr - MAGIC_OFF * k_sc
             s = s * k_sc[None, :] + q_sum[:, None] * k_zr[None, :]
-        s = s * qk_scale
         if (tl.float16 == DT) and (q_ptr.dtype.element_ty == tl.bfloat16):
-            s = s * q_mul[:, None]
+            s = s * (qk_scale * q_mul)[:, None]  # q was divided by q_mul to fit fp16
+        else:
+            s = s * qk_scale
         ok = n_mask[None, :] & (tok[None, :] < limit[:, None])
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
