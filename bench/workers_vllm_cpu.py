@@ -29,28 +29,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "workers"))
 
-from workers_stack import KV_MEMORY, SERVED_NAME, Workers, write_plan  # noqa: E402
+from workers_stack import KV_MEMORY, PROMPTS, SERVED_NAME, Workers, write_plan  # noqa: E402
 
 from kvplan.workers.checkpoint import ensure_smollm2_checkpoint  # noqa: E402
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three primary colors.",
-    "Explain in one sentence what a CPU does.",
-    "Write a haiku about the ocean.",
-    "What is 12 times 12?",
-    "Give me a synonym for 'happy'.",
-    "Who wrote Romeo and Juliet?",
-    "What is the boiling point of water in Celsius?",
-    "Translate 'good morning' into Spanish.",
-    "List two benefits of regular exercise.",
-    "What is photosynthesis?",
-    "Why is the sky blue?",
-    "Suggest a name for a pet cat.",
-    "What does DNA stand for?",
-    "How many legs does a spider have?",
-    "Describe a sunset in one sentence.",
-]
 AGREE_TOKENS = 32
 SPEED_TOKENS = 64
 

@@ -29,9 +29,11 @@ from workers_stack import (
     Router,
     Workers,
     cohort_users,
+    common_prefix,
     metric_sum,
     write_plan,
 )
+from workers_stack import PROMPTS as ALL_PROMPTS
 
 from kvplan import vllm_metrics as vm
 from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
@@ -40,19 +42,7 @@ pytestmark = pytest.mark.vllm
 
 BASELINE, CANDIDATE = "smol-bf16", "smol-int8"
 
-# Fixed prompts for greedy agreement (chat, temperature 0).
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three primary colors.",
-    "Explain in one sentence what a CPU does.",
-    "Write a haiku about the ocean.",
-    "What is 12 times 12?",
-    "Give me a synonym for 'happy'.",
-    "Who wrote Romeo and Juliet?",
-    "What is the boiling point of water in Celsius?",
-    "Translate 'good morning' into Spanish.",
-    "List two benefits of regular exercise.",
-]
+PROMPTS = ALL_PROMPTS[:10]
 AGREEMENT_TOKENS = 32
 
 
@@ -135,7 +125,7 @@ def test_greedy_agreement_int8_vs_baseline(stack: Stack, capsys: pytest.CaptureF
 
     base, cand = outputs(BASELINE), outputs(CANDIDATE)
     identical = sum(a == b for a, b in zip(base, cand, strict=True))
-    prefix = [_common_prefix(a, b) / max(len(a), len(b), 1) for a, b in zip(base, cand, strict=True)]
+    prefix = [common_prefix(a, b) / max(len(a), len(b), 1) for a, b in zip(base, cand, strict=True)]
     mean_prefix = sum(prefix) / len(prefix)
     with capsys.disabled():
         print(f"\nint8 vs baseline greedy agreement: {identical}/{len(PROMPTS)} identical, "
@@ -143,15 +133,6 @@ def test_greedy_agreement_int8_vs_baseline(stack: Stack, capsys: pytest.CaptureF
     # INT8 with a per-token-head scale is near lossless: most answers are token-identical.
     assert identical >= len(PROMPTS) // 2
     assert mean_prefix >= 0.7
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_router_and_vllm_metrics_show_the_traffic(stack: Stack) -> None:

@@ -11,20 +11,23 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from workers_stack import KV_MEMORY, KVPLAN, SERVED_NAME, VLLM_PYTHON, Router, Workers, write_plan
+from workers_stack import (
+    KV_MEMORY,
+    KVPLAN,
+    SERVED_NAME,
+    VLLM_PYTHON,
+    Router,
+    Workers,
+    common_prefix,
+    write_plan,
+)
+from workers_stack import PROMPTS as ALL_PROMPTS
 
 from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
 
 pytestmark = pytest.mark.vllm
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three primary colors.",
-    "Explain in one sentence what a CPU does.",
-    "Write a haiku about the ocean.",
-    "Who wrote Romeo and Juliet?",
-    "What is the boiling point of water in Celsius?",
-]
+PROMPTS = tuple(ALL_PROMPTS[i] for i in (0, 1, 2, 3, 6, 7))
 TOKENS = 24
 
 
@@ -76,7 +79,7 @@ def test_int4_pool_through_the_plugin(tmp_path: Path, capsys: pytest.CaptureFixt
         workers.stop()
     got = [tok.encode(a, add_special_tokens=False).ids for a in answers]
     identical = sum(a == b for a, b in zip(reference, got, strict=True))
-    shares = [_prefix(a, b) / max(len(a), len(b), 1) for a, b in zip(reference, got, strict=True)]
+    shares = [common_prefix(a, b) / max(len(a), len(b), 1) for a, b in zip(reference, got, strict=True)]
     with capsys.disabled():
         print(f"\nint4 vs fp32 greedy agreement: {identical}/{len(PROMPTS)} identical, "
               f"mean common-prefix share {sum(shares) / len(shares):.3f} ({TOKENS} tokens max)")  # fmt: skip
@@ -84,15 +87,6 @@ def test_int4_pool_through_the_plugin(tmp_path: Path, capsys: pytest.CaptureFixt
     # identical, mean common-prefix share 0.375 (int8: 9/10 identical). The bound catches garbage.
     assert sum(shares) / len(shares) >= 0.15
     assert all(len(a) > 0 for a in got)
-
-
-def _prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def test_server_dying_on_start_is_reported_with_its_log_tail(tmp_path: Path) -> None:

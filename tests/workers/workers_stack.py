@@ -26,6 +26,38 @@ MAX_MODEL_LEN = 2048
 SERVED_NAME = "smollm2"
 
 
+# Fixed chat prompts for greedy-agreement checks (tests take the first 10 or a few; the
+# benchmark bench/workers_vllm_cpu.py all 16).
+PROMPTS = (
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Explain in one sentence what a CPU does.",
+    "Write a haiku about the ocean.",
+    "What is 12 times 12?",
+    "Give me a synonym for 'happy'.",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water in Celsius?",
+    "Translate 'good morning' into Spanish.",
+    "List two benefits of regular exercise.",
+    "What is photosynthesis?",
+    "Why is the sky blue?",
+    "Suggest a name for a pet cat.",
+    "What does DNA stand for?",
+    "How many legs does a spider have?",
+    "Describe a sunset in one sentence.",
+)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common leading run of two token sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def write_plan(path: Path, model_dir: Path, pools: Sequence[tuple[str, str]], weight: int = 50) -> Path:
     """One bucket: the first (name, kv_format) is the baseline, the rest are candidates."""
 
