@@ -13,7 +13,7 @@ from kvplan.plan import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 KVPLAN = ROOT / ".venv" / "bin" / "kvplan"
-DATA = ROOT.parent / "shared" / "data"  # the real traces shipped beside the repository
+DATA = ROOT / "data" / "traces"  # the real traces, shipped in the repository with their licences
 MOONCAKE = DATA / "mooncake-trace-2025" / "conversation.jsonl"
 AZURE = DATA / "azure-llm-trace-2023" / "conv.csv"
 

@@ -11,7 +11,7 @@ from kvplan.planner import traffic as T
 from kvplan.planner.fleet import BASELINE_FORMAT, bucket_loads, policy_formats
 from kvplan.planner.gpus import get_gpu
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # the real traces beside the repo
+DATA = Path(__file__).resolve().parents[2] / "data" / "traces"  # shipped with their licences
 ROWS = [(0.0, 1200, 300), (1.5, 9000, 20), (2.0, 17000, 512), (10.0, 40000, 1)]
 
 
