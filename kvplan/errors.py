@@ -19,6 +19,11 @@ class NotFound(InputError):
     """A named thing (model, GPU, format, bucket) does not exist; the message lists close names."""
 
 
+class Unsupported(InputError):
+    """kvplan cannot model this input (a layer type, config field, quantization method): the message
+    names it and what to pass to proceed at the user's risk. Never a guess in its place."""
+
+
 def closest(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
     """`did you mean a, b?` suffix for an unknown name (empty when nothing is close)."""
     import difflib

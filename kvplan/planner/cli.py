@@ -43,9 +43,14 @@ def size(
         str, typer.Argument(help="catalog name (kvplan size --list), config.json or model dir")
     ] = "",
     gpu: Annotated[str, typer.Option(help="GPU kind, optionally with a count: h100, h100:8")] = "h100",
-    kv_format: Annotated[str, typer.Option("--kv-format", "-k", help="comma-separated KV formats")] = (
-        "bf16,fp8_e4m3,int8,int4"
-    ),
+    kv_format: Annotated[
+        str,
+        typer.Option(
+            "--kv-format",
+            "-k",
+            help="comma-separated KV formats (default: bf16,fp8_e4m3,int8,int4, or the engine's)",
+        ),
+    ] = "",
     max_model_len: Annotated[
         str | None, typer.Option(help="tokens per request, e.g. 32k (default: the model's, as vLLM)")
     ] = None,
@@ -81,12 +86,25 @@ def size(
     markdown: Annotated[bool, typer.Option("--markdown", help="print a markdown table")] = False,
     plot: Annotated[Path | None, typer.Option(help="write a capacity plot PNG (needs kvplan[plot])")] = None,
     list_models: Annotated[bool, typer.Option("--list", help="list catalog models and GPUs")] = False,
+    engine: Annotated[str, typer.Option(help="vllm, sglang, trtllm or llamacpp")] = "vllm",
+    engine_arg: Annotated[str | None, typer.Option(help="engine settings: key=value,... (README)")] = None,
+    draft: Annotated[
+        str | None, typer.Option(help="speculative draft model (name, config, dir, .gguf)")
+    ] = None,
+    draft_kind: Annotated[str, typer.Option(help="draft: model, eagle or mtp (heads)")] = "model",
+    draft_layers: Annotated[int, typer.Option(help="EAGLE/MTP draft layers")] = 1,
+    draft_kv_format: Annotated[str | None, typer.Option(help="the draft's KV dtype")] = None,
+    draft_weights_gib: Annotated[float | None, typer.Option(help="the draft's weights")] = None,
+    window: Annotated[str | None, typer.Option(help="what-if: keep the last W tokens (StreamingLLM)")] = None,
+    sink_tokens: Annotated[int, typer.Option(help="sink tokens kept with --window")] = 0,
+    kv_budget: Annotated[str | None, typer.Option(help="what-if: keep B tokens per sequence (H2O)")] = None,
 ) -> None:
-    """How much KV cache a vLLM replica gets, what vLLM will log, and what each KV format buys."""
+    """How much KV cache a replica gets (vLLM, or --engine sglang|trtllm|llamacpp), what the engine
+    will log, and what each KV format buys."""
     from kvplan.errors import InputError
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
-    from kvplan.planner.sizing import SizeRequest, with_lengths
+    from kvplan.planner.sizing import DEFAULT_SIZE_FORMATS, SizeRequest, with_lengths
     from kvplan.planner.sizing import size as run_size
     from kvplan.planner.units import parse_tokens
 
@@ -102,12 +120,26 @@ def size(
     if (tp is not None and tp <= 0) or pp <= 0:
         raise InputError("--tp and --pp must be positive")
     gpu_spec, count = get_gpu(gpu)
+    engine_only = (engine_arg, draft, draft_kv_format, draft_weights_gib, window, kv_budget)
+    if engine != "vllm" or any(x is not None for x in engine_only) or draft_kind != "model" or sink_tokens:
+        from kvplan.planner.engines.cli import size_engine
+
+        size_engine(
+            engine=engine, model_ref=model, gpu=gpu_spec, gpu_count=count, kv_format=kv_format,
+            max_model_len=parse_tokens(max_model_len, "--max-model-len") if max_model_len else None,
+            tp=tp, pp=pp, weight_dtype=weight_dtype,
+            activation_bytes=_gib_to_bytes(activation_gib, "--activation-gib"), engine_arg=engine_arg,
+            draft=draft, draft_kind=draft_kind, draft_layers=draft_layers, draft_kv_format=draft_kv_format,
+            draft_weights_gib=draft_weights_gib, window=window, sink_tokens=sink_tokens, kv_budget=kv_budget,
+            as_json=as_json, markdown=markdown, echo=typer.echo,
+        )  # fmt: skip
+        return
     spec = get_model(model)
     req = SizeRequest(
         model=spec,
         gpu=gpu_spec,
         gpu_count=count,
-        formats=_formats(kv_format),
+        formats=_formats(kv_format) or DEFAULT_SIZE_FORMATS,
         max_model_len=parse_tokens(max_model_len, "--max-model-len") if max_model_len else None,
         tensor_parallel=tp,
         pipeline_parallel=pp,
