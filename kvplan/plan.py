@@ -7,6 +7,7 @@ state that changes by the second (rollout weight, kill switch, health) is not st
 
 from __future__ import annotations
 
+import enum
 import json
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,47 @@ class Rollout(_Strict):
     killed: bool = False
 
 
+PREFIX_LOAD_BOUND = 8.0  # requests of load over the least-loaded replica (see EndpointChoice)
+PREFIX_TABLE_BLOCKS = 262_144
+
+
+class EndpointPolicyName(enum.StrEnum):
+    """How a request picks one replica of its pool (one file each in kvplan/router/endpoint_policy/)."""
+
+    POWER_OF_TWO = "power-of-two"  # the lower load of two random replicas
+    ROUND_ROBIN = "round-robin"
+    PREFIX_CACHE = "prefix-cache"  # the replica holding the longest cached prefix, within a load bound
+
+
+class EndpointChoice(_Strict):
+    """Replica choice inside the bucket's pools.
+
+    `prefix-cache` sends a request to the replica that already holds the longest leading blocks of
+    its prompt while that replica's load stays within `load_bound` of the pool's least-loaded one
+    (load: the router's in-flight count plus twice the scraped `vllm:num_requests_waiting`, +8 at
+    `kv_usage` saturation); beyond it, to the least loaded. It remembers at most `table_blocks`
+    (block, replica) pairs per pool, about 200 bytes each (262,144: ~50 MB). Both apply to
+    `prefix-cache` only (unset otherwise).
+    """
+
+    policy: EndpointPolicyName = EndpointPolicyName.POWER_OF_TWO
+    load_bound: float | None = Field(None, ge=0, allow_inf_nan=False)
+    table_blocks: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prefix_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("policy") == EndpointPolicyName.PREFIX_CACHE:
+            return {"load_bound": PREFIX_LOAD_BOUND, "table_blocks": PREFIX_TABLE_BLOCKS, **data}
+        given = [k for k in ("load_bound", "table_blocks") if data.get(k) is not None]
+        if given:
+            policy = data.get("policy", EndpointPolicyName.POWER_OF_TWO.value)
+            raise ValueError(f"{' and '.join(given)}: only policy prefix-cache takes it, not {policy}")
+        return data
+
+
 class Bucket(_Strict):
     """Requests whose prompt + max_tokens fit in `max_tokens` (and not in a smaller bucket)."""
 
@@ -89,6 +131,7 @@ class Bucket(_Strict):
     candidates: tuple[Pool, ...] = ()
     rollout: Rollout = Rollout()
     policy: str = "length-bucket"
+    endpoint_choice: EndpointChoice = EndpointChoice()
 
     @property
     def pools(self) -> tuple[Pool, ...]:
