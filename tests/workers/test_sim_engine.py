@@ -285,6 +285,20 @@ def test_a_repeated_prompt_reuses_the_cached_blocks_and_skips_their_prefill() ->
     _check_blocks(sim.engine)
 
 
+def test_prefix_cache_queries_count_each_request_once_as_vllm_does() -> None:
+    """vLLM records a preempted request's re-admission apart (PrefixCacheStats.preempted_*), so
+    vllm:prefix_cache_queries sums each request's prompt once, however often it is preempted."""
+    sim = make(num_gpu_blocks=22, max_model_len=320, max_num_batched_tokens=100_000)
+    for i, name in enumerate(("old", "mid", "new")):
+        sim.submit(name, 96, 64, prompt_block_hashes(range(i * 1000, i * 1000 + 96), 16))
+    queried = preempted = 0
+    while sim.engine.has_work:
+        step = sim.step()
+        queried += step.prefix_queried_tokens
+        preempted += len(step.preempted)
+    assert preempted > 0 and queried == 3 * 96
+
+
 def test_a_different_prefix_misses_and_cached_blocks_are_evicted_under_pressure() -> None:
     sim = make(num_gpu_blocks=41, max_model_len=320, max_num_batched_tokens=10_000)
     a = prompt_block_hashes(range(320), 16)

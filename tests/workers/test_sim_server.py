@@ -128,13 +128,25 @@ def test_a_repeated_prompt_hits_the_prefix_cache(client: openai.OpenAI, sim: Run
     prompt = "The quick brown fox jumps over the lazy dog. " * 20
     n = httpx.post(f"{sim.url}/tokenize", json={"prompt": prompt}).json()["count"]
     hits, queries = counter(vm.PREFIX_CACHE_HITS), counter(vm.PREFIX_CACHE_QUERIES)
+    lookup = httpx.post(f"{sim.url}/debug/prefix_cache/lookup", json={"prompt": prompt}).json()
+    assert lookup == {"prompt_tokens": n, "cached_tokens": 0}
     client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
+    lookup = httpx.post(f"{sim.url}/debug/prefix_cache/lookup", json={"prompt": prompt}).json()
+    assert lookup["cached_tokens"] == (n - 1) // 16 * 16  # what the next identical request will hit
     assert counter(vm.PREFIX_CACHE_QUERIES) - queries == n
     assert counter(vm.PREFIX_CACHE_HITS) == hits  # first time: nothing cached
     client.completions.create(model=MODEL, prompt=prompt, max_tokens=2)
     # the full blocks before the last prompt token (which is always computed, as in vLLM)
     assert counter(vm.PREFIX_CACHE_HITS) - hits == (n - 1) // 16 * 16 > 0
-    info = _families(sim.url)[vm.CACHE_CONFIG_INFO].samples[0]  # type: ignore[attr-defined]
+    families = _families(sim.url)
+    for name, doc in (
+        (vm.PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of number of queried tokens."),
+        (vm.PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens."),
+    ):  # as vLLM 0.32 declares them (vllm/v1/metrics/loggers.py)
+        family = families[name]
+        assert (family.type, family.documentation) == ("counter", doc)  # type: ignore[attr-defined]
+        assert {tuple(sorted(s.labels)) for s in family.samples} == {("engine", "model_name")}  # type: ignore[attr-defined]
+    info = families[vm.CACHE_CONFIG_INFO].samples[0]  # type: ignore[attr-defined]
     assert info.labels["enable_prefix_caching"] == "True"
 
 

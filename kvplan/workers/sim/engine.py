@@ -224,8 +224,9 @@ class Engine:
             if first > self.free_blocks:
                 break
             self._take_cached(seq, hits)
-            queried += seq.prompt_tokens
-            hit_tokens += computed
+            if not seq.num_preemptions:  # vLLM counts a preempted request's re-admission apart
+                queried += seq.prompt_tokens
+                hit_tokens += computed
             allocated = self._allocate(seq, computed + new)
             assert allocated, "checked above"
             self.waiting.popleft()
@@ -313,13 +314,19 @@ class Engine:
     # -- prefix cache ---------------------------------------------------------------------------
 
     def _prefix_hits(self, seq: Sequence) -> list[int]:
-        """Cached leading blocks of a request about to be (re)admitted. As in vLLM, the last
-        prompt token is always computed, so a fully cached prompt hits one block less."""
-        if not self.config.enable_prefix_caching or seq.num_computed:
+        """Cached leading blocks of a request about to be (re)admitted."""
+        if seq.num_computed:
             return []
-        limit = (seq.num_tokens - 1) // self.config.block_size
+        return self.cached_prefix(seq.block_hashes, seq.num_tokens)
+
+    def cached_prefix(self, block_hashes: tuple[int, ...], num_tokens: int) -> list[int]:
+        """The leading blocks of a prompt found in the cache right now. As in vLLM, the last
+        prompt token is always computed, so a fully cached prompt hits one block less."""
+        if not self.config.enable_prefix_caching:
+            return []
+        limit = (num_tokens - 1) // self.config.block_size
         hits: list[int] = []
-        for h in seq.block_hashes[:limit]:
+        for h in block_hashes[:limit]:
             if h not in self._refs and h not in self._evictable:
                 break
             hits.append(h)

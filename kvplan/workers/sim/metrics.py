@@ -77,8 +77,14 @@ class WorkerMetrics:
         self.preemptions = counter(vm.NUM_PREEMPTIONS, "Cumulative number of preemption from the engine.")
         self.prompt_tokens = counter(vm.PROMPT_TOKENS, "Number of prefill tokens processed.")
         self.generation_tokens = counter(vm.GENERATION_TOKENS, "Number of generation tokens processed.")
-        self.prefix_queries = counter(vm.PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of tokens.")
-        self.prefix_hits = counter(vm.PREFIX_CACHE_HITS, "Prefix cache hits, in terms of tokens.")
+        # Counted at admission, a preempted request's re-admission left out (vLLM 0.32's
+        # PrefixCacheStats.record); hit rate = rate(hits_total) / rate(queries_total).
+        self.prefix_queries = counter(
+            vm.PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of number of queried tokens."
+        )
+        self.prefix_hits = counter(
+            vm.PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens."
+        )
         success = Counter(
             vm.REQUEST_SUCCESS,
             "Count of successfully processed requests.",

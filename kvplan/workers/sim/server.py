@@ -225,6 +225,7 @@ class SimWorker:
             Route("/version", self._version, methods=["GET"]),
             Route("/debug/engine/kill", self._kill, methods=["POST"]),
             Route("/debug/engine/revive", self._revive, methods=["POST"]),
+            Route("/debug/prefix_cache/lookup", self._prefix_lookup, methods=["POST"]),
         ]
         return Starlette(routes=routes, lifespan=lifespan)
 
@@ -354,6 +355,20 @@ class SimWorker:
 
     async def _version(self, _: Request) -> Response:
         return JSONResponse({"version": VLLM_VERSION})
+
+    async def _prefix_lookup(self, request: Request) -> Response:
+        """How many leading tokens of this prompt the prefix cache holds right now (a benchmark's
+        oracle router asks every replica; not a vLLM endpoint)."""
+        try:
+            body = await _json(request)
+            if not isinstance(body, dict):
+                raise api.ApiError(400, "request body must be a JSON object")
+            ids, _ = api.prompt_ids("chat" if "messages" in body else "completion", body, self.tokenizer)
+        except api.ApiError as exc:
+            return _error(exc)
+        hashes = prompt_block_hashes(ids, self.profile.engine.block_size)
+        cached = len(self.engine.cached_prefix(hashes, len(ids))) * self.profile.engine.block_size
+        return JSONResponse({"prompt_tokens": len(ids), "cached_tokens": cached})
 
     async def _kill(self, _: Request) -> Response:
         self.kill()
