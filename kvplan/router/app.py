@@ -1,7 +1,7 @@
 """The gateway: request dispatch, the streaming proxy, and the router's lifecycle.
 
 Hot path for a completion: parse the body once -> `RouteTable.decide` (bucket, policy, pool) ->
-power of two choices over the pool's endpoints -> write the request on a pooled keep-alive
+the bucket's endpoint policy over the pool's endpoints -> write the request on a pooled keep-alive
 connection -> stream the response bytes to the client as they arrive. Retries happen only
 before the first response byte reaches the client.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,14 @@ from kvplan.control.state import FlagStore, MemoryFlagStore
 from kvplan.plan import Plan, load_plan
 from kvplan.router import admin
 from kvplan.router.api_errors import ApiError
-from kvplan.router.endpoints import Endpoint, Saturation, all_full, choose
+from kvplan.router.endpoint_policy import Pick
+from kvplan.router.endpoints import Endpoint, Saturation, all_full
 from kvplan.router.flags import close_store, start_store
 from kvplan.router.inputs import CHAT, COMPLETION, parse
 from kvplan.router.metric_types import HistogramChild
 from kvplan.router.metrics import DECISION_REASONS as _REASONS
+from kvplan.router.metrics import ENDPOINT_CHOICE_REASONS, RouterMetrics
 from kvplan.router.metrics import OUTCOMES as _OUTCOMES
-from kvplan.router.metrics import RouterMetrics
 from kvplan.router.monitor import probe_all
 from kvplan.router.provenance import ProvenanceLog, now
 from kvplan.router.routes import PoolRoute, Route, RouteTable
@@ -82,6 +82,9 @@ class _Observed:
         self.itl = m.itl.labels(*labels)
         self.retries = m.retries.labels(bucket, pool.name)
         self.decisions = {r: m.decisions.labels(bucket, pool.name, r) for r in _REASONS}
+        self.choices = {
+            r: m.endpoint_choices.labels(pool.name, pool.chooser.name, r) for r in ENDPOINT_CHOICE_REASONS
+        }
         self.prompt_tokens = m.prompt_tokens.labels(bucket)
         self.pool_header = pool.name.encode()
         self.regime_header = pool.regime.encode()
@@ -183,7 +186,6 @@ class Router:
         )
         self.upstream = UpstreamPool(self.limits.connect_timeout)
         self.provenance = ProvenanceLog(settings.provenance_path)
-        self.rng = random.Random()
         self._observed: dict[tuple[str, str], _Observed] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._plan_stat = self._stat()
@@ -278,7 +280,9 @@ class Router:
         assert self.plan_path is not None
         try:
             plan = load_plan(self.plan_path)
-            table = RouteTable(plan, self.plan_path.parent, self.table.endpoints, self.limits.max_in_flight)
+            table = RouteTable(
+                plan, self.plan_path.parent, self.table.endpoints, self.limits.max_in_flight, self.table.pools
+            )
         except Exception as exc:  # a broken file must never take the router down
             log.error("plan reload failed, keeping the current plan: %s", exc)
             self.metrics.plan_reloads.labels("error").inc()
@@ -349,6 +353,7 @@ class Router:
         now_ = asyncio.get_running_loop().time()
         for pool in self.table.pools.values():
             m.in_flight.labels(pool.name).set(sum(ep.in_flight for ep in pool.endpoints))
+            m.prefix_table_blocks.labels(pool.name).set(pool.chooser.table_size())
             for ep in pool.endpoints:
                 m.endpoint_healthy.labels(pool.name, ep.url).set(1 if ep.healthy else 0)
                 saturated = ep.full() or ep.overloaded(now_, self.sat)
@@ -415,21 +420,22 @@ class Router:
         last_error: ApiError | None = None
         try:
             while attempts < self.limits.max_attempts:
-                ep = choose(pool.endpoints, loop.time(), self.sat, self.rng, tried)
-                if ep is None:
+                choice = pool.chooser.select(pool.endpoints, Pick(route.tokens, loop.time(), self.sat), tried)
+                if choice is None:
+                    ep = None
                     baseline = table.pools[route.bucket.bucket.baseline.name]
                     if pool is not baseline and any(e.healthy for e in baseline.endpoints):
                         # nothing left to try in the candidate: the baseline serves (no byte sent yet)
                         pool, tried = baseline, []
-                        route = Route(
-                            route.bucket, baseline, "retry", route.prompt_tokens, route.needed_tokens
-                        )
+                        route = route._replace(pool=baseline, reason="retry")
                         obs = self._observe(route)
                         obs.decisions["retry"].inc()
                         continue
                     last_error = last_error or self._no_endpoint(pool)
                     break
+                ep = choice.endpoint
                 attempts += 1
+                obs.choices[choice.reason].inc()
                 if attempts > 1:
                     obs.retries.inc()
                 ep.in_flight += 1

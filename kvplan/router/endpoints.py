@@ -1,14 +1,14 @@
-"""Endpoints of a pool: their live state, and the choice of one by power of two choices.
+"""Endpoints of a pool and their live state.
 
 The state is written by the proxy (in-flight, passive ejection) and by the monitor (health
-probes, scraped vLLM load); the choice functions only read it and take the clock and the random
-source as arguments, so they are tested without any I/O.
+probes, scraped vLLM load and cache size); the functions here and the endpoint policies
+(kvplan/router/endpoint_policy/) only read it and take the clock as an argument, so they are
+tested without any I/O.
 """
 
 from __future__ import annotations
 
 import enum
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,6 +28,8 @@ class Endpoint:
 
     __slots__ = (
         "address",
+        "block_size",
+        "cache_blocks",
         "ejected_until",
         "failures",
         "healthy",
@@ -57,6 +59,8 @@ class Endpoint:
         self.waiting = 0.0
         self.kv_usage = 0.0
         self.scraped_at = -1e18  # loop time of the last successful scrape (never: stale)
+        self.block_size = 0  # scraped from vllm:cache_config_info (0: not reported yet)
+        self.cache_blocks = 0  # its num_gpu_blocks: how many blocks its prefix cache can hold
 
     def stale(self, now: float, sat: Saturation) -> bool:
         return now - self.scraped_at > sat.stale_after
@@ -105,24 +109,9 @@ def availability(endpoints: Sequence[Endpoint], now: float, sat: Saturation) -> 
     return Availability.AVAILABLE if room else Availability.SATURATED
 
 
-def choose(
-    endpoints: Sequence[Endpoint],
-    now: float,
-    sat: Saturation,
-    rng: random.Random,
-    exclude: Sequence[Endpoint] = (),
-) -> Endpoint | None:
-    """Power of two choices over healthy endpoints with room; None when there is none."""
-    eligible = [e for e in endpoints if e.healthy and e.in_flight < e.max_in_flight and e not in exclude]
-    n = len(eligible)
-    if n <= 1:
-        return eligible[0] if n else None
-    i = rng.randrange(n)
-    j = rng.randrange(n - 1)
-    if j >= i:
-        j += 1
-    a, b = eligible[i], eligible[j]
-    return a if a.score(now, sat) <= b.score(now, sat) else b
+def eligible(endpoints: Sequence[Endpoint], exclude: Sequence[Endpoint] = ()) -> list[Endpoint]:
+    """Endpoints a request may be sent to: healthy, below their concurrency bound, not yet tried."""
+    return [e for e in endpoints if e.healthy and e.in_flight < e.max_in_flight and e not in exclude]
 
 
 def all_full(endpoints: Sequence[Endpoint]) -> bool:

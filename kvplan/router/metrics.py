@@ -39,6 +39,8 @@ ENDPOINT_SATURATED = f"{PREFIX}_endpoint_saturated"  # gauge {pool, endpoint}: 1
 ENDPOINT_WAITING = f"{PREFIX}_endpoint_requests_waiting"  # gauge {pool, endpoint}: scraped vLLM
 ENDPOINT_KV_USAGE = f"{PREFIX}_endpoint_kv_cache_usage"  # gauge {pool, endpoint}: scraped, 0-1
 DECISIONS = f"{PREFIX}_decisions"  # counter {bucket, pool, reason}
+ENDPOINT_CHOICES = f"{PREFIX}_endpoint_choices"  # counter {pool, policy, reason}: endpoint policy picks
+PREFIX_TABLE_BLOCKS = f"{PREFIX}_prefix_table_blocks"  # gauge {pool}: (block, endpoint) pairs remembered
 FLAG_VERSION = f"{PREFIX}_flag_version"  # gauge: version of the flag snapshot in use
 BUCKET_WEIGHT = f"{PREFIX}_bucket_weight"  # gauge {bucket}: effective candidate weight, 0-100
 BUCKET_KILLED = f"{PREFIX}_bucket_killed"  # gauge {bucket}: 1 when the kill switch is on
@@ -77,12 +79,20 @@ DECISION_REASONS = (
     "no_candidate",  # the bucket has no candidate pool
     "retry",  # re-routed to baseline after the candidate failed before the first byte
 )
+ENDPOINT_CHOICE_REASONS = (
+    "load",  # power of two choices (or prefix-cache with a prompt shorter than one block)
+    "rotation",  # round robin
+    "prefix",  # prefix-cache: an endpoint holding leading blocks of the prompt, within the load bound
+    "new_prefix",  # prefix-cache: nobody holds its first block; rendezvous hash within the bound
+    "over_bound",  # prefix-cache: the holders were over the load bound; a less loaded endpoint
+)
 RELOAD_RESULTS = ("ok", "error")
 
 # -- label names --
 REQUEST_LABELS = ("bucket", "pool", "regime", "outcome")
 LATENCY_LABELS = ("bucket", "pool", "regime")
 DECISION_LABELS = ("bucket", "pool", "reason")
+CHOICE_LABELS = ("pool", "policy", "reason")
 ENDPOINT_LABELS = ("pool", "endpoint")
 
 _ITL_EDGES = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -153,6 +163,12 @@ class RouterMetrics:
             ENDPOINT_KV_USAGE, "Scraped vllm:kv_cache_usage_perc", ENDPOINT_LABELS, registry=r
         )
         self.decisions = Counter(DECISIONS, "Routing decisions by reason", DECISION_LABELS, registry=r)
+        self.endpoint_choices = Counter(
+            ENDPOINT_CHOICES, "Endpoint choices inside a pool by policy and reason", CHOICE_LABELS, registry=r
+        )
+        self.prefix_table_blocks = Gauge(
+            PREFIX_TABLE_BLOCKS, "Prompt blocks the pool's prefix table remembers", ("pool",), registry=r
+        )
         self.flag_version = Gauge(FLAG_VERSION, "Flag snapshot version in use", registry=r)
         self.bucket_weight = Gauge(BUCKET_WEIGHT, "Effective candidate weight", ("bucket",), registry=r)
         self.bucket_killed = Gauge(BUCKET_KILLED, "Kill switch state", ("bucket",), registry=r)
@@ -181,6 +197,9 @@ class RouterMetrics:
                 self.retries.labels(bucket.name, pool.name)
                 for reason in DECISION_REASONS:
                     self.decisions.labels(bucket.name, pool.name, reason)
+                for reason in ENDPOINT_CHOICE_REASONS:
+                    self.endpoint_choices.labels(pool.name, bucket.endpoint_choice.policy, reason)
+                self.prefix_table_blocks.labels(pool.name)
         for pool in plan.pools:
             self.in_flight.labels(pool.name)
             for kind in ERROR_KINDS:

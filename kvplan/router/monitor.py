@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterable
 
 from kvplan import vllm_metrics
@@ -31,6 +32,19 @@ def parse_load(text: str) -> tuple[float, float]:
                 else:
                     kv_usage = max(kv_usage, value)
     return waiting, kv_usage
+
+
+_CONFIG_LABEL = re.compile(r'[{,](block_size|num_gpu_blocks)="(\d+)"')
+
+
+def parse_cache_config(text: str) -> tuple[int, int]:
+    """(block_size, num_gpu_blocks) from `vllm:cache_config_info`'s labels; 0 where not reported."""
+    start = text.find(vllm_metrics.CACHE_CONFIG_INFO + "{")
+    if start < 0:
+        return 0, 0
+    line = text[start : text.find("\n", start)]
+    found = dict(_CONFIG_LABEL.findall(line))
+    return int(found.get("block_size", 0)), int(found.get("num_gpu_blocks", 0))
 
 
 async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
@@ -57,7 +71,9 @@ async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
         return
     if status == 200:
         try:
-            ep.waiting, ep.kv_usage = parse_load(body.decode("utf-8", "replace"))
+            text = body.decode("utf-8", "replace")
+            ep.waiting, ep.kv_usage = parse_load(text)
+            ep.block_size, ep.cache_blocks = parse_cache_config(text)
         except (ValueError, IndexError):
             return
         ep.scraped_at = loop.time()

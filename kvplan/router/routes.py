@@ -15,12 +15,20 @@ from typing import NamedTuple
 from kvplan.control.cohort import percentile
 from kvplan.control.state import BucketFlags, FlagSnapshot, defaults_from_plan
 from kvplan.formats import get_format
-from kvplan.plan import Bucket, Plan, Pool
+from kvplan.plan import Bucket, EndpointChoice, Plan, Pool
 from kvplan.router.api_errors import ApiError
+from kvplan.router.endpoint_policy import EndpointPolicy, endpoint_policy
 from kvplan.router.endpoints import Availability, Endpoint, Saturation, availability
 from kvplan.router.inputs import CHAT, Completion
 from kvplan.router.policy import Policy, PolicyInput, get_policy
-from kvplan.router.tokens import EstimateCounter, TokenCounter, TokenizerCounter, count_chat, count_prompt
+from kvplan.router.tokens import (
+    EstimateCounter,
+    PromptTokens,
+    TokenCounter,
+    TokenizerCounter,
+    chat_prompt,
+    completion_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class PoolRoute:
     pool: Pool
     regime: str  # X-KV-Regime, from kvplan.formats
     endpoints: tuple[Endpoint, ...]
+    choice: EndpointChoice  # the bucket's endpoint policy and its settings
+    chooser: EndpointPolicy  # this pool's instance of it (its own state, e.g. a prefix table)
 
     @property
     def name(self) -> str:
@@ -45,15 +55,20 @@ class Route(NamedTuple):
     bucket: BucketRoute
     pool: PoolRoute
     reason: str
-    prompt_tokens: int
+    tokens: PromptTokens
     needed_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.tokens.count
 
 
 EndpointKey = tuple[str, str]  # (pool, url)
 
 
 class RouteTable:
-    """Everything derived from one plan. A reload builds a new table; endpoint state carries over."""
+    """Everything derived from one plan. A reload builds a new table; endpoint state carries over,
+    and so does a pool's endpoint policy (its prefix table) while the plan keeps its settings."""
 
     def __init__(
         self,
@@ -61,20 +76,27 @@ class RouteTable:
         plan_dir: Path | None = None,
         previous: Mapping[EndpointKey, Endpoint] | None = None,
         default_max_in_flight: int = 256,
+        previous_pools: Mapping[str, PoolRoute] | None = None,
     ) -> None:
         self.plan = plan
         self.defaults = defaults_from_plan(plan)
         previous = previous or {}
         self.endpoints: dict[EndpointKey, Endpoint] = {}
         self.pools: dict[str, PoolRoute] = {}
-        for pool in plan.pools:
-            eps = []
-            for url in pool.endpoints:
-                ep = previous.get((pool.name, url)) or Endpoint(pool.name, url, default_max_in_flight)
-                ep.max_in_flight = pool.max_concurrency or default_max_in_flight
-                self.endpoints[(pool.name, url)] = ep
-                eps.append(ep)
-            self.pools[pool.name] = PoolRoute(pool, get_format(pool.kv_format).regime, tuple(eps))
+        for bucket in plan.buckets:
+            for pool in bucket.pools:
+                eps = []
+                for url in pool.endpoints:
+                    ep = previous.get((pool.name, url)) or Endpoint(pool.name, url, default_max_in_flight)
+                    ep.max_in_flight = pool.max_concurrency or default_max_in_flight
+                    self.endpoints[(pool.name, url)] = ep
+                    eps.append(ep)
+                choice = bucket.endpoint_choice
+                old = (previous_pools or {}).get(pool.name)
+                chooser = old.chooser if old is not None and old.choice == choice else endpoint_policy(choice)
+                chooser.endpoints_changed(eps)
+                regime = get_format(pool.kv_format).regime
+                self.pools[pool.name] = PoolRoute(pool, regime, tuple(eps), choice, chooser)
         self.buckets: dict[str, list[BucketRoute]] = {}  # model -> buckets by max_tokens
         for bucket in plan.buckets:
             model = bucket.baseline.model_name
@@ -108,12 +130,12 @@ class RouteTable:
         """The snapshot's flags; a bucket new in a reloaded plan, unknown to the store, uses the plan's."""
         return snapshot.buckets.get(bucket) or self.defaults[bucket]
 
-    def count(self, comp: Completion) -> int:
+    def tokens(self, comp: Completion) -> PromptTokens:
         counter = self.counters[comp.model]
         if comp.kind == CHAT:
             assert comp.messages is not None
-            return count_chat(counter, comp.messages)
-        return count_prompt(counter, comp.prompt)
+            return chat_prompt(counter, comp.messages)
+        return completion_prompt(counter, comp.prompt)
 
     def decide(
         self, comp: Completion, cohort_key: str, snapshot: FlagSnapshot, now: float, sat: Saturation
@@ -128,7 +150,8 @@ class RouteTable:
                 code="model_not_found",
                 reason="model_not_found",
             )
-        prompt = self.count(comp)
+        tokens = self.tokens(comp)
+        prompt = tokens.count
         needed = prompt + (comp.max_tokens or self.plan.default_max_tokens)
         chosen = next((b for b in buckets if needed <= b.bucket.max_tokens), None)
         if chosen is None:
@@ -153,5 +176,5 @@ class RouteTable:
         )
         pool = pools.get(decision.pool)
         if pool is None:  # the store names a pool this plan no longer has: serve from the plan's baseline
-            return Route(chosen, pools[chosen.bucket.baseline.name], "fallback", prompt, needed)
-        return Route(chosen, pool, decision.reason, prompt, needed)
+            return Route(chosen, pools[chosen.bucket.baseline.name], "fallback", tokens, needed)
+        return Route(chosen, pool, decision.reason, tokens, needed)

@@ -157,3 +157,13 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         taken = serve("--plan", str(plan), "--port", str(busy.getsockname()[1]))
     assert taken.returncode == 2 and taken.stderr.strip().startswith("error: cannot listen on")
     assert "Traceback" not in taken.stderr and len(taken.stderr.strip().splitlines()) == 1
+    for choice, field in (
+        ({"policy": "least-busy"}, "endpoint_choice.policy"),
+        ({"policy": "prefix-cache", "load_bound": -2}, "endpoint_choice.load_bound"),
+    ):
+        bad = plan_dict(["http://127.0.0.1:9"])
+        bad["buckets"][0]["endpoint_choice"] = choice
+        plan.write_text(yaml.safe_dump(bad))
+        refused = serve("--plan", str(plan), "--port", "0")
+        assert refused.returncode == 2 and f"buckets.0.{field}: " in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1

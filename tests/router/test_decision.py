@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from kvplan.control.state import BucketFlags, FlagSnapshot, MemoryFlagStore
 from kvplan.errors import NotFound
 from kvplan.plan import Plan, parse_plan
 from kvplan.router.api_errors import ApiError
-from kvplan.router.endpoints import Availability, Endpoint, Saturation, availability, choose
+from kvplan.router.endpoints import Availability, Endpoint, Saturation, availability
 from kvplan.router.inputs import CHAT, COMPLETION, parse
 from kvplan.router.metrics import RouterMetrics
 from kvplan.router.monitor import parse_load
@@ -23,7 +22,8 @@ from kvplan.router.tokens import (
     REQUEST_OVERHEAD,
     EstimateCounter,
     TokenizerCounter,
-    count_chat,
+    chat_prompt,
+    completion_prompt,
 )
 
 SAT = Saturation()
@@ -100,22 +100,6 @@ def test_length_bucket_policy_reasons() -> None:
         get_policy("length-buckt")
 
 
-def test_power_of_two_prefers_less_loaded_and_skips_full_or_unhealthy() -> None:
-    eps = [Endpoint("p", f"http://h:{i}", max_in_flight=4) for i in range(2)]
-    for ep in eps:
-        ep.scraped_at = NOW
-    eps[0].in_flight, eps[1].in_flight = 3, 0
-    rng = random.Random(0)
-    assert all(choose(eps, NOW, SAT, rng) is eps[1] for _ in range(20))
-    eps[1].waiting = 5  # its vLLM queue outweighs the router's own in-flight difference
-    assert choose(eps, NOW, SAT, rng) is eps[0]
-    eps[0].in_flight = 4
-    assert choose(eps, NOW, SAT, rng) is eps[1]  # eps[0] is full
-    eps[1].healthy = False
-    assert choose(eps, NOW, SAT, rng) is None
-    assert choose(eps, NOW, SAT, rng, exclude=[eps[1]]) is None
-
-
 def test_stale_load_counts_as_saturated() -> None:
     ep = Endpoint("p", "http://h:1", 8)
     assert availability([ep], NOW, SAT) is Availability.STALE  # never scraped
@@ -136,22 +120,25 @@ def test_tokenizer_counts_with_chat_overhead(tmp_path: Path) -> None:
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
     counter = TokenizerCounter(str(path))
-    assert counter.count("hello world again hello") == 4
+    assert completion_prompt(counter, "hello world again hello").count == 4 + 1  # + BOS
     messages = [{"role": "system", "content": "hello"}, {"role": "user", "content": "world again"}]
-    assert count_chat(counter, messages) == 3 + 2 * MESSAGE_OVERHEAD + REQUEST_OVERHEAD
+    chat = chat_prompt(counter, messages)
+    assert chat.count == 3 + 2 * MESSAGE_OVERHEAD + REQUEST_OVERHEAD
+    # the tokens kept for prefix identity: BOS, then per message its header and its ids, aligned
+    assert len(chat.data) == (1 + 2 * MESSAGE_OVERHEAD + 3) * chat.unit
     plan_text = PLAN.replace(
         "model: m, kv_format: bf16, max_model_len: 16384,",
         f"model: m, kv_format: bf16, max_model_len: 16384, tokenizer: {path.name},",
     )
     table = RouteTable(parse_plan(plan_text), plan_dir=tmp_path)
     assert isinstance(table.counters["m"], TokenizerCounter)
-    assert EstimateCounter().count("abcdef") == 2  # 6 bytes / 3
+    assert completion_prompt(EstimateCounter(), "abcdefg").count == 3 + 1  # 7 bytes / 3, rounded up
 
 
 def test_completion_prompt_forms() -> None:
     table = RouteTable(parse_plan(PLAN))
-    assert table.count(parse(COMPLETION, b'{"model": "m", "prompt": [1, 2, 3, 4]}')) == 4
-    assert table.count(parse(COMPLETION, b'{"model": "m", "prompt": [[1, 2], [1, 2, 3]]}')) == 3
+    assert table.tokens(parse(COMPLETION, b'{"model": "m", "prompt": [1, 2, 3, 4]}')).count == 4
+    assert table.tokens(parse(COMPLETION, b'{"model": "m", "prompt": [[1, 2], [1, 2, 3]]}')).count == 3
 
 
 def test_histograms_contain_slo_bounds_and_every_label_exists() -> None:
