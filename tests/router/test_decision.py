@@ -14,7 +14,7 @@ from kvplan.router.api_errors import ApiError
 from kvplan.router.endpoints import Availability, Endpoint, Saturation, availability
 from kvplan.router.inputs import CHAT, COMPLETION, parse
 from kvplan.router.metrics import RouterMetrics
-from kvplan.router.monitor import parse_load
+from kvplan.router.monitor import parse_cache_config, parse_load
 from kvplan.router.policy import PolicyInput, get_policy
 from kvplan.router.routes import RouteTable
 from kvplan.router.tokens import (
@@ -171,3 +171,11 @@ def test_snapshot_without_bucket_falls_back_to_plan_defaults() -> None:
     empty = FlagSnapshot(buckets={})
     route = table.decide(parse(CHAT, _chat("hi", 100)), "u", empty, NOW, SAT)
     assert route.pool.name == "p16-int4"  # plan rollout weight 100
+
+
+def test_block_size_and_cache_size_come_from_vllm_cache_config_info() -> None:
+    from kvplan.workers.sim.metrics import CacheInfo, WorkerMetrics
+
+    page = WorkerMetrics("m", 8192, CacheInfo(26914, 16, "auto", 0.92)).exposition().decode()
+    assert parse_cache_config(page) == (16, 26914)
+    assert parse_cache_config("vllm:num_requests_waiting 0.0\n") == (0, 0)  # an older vLLM: unknown
