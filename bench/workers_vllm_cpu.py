@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests" / "workers"))
 
 from workers_stack import KV_MEMORY, PROMPTS, SERVED_NAME, Workers, write_plan  # noqa: E402
 
-from kvplan.workers.checkpoint import ensure_smollm2_checkpoint  # noqa: E402
+from kvplan.checkpoint import ensure_smollm2_checkpoint  # noqa: E402
 
 AGREE_TOKENS = 32
 SPEED_TOKENS = 64

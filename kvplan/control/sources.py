@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from kvplan.control.analysis import PoolWindow
+from kvplan.metric_names import INTER_TOKEN_LATENCY
 from kvplan.plan import Slo
 from kvplan.router import metrics as router_metrics
-from kvplan.vllm_metrics import INTER_TOKEN_LATENCY
 
 if TYPE_CHECKING:
     from kvplan.router.metric_types import CounterChild, Histogram, HistogramChild

@@ -136,7 +136,7 @@ def demo_cmd(
     ] = False,
 ) -> None:
     """Run the whole stack locally: router, simulated pools, load, Prometheus (no GPU, Redis or Docker)."""
-    from kvplan.dashboards import demo
+    from kvplan.demo import run as demo
 
     opts = demo.DemoOptions(
         duration=duration,

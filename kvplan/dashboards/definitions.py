@@ -7,7 +7,7 @@ rule and plan-series names from `rules`. Every vLLM series carries the plan's `p
 
 from __future__ import annotations
 
-from kvplan import vllm_metrics as vm
+from kvplan import metric_names as vm
 from kvplan.control import metrics as cm
 from kvplan.dashboards import rules
 from kvplan.dashboards.grafana import Annotation, Dashboard, Panel, Query, Row, Variable

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from kvplan import vllm_metrics as vm
+from kvplan import metric_names as vm
 from kvplan.control import metrics as cm
 from kvplan.control import sources
 from kvplan.deploy import labels

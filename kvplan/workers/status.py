@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from kvplan import vllm_metrics as vm
+from kvplan import metric_names as vm
 from kvplan.errors import InputError
 from kvplan.plan import Plan, load_plan
 from kvplan.workers.launch import Device, effective_format

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from kvplan import vllm_metrics as vm
+from kvplan import metric_names as vm
 from kvplan.errors import KvplanError
 from kvplan.plan import Plan, save_plan
 from kvplan.workers.launch import LaunchOptions, ReplicaLaunch, with_endpoints

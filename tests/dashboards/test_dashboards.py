@@ -12,9 +12,9 @@ from typing import Any
 
 import promql_parser
 import pytest
-from demo_harness import substitute as grafana_substitute
+from support.grafana import substitute as grafana_substitute
 
-from kvplan import vllm_metrics as vm
+from kvplan import metric_names as vm
 from kvplan.control import metrics as cm
 from kvplan.dashboards import build, grafana, rules
 from kvplan.plan import Slo

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from kvplan import checkpoint
 from kvplan.errors import NotFound
-from kvplan.workers import checkpoint
 
 
 def test_checkpoint_is_cached_with_marker_and_answers_in_english() -> None:

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvplan import vllm_metrics as vm
+from kvplan import metric_names as vm
 from kvplan.formats import get_format
 from kvplan.planner.gpus import get_gpu
 from kvplan.planner.memory import kv_capacity

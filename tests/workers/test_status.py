@@ -13,9 +13,9 @@ import httpx
 import pytest
 import yaml
 
+from kvplan.checkpoint import ensure_smollm2_checkpoint
 from kvplan.plan import parse_plan
 from kvplan.procs import free_port
-from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
 from kvplan.workers.launch import Device
 from kvplan.workers.status import replica_status
 

@@ -23,7 +23,7 @@ from workers_stack import (
 )
 from workers_stack import PROMPTS as ALL_PROMPTS
 
-from kvplan.workers.checkpoint import ensure_smollm2_checkpoint
+from kvplan.checkpoint import ensure_smollm2_checkpoint
 
 pytestmark = pytest.mark.vllm
 

@@ -17,31 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from support import ROOT
+from support.grafana import substitute
 
-from kvplan.dashboards import demo
+from kvplan.demo import run as demo
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Values Grafana would substitute; `.*` is what "All" sends for a multi-value variable.
-VARIABLES = {
-    "$datasource": "prometheus",
-    "$model": ".*",
-    "$bucket": ".*",
-    "$pool": ".*",
-    "$ttft_slo": "2.0",
-    "$e2e_slo": "60.0",
-    "$itl_slo": "0.15",
-}
-
-
-def substitute(expr: str, rate_interval: str = "15s", range_: str = "5m") -> str:
-    """A dashboard or rule expression as Grafana would send it (defaults: a short demo run
-    scraped every second)."""
-    values = {**VARIABLES, "$__rate_interval": rate_interval, "$__range": range_}
-    for var, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
+__all__ = ["Running", "alerts", "cli", "demo_process", "query", "stop_with_sigint", "substitute"]
 
 
 @dataclass

@@ -423,7 +423,7 @@ async def summarize(
     """Requests and TTFT p50 per pool from the router's /metrics, KV usage from each worker's."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from kvplan import vllm_metrics as vm
+    from kvplan import metric_names as vm
     from kvplan.router import metrics as rm
 
     out = {name: PoolSummary() for name in workers}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from demo_harness import Running, alerts, cli, demo_process, query, stop_with_sigint
 
-from kvplan.dashboards import demo
+from kvplan.demo import run as demo
 
 
 @pytest.fixture(scope="module")

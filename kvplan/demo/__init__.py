@@ -1,0 +1,1 @@
+"""`kvplan demo`: the whole stack on one machine (see run.py)."""
