@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kvplan.formats import get_format
+from kvplan.kernel_speeds import KERNELS
 from kvplan.plan import Slo
 from kvplan.planner.gpus import get_gpu
 from kvplan.planner.models import get_model
 from kvplan.planner.roofline import max_batch_within
 from kvplan.workers.sim.engine import Engine
-from kvplan.workers.sim.profile import KERNELS, WorkerProfile, build_profile, efficiency
+from kvplan.workers.sim.profile import WorkerProfile, build_profile, efficiency
 from kvplan.workers.sim.simulation import Simulation
 
 RESULTS = Path(__file__).parent / "results"
@@ -257,7 +258,7 @@ def render(
         "preemption of the newest request), blocks from `kvplan.planner.memory.kv_capacity`, step times "
         "from `kvplan.planner.roofline` with "
         + (
-            "vLLM's own quantized-KV kernel speeds (`kvplan.planner.fleet.VLLM_KV_READ_EFFICIENCY`)"
+            "vLLM's own quantized-KV kernel speeds (`kvplan.kernel_speeds.VLLM_KV_READ_EFFICIENCY`)"
             if args.kernels == "vllm"
             else "kvplan's kernels (default efficiencies: every format bandwidth-bound at its bytes)"
         ),

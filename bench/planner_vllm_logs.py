@@ -13,6 +13,7 @@ Writes bench/results/planner_vllm_logs.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,6 +137,9 @@ def _model_only(row: dict[str, Any]) -> Check | None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     data = yaml.safe_load((ROOT / "bench" / "planner_vllm_logs.yaml").read_text())
     given: list[Check] = []
     alone: list[Check] = []

@@ -45,7 +45,7 @@ CHAT_BODY = json.dumps(
 STREAM_BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16, "stream": True}
 )
-PY_ROUTER_RPS = 110.0  # facts.md §5: a Python (production-stack style) router on a 2-core box
+PY_ROUTER_RPS = 110.0  # docs/facts.md §5: a Python (production-stack style) router on a 2-core box
 
 
 def wait_http(port: int, path: str = "/health", timeout: float = 30.0) -> None:

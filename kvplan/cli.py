@@ -21,6 +21,8 @@ app = typer.Typer(
 def _register() -> None:
     from kvplan.control import cli as control_cli
     from kvplan.dashboards import cli as dashboards_cli
+    from kvplan.demo import cli as demo_cli
+    from kvplan.deploy import cli as deploy_cli
     from kvplan.kernels import cli as kernels_cli
     from kvplan.planner import cli as planner_cli
     from kvplan.router import cli as router_cli
@@ -35,6 +37,8 @@ def _register() -> None:
         sim_cli,
         kernels_cli,
         dashboards_cli,
+        deploy_cli,
+        demo_cli,
     ):
         module.register(app)
 

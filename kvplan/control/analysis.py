@@ -3,7 +3,7 @@
 Three checks, each "the candidate is not worse than the baseline by more than a tolerance":
 error ratio, share of requests whose TTFT is under the SLO bound, share of tokens whose
 inter-token latency is under its bound. Shares under an exact histogram edge show a regression
-that percentiles on coarse buckets hide (facts.md §6). A pool with too few requests in the window
+that percentiles on coarse buckets hide (docs/facts.md §6). A pool with too few requests in the window
 is "no data", which fails (Flagger's rule: silence is not health).
 
 Why a noise margin: at 200 requests a 1% error ratio has a standard error of 0.7 points, so a

@@ -23,7 +23,7 @@ from kvplan.plan import Plan
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from kvplan.router.metrics import RouterMetrics
+    from kvplan.control.sources import RouterCounters
 
 OPS = ("start", "pause", "resume", "abort")
 START_FIELDS = ("steps", "interval", "failure_limit", "thresholds", "actor", "reason")
@@ -96,7 +96,7 @@ async def rollout_admin(store: FlagStore, bucket: str, op: str, body: Mapping[st
 def embedded_controller(
     store: FlagStore,
     plan: Plan,
-    counters: Callable[[], str] | RouterMetrics,
+    counters: Callable[[], str] | RouterCounters,
     registry: CollectorRegistry | None = None,
 ) -> rollout.RolloutController:
     """A controller reading the router's counters in process: its metric objects (cheap: the
@@ -106,9 +106,8 @@ def embedded_controller(
     """
     from kvplan.control.metrics import RolloutMetrics
     from kvplan.control.sources import RouterCounterSource
-    from kvplan.router.metrics import RouterMetrics
 
-    if isinstance(counters, RouterMetrics):
+    if not callable(counters):
         source = RouterCounterSource.in_process(counters, plan.slo)
     else:
         text = counters

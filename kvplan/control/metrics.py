@@ -1,4 +1,4 @@
-"""Prometheus metrics of the control plane, names defined once.
+"""Prometheus metrics of the control plane (names: kvplan.metric_names.control).
 
 Flag-store health is exported by one collector that reads every live store in the process, so
 the router's `/metrics` (the default registry) shows how old its routing state is and whether
@@ -18,19 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-# flag store
-STATE_AGE = "kvplan_flag_state_age_seconds"  # since the state was last confirmed by its source
-SOURCE_UP = "kvplan_flag_source_up"  # 1 when the last contact with the source succeeded
-STATE_LOADED = "kvplan_flag_state_loaded"  # 0 while routing on plan defaults (never loaded)
-STATE_VERSION = "kvplan_flag_state_version"
-RESYNCS = "kvplan_flag_resyncs"  # full reloads, by reason (periodic, reconnect, gap, epoch)
-UPDATES = "kvplan_flag_updates"  # changes applied from the stream
-EPOCH_CHANGES = "kvplan_flag_epoch_changes"
-# rollout controller (exported by `kvplan rollout run --metrics-port`)
-ROLLOUT_WEIGHT = "kvplan_rollout_weight"  # gauge {bucket}: the weight the controller last saw/set
-ROLLOUT_ANALYSES = "kvplan_rollout_analyses"  # counter {bucket, verdict}: pass, fail
-ROLLOUT_ABORTS = "kvplan_rollout_aborts"  # counter {bucket}: automatic aborts
-VERDICTS = ("pass", "fail")
+from kvplan.metric_names import control as cm
 
 
 @dataclass
@@ -62,20 +50,26 @@ _registered = False
 class FlagStoreCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = time.monotonic()
-        age = GaugeMetricFamily(STATE_AGE, "Seconds since the source confirmed the state", labels=["store"])
-        up = GaugeMetricFamily(SOURCE_UP, "1 when the flag source answered last time", labels=["store"])
-        loaded = GaugeMetricFamily(STATE_LOADED, "0 while routing on the plan's defaults", labels=["store"])
-        version = GaugeMetricFamily(STATE_VERSION, "Version of the state in use", labels=["store"])
-        resyncs = CounterMetricFamily(RESYNCS, "Full reloads of the flag state", labels=["store", "reason"])
-        updates = CounterMetricFamily(UPDATES, "Changes applied from the stream", labels=["store"])
-        epochs = CounterMetricFamily(EPOCH_CHANGES, "Times the source's data was lost", labels=["store"])
+        age = GaugeMetricFamily(
+            cm.STATE_AGE, "Seconds since the source confirmed the state", labels=["store"]
+        )
+        up = GaugeMetricFamily(cm.SOURCE_UP, "1 when the flag source answered last time", labels=["store"])
+        loaded = GaugeMetricFamily(
+            cm.STATE_LOADED, "0 while routing on the plan's defaults", labels=["store"]
+        )
+        version = GaugeMetricFamily(cm.STATE_VERSION, "Version of the state in use", labels=["store"])
+        resyncs = CounterMetricFamily(
+            cm.RESYNCS, "Full reloads of the flag state", labels=["store", "reason"]
+        )
+        updates = CounterMetricFamily(cm.UPDATES, "Changes applied from the stream", labels=["store"])
+        epochs = CounterMetricFamily(cm.EPOCH_CHANGES, "Times the source's data was lost", labels=["store"])
         for store in list(_stores):
             s = store.stats
             age.add_metric([s.label], now - s.confirmed_at)
             up.add_metric([s.label], 1.0 if s.up else 0.0)
             loaded.add_metric([s.label], 1.0 if s.loaded else 0.0)
             version.add_metric([s.label], float(s.version))
-            for reason in ("startup", "periodic", "reconnect", "gap", "epoch"):
+            for reason in cm.RESYNC_REASONS:
                 resyncs.add_metric([s.label, reason], float(s.resyncs.get(reason, 0)))
             updates.add_metric([s.label], float(s.updates))
             epochs.add_metric([s.label], float(s.epoch_changes))
@@ -96,15 +90,15 @@ class RolloutMetrics:
     """The controller's own series, every label combination created up front (ratios read 0)."""
 
     def __init__(self, buckets: list[str], registry: CollectorRegistry = REGISTRY) -> None:
-        self.weight = Gauge(ROLLOUT_WEIGHT, "Candidate weight per bucket", ["bucket"], registry=registry)
+        self.weight = Gauge(cm.ROLLOUT_WEIGHT, "Candidate weight per bucket", ["bucket"], registry=registry)
         self.analyses = Counter(
-            ROLLOUT_ANALYSES, "Rollout analyses by verdict", ["bucket", "verdict"], registry=registry
+            cm.ROLLOUT_ANALYSES, "Rollout analyses by verdict", ["bucket", "verdict"], registry=registry
         )
         self.aborts = Counter(
-            ROLLOUT_ABORTS, "Rollouts aborted by the analysis", ["bucket"], registry=registry
+            cm.ROLLOUT_ABORTS, "Rollouts aborted by the analysis", ["bucket"], registry=registry
         )
         for b in buckets:
             self.weight.labels(b)
             self.aborts.labels(b)
-            for v in VERDICTS:
+            for v in cm.VERDICTS:
                 self.analyses.labels(b, v)

@@ -12,21 +12,44 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol
 
 import httpx
 
 from kvplan.control.analysis import PoolWindow
-from kvplan.metric_names import INTER_TOKEN_LATENCY
+from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES
+from kvplan.metric_names import router as rm
+from kvplan.metric_names import vllm as vm
 from kvplan.plan import Slo
-from kvplan.router import metrics as router_metrics
 
-if TYPE_CHECKING:
-    from kvplan.router.metric_types import CounterChild, Histogram, HistogramChild
+ROUTER_ITL = rm.ITL_SECONDS  # the router's own inter-token histogram (embedded mode)
 
-EXCLUDED_OUTCOMES = ("cancelled", "client_error")  # neither the pool's success nor its fault
-ERROR_OUTCOMES = ("upstream_error", "stream_broken")
-ROUTER_ITL = router_metrics.ITL_SECONDS  # the router's own inter-token histogram (embedded mode)
+
+class CounterFamily(Protocol):
+    @property
+    def children(self) -> Mapping[tuple[str, ...], Any]: ...  # label values -> a child with `.value`
+
+
+class HistogramFamily(Protocol):
+    @property
+    def edges(self) -> tuple[float, ...]: ...
+
+    @property
+    def children(self) -> Mapping[tuple[str, ...], Any]: ...  # label values -> `.counts` per edge, +Inf
+
+
+class RouterCounters(Protocol):
+    """What the embedded controller reads from a router's metric objects in process
+    (kvplan.router.metrics.RouterMetrics has these; labels as in kvplan.metric_names.router)."""
+
+    @property
+    def requests(self) -> CounterFamily: ...  # {bucket, pool, regime, outcome}
+
+    @property
+    def ttft(self) -> HistogramFamily: ...  # {bucket, pool, regime}
+
+    @property
+    def itl(self) -> HistogramFamily: ...  # {bucket, pool, regime}
 
 
 def _edge_count(buckets: Mapping[float, float], bound: float) -> float | None:
@@ -45,15 +68,11 @@ _ERRORS = "|".join(ERROR_OUTCOMES)
 class Queries:
     """The PromQL, written once (str.format templates: {sel} bucket/pool selector, {w} seconds)."""
 
-    requests: str = (
-        "sum(increase(" + router_metrics.REQUESTS + '_total{{{sel},outcome!~"' + _EXCLUDED + '"}}[{w}s]))'
-    )
-    errors: str = (
-        "sum(increase(" + router_metrics.REQUESTS + '_total{{{sel},outcome=~"' + _ERRORS + '"}}[{w}s]))'
-    )
-    ttft: str = "sum by (le) (increase(" + router_metrics.TTFT_SECONDS + "_bucket{{{sel}}}[{w}s]))"
+    requests: str = "sum(increase(" + rm.REQUESTS + '_total{{{sel},outcome!~"' + _EXCLUDED + '"}}[{w}s]))'
+    errors: str = "sum(increase(" + rm.REQUESTS + '_total{{{sel},outcome=~"' + _ERRORS + '"}}[{w}s]))'
+    ttft: str = "sum by (le) (increase(" + rm.TTFT_SECONDS + "_bucket{{{sel}}}[{w}s]))"
     # vLLM's own histogram; Prometheus labels each scraped vLLM target with its pool
-    itl: str = "sum by (le) (increase(" + INTER_TOKEN_LATENCY + '_bucket{{pool="{pool}"}}[{w}s]))'
+    itl: str = "sum by (le) (increase(" + vm.INTER_TOKEN_LATENCY + '_bucket{{pool="{pool}"}}[{w}s]))'
 
 
 class PrometheusSource:
@@ -117,15 +136,15 @@ def totals_from_text(text: str, slo: Slo) -> Totals:
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             key = (s.labels.get("bucket", ""), s.labels.get("pool", ""))
-            if s.name == f"{router_metrics.REQUESTS}_total":
+            if s.name == f"{rm.REQUESTS}_total":
                 outcome = s.labels.get("outcome", "")
                 if outcome in EXCLUDED_OUTCOMES:
                     continue
                 r = req.setdefault(key, [0.0, 0.0])
                 r[0] += s.value
                 r[1] += s.value if outcome in ERROR_OUTCOMES else 0.0
-            elif s.name in (f"{router_metrics.TTFT_SECONDS}_bucket", f"{ROUTER_ITL}_bucket"):
-                target = ttft if s.name.startswith(router_metrics.TTFT_SECONDS) else itl
+            elif s.name in (f"{rm.TTFT_SECONDS}_bucket", f"{ROUTER_ITL}_bucket"):
+                target = ttft if s.name.startswith(rm.TTFT_SECONDS) else itl
                 le = float(s.labels["le"])
                 h = target.setdefault(key, {})
                 h[le] = h.get(le, 0.0) + s.value
@@ -143,14 +162,14 @@ def totals_from_text(text: str, slo: Slo) -> Totals:
     return out
 
 
-def totals_from_router(m: router_metrics.RouterMetrics, slo: Slo) -> Totals:
+def totals_from_router(m: RouterCounters, slo: Slo) -> Totals:
     """The same numbers as `totals_from_text`, read straight from a router's metric objects in
     process: microseconds instead of rendering and parsing the exposition text every tick."""
     req: dict[tuple[str, str], list[float]] = {}
     for (bucket, pool, _regime, outcome), child in m.requests.children.items():
         if outcome in EXCLUDED_OUTCOMES:
             continue
-        value = cast("CounterChild", child).value
+        value = child.value
         r = req.setdefault((bucket, pool), [0.0, 0.0])
         r[0] += value
         r[1] += value if outcome in ERROR_OUTCOMES else 0.0
@@ -170,12 +189,12 @@ def totals_from_router(m: router_metrics.RouterMetrics, slo: Slo) -> Totals:
     return out
 
 
-def _shares(h: Histogram, bound: float) -> dict[tuple[str, str], tuple[float, float | None]]:
+def _shares(h: HistogramFamily, bound: float) -> dict[tuple[str, str], tuple[float, float | None]]:
     """(bucket, pool) -> (observations, observations <= bound when bound is an exact edge)."""
     at = next((i for i, e in enumerate(h.edges) if math.isclose(e, bound, rel_tol=1e-9)), None)
     out: dict[tuple[str, str], tuple[float, float | None]] = {}
     for labels, child in h.children.items():
-        counts = cast("HistogramChild", child).counts
+        counts = child.counts
         total, fast = out.get((labels[0], labels[1]), (0.0, 0.0))
         out[(labels[0], labels[1])] = (
             total + sum(counts),
@@ -215,7 +234,7 @@ class RouterCounterSource:
         *,
         clock: Callable[[], float] = time.time,
         keep_s: float = 7200.0,
-        direct: router_metrics.RouterMetrics | None = None,
+        direct: RouterCounters | None = None,
     ) -> None:
         if read is None and direct is None:
             raise ValueError("give the router's metrics text (read) or its metric objects (direct)")
@@ -234,7 +253,7 @@ class RouterCounterSource:
         return cls(read, slo, **kw)
 
     @classmethod
-    def in_process(cls, metrics: router_metrics.RouterMetrics, slo: Slo, **kw: Any) -> RouterCounterSource:
+    def in_process(cls, metrics: RouterCounters, slo: Slo, **kw: Any) -> RouterCounterSource:
         """Inside the router (embedded mode): its metric objects, no exposition text."""
         return cls(None, slo, direct=metrics, **kw)
 

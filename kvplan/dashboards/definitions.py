@@ -7,21 +7,22 @@ rule and plan-series names from `rules`. Every vLLM series carries the plan's `p
 
 from __future__ import annotations
 
-from kvplan import metric_names as vm
-from kvplan.control import metrics as cm
 from kvplan.dashboards import rules
 from kvplan.dashboards.grafana import Annotation, Dashboard, Panel, Query, Row, Variable
+from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES
+from kvplan.metric_names import control as cm
+from kvplan.metric_names import router as rm
+from kvplan.metric_names import vllm as vm
 from kvplan.plan import Slo
-from kvplan.router import metrics as rm
 
 RATE = "$__rate_interval"
 ROUTER = 'bucket=~"$bucket", pool=~"$pool"'
 VLLM = 'model_name=~"$model", bucket=~"$bucket", pool=~"$pool"'
-ERRORS = "|".join(rules.ERROR_OUTCOMES)
+ERRORS = "|".join(ERROR_OUTCOMES)
 TOKENS_PER_S = "suffix: tok/s"
 ROLE = f"on (bucket, pool) group_left (role) {rules.POOL_INFO}"
 ERROR_REQUESTS = f'{ROUTER}, outcome=~"{ERRORS}"'
-SERVED_REQUESTS = f'{ROUTER}, outcome!~"{"|".join(rules.EXCLUDED_OUTCOMES)}"'
+SERVED_REQUESTS = f'{ROUTER}, outcome!~"{"|".join(EXCLUDED_OUTCOMES)}"'
 BUCKET_ONLY = 'bucket=~"$bucket"'
 FALLBACKS = f'{ROUTER}, reason=~"fallback|stale|retry"'
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from kvplan import metric_names as vm
-from kvplan.control import metrics as cm
-from kvplan.control import sources
 from kvplan.deploy import labels
 from kvplan.formats import get_format
+from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES
+from kvplan.metric_names import control as cm
+from kvplan.metric_names import router as rm
+from kvplan.metric_names import vllm as vm
 from kvplan.plan import Plan, Pool, Slo
-from kvplan.router import metrics as rm
 
 Group = dict[str, Any]
 
@@ -37,10 +37,6 @@ ERROR_MARGIN = 0.01
 TTFT_SHARE_MARGIN = 0.05
 MIN_CANDIDATE_RPS = 0.05
 
-# Outcomes that spend the error budget (the endpoint failed) and those that are neither success nor
-# failure of the pool: the rollout analysis's definitions, so alerts and analysis agree.
-ERROR_OUTCOMES = sources.ERROR_OUTCOMES
-EXCLUDED_OUTCOMES = sources.EXCLUDED_OUTCOMES
 WINDOWS = ("5m", "30m", "1h", "6h")
 
 REQUESTS_TOTAL = f"{rm.REQUESTS}_total"

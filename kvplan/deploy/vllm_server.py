@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvplan.plan import Pool
+from kvplan.vllm_command import Device, LaunchOptions, replica_argv
 
 VLLM_PORT = 8000
 MODELS_DIR = "/models"
@@ -41,10 +42,8 @@ def model_path(pool: Pool) -> str:
 
 def server_spec(pool: Pool, port: int = VLLM_PORT) -> ServerSpec:
     """Arguments after the OpenAI server entry point and the environment: the same command line
-    `kvplan workers up` runs on a GPU host (`kvplan.workers.launch.replica_argv`), listening on all
+    `kvplan workers up` runs on a GPU host (`kvplan.vllm_command.replica_argv`), listening on all
     interfaces inside the container."""
-    from kvplan.workers.launch import Device, LaunchOptions, replica_argv
-
     opts = LaunchOptions(device=Device.CUDA, python="python3", host="0.0.0.0")
     argv, env = replica_argv(pool, model_path(pool), port, opts)
     command, args = tuple(argv[:3]), tuple(argv[3:])

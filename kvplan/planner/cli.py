@@ -389,14 +389,8 @@ def plan(
 ) -> None:
     """Size a fleet per context bucket (BF16 baseline + quantized candidates) and write pools.yaml."""
     from kvplan.errors import InputError
-    from kvplan.planner.fleet import (
-        KERNELS,
-        PlanOptions,
-        kv_read_efficiency,
-        load_prices,
-        plan_fleet,
-        to_plan,
-    )
+    from kvplan.kernel_speeds import KERNELS, kv_read_efficiency
+    from kvplan.planner.fleet import PlanOptions, load_prices, plan_fleet, to_plan
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
     from kvplan.planner.roofline import Efficiency

@@ -34,43 +34,6 @@ DEFAULT_BUCKETS = (8192, 16384, 32768)
 DEFAULT_TARGET_KV_UTILIZATION = 0.87  # 13% headroom, inside the 10-15% band
 BASELINE_FORMAT = "bf16"
 
-# vLLM 0.33's own quantized-KV decode kernels, relative to reading the same bytes as BF16 does
-# (facts.md §4, H100, 32 x 32K): speed vs SDPA bf16 0.92, fp8 0.80, int8 0.55, int4 0.40, divided
-# by the byte ratio. `--kernels vllm` plans with these; the default plans with kvplan's kernels,
-# which target the byte ratio (factor 1.0).
-VLLM_KV_READ_EFFICIENCY = {
-    "fp8_e4m3": 0.5 * 0.80 / 0.92,
-    "int8": 264 / 512 * 0.55 / 0.92,
-    "int4": 136 / 512 * 0.40 / 0.92,
-}
-
-# kvplan's own decode kernels as measured on an H100 (bench/results/kernels_h100.md, 2026-11-23,
-# batch 32 x 32K, Llama-3-8B shapes): speed-up over the BF16 kernel. They do not reach the byte
-# ratio (int4 1.8x for 3.8x fewer bytes); `--kernels measured` plans with these figures.
-KVPLAN_H100_SPEEDUP = {
-    "fp8_e4m3": 1.66,
-    "int8": 1.72,
-    "int8_hadamard": 1.62,
-    "k8v4": 1.68,
-    "int4": 1.81,
-    "int4_hadamard": 1.74,
-}
-
-
-KERNELS = ("kvplan", "measured", "vllm")  # whose decode kernels read the quantized cache
-
-
-def kv_read_efficiency(kernels: str) -> dict[str, float]:
-    """Per-format KV read efficiency for `--kernels`: kvplan (byte-bound, 1.0), vllm, measured."""
-    if kernels == "vllm":
-        return dict(VLLM_KV_READ_EFFICIENCY)
-    if kernels == "measured":
-        bf16 = get_format(BASELINE_FORMAT).bytes_per_token_head(128)
-        return {n: x * get_format(n).bytes_per_token_head(128) / bf16 for n, x in KVPLAN_H100_SPEEDUP.items()}
-    if kernels == "kvplan":
-        return {}
-    raise ValueError(f"kernels must be kvplan, measured or vllm, got {kernels!r}")
-
 
 @dataclass(frozen=True)
 class Prices:

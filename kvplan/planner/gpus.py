@@ -26,7 +26,7 @@ class GpuSpec:
     fp8_supported: bool
     price_per_hour: float  # default on-demand $/GPU-hour; the price file overrides
     # Where visible_memory_bytes comes from: "measured" (torch.cuda.mem_get_info on the card),
-    # "facts.md" (a measured figure recorded there), "user log" (vLLM's logged total), "estimated".
+    # "facts.md" (a measured figure, docs/facts.md §2), "user log" (vLLM's logged total), "estimated".
     memory_source: str = "estimated"
     description: str = ""
 

@@ -1,7 +1,7 @@
 """vLLM's own KV memory model, as a pure function: how much KV cache a replica gets and what
 vLLM will log about it.
 
-The budget follows vLLM 0.32/0.33's `determine_available_memory` (facts.md §2):
+The budget follows vLLM 0.32/0.33's `determine_available_memory` (docs/facts.md §2):
 
     requested = ceil(visible_memory x gpu_memory_utilization)      (default 0.92)
     available = requested - (weights + peak activation + non-torch) - CUDA-graph estimate

@@ -6,7 +6,7 @@ where bytes read = weights touched (all of a dense model; the experts a batch ro
 shard in parallel, so the per-rank bytes set the time.
 
 Efficiency factors (override with `Efficiency(...)`): the best BF16 decode kernels move about
-90% of an H100's 3.35 TB/s and a plain copy about 88% (facts.md §4); end to end, with weights
+90% of an H100's 3.35 TB/s and a plain copy about 88% (docs/facts.md §4); end to end, with weights
 GEMVs, launches and sampling, 75% is a fair default. vLLM's own quantized-KV kernels today reach
 less (FP8 ~0.80x, INT8 ~0.55x, INT4 ~0.40x of the BF16 kernel's speed relative to bytes): the
 `kv_read_efficiency` table lets a user plan with those figures or with kvplan's own kernels.

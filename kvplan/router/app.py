@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, generate_latest
 
 from kvplan.control.state import FlagStore, MemoryFlagStore
+from kvplan.metric_names import router as rm
 from kvplan.plan import Plan, load_plan
 from kvplan.router import admin
 from kvplan.router.api_errors import ApiError
@@ -26,10 +27,8 @@ from kvplan.router.endpoint_policy import Pick
 from kvplan.router.endpoints import Endpoint, Saturation, all_full
 from kvplan.router.flags import close_store, start_store
 from kvplan.router.inputs import CHAT, COMPLETION, parse
-from kvplan.router.metric_types import HistogramChild
-from kvplan.router.metrics import DECISION_REASONS as _REASONS
-from kvplan.router.metrics import ENDPOINT_CHOICE_REASONS, RouterMetrics
-from kvplan.router.metrics import OUTCOMES as _OUTCOMES
+from kvplan.router.metric_types import CounterChild, HistogramChild
+from kvplan.router.metrics import RouterMetrics
 from kvplan.router.monitor import probe_all
 from kvplan.router.provenance import ProvenanceLog, now
 from kvplan.router.routes import PoolRoute, Route, RouteTable
@@ -76,14 +75,16 @@ class _Observed:
 
     def __init__(self, m: RouterMetrics, bucket: str, pool: PoolRoute) -> None:
         labels = (bucket, pool.name, pool.regime)
-        self.outcome = {o: m.requests.labels(*labels, o) for o in _OUTCOMES}
+        self.outcome: dict[str, CounterChild] = {o: m.requests.labels(*labels, o) for o in rm.OUTCOMES}
         self.ttft = m.ttft.labels(*labels)
         self.e2e = m.e2e.labels(*labels)
         self.itl = m.itl.labels(*labels)
         self.retries = m.retries.labels(bucket, pool.name)
-        self.decisions = {r: m.decisions.labels(bucket, pool.name, r) for r in _REASONS}
-        self.choices = {
-            r: m.endpoint_choices.labels(pool.name, pool.chooser.name, r) for r in ENDPOINT_CHOICE_REASONS
+        self.decisions: dict[str, CounterChild] = {
+            r: m.decisions.labels(bucket, pool.name, r) for r in rm.DECISION_REASONS
+        }
+        self.choices: dict[str, CounterChild] = {
+            r: m.endpoint_choices.labels(pool.name, pool.chooser.name, r) for r in rm.ENDPOINT_CHOICE_REASONS
         }
         self.prompt_tokens = m.prompt_tokens.labels(bucket)
         self.pool_header = pool.name.encode()

@@ -1,7 +1,7 @@
 """The router's use of the flag store: opened from a URL by the control part's factory.
 
 A router starts even when Redis is away (it serves the plan's defaults, then the last known
-state): routing must not depend on the flag backend being up (facts.md §6).
+state): routing must not depend on the flag backend being up (docs/facts.md §6).
 """
 
 from __future__ import annotations

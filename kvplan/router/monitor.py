@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Iterable
 
-from kvplan import metric_names as vllm_metrics
+from kvplan.metric_names import vllm as vllm_metrics
 from kvplan.router.endpoints import Endpoint
 from kvplan.router.upstream import UpstreamError, UpstreamPool, fetch
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from kvplan.workers.launch import LaunchOptions
+    from kvplan.vllm_command import LaunchOptions
 
 workers = typer.Typer(
     name="workers",
@@ -51,7 +51,8 @@ def parse_bytes(text: str) -> int:
 def _options(device: str, kv_memory: str | None, port_base: int, host: str, python: str | None, run_dir: Path
              ) -> LaunchOptions:  # fmt: skip
     from kvplan.errors import InputError
-    from kvplan.workers.launch import Device, LaunchOptions, vllm_python_default
+    from kvplan.vllm_command import Device, LaunchOptions
+    from kvplan.workers.launch import vllm_python_default
 
     try:
         dev = Device(device.lower())

@@ -1,64 +1,36 @@
-"""From a pool plan to vLLM server command lines: one per pool replica (pure; nothing starts here).
+"""From a pool plan to vLLM server launches: one per pool replica (pure; nothing starts here).
 
-Each pool's KV format is served one of two ways:
-- natively, when vLLM has the format itself (`KVFormat.vllm_native_dtype`: bf16 -> `auto`, fp8);
-- through kvplan's plugin otherwise (int8, int4, ...): vLLM runs with `--kv-cache-dtype auto`
-  and `KVPLAN_KV_FORMAT=<format>`, which makes the plugin swap in kvplan's attention backend.
-
-On a CPU (the test machine) every server runs `--dtype float32 --enforce-eager`: bf16 matmuls on
-an AVX2 CPU compile for minutes and flip near-tied tokens. vLLM's CPU attention then keeps an
-`auto` cache in fp32, so a bf16 pool's effective storage on CPU is fp32 (`effective_format`).
+The command line of each is `kvplan.vllm_command.replica_argv` (how a KV format is served, native
+or through kvplan's plugin, and what changes on a CPU); this module adds ports, logs, CPU pinning
+and the model path, and checks that vLLM can serve the pool at all.
 
 `check_pool` lists the reasons vLLM cannot serve a pool; `workers up` refuses a plan with any.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvplan.errors import KvplanError, NotFound, PlanError
-from kvplan.formats import FORMATS, Element, KVFormat, TensorQuant
+from kvplan.formats import FORMATS
 from kvplan.plan import Plan, Pool
 from kvplan.procs import free_port
-from kvplan.workers.vllm_plugin import FORMAT_ENV
+from kvplan.vllm_command import (
+    Device,
+    LaunchOptions,
+    ServePath,
+    block_size,
+    effective_format,
+    replica_argv,
+    serve_path,
+)
 from kvplan.workers.vllm_plugin.support import SUPPORTED_HEAD_DIMS, unsupported_reason
 
-VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` fails on the package name
 # vLLM's own attention backends take these head sizes (CPU_ATTN's list; GPU backends take more).
 VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-CPU_BLOCK_SIZE = 128  # vLLM's CPU platform default
-GPU_BLOCK_SIZE = 16
-
-_FP32 = TensorQuant(Element.FP32)
-CPU_AUTO_FORMAT = KVFormat("fp32", _FP32, _FP32, "vLLM CPU `auto` cache under --dtype float32", "auto")
-
-
-class Device(enum.Enum):
-    CUDA = "cuda"
-    CPU = "cpu"
-
-
-class ServePath(enum.Enum):
-    NATIVE = "native"  # vLLM's own attention and --kv-cache-dtype
-    PLUGIN = "plugin"  # kvplan's attention backend via KVPLAN_KV_FORMAT
-
-
-@dataclass(frozen=True)
-class LaunchOptions:
-    device: Device = Device.CUDA
-    python: str = ".venv-vllm/bin/python"
-    host: str = "127.0.0.1"
-    base_port: int = 8100  # 0: a free ephemeral port per replica
-    kv_memory_bytes: int | None = None  # --kv-cache-memory-bytes; required on CPU
-    log_dir: Path = Path(".kvplan/workers/logs")
-    extra_args: tuple[str, ...] = ()
-    # CPU: cores to pin servers to, one per replica in turn (vLLM's own "auto" binding puts every
-    # server on the same first core). None: the cores this process may run on.
-    cpu_cores: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,22 +60,6 @@ class ReplicaLaunch:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         cmd = " ".join(shlex.quote(a) for a in self.argv)
         return f"{env + ' ' if env else ''}{cmd} > {shlex.quote(str(self.log_path))} 2>&1"
-
-
-def serve_path(fmt: KVFormat) -> ServePath:
-    return ServePath.NATIVE if fmt.vllm_native_dtype is not None else ServePath.PLUGIN
-
-
-def effective_format(pool: Pool, device: Device) -> KVFormat:
-    """The format the server really stores (what its block count follows)."""
-    fmt = FORMATS[pool.kv_format]
-    if device is Device.CPU and fmt.vllm_native_dtype == "auto":
-        return CPU_AUTO_FORMAT
-    return fmt
-
-
-def block_size(device: Device) -> int:
-    return CPU_BLOCK_SIZE if device is Device.CPU else GPU_BLOCK_SIZE
 
 
 def cpu_flags() -> set[str]:
@@ -215,36 +171,6 @@ def check_plan(plan: Plan, opts: LaunchOptions) -> None:
     problems = [f"pool {p.name!r}: {r}" for p in plan.pools if p.replicas for r in check_pool(p, opts)]
     if problems:
         raise PlanError("vLLM cannot serve this plan: " + "; ".join(problems))
-
-
-def replica_argv(pool: Pool, model: str, port: int, opts: LaunchOptions) -> tuple[list[str], dict[str, str]]:
-    fmt = FORMATS[pool.kv_format]
-    argv = [
-        opts.python, "-m", VLLM_SERVER_MODULE,
-        "--model", model,
-        "--served-model-name", pool.model_name,
-        "--host", opts.host,
-        "--port", str(port),
-        "--max-model-len", str(pool.max_model_len),
-        "--tensor-parallel-size", str(pool.tensor_parallel),
-    ]  # fmt: skip
-    env: dict[str, str] = {}
-    if pool.pipeline_parallel > 1:
-        argv += ["--pipeline-parallel-size", str(pool.pipeline_parallel)]
-    if serve_path(fmt) is ServePath.NATIVE:
-        argv += ["--kv-cache-dtype", str(fmt.vllm_native_dtype)]
-    else:
-        argv += ["--kv-cache-dtype", "auto"]
-        env[FORMAT_ENV] = fmt.name
-        if opts.device is Device.CUDA:
-            argv += ["--attention-backend", "CUSTOM"]
-    if opts.kv_memory_bytes is not None:
-        argv += ["--kv-cache-memory-bytes", str(opts.kv_memory_bytes)]
-    if opts.device is Device.CPU:
-        argv += ["--dtype", "float32", "--enforce-eager"]
-    else:
-        argv += ["--gpu-memory-utilization", f"{pool.gpu_memory_utilization:g}"]
-    return argv + list(opts.extra_args), env
 
 
 def render(plan: Plan, opts: LaunchOptions, ports: Sequence[int] | None = None) -> list[ReplicaLaunch]:

@@ -15,31 +15,13 @@ from typing import Any
 
 import httpx
 
-from kvplan import metric_names as vm
 from kvplan.errors import InputError
+from kvplan.metric_names import vllm as vm
 from kvplan.plan import Plan, load_plan
-from kvplan.workers.launch import Device, effective_format
+from kvplan.vllm_command import Device, effective_format
+from kvplan.workers.probe import is_healthy, scrape_metrics
 
 PROFILED_TOLERANCE = 0.05
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str
-    labels: dict[str, str]
-    value: float
-
-
-def scrape_metrics(url: str, timeout: float = 5.0) -> list[Sample]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    resp = httpx.get(f"{url}/metrics", timeout=timeout)
-    resp.raise_for_status()
-    return [
-        Sample(s.name, dict(s.labels), float(s.value))
-        for fam in text_string_to_metric_families(resp.text)
-        for s in fam.samples
-    ]
 
 
 def _int_label(labels: dict[str, str], key: str) -> int | None:
@@ -94,8 +76,6 @@ def predicted_blocks(
 
 
 def replica_status(plan: Plan, pool_name: str, url: str, device: Device) -> ReplicaStatus:
-    from kvplan.workers.supervise import is_healthy
-
     pool = plan.pool(pool_name)
     base = dict(
         pool=pool_name, url=url, kv_format=pool.kv_format, stored_as=effective_format(pool, device).name

@@ -21,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from kvplan import metric_names as vm
 from kvplan.errors import KvplanError
 from kvplan.plan import Plan, save_plan
-from kvplan.workers.launch import LaunchOptions, ReplicaLaunch, with_endpoints
+from kvplan.vllm_command import LaunchOptions
+from kvplan.workers.launch import ReplicaLaunch, with_endpoints
+from kvplan.workers.probe import is_healthy, requests_in_flight
 
 STATE_VERSION = 1
 
@@ -89,24 +88,6 @@ class Replica:
             self.proc.wait(10)
         self.signal_group(signal.SIGKILL)  # stragglers of the group (its engine core, workers)
         self.healthy = False
-
-
-def is_healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def requests_in_flight(url: str) -> float:
-    """vLLM's running + waiting requests (0 when it cannot be scraped: nothing to wait for)."""
-    from kvplan.workers.status import scrape_metrics
-
-    try:
-        samples = scrape_metrics(url)
-    except httpx.HTTPError:
-        return 0.0
-    return sum(s.value for s in samples if s.name in (vm.NUM_REQUESTS_RUNNING, vm.NUM_REQUESTS_WAITING))
 
 
 @dataclass

@@ -9,10 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from kvplan.procs import ROUTER_READY, free_port, ready_url, wait_port
+import httpx
+from support import ROOT
+from support.procs import stop
+from support.router import RouterProcess
+from support.waiting import poll
+
+from kvplan.procs import free_port, ready_url, wait_port
 from kvplan.workers.sim.launch import READY_PREFIX as SIM_READY
 
 PLAN = """\
@@ -87,7 +92,6 @@ class RedisServer:
         return out.stdout
 
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "control-test-token"
 
 
@@ -133,34 +137,21 @@ class SimWorker:
         stop(self.proc)
 
 
-class Router:
+class Router(RouterProcess):
     """`kvplan serve` on the shared flag store; its store traces every change it applies."""
 
     def __init__(self, workdir: Path, name: str, plan_path: Path, flag_store: str) -> None:
-        token = workdir / "admin.token"
-        token.write_text(TOKEN)
         self.trace = workdir / f"{name}.trace"
         self.provenance = workdir / f"{name}.provenance.jsonl"
-        self.proc = kvplan_proc(
-            [
-                "serve",
-                "--plan",
-                str(plan_path),
-                "--port",
-                "0",
-                "--flag-store",
-                flag_store,
-                "--admin-token-file",
-                str(token),
-                "--log-level",
-                "warning",
-                "--provenance-log",
-                str(self.provenance),
-            ],
-            workdir / f"{name}.log",
-            {"KVPLAN_FLAG_TRACE": str(self.trace)},
-        )
-        self.url = ready_url(self.proc, ROUTER_READY)
+        super().__init__(
+            plan_path,
+            "--flag-store", flag_store,
+            "--log-level", "warning",
+            "--provenance-log", str(self.provenance),
+            name=name,
+            token=TOKEN,
+            env={"KVPLAN_FLAG_TRACE": str(self.trace)},
+        )  # fmt: skip
 
     def applied(self) -> dict[int, float]:
         """version -> unix time this router applied it (current epoch only is the caller's concern)."""
@@ -177,19 +168,6 @@ class Router:
             return []
         lines = self.provenance.read_text().split("\n")[:-1]  # the last line may be half written
         return [json.loads(line) for line in lines if line.strip()]
-
-    def stop(self) -> None:
-        stop(self.proc)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def routed_plan(baseline_url: str, candidate_url: str) -> str:
@@ -237,17 +215,13 @@ class Prometheus:
             stderr=(workdir / "prometheus.log").open("w"),
             text=True,
         )
-        import httpx
+        poll(self._ready, 30, "prometheus to become ready", interval=0.1)
 
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("prometheus did not become ready in 30 s")
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
-        stop(self.proc)  # type: ignore[arg-type]
+        stop(self.proc)

@@ -8,16 +8,16 @@ Healthy traffic moves the rollout up a step; then the candidate's engine dies (e
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from control_services import Router, SimWorker
+from support.waiting import poll
 
-from kvplan.control.metrics import ROLLOUT_ABORTS
+from kvplan.metric_names import control as cm
 
 INTERVAL = "2s"
 BUCKET = "16k"
@@ -76,15 +76,6 @@ def traffic(url: str, stop: threading.Event, clients: int = 6) -> list[threading
     return threads
 
 
-def wait_for(what: str, cond: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[Router, SimWorker]) -> None:
     router, cand = stack
     admin = {"Authorization": "Bearer control-test-token"}
@@ -116,14 +107,13 @@ def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[
         )
         assert (started["rollout"], started["weight"]) == ("progressing", 30)
         # healthy traffic: the controller inside the router promotes the candidate a step
-        wait_for("the rollout to reach 60%", lambda: flags()["weight"] >= 60, timeout=15)
+        poll(lambda: flags()["weight"] >= 60, 15, "the rollout to reach 60%")
         paused = call("pause")
         assert paused["rollout"] == "paused" and paused["killed"] is False
 
         # the candidate's engine dies; the router notices (5xx, then /health) and ejects it
         httpx.post(cand.url + "/debug/engine/kill", timeout=5).raise_for_status()
-        wait_for(
-            "the candidate endpoint to be ejected",
+        poll(
             lambda: (
                 not any(
                     e["healthy"]
@@ -133,11 +123,12 @@ def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[
                     if e["pool"] == CANDIDATE
                 )
             ),
-            timeout=10,
+            10,
+            "the candidate endpoint to be ejected",
         )
         call("resume")
         # failure limit 1: two failed analyses (two intervals) and the rollout is aborted
-        wait_for("the rollout to abort", lambda: flags()["rollout"] == "aborted", timeout=20)
+        poll(lambda: flags()["rollout"] == "aborted", 20, "the rollout to abort")
     finally:
         stop.set()
         for t in threads:
@@ -153,4 +144,4 @@ def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[
     assert "analysis failed 2x" in hist["entries"][-1]["reason"]
     # the controller's own metrics are on the router's /metrics
     metrics = httpx.get(router.url + "/metrics", timeout=5).text
-    assert f'{ROLLOUT_ABORTS}_total{{bucket="{BUCKET}"}} 1.0' in metrics
+    assert f'{cm.ROLLOUT_ABORTS}_total{{bucket="{BUCKET}"}} 1.0' in metrics

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from control_services import TOKEN, RedisServer, Router, SimWorker, routed_plan
+from support.waiting import apoll, poll
 
 from kvplan.control.cohort import in_rollout
 from kvplan.control.redis_store import RedisFlagStore
@@ -55,23 +56,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         redis.stop()
 
 
-def poll_until(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
-
-async def until(cond, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.01)  # routers timestamp what they apply: polling speed does not bias it
-    return time.monotonic() - t0
-
-
 def all_applied(routers: list[Router], version: int) -> bool:
     return all(version in r.applied() for r in routers)
 
@@ -80,14 +64,14 @@ def test_kill_switch_reaches_8_routers_p99_under_100ms(fleet: Fleet) -> None:
     async def main() -> list[float]:
         writer = RedisFlagStore(fleet.redis.url, fleet.plan)
         await writer.start()
-        await until(lambda: all_applied(fleet.routers, writer.snapshot().version), 10, "routers loaded")
+        await apoll(lambda: all_applied(fleet.routers, writer.snapshot().version), 10, "routers loaded")
         per_flip = []
         for i in range(200):
             t0 = time.time()
             flags = await (writer.kill if i % 2 == 0 else writer.unkill)(BUCKET, "test", f"flip {i}")
             version = writer.snapshot().version
             assert flags.killed == (i % 2 == 0)
-            await until(lambda v=version: all_applied(fleet.routers, v), 2.0, f"flip {i} on every router")
+            await apoll(lambda v=version: all_applied(fleet.routers, v), 2.0, f"flip {i} on every router")
             per_flip.append(max(r.applied()[version] for r in fleet.routers) - t0)
         await writer.close()
         return per_flip
@@ -120,7 +104,7 @@ def test_connections_cut_just_before_a_flip_converge_within_1s(fleet: Fleet) -> 
                 fleet.redis.cli("CLIENT", "KILL", "ID", cid)
             await (writer.kill if i % 2 == 0 else writer.unkill)(BUCKET, "test", "after a cut")
             version = writer.snapshot().version
-            took.append(await until(lambda v=version: all_applied(fleet.routers, v), 1.0, "converge"))
+            took.append(await apoll(lambda v=version: all_applied(fleet.routers, v), 1.0, "converge"))
         await writer.close()
         return took
 
@@ -192,7 +176,7 @@ def test_50_flips_under_64_streams_fail_nothing_and_route_right(fleet: Fleet) ->
         done: list[Done] = []
         stop = asyncio.Event()
         traffic = asyncio.create_task(load([r.url for r in routers], 64, stop, done))
-        await until(lambda: len(done) >= 64, 60, "traffic flowing")
+        await apoll(lambda: len(done) >= 64, 60, "traffic flowing")
         for i in range(50):
             killed = i % 2 == 0
             flips.append((time.time(), killed))
@@ -208,7 +192,7 @@ def test_50_flips_under_64_streams_fail_nothing_and_route_right(fleet: Fleet) ->
     assert not failed, failed[:5]
     records: list[dict[str, object]] = []
     for r in routers:
-        poll_until(lambda r=r: len(r.records()) >= sum(1 for d in done if d.url == r.url), 10, "provenance")
+        poll(lambda r=r: len(r.records()) >= sum(1 for d in done if d.url == r.url), 10, "provenance")
         records += r.records()
     judged, fallbacks = 0, 0
     wrong: list[tuple[int, float, object, object]] = []
@@ -241,7 +225,7 @@ def test_redis_outage_changes_nothing_and_a_restart_is_resynced(fleet: Fleet) ->
         await writer.set_weight(BUCKET, 40, "test", "before the outage")
         version = writer.snapshot().version
         old_epoch = writer.snapshot().epoch
-        await until(lambda: all_applied(fleet.routers, version), 2, "state everywhere")
+        await apoll(lambda: all_applied(fleet.routers, version), 2, "state everywhere")
         await writer.close()
 
         done: list[Done] = []
@@ -267,7 +251,7 @@ def test_redis_outage_changes_nothing_and_a_restart_is_resynced(fleet: Fleet) ->
                     return False
             return True
 
-        await until(new_epoch_everywhere, 5.0, "new epoch on every router")
+        await apoll(new_epoch_everywhere, 5.0, "new epoch on every router")
         latest = [float(r.trace.read_text().split("\n")[:-1][-1].split()[2]) - up_at for r in fleet.routers]
         print(f"new epoch on all routers {max(latest) * 1e3:.0f} ms after the empty restart; {len(done)} ok")
         assert max(latest) < 1.0, latest

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from control_services import RedisServer, free_port
+from support.waiting import apoll
 
 from kvplan.control.redis_store import RedisFlagStore
 from kvplan.control.state import InvalidWeight, StoreUnavailable, UnknownBucket
 from kvplan.control.stores import open_store
 from kvplan.plan import Plan
-
-
-async def until(cond, timeout: float = 2.0) -> float:  # type: ignore[no-untyped-def]
-    """Poll `cond` until true; return the seconds it took (fails the test on timeout)."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.002)
-    return time.monotonic() - t0
 
 
 def test_fresh_redis_is_seeded_from_the_plan(redis_server: RedisServer, plan: Plan) -> None:
@@ -45,10 +35,10 @@ def test_writes_propagate_to_another_replica(redis_server: RedisServer, plan: Pl
         await b.start()
         after = await a.set_weight("16k", 25, actor="alice", reason="first step")
         assert after.weight == 25 and a.snapshot().version == 1
-        await until(lambda: b.snapshot().version == 1)
+        await apoll(lambda: b.snapshot().version == 1)
         assert b.snapshot().buckets["16k"].weight == 25
         await a.kill("16k", actor="bob", reason="ttft regression")
-        await until(lambda: b.snapshot().buckets["16k"].killed)
+        await apoll(lambda: b.snapshot().buckets["16k"].killed)
         assert b.snapshot().buckets["16k"].effective_weight == 0
         hist = await b.history("16k")
         assert [(h.action, h.actor, h.version) for h in hist] == [

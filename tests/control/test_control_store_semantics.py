@@ -5,28 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 
 from control_services import RedisServer
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.waiting import apoll
 
-from kvplan.control import metrics
 from kvplan.control.cohort import in_rollout, percentile
 from kvplan.control.redis_store import RedisFlagStore
 from kvplan.control.state import MemoryFlagStore
+from kvplan.metric_names import control as metrics
 from kvplan.plan import Plan
-
-
-async def until(cond, timeout: float = 2.0) -> float:  # type: ignore[no-untyped-def]
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - t0
 
 
 def test_unleash_test_vectors() -> None:
@@ -85,7 +76,7 @@ def test_concurrent_writers_never_lose_an_update(redis_server: RedisServer, plan
         assert sorted(h.version for h in hist) == list(range(1, 142))
         for a, b in itertools.pairwise(hist):  # each entry starts where the previous ended
             assert a.after == b.before
-        await until(lambda: writers[3].snapshot().version == 141)
+        await apoll(lambda: writers[3].snapshot().version == 141)
         final = writers[3].snapshot().buckets["16k"]
         assert final.killed  # the flipper's last write survived the weight writers
         last_weight = [h for h in hist if h.action == "set-weight"][-1].after.weight
@@ -124,15 +115,15 @@ def test_outage_keeps_last_state_and_reports_age_and_health(redis_server: RedisS
         await writer.start()
         await reader.start()
         await writer.set_weight("16k", 50, actor="a")
-        await until(lambda: reader.snapshot().buckets["16k"].weight == 50)
+        await apoll(lambda: reader.snapshot().buckets["16k"].weight == 50)
         assert _sample(metrics.SOURCE_UP, "reader") == 1 and _sample(metrics.STATE_LOADED, "reader") == 1
         before = reader.snapshot()
         redis_server.stop()
-        await until(lambda: _sample(metrics.SOURCE_UP, "reader") == 0, 3)
-        await until(lambda: _sample(metrics.STATE_AGE, "reader") > 1.0, 5)
+        await apoll(lambda: _sample(metrics.SOURCE_UP, "reader") == 0, 3)
+        await apoll(lambda: _sample(metrics.STATE_AGE, "reader") > 1.0, 5)
         assert reader.snapshot().buckets == before.buckets  # traffic keeps the last known state
         redis_server.start()  # empty
-        t = await until(lambda: reader.snapshot().epoch != before.epoch, 2)
+        t = await apoll(lambda: reader.snapshot().epoch != before.epoch, 2)
         assert t < 1.0
         assert reader.snapshot().buckets["16k"].weight == 50  # re-seeded from the last known state
         assert _sample(metrics.EPOCH_CHANGES + "_total", "reader") == 1

@@ -14,11 +14,11 @@ import promql_parser
 import pytest
 from support.grafana import substitute as grafana_substitute
 
-from kvplan import metric_names as vm
-from kvplan.control import metrics as cm
 from kvplan.dashboards import build, grafana, rules
+from kvplan.metric_names import control as cm
+from kvplan.metric_names import router as rm
+from kvplan.metric_names import vllm as vm
 from kvplan.plan import Slo
-from kvplan.router import metrics as rm
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = build.dashboard_json(Slo())

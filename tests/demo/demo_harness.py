@@ -20,7 +20,7 @@ import httpx
 from support import ROOT
 from support.grafana import substitute
 
-from kvplan.demo import run as demo
+from kvplan.demo.run import READY
 
 __all__ = ["Running", "alerts", "cli", "demo_process", "query", "stop_with_sigint", "substitute"]
 
@@ -68,7 +68,7 @@ def _read_until_ready(proc: subprocess.Popen[str], output: list[str], timeout: f
         if not line:
             break
         output.append(line)
-        if line.startswith(demo.READY):
+        if line.startswith(READY):
             return line
     raise AssertionError("demo never became ready:\n" + "".join(output))
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from demo_harness import Running, alerts, cli, demo_process, query, stop_with_sigint
+from support.waiting import poll
 
-from kvplan.demo import run as demo
+from kvplan.demo import config as demo
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +38,14 @@ def test_kill_switch_and_weight_step_from_a_second_terminal(running: Running) ->
     assert wrong.status_code == 401
     run = cli(running, "flags", "kill", "--bucket", "32k", "--reason", "e2e test")
     assert run.returncode == 0 and "32k: KILLED" in run.stdout, run.stdout + run.stderr
-    deadline = time.monotonic() + 20
-    while True:
-        killed = query(running.prometheus, 'kvplan_router_bucket_killed{bucket="32k"}')
-        if killed and float(killed[0]["value"][1]) == 1.0:
-            break
-        assert time.monotonic() < deadline, "Prometheus never saw the kill switch"
-        time.sleep(0.5)
-    deadline = time.monotonic() + 20
-    while not any(a["labels"]["alertname"] == "KillSwitchEngaged" for a in alerts(running)):
-        assert time.monotonic() < deadline, "KillSwitchEngaged never went pending"
-        time.sleep(0.5)
+
+    def killed() -> bool:
+        found = query(running.prometheus, 'kvplan_router_bucket_killed{bucket="32k"}')
+        return bool(found) and float(found[0]["value"][1]) == 1.0
+
+    poll(killed, 20, "Prometheus to see the kill switch", interval=0.5)
+    poll(lambda: any(a["labels"]["alertname"] == "KillSwitchEngaged" for a in alerts(running)), 20,
+         "KillSwitchEngaged to go pending", interval=0.5)  # fmt: skip
     run = cli(running, "flags", "set-weight", "--bucket", "8k", "--weight", "80", "--reason", "step")
     assert run.returncode == 0 and "8k: weight 80" in run.stdout, run.stdout + run.stderr
     history = cli(running, "flags", "history")
@@ -60,13 +58,12 @@ def test_a_rollout_from_a_second_terminal_is_analysed_by_the_router(running: Run
     assert run.returncode == 0 and "8k: rollout progressing at weight 90" in run.stdout, (
         run.stdout + run.stderr
     )
-    deadline = time.monotonic() + 60
-    while True:
-        analyses = query(running.prometheus, 'sum(kvplan_rollout_analyses_total{bucket="8k"})')
-        if analyses and float(analyses[0]["value"][1]) > 0:
-            break
-        assert time.monotonic() < deadline, "no rollout analysis reached Prometheus"
-        time.sleep(1)
+
+    def analysed() -> bool:
+        found = query(running.prometheus, 'sum(kvplan_rollout_analyses_total{bucket="8k"})')
+        return bool(found) and float(found[0]["value"][1]) > 0
+
+    poll(analysed, 60, "a rollout analysis to reach Prometheus", interval=1)
     status = cli(running, "rollout", "status", "--bucket", "8k")
     assert status.returncode == 0 and "8k:" in status.stdout, status.stdout + status.stderr
 

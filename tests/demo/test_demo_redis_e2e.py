@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 from demo_harness import Running, cli, demo_process, query, stop_with_sigint, substitute
+from support.waiting import poll
 
-from kvplan.control import metrics as cm
 from kvplan.dashboards import build, grafana
+from kvplan.metric_names import control as cm
 from kvplan.plan import Slo
 
 
@@ -27,17 +28,15 @@ def test_a_rollout_started_from_a_second_terminal_is_analysed(running: Running) 
     assert run.returncode == 0 and "8k: rollout progressing at weight 60" in run.stdout, (
         run.stdout + run.stderr
     )
-    deadline = time.monotonic() + 60
-    while True:
-        history = cli(running, "flags", "history", "--bucket", "8k").stdout
-        if "rollout-controller" in history:
-            break
-        assert time.monotonic() < deadline, f"the controller never acted:\n{history}"
-        time.sleep(1)
+
+    def acted() -> bool:
+        return "rollout-controller" in cli(running, "flags", "history", "--bucket", "8k").stdout
+
+    poll(acted, 60, "the rollout controller to act (flags history)", interval=1)
     assert cli(running, "rollout", "status", "--bucket", "8k").returncode == 0
 
 
-# The rollout controller's own series (kvplan.control.metrics): separate, so that a missing
+# The rollout controller's own series (kvplan.metric_names.control): separate, so that a missing
 # exporter is reported as exactly that.
 CONTROLLER = (cm.ROLLOUT_ANALYSES, cm.ROLLOUT_ABORTS)
 

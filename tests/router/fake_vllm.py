@@ -1,7 +1,7 @@
 """A small OpenAI-compatible server that behaves like a vLLM worker, for router tests and benchmarks.
 
 It answers /v1/chat/completions and /v1/completions (JSON or SSE like vLLM), /v1/models, /health
-and /metrics with vLLM's metric names (kvplan.metric_names) and labels. It is a raw ASGI app under
+and /metrics with vLLM's metric names (kvplan.metric_names.vllm) and labels. It is a raw ASGI app under
 uvicorn (httptools, uvloop): an HTTP stack independent of the router's own. Tests steer it at run
 time with `POST /_control` (health status, forced status code, scraped load, delays), and it
 echoes the headers the router must pass through as `x-echo-*` response headers.
@@ -19,7 +19,7 @@ import socket
 import time
 from typing import Any
 
-from kvplan import metric_names as vm
+from kvplan.metric_names import vllm as vm
 
 ECHO = (b"x-request-id", b"traceparent", b"tracestate", b"x-session-id", b"authorization")
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from support import ROOT
+from support.procs import stop
+from support.router import RouterProcess
+from support.waiting import poll
 
-from kvplan.procs import ROUTER_READY, ready_url
+from kvplan.procs import ready_url
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["MODEL", "ROOT", "TOKEN", "Backend", "RouterProc", "client", "plan_dict", "poll"]
+
 FAKE = Path(__file__).with_name("fake_vllm.py")
 TOKEN = "test-admin-token"
 MODEL = "test-model"
@@ -57,12 +60,7 @@ class Backend:
         self.proc.wait(5)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop(self.proc, 5)
 
 
 def plan_dict(
@@ -103,59 +101,11 @@ def plan_dict(
     return {"buckets": out, "default_max_tokens": 64}
 
 
-class RouterProc:
-    """`kvplan serve` as a subprocess."""
+class RouterProc(RouterProcess):
+    """`kvplan serve` as a subprocess, its admin API on TOKEN."""
 
     def __init__(self, plan_path: Path, *extra: str) -> None:
-        token_file = plan_path.with_suffix(".token")
-        token_file.write_text(TOKEN + "\n")
-        self.plan_path = plan_path
-        self.log_path = plan_path.with_suffix(".log")
-        self._log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kvplan.cli",
-                "serve",
-                "--plan",
-                str(plan_path),
-                "--port",
-                "0",
-                "--admin-token-file",
-                str(token_file),
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.url = ready_url(self.proc, ROUTER_READY, 30)
-        self.admin = {"Authorization": f"Bearer {TOKEN}"}
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
-
-
-def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Wait until `condition()` holds (no fixed sleeps standing in for synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        super().__init__(plan_path, *extra, token=TOKEN, timeout=30)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from router_procs import MODEL, ROOT, TOKEN, Backend, RouterProc, plan_dict
 
-from kvplan.router.metrics import ITL_SECONDS
+from kvplan.metric_names import router as rm
 
 ITL_SLO = 0.07  # not one of the histogram's base edges: the plan's bound must be added as one
 TOKENS, TOKEN_DELAY = 5, 0.03
@@ -162,9 +162,9 @@ def _itl(r: RouterProc) -> dict[str, dict[str, float]]:
         for s in fam.samples:
             if s.labels.get("bucket") != "short":
                 continue
-            if s.name == f"{ITL_SECONDS}_bucket":
+            if s.name == f"{rm.ITL_SECONDS}_bucket":
                 out.setdefault(s.labels["pool"], {})[s.labels["le"]] = s.value
-            elif s.name == f"{ITL_SECONDS}_sum":
+            elif s.name == f"{rm.ITL_SECONDS}_sum":
                 out.setdefault(s.labels["pool"], {})["sum"] = s.value
     return out
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kvplan import vllm_command
 from kvplan.errors import PlanError
 from kvplan.formats import FORMATS
 from kvplan.plan import parse_plan
+from kvplan.vllm_command import FORMAT_ENV, Device, LaunchOptions
 from kvplan.workers import launch
 from kvplan.workers.cli import parse_bytes
-from kvplan.workers.launch import Device, LaunchOptions
-from kvplan.workers.vllm_plugin import FORMAT_ENV, check_vllm_version
+from kvplan.workers.vllm_plugin import check_vllm_version
 
 KVPLAN = str(Path(sys.executable).with_name("kvplan"))
 GPU = LaunchOptions(device=Device.CUDA, python="py")
@@ -78,8 +79,8 @@ def test_render_cpu_runs_float32_eager_with_fixed_kv_memory(tmp_path: Path) -> N
     # servers spread over the given cores, one each in turn
     assert [lc.env["VLLM_CPU_OMP_THREADS_BIND"] for lc in launches] == ["4", "7", "4"]
     assert launches[2].env == {"KVPLAN_KV_FORMAT": "int8", "VLLM_CPU_OMP_THREADS_BIND": "4"}
-    assert launch.effective_format(plan.pool("base"), Device.CPU).name == "fp32"
-    assert launch.effective_format(plan.pool("base"), Device.CUDA).name == "bf16"
+    assert vllm_command.effective_format(plan.pool("base"), Device.CPU).name == "fp32"
+    assert vllm_command.effective_format(plan.pool("base"), Device.CUDA).name == "bf16"
 
 
 def test_shell_line_is_copy_pasteable() -> None:
@@ -155,7 +156,7 @@ def test_every_plugin_format_page_divides_into_model_dtype_elements() -> None:
     )
 
     for fmt in FORMATS.values():
-        if launch.serve_path(fmt) is launch.ServePath.NATIVE or unsupported_reason(fmt):
+        if vllm_command.serve_path(fmt) is vllm_command.ServePath.NATIVE or unsupported_reason(fmt):
             continue
         for d in SUPPORTED_HEAD_DIMS:
             for page in SUPPORTED_BLOCK_SIZES:

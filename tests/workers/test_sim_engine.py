@@ -354,6 +354,6 @@ def test_vllm_kernels_make_quantized_decode_slower_and_leave_bf16_alone() -> Non
 
     assert step("bf16", "vllm") == step("bf16", "kvplan")
     assert step("int4", "kvplan") < step("bf16", "kvplan")  # reads 136 of 512 bytes
-    assert step("int4", "vllm") > step("bf16", "vllm")  # facts.md §4: vLLM's int4 path is slower
+    assert step("int4", "vllm") > step("bf16", "vllm")  # docs/facts.md §4: vLLM's int4 path is slower
     with pytest.raises(InputError, match="kernels must be one of"):
         build_profile("llama-3.1-8b", "h100", "int4", kernels="cuda")

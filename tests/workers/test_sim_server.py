@@ -13,8 +13,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvplan import metric_names as vm
 from kvplan.formats import get_format
+from kvplan.metric_names import vllm as vm
 from kvplan.planner.gpus import get_gpu
 from kvplan.planner.memory import kv_capacity
 from kvplan.planner.models import get_model

@@ -16,7 +16,7 @@ import yaml
 from kvplan.checkpoint import ensure_smollm2_checkpoint
 from kvplan.plan import parse_plan
 from kvplan.procs import free_port
-from kvplan.workers.launch import Device
+from kvplan.vllm_command import Device
 from kvplan.workers.status import replica_status
 
 

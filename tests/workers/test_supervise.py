@@ -13,7 +13,8 @@ import yaml
 
 from kvplan.plan import parse_plan
 from kvplan.procs import free_port
-from kvplan.workers.launch import Device, LaunchOptions, ReplicaLaunch
+from kvplan.vllm_command import Device, LaunchOptions
+from kvplan.workers.launch import ReplicaLaunch
 from kvplan.workers.supervise import Supervisor, WorkerStartError
 
 WEB_POOL = {"name": "web", "model": "llama-3.1-8b", "max_model_len": 1024}

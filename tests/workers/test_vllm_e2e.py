@@ -35,8 +35,8 @@ from workers_stack import (
 )
 from workers_stack import PROMPTS as ALL_PROMPTS
 
-from kvplan import metric_names as vm
 from kvplan.checkpoint import ensure_smollm2_checkpoint
+from kvplan.metric_names import vllm as vm
 
 pytestmark = pytest.mark.vllm
 

@@ -24,7 +24,7 @@ class Pick(NamedTuple):
 
 class Choice(NamedTuple):
     endpoint: Endpoint
-    reason: str  # one of kvplan.router.metrics.ENDPOINT_CHOICE_REASONS
+    reason: str  # one of kvplan.metric_names.EndpointChoiceReason
 
 
 class EndpointPolicy(Protocol):

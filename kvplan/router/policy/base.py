@@ -15,13 +15,13 @@ from kvplan.router.endpoints import Availability
 class PolicyInput(NamedTuple):
     bucket: str
     flags: BucketFlags
-    percentile: int  # the cohort's stable 1..100 percentile within this bucket (facts.md §6)
+    percentile: int  # the cohort's stable 1..100 percentile within this bucket (docs/facts.md §6)
     availability: Callable[[str], Availability]  # pool name -> how that pool looks right now
 
 
 class Decision(NamedTuple):
     pool: str
-    reason: str  # one of kvplan.router.metrics.DECISION_REASONS
+    reason: str  # one of kvplan.metric_names.DecisionReason
 
 
 class Policy(Protocol):

@@ -1,6 +1,6 @@
 """The simulated worker's `/metrics`: vLLM's names, types, labels and buckets.
 
-Names come from `kvplan.metric_names`. Like vLLM, every series carries `model_name` and `engine`
+Names come from `kvplan.metric_names.vllm`. Like vLLM, every series carries `model_name` and `engine`
 ("0" for the single engine core), except `vllm:cache_config_info`, whose labels are the cache
 config fields plus `engine` (vLLM emulates a Prometheus Info with a gauge set to 1).
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from kvplan import metric_names as vm
+from kvplan.metric_names import vllm as vm
 
 ENGINE_INDEX = "0"
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")  # vLLM's FinishReason

@@ -40,9 +40,9 @@ class WorkerProfile:
 
 @cache
 def efficiency(kernels: str) -> Efficiency:
-    """The roofline's efficiency for `kernels` (see `kvplan.planner.fleet.kv_read_efficiency`):
-    kvplan's kernels at the byte ratio, as measured on an H100, or vLLM's own (facts.md §4)."""
-    from kvplan.planner.fleet import KERNELS, kv_read_efficiency
+    """The roofline's efficiency for `kernels` (see `kvplan.kernel_speeds`):
+    kvplan's kernels at the byte ratio, as measured on an H100, or vLLM's own (docs/facts.md §4)."""
+    from kvplan.kernel_speeds import KERNELS, kv_read_efficiency
     from kvplan.planner.roofline import Efficiency
 
     if kernels not in KERNELS:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 
-FORMAT_ENV = "KVPLAN_KV_FORMAT"
+from kvplan.vllm_command import FORMAT_ENV
+
 BACKEND_PATH = "kvplan.workers.vllm_plugin.backend.KvplanAttentionBackend"
 # The backend registry, customize_spec and state_content_bytes are marked temporary upstream.
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # inclusive major.minor range

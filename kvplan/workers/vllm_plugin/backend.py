@@ -29,7 +29,8 @@ from vllm.v1.attention.backend import (
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
 
 from kvplan.formats import KVFormat
-from kvplan.workers.vllm_plugin import FORMAT_ENV, configured_format_name
+from kvplan.vllm_command import FORMAT_ENV
+from kvplan.workers.vllm_plugin import configured_format_name
 from kvplan.workers.vllm_plugin.support import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS, plugin_format
 
 
