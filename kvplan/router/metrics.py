@@ -126,8 +126,8 @@ class RouterMetrics:
                 self.retries.labels(bucket.name, pool.name)
                 for reason in rm.DECISION_REASONS:
                     self.decisions.labels(bucket.name, pool.name, reason)
-                for reason in rm.ENDPOINT_CHOICE_REASONS:
-                    self.endpoint_choices.labels(pool.name, bucket.endpoint_choice.policy, reason)
+                for choice in rm.ENDPOINT_CHOICE_REASONS:
+                    self.endpoint_choices.labels(pool.name, bucket.endpoint_choice.policy, choice)
                 self.prefix_table_blocks.labels(pool.name)
         for pool in plan.pools:
             self.in_flight.labels(pool.name)
