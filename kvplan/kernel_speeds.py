@@ -16,10 +16,19 @@ KERNELS = ("kvplan", "measured", "vllm")  # whose decode kernels read the quanti
 # (docs/facts.md §4, H100, 32 x 32K): speed vs SDPA bf16 0.92, fp8 0.80, int8 0.55, int4 0.40, divided
 # by the byte ratio. `--kernels vllm` plans with these; the default plans with kvplan's kernels,
 # which target the byte ratio (factor 1.0).
+_MEASURED_AGAINST = "bf16"  # the speeds here are relative to a BF16 kernel
+
+
+def byte_ratio(name: str, head_dim: int = 128) -> float:
+    """Bytes a format reads per token-head relative to BF16, from kvplan.formats (fp8 0.5,
+    int8 264/512, int4 136/512 at head_dim 128)."""
+    base = get_format(_MEASURED_AGAINST).bytes_per_token_head(head_dim)
+    return get_format(name).bytes_per_token_head(head_dim) / base
+
+
 VLLM_KV_READ_EFFICIENCY = {
-    "fp8_e4m3": 0.5 * 0.80 / 0.92,
-    "int8": 264 / 512 * 0.55 / 0.92,
-    "int4": 136 / 512 * 0.40 / 0.92,
+    name: byte_ratio(name) * speed / 0.92
+    for name, speed in (("fp8_e4m3", 0.80), ("int8", 0.55), ("int4", 0.40))
 }
 
 # kvplan's own decode kernels as measured on an H100 (bench/results/kernels_h100.md, 2026-11-23,
@@ -33,7 +42,6 @@ KVPLAN_H100_SPEEDUP = {
     "int4": 1.81,
     "int4_hadamard": 1.74,
 }
-_MEASURED_AGAINST = "bf16"  # the speed-ups above are over kvplan's BF16 kernel
 
 
 def kv_read_efficiency(kernels: str) -> dict[str, float]:
@@ -41,8 +49,7 @@ def kv_read_efficiency(kernels: str) -> dict[str, float]:
     if kernels == "vllm":
         return dict(VLLM_KV_READ_EFFICIENCY)
     if kernels == "measured":
-        bf16 = get_format(_MEASURED_AGAINST).bytes_per_token_head(128)
-        return {n: x * get_format(n).bytes_per_token_head(128) / bf16 for n, x in KVPLAN_H100_SPEEDUP.items()}
+        return {n: x * byte_ratio(n) for n, x in KVPLAN_H100_SPEEDUP.items()}
     if kernels == "kvplan":
         return {}
     raise ValueError(f"kernels must be kvplan, measured or vllm, got {kernels!r}")

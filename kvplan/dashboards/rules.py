@@ -285,34 +285,15 @@ def rule_groups(slo: Slo) -> list[Group]:
 
 
 def predicted_kv_blocks(pool: Pool) -> int | None:
-    """The planner's vLLM block count for one replica of the pool (None: model not in the catalog).
-
-    The same memory model the planner sizes with, at vLLM's scheduler defaults for the GPU, so a
-    real server's `num_gpu_blocks` can be read against it.
-    """
+    """The planner's vLLM block count for one replica of the pool (None: model not in the catalog),
+    from `capacity_of`, the one place `kvplan workers status` and the planner read it too."""
     from kvplan.errors import KvplanError
-    from kvplan.planner.gpus import get_gpu
-    from kvplan.planner.memory import engine_defaults, kv_capacity
-    from kvplan.planner.models import get_model
+    from kvplan.planner.capacity import capacity_of
 
     try:
-        model = get_model(pool.model)
-        gpu, _ = get_gpu(pool.gpu)
+        return capacity_of(pool).num_blocks
     except KvplanError:
         return None
-    defaults = engine_defaults(gpu)
-    capacity = kv_capacity(
-        model,
-        gpu,
-        get_format(pool.kv_format),
-        max_model_len=pool.max_model_len,
-        tensor_parallel=pool.tensor_parallel,
-        pipeline_parallel=pool.pipeline_parallel,
-        gpu_memory_utilization=pool.gpu_memory_utilization,
-        max_num_batched_tokens=defaults.max_num_batched_tokens,
-        max_num_seqs=defaults.max_num_seqs,
-    )
-    return capacity.num_blocks
 
 
 def plan_rule_groups(plan: Plan) -> list[Group]:

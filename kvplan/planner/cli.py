@@ -58,9 +58,32 @@ def size(
         int | None, typer.Option("--tp", help="tensor parallel (default: all GPUs given / pp)")
     ] = None,
     pp: Annotated[int, typer.Option("--pp", help="pipeline parallel")] = 1,
-    gpu_memory_utilization: Annotated[float, typer.Option(help="vLLM's --gpu-memory-utilization")] = 0.92,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="vLLM's --gpu-memory-utilization (default: the version's, 0.92)")
+    ] = None,
     block_size: Annotated[int, typer.Option(help="vLLM's --block-size")] = 16,
-    weight_dtype: Annotated[str, typer.Option(help="auto, bf16, fp8, int8, int4 (awq/gptq)")] = "auto",
+    weight_dtype: Annotated[
+        str, typer.Option(help="auto (the checkpoint's), bf16, fp8, int8, int4 (awq/gptq), mxfp4, nvfp4")
+    ] = "auto",
+    vllm_version: Annotated[
+        str | None, typer.Option(help="vLLM release whose memory model and log lines to follow (0.6-0.34)")
+    ] = None,
+    assume_full_attention: Annotated[
+        bool, typer.Option(help="size every layer as full attention when kvplan does not model the model")
+    ] = False,
+    disable_hybrid_kv_cache_manager: Annotated[
+        bool, typer.Option(help="vLLM's --disable-hybrid-kv-cache-manager (windows cached in full)")
+    ] = False,
+    no_prefix_caching: Annotated[
+        bool, typer.Option(help="vLLM's --no-enable-prefix-caching (one Mamba state block per request)")
+    ] = False,
+    text_only: Annotated[
+        bool,
+        typer.Option(help="multimodal model served text-only (--limit-mm-per-prompt 0): no vision tower"),
+    ] = False,
+    allow_long_max_model_len: Annotated[
+        bool, typer.Option(help="size a max_model_len above the model's (VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
+    ] = False,
     activation_gib: Annotated[
         float | None, typer.Option(help="measured peak activation (vLLM: torch peak memory increase)")
     ] = None,
@@ -134,7 +157,7 @@ def size(
             as_json=as_json, markdown=markdown, echo=typer.echo,
         )  # fmt: skip
         return
-    spec = get_model(model)
+    spec = get_model(model, assume_full_attention=assume_full_attention)
     req = SizeRequest(
         model=spec,
         gpu=gpu_spec,
@@ -156,6 +179,11 @@ def size(
         max_num_seqs=max_num_seqs,
         tpot_slo_seconds=tpot_slo_ms / 1000,
         decode_batch=batch,
+        vllm_version=vllm_version,
+        hybrid_allocator=not disable_hybrid_kv_cache_manager,
+        prefix_caching=not no_prefix_caching,
+        text_only=text_only,
+        allow_long_max_model_len=allow_long_max_model_len,
     )
     if traffic is not None or context_mix is not None:
         req = with_lengths(req, _traffic_lengths(traffic, context_mix))
@@ -233,7 +261,7 @@ def _size_header(report: "SizeReport") -> list[str]:
         f"{m.params / 1e9:.1f}B params{', MoE' if m.is_moe else ''}",
         f"{req.gpu_count} x {req.gpu.name} ({c.total_memory_bytes / GIB:.2f} GiB visible), "
         f"TP {c.tensor_parallel}, PP {c.pipeline_parallel}, {report.replicas_per_node} replica(s), "
-        f"max_model_len {c.max_model_len:,}, util {req.gpu_memory_utilization}",
+        f"max_model_len {c.max_model_len:,}, util {c.gpu_memory_utilization}, vLLM {c.vllm_version}",
         f"per GPU: requested {c.requested_bytes / GIB:.2f} GiB = weights {c.weights_bytes / GIB:.2f}"
         f" + activation {c.activation_bytes / GIB:.2f} + non-torch {c.non_torch_bytes / GIB:.2f}"
         f" + CUDA graphs {c.cuda_graph_bytes / GIB:.2f} + KV {c.available_kv_bytes / GIB:.2f}"

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from kvplan.errors import InputError
 from kvplan.formats import FORMATS, get_format
+from kvplan.planner.capacity import Server, Shape, pool_capacity
 from kvplan.planner.gpus import GpuSpec
-from kvplan.planner.memory import Capacity, engine_defaults, kv_capacity
+from kvplan.planner.memory import Capacity, engine_defaults
 from kvplan.planner.models import ModelSpec
 from kvplan.planner.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step_seconds, prefill_seconds
 
@@ -272,12 +273,13 @@ def size_pool(
 ) -> PoolSizing | None:
     """Replicas of one pool for one bucket's load at tensor parallel `tp` (None: does not fit)."""
     fmt = get_format(fmt_name)
+    shape = Shape(
+        model.name, gpu.name, fmt_name, load.max_tokens, tp, 1, opts.gpu_memory_utilization, opts.weight_dtype
+    )
     try:
-        cap = kv_capacity(
-            model, gpu, fmt, max_model_len=load.max_tokens, tensor_parallel=tp,
-            gpu_memory_utilization=opts.gpu_memory_utilization, block_size=opts.block_size,
-            weight_dtype=opts.weight_dtype, activation_bytes=opts.activation_bytes,
-        )  # fmt: skip
+        cap = pool_capacity(
+            model, gpu, shape, Server(block_size=opts.block_size, activation_bytes=opts.activation_bytes)
+        )
     except InputError:
         return None
     if not cap.fits or cap.usable_blocks <= 0:

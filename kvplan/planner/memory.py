@@ -1,59 +1,50 @@
 """vLLM's own KV memory model, as a pure function: how much KV cache a replica gets and what
 vLLM will log about it.
 
-The budget follows vLLM 0.32/0.33's `determine_available_memory` (docs/facts.md §2):
+The budget follows `determine_available_memory` (vllm/v1/worker/gpu_worker.py):
 
-    requested = ceil(visible_memory x gpu_memory_utilization)      (default 0.92)
-    available = requested - (weights + peak activation + non-torch) - CUDA-graph estimate
+    requested = ceil(visible_memory x gpu_memory_utilization)      (default 0.92 from vLLM 0.20)
+    available = requested - (weights + peak activation + non-torch) - CUDA-graph estimate (0.20+)
 
-Blocks follow its KV cache planner: layers with the same attention kind form groups of equal
-size (the hybrid allocator), one block = one page of every layer of the largest group, and
+Blocks follow its KV cache planner over the model's layer specs (`layers.plan_cache`): hybrid
+attention/Mamba models get enlarged attention blocks and padded state pages, layers are grouped,
+one block is one page of every layer of the largest group, and
 
     num_blocks = available // bytes_per_block
     concurrency Y = num_blocks / (blocks one max_model_len request needs, summed over groups)
-    logged tokens N = int(Y x max_model_len)
+    logged tokens N = int(Y x max_model_len)       (0.20+; before: num_blocks // groups x block)
 
-One block is the null block that the block pool holds back: vLLM's start-up check plans
-against `available - one block`, and the guaranteed concurrency here counts usable blocks.
-KV bytes per token come only from `kvplan.formats`.
+The start-up check holds back the null block (0.30+). What differs by release comes from
+`vllm_versions.py`; KV bytes per token only from `kvplan.formats`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 
 from kvplan.errors import InputError
-from kvplan.formats import KVFormat
+from kvplan.formats import Element, KVFormat
 from kvplan.planner.gpus import GIB, GpuSpec
+from kvplan.planner.layers import (
+    BF16_STATES,
+    Attention,
+    CacheGroup,
+    CachePlan,
+    CacheRules,
+    LatentAttention,
+    RecurrentState,
+    StateDtypes,
+    plan_cache,
+)
 from kvplan.planner.models import ModelSpec
-
-# Bytes per parameter of the quantizable weights (linear layers) for each weight dtype.
-# INT4 (AWQ/GPTQ, group 128): 4-bit codes + an fp16 scale and a 4-bit zero per 128 weights.
-WEIGHT_BYTES_PER_PARAM: dict[str, float] = {
-    "fp32": 4.0,
-    "bf16": 2.0,
-    "fp16": 2.0,
-    "fp8": 1.0,
-    "int8": 1.0,
-    "int4": 0.5 + 2.5 / 128,
-}
-WEIGHT_DTYPE_ALIASES = {
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-    "float32": "fp32",
-    "w8a8": "int8",
-    "awq": "int4",
-    "gptq": "int4",
-    "w4a16": "int4",
-    "fp8_e4m3": "fp8",
-}
+from kvplan.planner.vllm_versions import VllmVersion, get_version
+from kvplan.planner.weights import OVERRIDE_ALIASES, override
 
 # Non-torch memory (CUDA context allocations outside the caching allocator, cuBLAS workspaces)
-# grown during vLLM's profile run: 0.13 GiB measured by llm-d on an H100 at TP 1. With tensor
-# parallel, NCCL and custom all-reduce buffers add more; 0.6 GiB is an estimate.
+# grown during vLLM's profile run: 0.13 GiB measured by llm-d on an H100 at TP 1. Tensor parallel
+# adds NCCL and custom all-reduce buffers (an estimate, 0.6 GiB); pipeline parallel only sends
+# activations point to point, so it adds none here.
 NON_TORCH_BYTES_TP1 = round(0.13 * GIB)
 NON_TORCH_BYTES_TP_EXTRA = round(0.6 * GIB)
 # The sampler's dummy run keeps about this many fp32 vocab-sized rows per sequence alive
@@ -64,39 +55,48 @@ SAMPLER_FP32_COPIES = 8.5
 
 @dataclass(frozen=True)
 class EngineDefaults:
-    """vLLM's scheduler defaults for an OpenAI server on this GPU (`EngineArgs`)."""
+    """vLLM's scheduler defaults for this GPU (`EngineArgs.get_batch_defaults`)."""
 
     max_num_batched_tokens: int
     max_num_seqs: int
 
 
-def engine_defaults(gpu: GpuSpec) -> EngineDefaults:
-    """vLLM picks larger batches on big GPUs (not A100, see vLLM PR #17885)."""
-    if gpu.visible_memory_bytes >= 160 * GIB:
+def engine_defaults(
+    gpu: GpuSpec, version: VllmVersion | None = None, *, offline: bool = False
+) -> EngineDefaults:
+    """vLLM picks larger batches on big GPUs (not A100, vLLM PR #17885); the offline `LLM` class
+    batches more than the OpenAI server; >= 160 GiB cards got their own tier in 0.28."""
+    v = version or get_version(None)
+    mem = gpu.visible_memory_bytes
+    if mem >= 160 * GIB and v.big_gpu_defaults:
         return EngineDefaults(16384, 1024)
-    if gpu.visible_memory_bytes >= 70 * GIB and "a100" not in gpu.name:
-        return EngineDefaults(8192, 1024)
-    return EngineDefaults(2048, 256)
+    if mem >= 70 * GIB and "a100" not in gpu.name:
+        return EngineDefaults(16384 if offline else 8192, 1024)
+    return EngineDefaults(8192 if offline else 2048, 256)
 
 
 def normalize_weight_dtype(weight_dtype: str, model: ModelSpec) -> str:
+    """The weight storage a --weight-dtype names ("auto": the checkpoint's own)."""
     key = weight_dtype.strip().lower()
     if key in ("auto", ""):
         return model.native_weight_dtype
-    key = WEIGHT_DTYPE_ALIASES.get(key, key)
-    if key not in WEIGHT_BYTES_PER_PARAM:
-        known = ", ".join([*WEIGHT_BYTES_PER_PARAM, *WEIGHT_DTYPE_ALIASES])
-        raise InputError(f"unknown weight dtype {weight_dtype!r}; known: auto, {known}")
-    return key
+    override(key)  # refuses an unknown name
+    return OVERRIDE_ALIASES.get(key, key)
 
 
-def weight_bytes(model: ModelSpec, weight_dtype: str = "auto") -> int:
-    """All weights of the model. Embeddings and LM head stay 16-bit under weight quantization."""
-    dtype = normalize_weight_dtype(weight_dtype, model)
-    if model.weight_bytes is not None and dtype == model.native_weight_dtype:
-        return model.weight_bytes
-    quantizable = max(model.params - model.embedding_params, 0)
-    return round(quantizable * WEIGHT_BYTES_PER_PARAM[dtype] + model.embedding_params * 2)
+def weight_bytes(model: ModelSpec, weight_dtype: str = "auto", *, text_only: bool = False) -> int:
+    """All weights vLLM loads: the checkpoint's exact bytes when known, else the parameters of each
+    part priced by its quantization (embeddings and LM head stay 16-bit)."""
+    counts = model.param_counts
+    vision = counts.vision
+    if weight_dtype.strip().lower() in ("auto", "", model.native_weight_dtype):
+        if model.weight_bytes is not None:
+            return model.weight_bytes - (2 * vision if text_only else 0)
+        quant = model.quant
+    else:
+        quant = override(weight_dtype)
+    total = quant.bytes_of(counts)
+    return total - (2 * vision if text_only else 0)
 
 
 def estimate_activation_bytes(
@@ -116,7 +116,7 @@ def estimate_activation_bytes(
 
 
 def estimate_cuda_graph_bytes(model: ModelSpec, tensor_parallel: int) -> int:
-    """CUDA graphs captured for decode batch sizes. vLLM >= 0.21 profiles and subtracts them;
+    """CUDA graphs captured for decode batch sizes, which vLLM 0.20+ profiles and subtracts;
     typical logged figures are 0.3-1 GiB. Estimate: 0.25 GiB + 6 MiB per layer."""
     del tensor_parallel
     return round(0.25 * GIB + model.layers * 6 * (1 << 20))
@@ -124,73 +124,67 @@ def estimate_cuda_graph_bytes(model: ModelSpec, tensor_parallel: int) -> int:
 
 def kv_heads_per_rank(model: ModelSpec, tensor_parallel: int) -> int:
     """KV heads held by one TP rank; fewer KV heads than ranks means replication."""
-    if model.is_mla:
-        return 1  # one latent, replicated on every rank
     if model.num_attention_heads % tensor_parallel:
         raise InputError(
             f"tensor parallel {tensor_parallel} does not divide {model.name}'s "
             f"{model.num_attention_heads} attention heads"
         )
-    kv = model.num_kv_heads
-    if kv % tensor_parallel and tensor_parallel % kv:
-        raise InputError(
-            f"tensor parallel {tensor_parallel} and {model.name}'s {kv} KV heads: vLLM needs one "
-            "to divide the other"
-        )
-    return max(1, kv // tensor_parallel)
-
-
-def bytes_per_token_layer(model: ModelSpec, fmt: KVFormat, tensor_parallel: int, block_size: int) -> float:
-    """KV bytes one token takes in one layer on one rank, from the format's page layout."""
     if model.is_mla:
-        return fmt.latent_bytes_per_token(model.mla_latent_dim, block_size)
-    return (
-        kv_heads_per_rank(model, tensor_parallel)
-        * fmt.head_page(model.head_dim, block_size).nbytes
-        / (block_size)
+        return 1  # one latent, replicated on every rank
+    for layer in model.layer_specs:
+        if isinstance(layer, Attention):
+            return layer.kv_heads_per_rank(tensor_parallel)
+    return 0
+
+
+def bytes_per_token(model: ModelSpec, fmt: KVFormat, tensor_parallel: int = 1, block_size: int = 16,
+                    layers: range | None = None) -> float:  # fmt: skip
+    """KV bytes one token adds on one rank, summed over the (given) layers' caches, before
+    sliding windows cap them; recurrent states are per sequence and not included."""
+    kv_heads_per_rank(model, tensor_parallel)  # validates TP against the heads
+    specs = model.layer_specs if layers is None else tuple(model.layer_specs[i] for i in layers)
+    return sum(
+        x.bytes_per_token(fmt, tensor_parallel, block_size)
+        for x in specs
+        if isinstance(x, Attention | LatentAttention)
     )
 
 
-def page_bytes_per_layer(model: ModelSpec, fmt: KVFormat, tensor_parallel: int, block_size: int) -> int:
-    """One block of one layer on one rank (vLLM's `page_size_bytes`)."""
-    if model.is_mla:
-        return round(fmt.latent_bytes_per_token(model.mla_latent_dim, block_size) * block_size)
-    return kv_heads_per_rank(model, tensor_parallel) * fmt.head_page(model.head_dim, block_size).nbytes
+def state_bytes(model: ModelSpec, tensor_parallel: int = 1, dtypes: StateDtypes = BF16_STATES) -> int:
+    """Recurrent (Mamba/linear-attention) state one sequence keeps on one rank, all layers."""
+    return sum(
+        x.state_bytes(tensor_parallel, dtypes) for x in model.layer_specs if isinstance(x, RecurrentState)
+    )
 
 
-@dataclass(frozen=True)
-class KVGroup:
-    """A KV cache group: `layers` layers of one attention kind (window None: full attention)."""
-
-    window: int | None
-    layers: int
-
-
-def kv_groups(windows: tuple[int | None, ...]) -> tuple[KVGroup, ...]:
-    """vLLM's hybrid grouping: each attention kind splits into groups of `group_size` layers
-    (the smallest kind's count, or the largest's when they are within 1.5x)."""
-    kinds = Counter(windows)
-    if len(kinds) == 1:
-        ((window, n),) = kinds.items()
-        return (KVGroup(window, n),)
-    lo, hi = min(kinds.values()), max(kinds.values())
-    size = hi if hi < lo * 1.5 else lo
-    groups: list[KVGroup] = []
-    for window, n in kinds.items():
-        count = math.ceil(n / size)
-        for i in range(count):
-            groups.append(KVGroup(window, len(range(i, n, count))))
-    return tuple(groups)
+def kv_read_bytes(
+    model: ModelSpec, fmt: KVFormat, tensor_parallel: int, context_tokens: int, block_size: int = 16
+) -> float:
+    """Bytes one decode step reads from one sequence's cache on one rank: each attention layer its
+    tokens (capped at its window or chunk), each recurrent layer its state."""
+    total = 0.0
+    for x in model.layer_specs:
+        if isinstance(x, Attention):
+            span = x.window if x.window is not None else x.chunk
+            tokens = context_tokens if span is None else min(span, context_tokens)
+            total += x.bytes_per_token(fmt, tensor_parallel, block_size) * tokens
+        elif isinstance(x, LatentAttention):
+            total += x.bytes_per_token(fmt, tensor_parallel, block_size) * context_tokens
+        elif isinstance(x, RecurrentState):
+            total += x.state_bytes(tensor_parallel)
+    return total
 
 
-def group_blocks_per_request(
-    group: KVGroup, max_model_len: int, block_size: int, max_in_flight_tokens: int
-) -> int:
-    """Blocks one request of max_model_len tokens can hold in one group at most."""
-    if group.window is None:
-        return math.ceil(max_model_len / block_size)
-    tokens = min(group.window - 1 + max_in_flight_tokens, max_model_len)
-    return math.ceil(tokens / block_size) + 1  # the window need not start on a block boundary
+def pp_stages(num_layers: int, pipeline_parallel: int) -> list[range]:
+    """vLLM's `get_pp_indices`: even split, the remainder to the stages before the last."""
+    per = [num_layers // pipeline_parallel] * pipeline_parallel
+    for i in range(2, num_layers % pipeline_parallel + 2):
+        per[-i] += 1
+    out, start = [], 0
+    for n in per:
+        out.append(range(start, start + n))
+        start += n
+    return out
 
 
 @dataclass(frozen=True)
@@ -199,7 +193,7 @@ class Capacity:
 
     fmt: str
     max_model_len: int
-    block_size: int
+    block_size: int  # tokens per block of the attention layers (after hybrid alignment)
     tensor_parallel: int
     pipeline_parallel: int
     gpu_memory_utilization: float
@@ -210,8 +204,8 @@ class Capacity:
     non_torch_bytes: int
     cuda_graph_bytes: int
     available_kv_bytes: int
-    page_bytes: int  # one block across all layers of the largest group, one rank
-    bytes_per_token: float  # per rank, all layers of this rank (before window caps)
+    page_bytes: int  # bytes of one block: one page of every layer of the largest group, one rank
+    bytes_per_token: float  # per rank, all attention layers of this rank (before window caps)
     num_blocks: int  # vLLM's num_gpu_blocks (includes the null block)
     blocks_per_request: int  # for one max_model_len request, summed over groups
     kv_tokens: int  # "GPU KV cache size: N tokens"
@@ -219,8 +213,11 @@ class Capacity:
     fits: bool  # one max_model_len request fits (vLLM starts)
     kv_bytes_needed: int  # KV one max_model_len request needs on one rank
     max_model_len_that_fits: int
-    groups: tuple[KVGroup, ...] = field(default=())
+    groups: tuple[CacheGroup, ...] = field(default=())
     kv_memory_override: bool = False
+    state_bytes: int = 0  # recurrent state per sequence on one rank (unpadded)
+    vllm_version: str = ""
+    assumptions: tuple[str, ...] = field(default=())
 
     @property
     def usable_blocks(self) -> int:
@@ -247,14 +244,25 @@ def _positive(name: str, value: float | None) -> None:
         raise InputError(f"{name} must be positive, got {value}")
 
 
-def _stage_windows(model: ModelSpec, pipeline_parallel: int) -> tuple[int | None, ...]:
-    """The layers of the largest pipeline stage (vLLM splits layers evenly)."""
-    if pipeline_parallel > model.layers:
-        raise InputError(
-            f"pipeline parallel {pipeline_parallel} exceeds {model.name}'s {model.layers} layers"
-        )
-    per_stage = math.ceil(model.layers / pipeline_parallel)
-    return model.layer_windows[:per_stage]
+def _model_dtype_bytes(fmt: KVFormat) -> int:
+    """The serving dtype's element size: "auto" caches follow it (fp32 on the CPU test machine)."""
+    return 4 if fmt.k.element is Element.FP32 else 2
+
+
+def _rules(v: VllmVersion, batched: int, pp: int, hybrid_allocator: bool, mamba_align: bool) -> CacheRules:
+    # 0.26+: windowed layers hold every batch still in flight (2 with async scheduling, PP batches).
+    in_flight = batched * (2 if v.async_scheduling and pp == 1 else pp) if v.in_flight_batches else batched
+    return CacheRules(
+        hybrid_allocator=hybrid_allocator,
+        in_flight_tokens=in_flight,
+        state_blocks=v.state_blocks if mamba_align else 1,
+        needed_from_groups=v.needed_from_groups,
+    )
+
+
+def _budget_args(**values: float | None) -> None:
+    for name, value in values.items():
+        _positive(name, value)
 
 
 def kv_capacity(
@@ -265,7 +273,7 @@ def kv_capacity(
     max_model_len: int,
     tensor_parallel: int = 1,
     pipeline_parallel: int = 1,
-    gpu_memory_utilization: float = 0.92,
+    gpu_memory_utilization: float | None = None,
     block_size: int = 16,
     weight_dtype: str = "auto",
     activation_bytes: int | None = None,
@@ -276,78 +284,89 @@ def kv_capacity(
     enforce_eager: bool = False,
     max_num_batched_tokens: int | None = None,
     max_num_seqs: int | None = None,
-    async_scheduling: bool = True,
+    vllm_version: VllmVersion | str | None = None,
+    hybrid_allocator: bool = True,
+    prefix_caching: bool = True,
+    offline: bool = False,
+    text_only: bool = False,
 ) -> Capacity:
     """KV capacity of one replica of `model` on `tensor_parallel x pipeline_parallel` GPUs.
 
     `kv_memory_bytes` is vLLM's `--kv-cache-memory-bytes` (or a logged "Available KV cache
     memory"): it bypasses the memory budget. `gpu_memory_bytes` overrides the visible memory.
+    `hybrid_allocator=False` is `--disable-hybrid-kv-cache-manager`; `prefix_caching=False`
+    keeps one Mamba state block per request; `offline` uses the `LLM` class's batch defaults.
     """
-    for name, value in (
-        ("max_model_len", max_model_len),
-        ("tensor_parallel", tensor_parallel),
-        ("pipeline_parallel", pipeline_parallel),
-        ("block_size", block_size),
-        ("gpu_memory_bytes", gpu_memory_bytes),
-        ("kv_memory_bytes", kv_memory_bytes),
-        ("max_num_batched_tokens", max_num_batched_tokens),
-        ("max_num_seqs", max_num_seqs),
-    ):
-        _positive(name, value)
-    if not 0 < gpu_memory_utilization <= 1:
-        raise InputError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-    for name, value in (
-        ("activation_bytes", activation_bytes),
-        ("non_torch_bytes", non_torch_bytes),
-        ("cuda_graph_bytes", cuda_graph_bytes),
-    ):
+    v = vllm_version if isinstance(vllm_version, VllmVersion) else get_version(vllm_version)
+    _budget_args(
+        max_model_len=max_model_len, tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+        block_size=block_size, gpu_memory_bytes=gpu_memory_bytes, kv_memory_bytes=kv_memory_bytes,
+        max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+    )  # fmt: skip
+    util = v.default_utilization if gpu_memory_utilization is None else gpu_memory_utilization
+    if not 0 < util <= 1:
+        raise InputError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+    for name, value in (("activation_bytes", activation_bytes), ("non_torch_bytes", non_torch_bytes),
+                        ("cuda_graph_bytes", cuda_graph_bytes)):  # fmt: skip
         if value is not None and value < 0:
             raise InputError(f"{name} must not be negative, got {value}")
+    kv_heads_per_rank(model, tensor_parallel)
 
     gpu_for_defaults = gpu.with_memory(gpu_memory_bytes) if gpu_memory_bytes else gpu
-    defaults = engine_defaults(gpu_for_defaults)
+    defaults = engine_defaults(gpu_for_defaults, v, offline=offline)
     batched = max_num_batched_tokens or defaults.max_num_batched_tokens
     seqs = max_num_seqs or defaults.max_num_seqs
+    if v.engine_v0:
+        batched, seqs = max(max_model_len, batched), max_num_seqs or 256  # V0 profiles one full-length batch
     total = gpu_memory_bytes or gpu.visible_memory_bytes
-    requested = math.ceil(total * gpu_memory_utilization)
+    requested = math.ceil(total * util)
     ranks = tensor_parallel * pipeline_parallel
-    weights = math.ceil(weight_bytes(model, weight_dtype) / ranks)
+    weights = math.ceil(weight_bytes(model, weight_dtype, text_only=text_only) / ranks)
     act = (
         estimate_activation_bytes(model, tensor_parallel, batched, seqs)
         if activation_bytes is None
-        else (activation_bytes)
+        else activation_bytes
     )
     non_torch = non_torch_bytes
     if non_torch is None:
-        non_torch = NON_TORCH_BYTES_TP1 + (NON_TORCH_BYTES_TP_EXTRA if ranks > 1 else 0)
-    graphs = 0 if enforce_eager else cuda_graph_bytes
+        non_torch = NON_TORCH_BYTES_TP1 + (NON_TORCH_BYTES_TP_EXTRA if tensor_parallel > 1 else 0)
+    graphs = 0 if enforce_eager or not v.subtracts_cuda_graphs else cuda_graph_bytes
     if graphs is None:
         graphs = estimate_cuda_graph_bytes(model, tensor_parallel)
-    if kv_memory_bytes is not None:
-        available = kv_memory_bytes
+    available = (
+        kv_memory_bytes if kv_memory_bytes is not None else requested - weights - act - non_torch - graphs
+    )
+
+    if pipeline_parallel > model.layers:
+        raise InputError(
+            f"pipeline parallel {pipeline_parallel} exceeds {model.name}'s {model.layers} layers"
+        )
+    # vLLM 0.10-0.13 turned the hybrid manager off for chunked local attention (Llama-4) by default.
+    chunked = any(isinstance(x, Attention) and x.chunk for x in model.layer_specs)
+    hybrid = hybrid_allocator and (v.chunked_local_hybrid or not chunked)
+    rules = _rules(v, batched, pipeline_parallel, hybrid, prefix_caching)
+    dtypes = StateDtypes(_model_dtype_bytes(fmt), model.ssm_dtype_bytes or _model_dtype_bytes(fmt))
+    stages = _layer_stages(model, pipeline_parallel)
+    plans = [plan_cache(model.layer_specs, fmt, tp=tensor_parallel, block_size=block_size, rules=rules,
+                        dtypes=dtypes, stage=s) for s in stages]  # fmt: skip
+    plan = max(plans, key=lambda p: p.bytes_per_block)  # the stage with the fewest blocks sets them
+    num_blocks = max(available, 0) // plan.bytes_per_block
+    per_request = plan.blocks_per_request(max_model_len, rules)
+    concurrency = num_blocks / per_request
+    if v.tokens_from_concurrency:
+        tokens = int(concurrency * max_model_len)
     else:
-        available = requested - weights - act - non_torch - graphs
-
-    windows = _stage_windows(model, pipeline_parallel)
-    groups = kv_groups(windows)
-    page = page_bytes_per_layer(model, fmt, tensor_parallel, block_size)
-    group_size = max(g.layers for g in groups)
-    bytes_per_block = page * group_size
-    num_blocks = max(available, 0) // bytes_per_block
-    in_flight = batched * (2 if async_scheduling and pipeline_parallel == 1 else pipeline_parallel)
-    per_request = [group_blocks_per_request(g, max_model_len, block_size, in_flight) for g in groups]
-    blocks_per_request = sum(per_request)
-    concurrency = num_blocks / blocks_per_request
-    needed = sum(n * g.layers * page for n, g in zip(per_request, groups, strict=True))
-    fits = available > 0 and needed <= available - bytes_per_block
-
+        tokens = num_blocks // len(plan.groups) * min(g.spec.block_size for g in plan.groups)
+    needed = plan.bytes_needed(max_model_len, rules)
+    budget = available - (plan.bytes_per_block if v.null_block_in_check else 0)
+    first = stages[0]
     return Capacity(
         fmt=fmt.name,
         max_model_len=max_model_len,
-        block_size=block_size,
+        block_size=plan.block_size,
         tensor_parallel=tensor_parallel,
         pipeline_parallel=pipeline_parallel,
-        gpu_memory_utilization=gpu_memory_utilization,
+        gpu_memory_utilization=util,
         total_memory_bytes=total,
         requested_bytes=requested,
         weights_bytes=weights,
@@ -355,40 +374,49 @@ def kv_capacity(
         non_torch_bytes=non_torch,
         cuda_graph_bytes=graphs,
         available_kv_bytes=available,
-        page_bytes=bytes_per_block,
-        bytes_per_token=bytes_per_token_layer(model, fmt, tensor_parallel, block_size) * len(windows),
+        page_bytes=plan.bytes_per_block,
+        bytes_per_token=bytes_per_token(model, fmt, tensor_parallel, plan.block_size, first),
         num_blocks=num_blocks,
-        blocks_per_request=blocks_per_request,
-        kv_tokens=int(concurrency * max_model_len),
+        blocks_per_request=per_request,
+        kv_tokens=tokens,
         max_concurrency=concurrency,
-        fits=fits,
+        fits=available > 0 and needed <= budget,
         kv_bytes_needed=needed,
-        max_model_len_that_fits=_max_len_that_fits(
-            groups, page, available - bytes_per_block, block_size, in_flight
-        ),
-        groups=groups,
+        max_model_len_that_fits=_max_len_that_fits(plan, rules, budget, max_model_len),
+        groups=plan.groups,
         kv_memory_override=kv_memory_bytes is not None,
+        state_bytes=sum(
+            x.state_bytes(tensor_parallel, dtypes)
+            for i, x in enumerate(model.layer_specs)
+            if isinstance(x, RecurrentState) and i in first
+        ),
+        vllm_version=v.name,
+        assumptions=tuple(v.assumptions()),
     )
 
 
-def _max_len_that_fits(
-    groups: tuple[KVGroup, ...], page: int, budget: int, block_size: int, in_flight: int
-) -> int:
-    """The longest max_model_len whose one request fits in `budget` bytes (vLLM's estimate)."""
+def _layer_stages(model: ModelSpec, pipeline_parallel: int) -> list[range]:
+    """Layer-spec index ranges per PP stage (decoder layers split as vLLM does; Falcon-H1's two
+    mixers per decoder layer stay together)."""
+    per_layer = len(model.layer_specs) // model.layers
+    return [
+        range(s.start * per_layer, s.stop * per_layer) for s in pp_stages(model.layers, pipeline_parallel)
+    ]
 
-    def need(length: int) -> int:
-        return sum(
-            group_blocks_per_request(g, length, block_size, in_flight) * g.layers * page for g in groups
-        )
 
-    if budget <= 0 or need(1) > budget:
+def _max_len_that_fits(plan: CachePlan, rules: CacheRules, budget: int, max_model_len: int) -> int:
+    """vLLM's `estimate_max_model_len`: the longest length up to max_model_len whose one request
+    fits in `budget` bytes (binary search)."""
+
+    def fits(length: int) -> bool:
+        return plan.bytes_needed(length, rules) <= budget
+
+    if budget <= 0 or not fits(1):
         return 0
-    lo, hi = 1, 1 << 24
-    if need(hi) <= budget:
-        return hi  # only sliding windows: any length fits
+    lo, hi = 1, max_model_len
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if need(mid) <= budget:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
@@ -398,5 +426,11 @@ def _max_len_that_fits(
 def kv_bytes_per_token(
     model: ModelSpec, fmt: KVFormat, *, tensor_parallel: int = 1, block_size: int = 16
 ) -> float:
-    """KV bytes per token of the whole model on one rank, full attention on every layer."""
-    return bytes_per_token_layer(model, fmt, tensor_parallel, block_size) * model.layers
+    """KV bytes per token of the whole model on one rank (every attention layer, no window cap)."""
+    return bytes_per_token(model, fmt, tensor_parallel, block_size)
+
+
+def bytes_per_token_layer(model: ModelSpec, fmt: KVFormat, tensor_parallel: int, block_size: int) -> float:
+    """Mean KV bytes per token per attention layer on one rank."""
+    n = model.attention_layers
+    return bytes_per_token(model, fmt, tensor_parallel, block_size) / n if n else 0.0

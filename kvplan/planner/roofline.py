@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from kvplan.formats import KVFormat
 from kvplan.planner.gpus import GpuSpec
-from kvplan.planner.memory import bytes_per_token_layer, weight_bytes
+from kvplan.planner.memory import kv_read_bytes, weight_bytes
 from kvplan.planner.models import ModelSpec
 
 
@@ -39,9 +39,9 @@ DEFAULT_EFFICIENCY = Efficiency()
 
 
 def _window_tokens(model: ModelSpec, context_tokens: int) -> float:
-    """Tokens of KV read per layer on average: sliding layers read at most their window."""
+    """Tokens of KV read per attention layer on average: sliding layers read at most their window."""
     capped = [context_tokens if w is None else min(w, context_tokens) for w in model.layer_windows]
-    return sum(capped) / len(capped)
+    return sum(capped) / len(capped) if capped else 0.0
 
 
 def _weight_bytes_read(model: ModelSpec, batch: int, weight_dtype: str) -> float:
@@ -49,7 +49,7 @@ def _weight_bytes_read(model: ModelSpec, batch: int, weight_dtype: str) -> float
     total = weight_bytes(model, weight_dtype)
     if not model.is_moe:
         return float(total)
-    share_experts = model.expert_params / model.params
+    share_experts = model.expert_params / model.params if model.params else 0.0
     k, e = model.experts_per_token, model.num_experts
     touched = 1 - (1 - k / e) ** batch  # expected share of experts hit by `batch` tokens
     return total * ((1 - share_experts) + share_experts * touched)
@@ -73,8 +73,7 @@ def decode_step_seconds(
         raise ValueError("batch and context_tokens must be positive")
     bandwidth = gpu.bandwidth_bytes_s * efficiency.memory_bandwidth
     weights = _weight_bytes_read(model, batch, weight_dtype) / tensor_parallel
-    kv_per_token = bytes_per_token_layer(model, fmt, tensor_parallel, block_size) * model.layers
-    kv = batch * kv_per_token * _window_tokens(model, context_tokens)
+    kv = batch * kv_read_bytes(model, fmt, tensor_parallel, context_tokens, block_size)
     memory_s = weights / bandwidth + kv / (bandwidth * efficiency.kv_factor(fmt))
     flops = 2 * model.active_params * batch / tensor_parallel
     compute_s = flops / (gpu.bf16_flops * efficiency.compute)
@@ -101,7 +100,7 @@ def prefill_seconds(
         * model.head_dim
         * prompt_tokens
         * _window_tokens(model, prompt_tokens)
-        * model.layers
+        * model.attention_layers
     )
     return (dense + attn) / (gpu.bf16_flops * efficiency.compute * tensor_parallel)
 

@@ -14,9 +14,11 @@ from typing import Any
 from kvplan.errors import InputError, NotFound, closest
 from kvplan.formats import FORMATS, KVFormat, get_format
 from kvplan.planner.gpus import GIB, GpuSpec
+from kvplan.planner.layers import LayerKind
 from kvplan.planner.memory import Capacity, kv_capacity, normalize_weight_dtype
-from kvplan.planner.models import ModelSpec
+from kvplan.planner.models import ModelSpec, check_max_model_len
 from kvplan.planner.roofline import decode_step_seconds, max_batch_within, prefill_seconds
+from kvplan.planner.vllm_versions import VllmVersion, get_version
 
 SIZE_SCHEMA = "kvplan.size/v1"
 DEFAULT_SIZE_FORMATS = ("bf16", "fp8_e4m3", "int8", "int4")
@@ -33,7 +35,7 @@ class SizeRequest:
     max_model_len: int | None = None  # None: the model's max_position_embeddings, as vLLM does
     tensor_parallel: int | None = None  # None: all GPUs of the node / pipeline_parallel
     pipeline_parallel: int = 1
-    gpu_memory_utilization: float = 0.92
+    gpu_memory_utilization: float | None = None  # None: the vLLM version's default (0.92 from 0.20)
     block_size: int = 16
     weight_dtype: str = "auto"
     activation_bytes: int | None = None
@@ -48,11 +50,26 @@ class SizeRequest:
     decode_batch: int | None = None  # TPOT at this batch (None: the guaranteed concurrency)
     # Mean tokens a request holds (prompt + output, capped at max_model_len) per traffic; optional.
     traffic_lengths: tuple[int, ...] | None = None
+    vllm_version: str | None = None  # None: the newest release kvplan follows
+    hybrid_allocator: bool = True  # False: --disable-hybrid-kv-cache-manager
+    prefix_caching: bool = True  # False: --no-enable-prefix-caching (one Mamba state block)
+    text_only: bool = False  # multimodal model served without its vision tower
+    allow_long_max_model_len: bool = False  # VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
 
     def resolved_max_model_len(self) -> int:
         if self.max_model_len is not None:
             return self.max_model_len
-        return int(self.model.max_position_embeddings or 8192)
+        return self.model.default_max_model_len
+
+    def version(self) -> VllmVersion:
+        return get_version(self.vllm_version)
+
+    def utilization(self) -> float:
+        return (
+            self.version().default_utilization
+            if self.gpu_memory_utilization is None
+            else self.gpu_memory_utilization
+        )
 
     def resolved_tp(self) -> int:
         if self.tensor_parallel is not None:
@@ -75,6 +92,10 @@ class SizeRequest:
             enforce_eager=self.enforce_eager,
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_num_seqs=self.max_num_seqs,
+            vllm_version=self.version(),
+            hybrid_allocator=self.hybrid_allocator,
+            prefix_caching=self.prefix_caching,
+            text_only=self.text_only,
         )
         args.update(changes)
         return kv_capacity(self.model, self.gpu, fmt, **args)
@@ -118,6 +139,8 @@ class SizeReport:
         first = self.rows[0].capacity
         return {
             "schema": SIZE_SCHEMA,
+            "vllm_version": first.vllm_version,
+            "assumptions": [*m.assumptions, *first.assumptions, *self.weight_notes()],
             "model": {
                 "name": m.name,
                 "hf_id": m.hf_id,
@@ -131,6 +154,13 @@ class SizeReport:
                 "moe_experts": m.num_experts or None,
                 "params": m.params,
                 "weight_dtype": normalize_weight_dtype(req.weight_dtype, m),
+                "layer_kinds": {k.value: n for k, n in layer_kind_counts(m).items()},
+                "hybrid": m.is_hybrid,
+                "quantization": m.quant.detail,
+                "weights_source": "safetensors headers"
+                if m.weight_bytes is not None
+                else "config.json shapes",
+                "max_position_embeddings": m.derived_max_model_len,
             },
             "gpu": {
                 "name": req.gpu.name,
@@ -143,7 +173,7 @@ class SizeReport:
                 "tensor_parallel": req.resolved_tp(),
                 "pipeline_parallel": req.pipeline_parallel,
                 "replicas_per_node": self.replicas_per_node,
-                "gpu_memory_utilization": req.gpu_memory_utilization,
+                "gpu_memory_utilization": first.gpu_memory_utilization,
                 "block_size": req.block_size,
                 "tpot_slo_seconds": req.tpot_slo_seconds,
             },
@@ -163,6 +193,12 @@ class SizeReport:
             "notes": list(self.notes),
         }
 
+    def weight_notes(self) -> list[str]:
+        m = self.request.model
+        if m.weight_bytes is not None and self.request.weight_dtype in ("auto", m.native_weight_dtype):
+            return ["weights: the checkpoint's safetensors headers (exact)"]
+        return [f"weights: parameters counted from config.json shapes, stored as {m.quant.detail}"]
+
 
 def _row_json(r: FormatRow) -> dict[str, Any]:
     c = r.capacity
@@ -173,6 +209,9 @@ def _row_json(r: FormatRow) -> dict[str, Any]:
         "available_kv_bytes": c.available_kv_bytes,
         "available_kv_gib": round(c.available_kv_bytes / GIB, 2),
         "page_bytes": c.page_bytes,
+        "block_size": c.block_size,
+        "kv_cache_groups": len(c.groups),
+        "state_bytes_per_sequence": c.state_bytes,
         "num_blocks": c.num_blocks,
         "kv_tokens": c.kv_tokens,
         "max_concurrency": round(c.max_concurrency, 2),
@@ -298,6 +337,7 @@ def size(req: SizeRequest) -> SizeReport:
         )
     if req.decode_batch is not None and req.decode_batch <= 0:
         raise InputError(f"--batch must be positive, got {req.decode_batch}")
+    check_max_model_len(req.model, req.resolved_max_model_len(), allow_long=req.allow_long_max_model_len)
     rows = tuple(_row(req, get_format(n)) for n in req.formats)
     notes: list[str] = []
     if rows[0].capacity.available_kv_bytes <= 0:
@@ -310,7 +350,20 @@ def size(req: SizeRequest) -> SizeReport:
         notes.append("MLA: one latent per token per layer, replicated on every tensor-parallel rank")
     if any(w is not None for w in req.model.layer_windows):
         notes.append("sliding-window layers hold at most their window (+ in-flight tokens) per request")
+    if req.model.is_hybrid:
+        c = rows[0].capacity
+        notes.append(
+            f"recurrent-state layers keep {c.state_bytes / 2**20:,.1f} MiB per sequence; vLLM enlarges "
+            f"attention blocks to {c.block_size} tokens so one page holds a state"
+        )
     return SizeReport(req, rows, _suggest(req, rows), tuple(notes))
+
+
+def layer_kind_counts(m: ModelSpec) -> dict[LayerKind, int]:
+    out: dict[LayerKind, int] = {}
+    for layer in m.layer_specs:
+        out[layer.kind] = out.get(layer.kind, 0) + 1
+    return out
 
 
 def with_lengths(req: SizeRequest, lengths: tuple[int, ...]) -> SizeRequest:

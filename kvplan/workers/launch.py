@@ -17,13 +17,12 @@ from pathlib import Path
 from kvplan.errors import KvplanError, NotFound, PlanError
 from kvplan.formats import FORMATS
 from kvplan.plan import Plan, Pool
+from kvplan.planner.capacity import server_of
 from kvplan.procs import free_port
 from kvplan.vllm_command import (
     Device,
     LaunchOptions,
     ServePath,
-    block_size,
-    effective_format,
     replica_argv,
     serve_path,
 )
@@ -96,8 +95,8 @@ def resolve_model(pool: Pool) -> str:
 
 def check_pool(pool: Pool, opts: LaunchOptions) -> list[str]:
     """Reasons vLLM cannot serve this pool as planned (empty when it can)."""
+    from kvplan.planner.capacity import pool_capacity
     from kvplan.planner.gpus import get_gpu
-    from kvplan.planner.memory import kv_capacity
     from kvplan.planner.models import get_model
 
     fmt = FORMATS[pool.kv_format]
@@ -143,19 +142,12 @@ def check_pool(pool: Pool, opts: LaunchOptions) -> list[str]:
         gpu, _ = get_gpu(pool.gpu)
     except NotFound as exc:
         return [f"pool {pool.name!r}: {exc}"]
-    cap = kv_capacity(
-        model,
-        gpu,
-        effective_format(pool, opts.device),
-        max_model_len=pool.max_model_len,
-        tensor_parallel=tp,
-        pipeline_parallel=pool.pipeline_parallel,
-        gpu_memory_utilization=pool.gpu_memory_utilization,
-        block_size=block_size(opts.device),
-        weight_dtype=pool.weight_dtype,
-        kv_memory_bytes=opts.kv_memory_bytes,
-        enforce_eager=opts.device is Device.CPU,
-    )
+    try:
+        cap = pool_capacity(
+            model, gpu, pool, server_of(pool, opts.device, kv_memory_bytes=opts.kv_memory_bytes)
+        )
+    except KvplanError as exc:  # e.g. max_model_len above the model's: vLLM refuses it too
+        return [str(exc)]
     if not cap.fits:
         reasons.append(
             f"does not fit: one {pool.max_model_len}-token request needs "

@@ -18,6 +18,7 @@ import httpx
 from kvplan.errors import InputError
 from kvplan.metric_names import vllm as vm
 from kvplan.plan import Plan, load_plan
+from kvplan.planner.capacity import server_of
 from kvplan.vllm_command import Device, effective_format
 from kvplan.workers.probe import is_healthy, scrape_metrics
 
@@ -53,26 +54,10 @@ class ReplicaStatus:
 def predicted_blocks(
     plan: Plan, pool_name: str, device: Device, block_size: int, kv_memory_bytes: int | None
 ) -> int:
-    from kvplan.planner.gpus import get_gpu
-    from kvplan.planner.memory import kv_capacity
-    from kvplan.planner.models import get_model
+    from kvplan.planner.capacity import capacity_of
 
     pool = plan.pool(pool_name)
-    gpu, _ = get_gpu(pool.gpu)
-    cap = kv_capacity(
-        get_model(pool.model),
-        gpu,
-        effective_format(pool, device),
-        max_model_len=pool.max_model_len,
-        tensor_parallel=pool.tensor_parallel,
-        pipeline_parallel=pool.pipeline_parallel,
-        gpu_memory_utilization=pool.gpu_memory_utilization,
-        block_size=block_size,
-        weight_dtype=pool.weight_dtype,
-        kv_memory_bytes=kv_memory_bytes,
-        enforce_eager=device is Device.CPU,
-    )
-    return int(cap.num_blocks)
+    return capacity_of(pool, server_of(pool, device, block_size, kv_memory_bytes)).num_blocks
 
 
 def replica_status(plan: Plan, pool_name: str, url: str, device: Device) -> ReplicaStatus:

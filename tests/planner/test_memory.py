@@ -13,7 +13,6 @@ from kvplan.planner.gpus import GIB, get_gpu
 from kvplan.planner.memory import (
     kv_bytes_per_token,
     kv_capacity,
-    kv_groups,
     weight_bytes,
 )
 from kvplan.planner.models import AttentionKind, get_model
@@ -84,11 +83,11 @@ def test_gemma3_has_five_local_layers_per_global_one() -> None:
     assert m.layer_windows[:6] == (1024,) * 5 + (None,)
     assert m.sliding_layers == 52 and m.layer_windows.count(None) == 10
     # vLLM's hybrid allocator: groups of 10 layers, 6 sliding groups + 1 full group.
-    groups = kv_groups(m.layer_windows)
-    assert len(groups) == 7
-    assert max(g.layers for g in groups) == 10
-    assert sum(g.layers for g in groups) == 62
     cap = kv_capacity(m, H100, BF16, max_model_len=32768)
+    groups = cap.groups
+    assert len(groups) == 7
+    assert max(len(g.layers) for g in groups) == 10
+    assert sum(len(g.layers) for g in groups) == 62
     # One block holds one page of each of the 10 layers of a group.
     assert cap.page_bytes == 10 * 16 * 16 * 128 * 2 * 2
     # A 32K request: all 2048 blocks in the full group, window-capped blocks in each sliding one.
@@ -242,12 +241,17 @@ def _write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) ->
 
 
 def test_model_dir_reads_exact_weight_bytes_from_safetensors_headers(tmp_path: Path) -> None:
-    cfg = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 100}
+    cfg = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+           "vocab_size": 100}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     a = _write_safetensors(tmp_path / "model-1.safetensors", {"w": ("BF16", [64, 64]), "s": ("F32", [3])})
     b = _write_safetensors(tmp_path / "model-2.safetensors", {"e": ("F8_E4M3", [100, 64])})
     m = get_model(str(tmp_path))
     assert m.weight_bytes == a + b == 64 * 64 * 2 + 12 + 6400
     assert weight_bytes(m) == a + b
+    # The headers are the ground truth; an index's total_size counts only when no file is there.
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 123}}))
+    assert get_model(str(tmp_path)).weight_bytes == a + b
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
     assert get_model(str(tmp_path)).weight_bytes == 123

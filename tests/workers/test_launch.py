@@ -106,7 +106,8 @@ def test_runtime_plan_carries_endpoints_and_stays_valid() -> None:
             "tensor_parallel 3 does not divide 32 attention heads",
         ),
         ({"model": "llama-3.1-70b", "gpu": "l4"}, "does not fit"),
-        ({"model": "llama-3.1-8b", "max_model_len": 1_000_000}, "does not fit"),
+        ({"model": "llama-3.1-8b", "max_model_len": 1_000_000}, "greater than llama-3.1-8b's context length"),
+        ({"model": "llama-3.1-8b", "max_model_len": 131_072, "gpu": "l4"}, "does not fit"),
         ({"gpu": "tpu-v5"}, "unknown GPU"),
         ({"model": "no-such-model"}, "unknown model"),
     ],
@@ -118,8 +119,9 @@ def test_unservable_pools_are_refused_with_the_reason(overrides: dict[str, objec
 
 
 def test_head_dim_and_format_limits(tmp_path: Path) -> None:
-    cfg = {"num_hidden_layers": 2, "hidden_size": 384, "num_attention_heads": 8, "num_key_value_heads": 2,
-           "head_dim": 48, "vocab_size": 1000, "intermediate_size": 512}  # fmt: skip
+    cfg = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 384, "num_attention_heads": 8,
+           "num_key_value_heads": 2, "head_dim": 48, "vocab_size": 1000,
+           "intermediate_size": 512}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     text = plan_text(model=str(tmp_path), max_model_len=1024).replace("max_tokens: 8192", "max_tokens: 1024")
     with pytest.raises(PlanError, match="head_dim 48 is not supported"):

@@ -142,8 +142,9 @@ def build_profile(
     (for tests that need a small pool)."""
     from kvplan.errors import NotFound, closest
     from kvplan.formats import FORMATS
+    from kvplan.planner.capacity import Server, Shape, pool_capacity
     from kvplan.planner.gpus import get_gpu
-    from kvplan.planner.memory import engine_defaults, kv_capacity
+    from kvplan.planner.memory import engine_defaults
     from kvplan.planner.models import get_model
 
     if kv_format not in FORMATS:
@@ -156,21 +157,9 @@ def build_profile(
     seqs = max_num_seqs or defaults.max_num_seqs
     batched = max_num_batched_tokens or defaults.max_num_batched_tokens
     length = DEFAULT_MAX_MODEL_LEN if max_model_len is None else max_model_len
-    limit = model_spec.max_position_embeddings
-    if limit is not None and length > limit:
-        # vLLM refuses this too ("User-specified max_model_len ... is greater than the derived").
-        raise InputError(f"max_model_len {length} is greater than {model}'s context length {limit}")
-    capacity = kv_capacity(
-        model_spec,
-        gpu_spec,
-        fmt,
-        max_model_len=length,
-        tensor_parallel=tensor_parallel,
-        gpu_memory_utilization=gpu_memory_utilization,
-        kv_memory_bytes=kv_memory_bytes,
-        max_num_batched_tokens=batched,
-        max_num_seqs=seqs,
-    )
+    shape = Shape(model, gpu, kv_format, length, tensor_parallel, 1, gpu_memory_utilization)
+    server = Server(kv_memory_bytes=kv_memory_bytes, max_num_batched_tokens=batched, max_num_seqs=seqs)
+    capacity = pool_capacity(model_spec, gpu_spec, shape, server)
     if num_blocks is None and not capacity.fits:
         raise InputError(
             f"{model} on {gpu} with {kv_format} KV cannot hold one request of max_model_len {length} "
