@@ -32,6 +32,7 @@ CASES = {
     "kvplan --help": f"{KVPLAN} --help",
     "kvplan size llama-3.1-8b": f"{KVPLAN} size llama-3.1-8b",
     "kvplan size llama-3.1-70b --gpu h100:4 --json": f"{KVPLAN} size llama-3.1-70b --gpu h100:4 --json",
+    "kvplan size llama-3.1-8b --engine sglang": f"{KVPLAN} size llama-3.1-8b --engine sglang",
 }
 
 
