@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from kvplan.errors import PlanError
 from kvplan.formats import FORMATS
@@ -25,13 +33,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ENGINES = ("vllm", "sglang", "trtllm", "llamacpp")  # kvplan.planner.engines sizes the others
+
+
 class Pool(_Strict):
-    """One vLLM deployment: a model served with one KV format, N identical replicas."""
+    """One deployment: a model served with one KV format, N identical replicas, on one engine
+    (vLLM unless `engine` says otherwise; kvplan's workers and deploy run only vLLM pools)."""
 
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=50)
     model: str = Field(min_length=1, description="catalog name, config.json path or model dir")
     served_model_name: str | None = Field(None, description="OpenAI model name clients send")
-    kv_format: str = "bf16"
+    engine: str = Field("vllm", description="vllm, sglang, trtllm or llamacpp")
+    kv_format: str = Field("bf16", description="a kvplan format (vLLM pools) or the engine's KV dtype")
     max_model_len: int = Field(gt=0)
     gpu: str = "h100"
     gpus_per_replica: int = Field(1, gt=0)
@@ -44,11 +57,28 @@ class Pool(_Strict):
     tokenizer: str | None = Field(None, description="path to a tokenizer.json")
     weight_dtype: str = "bf16"
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if v not in ENGINES:
+            raise ValueError(f"unknown engine {v!r}; known: {', '.join(ENGINES)}")
+        return v
+
     @field_validator("kv_format")
     @classmethod
-    def _known_format(cls, v: str) -> str:
-        if v not in FORMATS:
-            raise ValueError(f"unknown KV format {v!r}; known: {', '.join(FORMATS)}")
+    def _known_format(cls, v: str, info: ValidationInfo) -> str:
+        engine = info.data.get("engine", "vllm")  # declared before kv_format, so validated first
+        if engine == "vllm":
+            if v not in FORMATS:
+                raise ValueError(f"unknown KV format {v!r}; known: {', '.join(FORMATS)}")
+            return v
+        if engine not in ENGINES:
+            return v  # the engine's own error says it
+        from kvplan.planner.engines import engine_module
+
+        offered = engine_module(engine).KV_DTYPES
+        if any(part not in offered for part in v.split("/")):
+            raise ValueError(f"{engine} has no KV dtype {v!r}; {engine} supports: {', '.join(offered)}")
         return v
 
     @field_validator("endpoints")
@@ -201,6 +231,14 @@ class Plan(_Strict):
     def pools(self) -> tuple[Pool, ...]:
         return tuple(p for b in self.buckets for p in b.pools)
 
+    def vllm_part(self) -> tuple[Plan | None, tuple[Bucket, ...]]:
+        """The buckets whose pools all run on vLLM (what kvplan deploys and runs), and the others."""
+        keep = tuple(b for b in self.buckets if all(p.engine == "vllm" for p in b.pools))
+        other = tuple(b for b in self.buckets if b not in keep)
+        if not other:
+            return self, ()
+        return (self.model_copy(update={"buckets": keep}) if keep else None), other
+
 
 def json_schema() -> dict[str, Any]:
     return Plan.model_json_schema()
@@ -257,6 +295,10 @@ def load_plan(path: str | Path) -> Plan:
 
 def dump_plan(plan: Plan) -> str:
     data = json.loads(plan.model_dump_json(exclude_defaults=False))
+    for bucket in data["buckets"]:  # vLLM pools read as before the engine field existed
+        for pool in (bucket["baseline"], *bucket["candidates"]):
+            if pool["engine"] == "vllm":
+                del pool["engine"]
     return yaml.safe_dump(data, sort_keys=False)
 
 

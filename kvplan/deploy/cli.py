@@ -31,11 +31,27 @@ class _Generated:
     rule_groups: list[dict[str, Any]]
 
 
+def _vllm_buckets(plan: Plan) -> Plan:
+    """Deploy renders vLLM pools only: buckets sized for another engine are named and left out
+    (run them with that engine's own deployment); a plan with no vLLM bucket is an exit 2."""
+    from kvplan.errors import InputError
+
+    kept, other = plan.vllm_part()
+    names = ", ".join(f"{b.name} ({'/'.join(sorted({p.engine for p in b.pools}))})" for b in other)
+    if kept is None:
+        raise InputError(f"nothing to deploy: every bucket runs on another engine than vLLM ({names})")
+    if other:
+        typer.echo(
+            f"note: not rendered, not vLLM: bucket(s) {names}; deploy those with their engine", err=True
+        )
+    return kept
+
+
 def _generated(plan_path: Path) -> _Generated:
     from kvplan.dashboards import build, rules
     from kvplan.plan import load_plan
 
-    plan = load_plan(plan_path)
+    plan = _vllm_buckets(load_plan(plan_path))
     return _Generated(
         plan,
         build.rules_text(plan.slo),

@@ -392,6 +392,9 @@ def plan(
         typer.Option("--kv-format", help="override candidates: int8, or 8k=fp8_e4m3,16k=int8+int4"),
     ] = None,
     allow_int4_above_16k: Annotated[bool, typer.Option(help="let the INT4 pilot run above 16K")] = False,
+    engine: Annotated[
+        str, typer.Option(help="engine per bucket: sglang, or 32k=trtllm,8k=llamacpp (default vllm)")
+    ] = "vllm",
     headroom: Annotated[float, typer.Option(help="KV headroom kept free (0.10-0.15 recommended)")] = 0.13,
     tpot_slo_ms: Annotated[float, typer.Option(help="time-per-output-token SLO")] = 150.0,
     tp: Annotated[
@@ -450,6 +453,7 @@ def plan(
         weight_dtype=weight_dtype,
         tensor_parallel=tp,
         formats=_format_overrides(kv_format, bucket_bounds),
+        engines=_engine_overrides(engine, bucket_bounds),
         allow_int4_above_16k=allow_int4_above_16k,
         efficiency=eff,
     )
@@ -471,28 +475,54 @@ def plan(
         _plan_rich(fleet, out)
 
 
-def _format_overrides(spec: str | None, bounds: tuple[int, ...]) -> dict[str, tuple[str, ...]]:
+def _engine_overrides(spec: str, bounds: tuple[int, ...]) -> dict[str, str]:
+    """`sglang` (every bucket) or `32k=trtllm,8k=llamacpp`; buckets not named stay on vLLM."""
+    from kvplan.planner.engines import engine_name
+
+    if "=" not in spec:
+        name = engine_name(spec)
+        return {} if name == "vllm" else {b: name for b in _bucket_names(bounds)}
+    out = {}
+    for bucket, value in _bucket_pairs(spec, bounds, "--engine", "BUCKET=ENGINE, like 32k=trtllm").items():
+        name = engine_name(value)
+        if name != "vllm":
+            out[bucket] = name
+    return out
+
+
+def _bucket_names(bounds: tuple[int, ...]) -> list[str]:
+    from kvplan.planner.fleet import bucket_name
+
+    return [bucket_name(b) for b in bounds]
+
+
+def _bucket_pairs(spec: str, bounds: tuple[int, ...], flag: str, form: str) -> dict[str, str]:
+    """`8k=a,16k=b` -> {"8k": "a", "16k": "b"}, every bucket one of the plan's."""
     from kvplan.errors import InputError
     from kvplan.planner.fleet import bucket_name
     from kvplan.planner.units import parse_tokens
 
-    if not spec:
-        return {}
-    names = [bucket_name(b) for b in bounds]
-    if "=" not in spec:
-        return {n: tuple(spec.split("+")) for n in names}
-    out: dict[str, tuple[str, ...]] = {}
+    names = _bucket_names(bounds)
+    out: dict[str, str] = {}
     for part in spec.split(","):
-        bucket, sep, fmts = part.partition("=")
-        if not sep or not fmts:
-            raise InputError(
-                f"bad --kv-format entry {part!r}: use BUCKET=FORMAT[+FORMAT], like 16k=int8+int4"
-            )
+        bucket, sep, value = part.partition("=")
+        if not sep or not value.strip():
+            raise InputError(f"bad {flag} entry {part!r}: use {form}")
         name = bucket_name(parse_tokens(bucket, "bucket"))
         if name not in names:
-            raise InputError(f"--kv-format names bucket {bucket!r}, not one of {', '.join(names)}")
-        out[name] = tuple(f.strip() for f in fmts.split("+"))
+            raise InputError(f"{flag} names bucket {bucket!r}, not one of {', '.join(names)}")
+        out[name] = value.strip()
     return out
+
+
+def _format_overrides(spec: str | None, bounds: tuple[int, ...]) -> dict[str, tuple[str, ...]]:
+
+    if not spec:
+        return {}
+    if "=" not in spec:
+        return {n: tuple(spec.split("+")) for n in _bucket_names(bounds)}
+    pairs = _bucket_pairs(spec, bounds, "--kv-format", "BUCKET=FORMAT[+FORMAT], like 16k=int8+int4")
+    return {name: tuple(f.strip() for f in fmts.split("+")) for name, fmts in pairs.items()}
 
 
 def _plan_rows(fleet: "FleetPlan") -> tuple[list[str], list[list[str]]]:
@@ -509,7 +539,7 @@ def _plan_rows(fleet: "FleetPlan") -> tuple[list[str], list[list[str]]]:
                     f"{b.load.rps:.2f}" if first else "",
                     f"{b.load.mean_prompt:,.0f}/{b.load.mean_output:,.0f}" if first else "",
                     "baseline" if first else ("candidate" if i == 1 else "pilot"),
-                    p.kv_format,
+                    p.kv_format if p.engine == "vllm" else f"{p.engine}:{p.kv_format}",
                     f"{p.tensor_parallel} x {p.replicas}",
                     str(p.gpus),
                     f"{p.cost_per_hour:,.2f}",

@@ -29,6 +29,7 @@ from kvplan.planner.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step_
 
 if TYPE_CHECKING:
     from kvplan.plan import Plan
+    from kvplan.planner.engines.fleet import EnginePoolCapacity
     from kvplan.planner.traffic import Traffic
 
 DEFAULT_BUCKETS = (8192, 16384, 32768)
@@ -85,6 +86,7 @@ class PlanOptions:
     allow_int4_above_16k: bool = False
     efficiency: Efficiency = DEFAULT_EFFICIENCY
     activation_bytes: int | None = None
+    engines: dict[str, str] = field(default_factory=dict)  # bucket name -> engine (default vllm)
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,12 @@ class PoolSizing:
     replicas: int
     gpus: int
     cost_per_hour: float
-    capacity: Capacity
+    capacity: Capacity | EnginePoolCapacity
     concurrent_sequences: float  # Little's law, whole bucket
     tpot_seconds: float
     kv_utilization: float  # blocks in use / usable blocks at the planned replicas
     bound: str  # what set the replica count: "kv", "tpot", "max_num_seqs", "min"
+    engine: str = "vllm"
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ class FleetPlan:
 def _pool_json(p: PoolSizing, baseline: bool) -> dict[str, Any]:
     return {
         "role": "baseline" if baseline else "candidate",
+        "engine": p.engine,
         "kv_format": p.kv_format,
         "tensor_parallel": p.tensor_parallel,
         "replicas": p.replicas,
@@ -270,24 +274,40 @@ def size_pool(
     tp: int,
     opts: PlanOptions,
     prices: Prices,
+    engine: str = "vllm",
 ) -> PoolSizing | None:
     """Replicas of one pool for one bucket's load at tensor parallel `tp` (None: does not fit)."""
-    fmt = get_format(fmt_name)
-    shape = Shape(
-        model.name, gpu.name, fmt_name, load.max_tokens, tp, 1, opts.gpu_memory_utilization, opts.weight_dtype
-    )
-    try:
-        cap = pool_capacity(
-            model, gpu, shape, Server(block_size=opts.block_size, activation_bytes=opts.activation_bytes)
-        )
-    except InputError:
-        return None
+    cap: Capacity | EnginePoolCapacity | None
+    if engine == "vllm":
+        fmt = get_format(fmt_name)
+        shape = Shape(
+            model.name, gpu.name, fmt_name, load.max_tokens, tp, 1, opts.gpu_memory_utilization,
+            opts.weight_dtype,
+        )  # fmt: skip
+        try:
+            cap = pool_capacity(
+                model, gpu, shape, Server(block_size=opts.block_size, activation_bytes=opts.activation_bytes)
+            )
+        except InputError:
+            return None
+        seqs_limit = engine_defaults(gpu).max_num_seqs
+    else:
+        from kvplan.planner.engines.fleet import engine_capacity, roofline_format
+
+        fmt = get_format(roofline_format(fmt_name))
+        cap = engine_capacity(
+            model, gpu, engine, fmt_name, max_model_len=load.max_tokens, tensor_parallel=tp,
+            weight_dtype=opts.weight_dtype,
+        )  # fmt: skip
+        if cap is None:
+            return None
+        seqs_limit = cap.running_limit
     if not cap.fits or cap.usable_blocks <= 0:
         return None
     if load.rps <= 0:  # no traffic in this bucket: the pool exists, with no replicas
-        return PoolSizing(fmt_name, tp, 0, 0, 0.0, cap, 0.0, 0.0, 0.0, "empty")
+        return PoolSizing(fmt_name, tp, 0, 0, 0.0, cap, 0.0, 0.0, 0.0, "empty", engine)
     eff = opts.efficiency
-    seqs_limit = engine_defaults(gpu).max_num_seqs
+    block = cap.block_size
     context = max(load.mean_prompt + load.mean_output / 2, 1.0)
     prefill = prefill_seconds(
         model, gpu, prompt_tokens=max(int(load.mean_prompt), 1), tensor_parallel=tp, efficiency=eff
@@ -299,7 +319,7 @@ def size_pool(
             weight_dtype=opts.weight_dtype, block_size=opts.block_size, efficiency=eff,
         )  # fmt: skip
 
-    slo_batch = max(_slo_batch(model, gpu, fmt_name, int(context), tp, opts), 1)
+    slo_batch = max(_slo_batch(model, gpu, fmt.name, int(context), tp, opts), 1)
     replicas, bound, tpot = 1, "min", step(1)
     seqs = kv_blocks = 0.0
     for _ in range(50):
@@ -307,8 +327,7 @@ def size_pool(
         tpot = step(max(1, math.ceil(seqs / replicas)))
         seqs = load.rps * (prefill + load.mean_output * tpot)
         kv_blocks = load.rps * (
-            prefill * _blocks(load.mean_prompt, opts.block_size)
-            + load.mean_output * tpot * _blocks(context, opts.block_size)
+            prefill * _blocks(load.mean_prompt, block) + load.mean_output * tpot * _blocks(context, block)
         )
         need = {
             "kv": kv_blocks / (cap.usable_blocks * opts.target_kv_utilization),
@@ -326,7 +345,8 @@ def size_pool(
         replicas = new
     kv_util = kv_blocks / (replicas * cap.usable_blocks)
     gpus = replicas * tp
-    return PoolSizing(fmt_name, tp, replicas, gpus, gpus * prices.of(gpu), cap, seqs, tpot, kv_util, bound)
+    cost = gpus * prices.of(gpu)
+    return PoolSizing(fmt_name, tp, replicas, gpus, cost, cap, seqs, tpot, kv_util, bound, engine)
 
 
 def _slo_batch(
@@ -341,17 +361,27 @@ def _slo_batch(
 
 
 def cheapest_pool(
-    model: ModelSpec, gpu: GpuSpec, load: BucketLoad, fmt_name: str, opts: PlanOptions, prices: Prices
+    model: ModelSpec,
+    gpu: GpuSpec,
+    load: BucketLoad,
+    fmt_name: str,
+    opts: PlanOptions,
+    prices: Prices,
+    engine: str = "vllm",
 ) -> PoolSizing:
     options = (opts.tensor_parallel,) if opts.tensor_parallel else (1, 2, 4, 8)
+    if engine == "llamacpp":
+        options = (1,)  # llama.cpp has no tensor parallel
     sized = [
-        p for tp in options if (p := size_pool(model, gpu, load, fmt_name, tp, opts, prices)) is not None
+        p
+        for tp in options
+        if (p := size_pool(model, gpu, load, fmt_name, tp, opts, prices, engine)) is not None
     ]
     if not sized:
         tps = ", ".join(str(t) for t in options)
         raise InputError(
             f"{model.name} with {fmt_name} KV does not fit a {load.max_tokens}-token request on {gpu.name} "
-            f"at tensor parallel {tps}; try a larger GPU, --weight-dtype fp8 or a smaller bucket"
+            f"({engine}) at tensor parallel {tps}; try a larger GPU, --weight-dtype fp8 or a smaller bucket"
         )
     return min(sized, key=lambda p: (p.gpus, p.tensor_parallel))
 
@@ -368,6 +398,8 @@ def plan_fleet(
     if traffic.rps is None or traffic.rps <= 0:
         raise InputError("the traffic needs a positive arrival rate (timestamps or --rps)")
     for name, fmts in opts.formats.items():
+        if opts.engines.get(name, "vllm") != "vllm":
+            continue  # the engine's own dtypes, checked by its sizing
         for f in fmts:
             if f not in FORMATS:
                 raise InputError(f"unknown KV format {f!r} for bucket {name}; known: {', '.join(FORMATS)}")
@@ -376,10 +408,21 @@ def plan_fleet(
     loads, over = bucket_loads(traffic, buckets)
     plans = []
     for load in loads:
-        fmts = opts.formats.get(load.name, chosen[load.max_tokens])
-        reason = "override" if load.name in opts.formats else why
-        base = cheapest_pool(model, gpu, load, BASELINE_FORMAT, opts, prices)
-        cands = tuple(cheapest_pool(model, gpu, load, f, opts, prices) for f in fmts if f != BASELINE_FORMAT)
+        engine = opts.engines.get(load.name, "vllm")
+        if engine == "vllm":
+            baseline = BASELINE_FORMAT
+            fmts = opts.formats.get(load.name, chosen[load.max_tokens])
+            reason = "override" if load.name in opts.formats else why
+        else:
+            from kvplan.planner.engines.fleet import BASELINE, candidates
+
+            baseline = BASELINE[engine]
+            fmts = opts.formats.get(load.name, candidates(engine, gpu))
+            reason = f"on {engine}: " + (
+                "override" if load.name in opts.formats else "the engine's KV dtypes"
+            )
+        base = cheapest_pool(model, gpu, load, baseline, opts, prices, engine)
+        cands = tuple(cheapest_pool(model, gpu, load, f, opts, prices, engine) for f in fmts if f != baseline)
         plans.append(BucketPlan(load, base, cands, reason))
     return FleetPlan(
         model,
@@ -397,8 +440,9 @@ def plan_fleet(
     )
 
 
-def _pool_name(bucket: str, fmt: str) -> str:
-    return f"{bucket}-{fmt.replace('_', '-')}"
+def _pool_name(bucket: str, fmt: str, engine: str = "vllm") -> str:
+    name = fmt.replace("_", "-").replace("/", "-").lower()
+    return f"{bucket}-{name}" if engine == "vllm" else f"{bucket}-{engine}-{name}"
 
 
 def to_plan(fleet: FleetPlan, model_ref: str, opts: PlanOptions) -> Plan:
@@ -407,8 +451,9 @@ def to_plan(fleet: FleetPlan, model_ref: str, opts: PlanOptions) -> Plan:
 
     def pool(bucket: str, p: PoolSizing) -> Pool:
         return Pool(
-            name=_pool_name(bucket, p.kv_format),
+            name=_pool_name(bucket, p.kv_format, p.engine),
             model=model_ref,
+            engine=p.engine,
             kv_format=p.kv_format,
             max_model_len=p.capacity.max_model_len,
             gpu=fleet.gpu.name,

@@ -99,6 +99,8 @@ def check_pool(pool: Pool, opts: LaunchOptions) -> list[str]:
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.models import get_model
 
+    if pool.engine != "vllm":
+        return [f"planned for {pool.engine}: kvplan workers start vLLM only (run it with {pool.engine})"]
     fmt = FORMATS[pool.kv_format]
     reasons: list[str] = []
     try:

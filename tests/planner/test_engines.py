@@ -398,3 +398,65 @@ def test_kv_layer_replication_rules() -> None:
     assert KVLayer(1, 576, 0).heads_per_rank(8) == 1
     with pytest.raises(InputError):
         KVLayer(6, 128, 128).heads_per_rank(4)
+
+
+# ---------------------------------------------------------------- kvplan plan / deploy / workers
+
+
+def test_plan_sizes_buckets_on_other_engines_and_deploy_renders_only_vllm(tmp_path: Path) -> None:
+    from kvplan.plan import load_plan
+
+    out = tmp_path / "pools.yaml"
+    r = run_cli(
+        "plan", "llama-3.1-8b", "--context-mix", "8k:60,16k:25,32k:15", "--rps", "20",
+        "--engine", "32k=trtllm,8k=sglang", "-o", str(out), "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    plan = load_plan(out)
+    engines = {b.name: {p.engine for p in b.pools} for b in plan.buckets}
+    assert engines == {"8k": {"sglang"}, "16k": {"vllm"}, "32k": {"trtllm"}}
+    assert (
+        plan.bucket("32k").baseline.kv_format == "auto"
+        and plan.bucket("8k").baseline.name == "8k-sglang-auto"
+    )
+    doc = json.loads(r.stdout)
+    assert doc["buckets"][0]["pools"][0]["engine"] == "sglang"
+    k8s = tmp_path / "k8s"
+    d = run_cli("deploy", "render", "--plan", str(out), "--out", str(k8s))
+    assert d.returncode == 0, d.stderr
+    assert "not rendered, not vLLM: bucket(s) 8k (sglang), 32k (trtllm)" in d.stderr
+    assert sorted(f.name for f in k8s.glob("40-pool-*")) == [
+        "40-pool-16k-bf16.yaml", "40-pool-16k-int4.yaml", "40-pool-16k-int8.yaml",
+    ]  # fmt: skip
+    only = tmp_path / "only.yaml"
+    assert run_cli("plan", "llama-3.1-8b", "--context-mix", "8k:100", "--rps", "5", "--buckets", "8k",
+                   "--engine", "trtllm", "-o", str(only)).returncode == 0  # fmt: skip
+    e = run_cli("deploy", "render", "--plan", str(only), "--out", str(tmp_path / "none"))
+    assert e.returncode == 2 and "nothing to deploy: every bucket runs on another engine" in e.stderr
+
+
+def test_plan_pool_engine_and_dtype_are_validated() -> None:
+    from kvplan.errors import PlanError
+    from kvplan.plan import parse_plan
+
+    def plan(engine: str, fmt: str) -> str:
+        return (
+            "buckets:\n- name: 8k\n  max_tokens: 8192\n  baseline:\n    name: a\n    model: llama-3.1-8b\n"
+            f"    engine: {engine}\n    kv_format: {fmt}\n    max_model_len: 8192\n"
+        )
+
+    assert parse_plan(plan("llamacpp", "q8_0/q4_0")).pools[0].engine == "llamacpp"
+    with pytest.raises(PlanError, match="trtllm has no KV dtype 'int4'; trtllm supports: auto"):
+        parse_plan(plan("trtllm", "int4"))
+    with pytest.raises(PlanError, match="unknown engine 'tgi'"):
+        parse_plan(plan("tgi", "auto"))
+
+
+def test_workers_refuse_pools_planned_for_another_engine() -> None:
+    from kvplan.plan import Pool
+    from kvplan.workers.launch import LaunchOptions, check_pool
+
+    pool = Pool(name="a", model="llama-3.1-8b", engine="sglang", kv_format="fp8_e4m3", max_model_len=8192)
+    assert check_pool(pool, LaunchOptions()) == [
+        "planned for sglang: kvplan workers start vLLM only (run it with sglang)"
+    ]
