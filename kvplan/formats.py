@@ -270,3 +270,15 @@ def get_format(name: str) -> KVFormat:
         return FORMATS[name]
     except KeyError:
         raise KeyError(f"unknown KV format {name!r}; known: {', '.join(FORMATS)}") from None
+
+
+# KV cache dtypes other serving engines offer, in their own names: a pool planned on one of them
+# stores one of these (`kvplan.planner.engines.<engine>` holds each one's bytes per element).
+# SGLang's --kv-cache-dtype choices (0.5.23); TensorRT-LLM's kv_cache_config.dtype and INT8 of its
+# TensorRT-engine backend; llama.cpp's --cache-type-k/-v (`kv_cache_types` in common/arg.cpp).
+ENGINE_KV_DTYPES: dict[str, tuple[str, ...]] = {
+    "sglang": ("auto", "bf16", "bfloat16", "fp8_e4m3", "fp8_e5m2", "mxfp8", "nvfp4", "fp4_mx_block16"),
+    "trtllm": ("auto", "fp16", "bf16", "fp8", "int8", "nvfp4"),
+    "llamacpp": ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"),
+}
+ENGINES = ("vllm", *ENGINE_KV_DTYPES)

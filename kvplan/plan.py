@@ -24,16 +24,13 @@ from pydantic import (
 )
 
 from kvplan.errors import PlanError
-from kvplan.formats import FORMATS
+from kvplan.formats import ENGINE_KV_DTYPES, ENGINES, FORMATS
 
 PLAN_VERSION = 1
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-ENGINES = ("vllm", "sglang", "trtllm", "llamacpp")  # kvplan.planner.engines sizes the others
 
 
 class Pool(_Strict):
@@ -74,9 +71,7 @@ class Pool(_Strict):
             return v
         if engine not in ENGINES:
             return v  # the engine's own error says it
-        from kvplan.planner.engines import engine_module
-
-        offered = engine_module(engine).KV_DTYPES
+        offered = ENGINE_KV_DTYPES[engine]
         if any(part not in offered for part in v.split("/")):
             raise ValueError(f"{engine} has no KV dtype {v!r}; {engine} supports: {', '.join(offered)}")
         return v

@@ -9,14 +9,10 @@ import importlib
 from types import ModuleType
 
 from kvplan.errors import NotFound, closest
+from kvplan.formats import ENGINES as NAMES
 
-# name -> module (None: vLLM, sized by kvplan.planner.sizing)
-ENGINES: dict[str, str | None] = {
-    "vllm": None,
-    "sglang": "kvplan.planner.engines.sglang",
-    "trtllm": "kvplan.planner.engines.trtllm",
-    "llamacpp": "kvplan.planner.engines.llamacpp",
-}
+# name -> module (None: vLLM, sized by kvplan.planner.sizing); the names are kvplan.formats.ENGINES
+ENGINES: dict[str, str | None] = {name: None if name == "vllm" else f"{__name__}.{name}" for name in NAMES}
 ALIASES = {
     "tensorrt-llm": "trtllm",
     "tensorrt_llm": "trtllm",

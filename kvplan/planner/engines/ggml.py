@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvplan.errors import InputError
+from kvplan.formats import ENGINE_KV_DTYPES
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ _TYPES = (
 GGML_TYPES: dict[str, GgmlType] = {t[0]: GgmlType(*t) for t in _TYPES}
 _BY_ID: dict[int, GgmlType] = {t.type_id: t for t in GGML_TYPES.values()}
 
-# `kv_cache_types` in llama.cpp's common/arg.cpp: what --cache-type-k / --cache-type-v accept.
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# What --cache-type-k / --cache-type-v accept (`kv_cache_types` in llama.cpp's common/arg.cpp).
+CACHE_TYPES = ENGINE_KV_DTYPES["llamacpp"]
 
 
 def ggml_type(name: str) -> GgmlType:

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 from kvplan.errors import InputError, Unsupported
+from kvplan.formats import ENGINE_KV_DTYPES
 from kvplan.planner.engines.common import (
     MIB,
     Budget,
@@ -48,8 +49,9 @@ from kvplan.planner.models import ModelSpec
 ENGINE = "sglang"
 VERSION = "0.5.23"
 
-# --kv-cache-dtype choices (arg_groups/fields/model.py): bytes per element, scale bytes per element.
-KV_DTYPES: dict[str, tuple[float, float]] = {
+# --kv-cache-dtype choices (arg_groups/fields/model.py, names in kvplan.formats): bytes per element,
+# scale bytes per element.
+_ELEMENT: dict[str, tuple[float, float]] = {
     "auto": (2, 0),  # the model dtype (bf16/fp16 checkpoints)
     "bf16": (2, 0),
     "bfloat16": (2, 0),
@@ -59,6 +61,7 @@ KV_DTYPES: dict[str, tuple[float, float]] = {
     "nvfp4": (0.5, 1 / 16),
     "fp4_mx_block16": (0.5, 1 / 16),
 }
+KV_DTYPES = {name: _ELEMENT[name] for name in ENGINE_KV_DTYPES[ENGINE]}
 DEFAULT_DTYPES = ("auto", "fp8_e4m3")
 FP4_DTYPES = ("nvfp4", "fp4_mx_block16")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 from kvplan.errors import InputError, Unsupported
+from kvplan.formats import ENGINE_KV_DTYPES
 from kvplan.planner.engines.common import (
     Budget,
     Draft,
@@ -45,7 +46,7 @@ from kvplan.planner.models import ModelSpec
 ENGINE = "trtllm"
 
 # kv_cache_config.dtype (PyTorch backend) / kv_cache_quant_algo (TensorRT engines).
-KV_DTYPES = {
+_MEANING = {
     "auto": "the model dtype (fp16/bf16)",
     "fp16": "FP16",
     "bf16": "BF16",
@@ -53,6 +54,7 @@ KV_DTYPES = {
     "int8": "INT8, per-tensor scale (TensorRT-engine backend only)",
     "nvfp4": "NVFP4: E2M1 + an FP8 scale per 16 values (Blackwell only)",
 }
+KV_DTYPES = {name: _MEANING[name] for name in ENGINE_KV_DTYPES[ENGINE]}
 DEFAULT_DTYPES = ("auto", "fp8")
 
 ARGS = {
