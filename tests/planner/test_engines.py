@@ -460,3 +460,25 @@ def test_workers_refuse_pools_planned_for_another_engine() -> None:
     assert check_pool(pool, LaunchOptions()) == [
         "planned for sglang: kvplan workers start vLLM only (run it with sglang)"
     ]
+
+
+def test_layer_kinds_the_engines_do_not_model_exit_2() -> None:
+    """Read from the planner's layer specs: recurrent state, chunked attention and shared KV are refused
+    (llama.cpp reuses a shared layer's cache, so there it costs nothing)."""
+    from dataclasses import replace
+
+    from kvplan.planner.layers import Attention, Mixer, RecurrentState, SharedKV
+
+    base = get_model("llama-3.1-8b")
+    full = base.layer_specs[0]
+    mamba = replace(base, layer_specs=(full, RecurrentState(Mixer.MAMBA2, d_inner=8192, num_heads=128,
+                                                             head_dim=64, state_size=128)))  # fmt: skip
+    with pytest.raises(Unsupported, match=r"recurrent-state layers \(mamba2\) are not modelled for sglang"):
+        kv_layers(mamba, 1, "sglang")
+    chunked = replace(base, layer_specs=(Attention(8, 128, chunk=8192), full))
+    with pytest.raises(Unsupported, match="chunked local attention is not modelled for trtllm"):
+        kv_layers(chunked, 1, "trtllm")
+    shared = replace(base, layer_specs=(full, SharedKV(0)))
+    with pytest.raises(Unsupported, match="KV shared across layers"):
+        kv_layers(shared, 1, "sglang")
+    assert kv_layers(shared, 1, "llamacpp") == (KVLayer(8, 128, 128),)

@@ -18,6 +18,7 @@ from typing import Any
 
 from kvplan.errors import InputError, Unsupported
 from kvplan.planner.gpus import GIB
+from kvplan.planner.layers import Attention, LatentAttention, RecurrentState, SharedKV
 from kvplan.planner.models import ModelSpec
 
 MIB = 1 << 20
@@ -52,17 +53,35 @@ class KVLayer:
         return self.heads_per_rank(tp) * self.v_dim
 
 
-def kv_layers(model: ModelSpec, pipeline_parallel: int = 1) -> tuple[KVLayer, ...]:
-    """The KV layers of the largest pipeline stage (layers split evenly, the first stage largest)."""
+def kv_layers(model: ModelSpec, pipeline_parallel: int = 1, engine: str = "") -> tuple[KVLayer, ...]:
+    """The KV layers of the largest pipeline stage (layers split evenly, the first stage largest),
+    from the model's layer specs (`kvplan.planner.layers`). What the engines' sizing does not model
+    (recurrent state, chunked local attention, KV shared across layers) is an exit 2."""
     if pipeline_parallel <= 0 or pipeline_parallel > model.layers:
         raise InputError(f"pipeline parallel {pipeline_parallel} must be in 1..{model.layers} layers")
     per_stage = math.ceil(model.layers / pipeline_parallel)
-    if model.is_mla:
-        return tuple(KVLayer(1, model.mla_latent_dim, 0) for _ in range(per_stage))
-    return tuple(
-        KVLayer(model.num_kv_heads, model.head_dim, model.head_dim, w)
-        for w in model.layer_windows[:per_stage]
-    )
+    who = engine or "this engine"
+    out: list[KVLayer] = []
+    for spec in model.layer_specs[:per_stage]:
+        if isinstance(spec, Attention):
+            if spec.chunk is not None:
+                raise Unsupported(
+                    f"{model.name}: chunked local attention is not modelled for {who}; "
+                    "size it with --engine vllm"
+                )
+            out.append(KVLayer(spec.kv_heads, spec.head_dim, spec.head_dim, spec.window))
+        elif isinstance(spec, LatentAttention):
+            out.append(KVLayer(1, spec.latent_dim, 0))
+        elif isinstance(spec, RecurrentState):
+            raise Unsupported(
+                f"{model.name}: recurrent-state layers ({spec.mixer.value}) are not modelled for {who}; "
+                "size it with --engine vllm"
+            )
+        elif isinstance(spec, SharedKV) and engine != "llamacpp":
+            # llama.cpp reuses the source layer's cache (Gemma-3n); the others are not modelled
+            raise Unsupported(f"{model.name}: KV shared across layers is not modelled for {who}")
+        # NoCache: an MLP/MoE-only block caches nothing
+    return tuple(out)
 
 
 def layer_params(model: ModelSpec) -> float:
@@ -96,7 +115,7 @@ def draft_heads(
         raise InputError(f"draft kind must be model, eagle or mtp, got {kind!r}")
     if n_layers <= 0:
         raise InputError(f"--draft-layers must be positive, got {n_layers}")
-    layers = kv_layers(target)[:1] * n_layers
+    layers = kv_layers(target)[-1:] * n_layers  # the heads attend like the last layer
     if weight_bytes is None:
         fusion = 3 * target.hidden_size * target.hidden_size if kind == "eagle" else 0
         weight_bytes = round((n_layers * layer_params(target) + fusion) * 2)

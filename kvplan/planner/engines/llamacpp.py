@@ -293,7 +293,7 @@ def size(
     unified = args.flag("kv_unified")
     n_ctx = args.integer("n_ctx") or max_model_len * (1 if unified else n_seq)
     ctx = context(n_ctx, n_seq, unified, args.integer("n_ubatch", 512) or 512, args.flag("swa_full"))
-    layers = kv_layers(model)
+    layers = kv_layers(model, 1, ENGINE)
     ngl = args.integer("n_gpu_layers", model.layers + 1)
     assert ngl is not None
     on_gpu = gpu_layers(model.layers, ngl)

@@ -235,7 +235,7 @@ def size(
     d = defaults(smi, tp, pp, model.is_mla, args)
     page = args.integer("page_size", 1) or 1
     swa_ratio = args.number("swa_full_tokens_ratio", 0.8) or 0.8
-    layers = kv_layers(model, pp)
+    layers = kv_layers(model, pp, ENGINE)
     cell = cell_size(layers, tp, dtype, draft, swa_ratio)
 
     draft_weights = 0 if draft is None else math.ceil(draft.weight_bytes / ranks)

@@ -145,7 +145,7 @@ def size(
     if max_seq_len < max_model_len:
         raise InputError(f"max_seq_len {max_seq_len} is below --max-model-len {max_model_len}")
 
-    layers = kv_layers(model, pp)
+    layers = kv_layers(model, pp, ENGINE)
     target = bytes_per_token(layers, tp, dtype)
     drafted = 0 if draft is None else bytes_per_token(draft.layers, tp, dtype)
     per_token = target + drafted
