@@ -1,7 +1,10 @@
 """Cold start of `kvplan size` (target < 0.3 s wall on a 2-core machine), side by side with the
 bare interpreter and `kvplan --help` in the same run, plus the heavy-import check.
 
-    .venv/bin/python bench/planner_cold_start.py [--runs 30]
+    .venv/bin/python bench/planner_cold_start.py [--runs 30] [--baseline DIR]
+
+`--baseline DIR` times the same commands again with another checkout's code (PYTHONPATH=DIR, e.g.
+a `git worktree` of the previous commit), interleaved in the same run.
 
 Uses hyperfine when installed (apt-get install hyperfine), else a repeated-subprocess timer.
 Writes bench/results/planner_cold_start.md.
@@ -36,10 +39,20 @@ CASES = {
 }
 
 
-def with_hyperfine(runs: int) -> dict[str, dict[str, float]]:
+def cases(baseline: str | None) -> dict[str, str]:
+    """This checkout's code (PYTHONPATH wins over the venv's editable install), and the baseline's."""
+    out = {}
+    for name, command in CASES.items():
+        out[name] = f"env PYTHONPATH={ROOT} {command}"
+        if baseline and "kvplan" in name:
+            out[f"{name} [baseline]"] = f"env PYTHONPATH={baseline} {command}"
+    return out
+
+
+def with_hyperfine(runs: int, cases: dict[str, str]) -> dict[str, dict[str, float]]:
     out = Path(tempfile.mkdtemp()) / "hf.json"
     cmd = ["hyperfine", "--warmup", "3", "--runs", str(runs), "--export-json", str(out), "-N"]
-    for name, command in CASES.items():
+    for name, command in cases.items():
         cmd += ["-n", name, command]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(out.read_text())["results"]
@@ -55,17 +68,18 @@ def with_hyperfine(runs: int) -> dict[str, dict[str, float]]:
     }
 
 
-def with_subprocess(runs: int) -> dict[str, dict[str, float]]:
-    res = {}
-    for name, command in CASES.items():
-        times = []
-        for i in range(runs + 3):
+def with_subprocess(runs: int, cases: dict[str, str]) -> dict[str, dict[str, float]]:
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for i in range(runs + 3):  # round robin: machine noise hits every case alike
+        for name, command in cases.items():
             t = time.perf_counter()
             subprocess.run(command.split(), check=True, stdout=subprocess.DEVNULL)
             if i >= 3:
-                times.append(time.perf_counter() - t)
-        res[name] = {"median": statistics.median(times), "mean": statistics.mean(times), "min": min(times),
-                     "max": max(times), "cpu": float("nan")}  # fmt: skip
+                times[name].append(time.perf_counter() - t)
+    res = {}
+    for name, ts in times.items():
+        res[name] = {"median": statistics.median(ts), "mean": statistics.mean(ts), "min": min(ts),
+                     "max": max(ts), "cpu": float("nan")}  # fmt: skip
     return res
 
 
@@ -78,13 +92,16 @@ SIZE_IN_PROCESS = (
 
 def heavy_imports() -> list[str]:
     code = SIZE_IN_PROCESS + f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
-    r = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([str(PY), "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(r.stderr.strip().splitlines()[-1].replace("'", '"'))
 
 
 def slowest_imports(n: int = 8) -> list[tuple[str, int]]:
     code = SIZE_IN_PROCESS
-    r = subprocess.run([str(PY), "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [str(PY), "-X", "importtime", "-c", code]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     rows = []
     for line in r.stderr.splitlines():
         if line.startswith("import time:") and "|" in line and "cumulative" not in line:
@@ -94,12 +111,25 @@ def slowest_imports(n: int = 8) -> list[tuple[str, int]]:
     return sorted(rows, key=lambda x: -x[1])[:n]
 
 
+def _describe(checkout: str) -> str:
+    """The commit a baseline checkout holds (its `.kvplan-commit` file when it is an export)."""
+    marker = Path(checkout) / ".kvplan-commit"
+    if marker.exists():
+        return f"commit {marker.read_text().strip()}"
+    r = subprocess.run(
+        ["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"commit {r.stdout.strip()}" if r.returncode == 0 else "not a git checkout"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--baseline", help="another checkout's root: its code timed side by side")
     args = ap.parse_args()
     tool = "hyperfine" if shutil.which("hyperfine") else "subprocess timer"
-    res = with_hyperfine(args.runs) if tool == "hyperfine" else with_subprocess(args.runs)
+    todo = cases(args.baseline)
+    res = with_hyperfine(args.runs, todo) if tool == "hyperfine" else with_subprocess(args.runs, todo)
     heavy = heavy_imports()
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
@@ -111,9 +141,14 @@ def main() -> None:
         f"- device: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}; shared machine, "
         f"1-min load average {os.getloadavg()[0]:.1f} at the end"
         + (f", run at nice {os.nice(0)} so that other jobs yield the CPU" if os.nice(0) < 0 else ""),
-        f"- command: `.venv/bin/python bench/planner_cold_start.py --runs {args.runs}` ({tool}, 3 warm-up"
-        " runs,"
+        f"- command: `.venv/bin/python bench/planner_cold_start.py {' '.join(sys.argv[1:])}` "
+        f"({tool}, 3 warm-up runs,"
         ' page cache warm: "cold" means a fresh process)',
+        *(
+            [f"- baseline: `{args.baseline}` ({_describe(args.baseline)}), interleaved round by round"]
+            if args.baseline
+            else []
+        ),
         "",
         "| command | median s | mean s | min s | max s | CPU (user+sys) mean s |",
         "|---|---|---|---|---|---|",
