@@ -9,6 +9,7 @@ sampled after warm-up and at the end, and 1,000 concurrent streaming clients.
 
     .venv/bin/python bench/router_bench.py          # writes bench/results/router-<date>-<HHMM>.{md,json}
     .venv/bin/python bench/router_bench.py --quick  # shorter runs, no result files
+    .venv/bin/python bench/router_bench.py --compare REV  # also kvplan's router as of git REV
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], port: int, log: Path, health: str = "/health") -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)  # noqa: SIM115
+    def start(
+        self, cmd: list[str], port: int, log: Path, health: str = "/health", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log_file = open(log, "wb")  # noqa: SIM115
+        p = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.procs.append(p)
         wait_http(port, health)
         return p
@@ -90,7 +94,18 @@ def backend(procs: Procs, tmp: Path, name: str, tokens: int = 8, delay: float = 
     return f"http://127.0.0.1:{port}"
 
 
-def kvplan_router(procs: Procs, tmp: Path, urls: list[str], tag: str, *extra: str) -> tuple[str, int]:
+def source_of(rev: str, tmp: Path) -> Path:
+    """The kvplan package as of git revision `rev`, extracted beside the run (for --compare)."""
+    dest = tmp / f"src-{rev.replace('/', '_')}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "kvplan"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def kvplan_router(
+    procs: Procs, tmp: Path, urls: list[str], tag: str, *extra: str, src: Path = ROOT
+) -> tuple[str, int]:
     plan = {
         "buckets": [
             {
@@ -109,9 +124,9 @@ def kvplan_router(procs: Procs, tmp: Path, urls: list[str], tag: str, *extra: st
     path = tmp / f"plan-{tag}.json"  # JSON is YAML
     path.write_text(json.dumps(plan))
     port = free_port()
-    cmd = [str(BIN / "kvplan"), "serve", "--plan", str(path), "--port", str(port), "--log-level", "warning"]
-    cmd += ["--provenance-log", str(tmp / f"provenance-{tag}.jsonl"), *extra]
-    p = procs.start(cmd, port, tmp / f"kvplan-{tag}.log")
+    cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(path), "--port", str(port)]
+    cmd += ["--log-level", "warning", "--provenance-log", str(tmp / f"provenance-{tag}.jsonl"), *extra]
+    p = procs.start(cmd, port, tmp / f"kvplan-{tag}.log", env={**os.environ, "PYTHONPATH": str(src)})
     return f"http://127.0.0.1:{port}", p.pid
 
 
@@ -237,6 +252,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=100_000, help="for the memory test")
     ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument(
+        "--compare", metavar="REV", help="also run kvplan's router as of git revision REV (interleaved)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.requests, args.streams = 2.0, 1, 20_000, 300
@@ -256,6 +274,9 @@ def main() -> None:
         kv_url, kv_pid = kvplan_router(procs, tmp, [a, b], "main")
         vr_url = vllm_router(procs, tmp, [a, b])
         targets = {"direct": a, "kvplan": kv_url}
+        if args.compare:
+            old = source_of(args.compare, tmp)
+            targets[f"kvplan@{args.compare}"], _ = kvplan_router(procs, tmp, [a, b], "compare", src=old)
         if vr_url:
             targets["vllm-router"] = vr_url
         script = lua_script(tmp)
@@ -286,6 +307,14 @@ def main() -> None:
             v = summary["vllm-router"]
             result["vllm_router_added_p50_ms"] = v["1"]["p50_ms"] - d["1"]["p50_ms"]
             result["ratio_vs_vllm_router"] = {c: k[c]["rps"] / v[c]["rps"] for c in ("16", "64")}
+        if args.compare:
+            o = summary[f"kvplan@{args.compare}"]
+            result["compare"] = {
+                "rev": args.compare,
+                "rps_ratio_new_over_old": {c: k[c]["rps"] / o[c]["rps"] for c in ("1", "16", "64")},
+                "p50_ms_c1_new_minus_old": k["1"]["p50_ms"] - o["1"]["p50_ms"],
+                "ttfb_ms_new_minus_old": ttfb["kvplan"] - ttfb[f"kvplan@{args.compare}"],
+            }
         result["ratio_vs_python_router_110"] = {c: k[c]["rps"] / PY_ROUTER_RPS for c in ("16", "64")}
         result["load_after_throughput"] = loadavg()
 
@@ -364,6 +393,14 @@ def write_results(r: dict[str, Any]) -> None:
         lines.append(
             f"- kvplan / vllm-router req/s: c=16 {rv['16']:.2f}x, c=64 {rv['64']:.2f}x (target >= 0.9x); "
             f"vllm-router added p50 at c=1: {r['vllm_router_added_p50_ms']:.3f} ms"
+        )
+    if "compare" in r:
+        c = r["compare"]
+        rr = c["rps_ratio_new_over_old"]
+        lines.append(
+            f"- kvplan / kvplan@{c['rev']} req/s: c=1 {rr['1']:.3f}x, c=16 {rr['16']:.3f}x, "
+            f"c=64 {rr['64']:.3f}x; c=1 p50 {c['p50_ms_c1_new_minus_old']:+.3f} ms, "
+            f"streaming TTFB {c['ttfb_ms_new_minus_old']:+.3f} ms"
         )
     rp = r["ratio_vs_python_router_110"]
     lines.append(

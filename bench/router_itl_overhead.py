@@ -23,8 +23,8 @@ from prometheus_client import generate_latest
 
 from kvplan.control.sources import totals_from_router, totals_from_text
 from kvplan.plan import parse_plan
-from kvplan.router.app import _TokenGaps
 from kvplan.router.metrics import RouterMetrics
+from kvplan.router.proxy import TokenGaps
 
 CHUNKS = 200_000
 REPEATS = 7
@@ -66,7 +66,7 @@ async def sink_costs(m: RouterMetrics) -> tuple[float, float]:
         written[0] += 1
 
     plain = best(lambda: write(chunk), CHUNKS)
-    gaps = _TokenGaps(write, m.itl.labels("b0", "p0-int8", "int8"), loop.time)
+    gaps = TokenGaps(write, m.itl.labels("b0", "p0-int8", "int8"), loop.time)
     with_itl = best(lambda: gaps(chunk), CHUNKS)
     return plain, with_itl
 

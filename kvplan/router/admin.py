@@ -11,24 +11,35 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from kvplan.control.state import BucketFlags, StoreUnavailable, UnknownBucket, WriteConflict
+from kvplan.control.state import BucketFlags, FlagStore, StoreUnavailable, UnknownBucket, WriteConflict
 from kvplan.errors import InputError
 from kvplan.router.api_errors import ApiError, invalid
+from kvplan.router.routes import RouteTable
 
 if TYPE_CHECKING:
-    from kvplan.router.app import Router
     from kvplan.router.server import Connection, Request
 
 log = logging.getLogger("kvplan.router.admin")
 JSON = (b"content-type", b"application/json")
 
 
-def _authorize(router: Router, req: Request) -> None:
-    token = router.settings.admin_token
+@dataclass(frozen=True)
+class AdminView:
+    """What the admin API may touch: the flag store, the current route table, a plan reload."""
+
+    store: FlagStore
+    table: Callable[[], RouteTable]  # the table in use now (a reload replaces it)
+    reload: Callable[[], bool] | None  # re-read the plan file; None when not started from one
+    token: str | None  # None: the admin API refuses every call
+
+
+def _authorize(view: AdminView, req: Request) -> None:
+    token = view.token
     given = req.headers.get(b"authorization", b"")
     scheme, _, value = given.partition(b" ")
     if token is None:
@@ -51,9 +62,9 @@ def _flags(f: BucketFlags) -> dict[str, Any]:
     return {**asdict(f), "effective_weight": f.effective_weight}
 
 
-def state(router: Router) -> dict[str, Any]:
-    snap = router.store.snapshot()
-    buckets = {name: _flags(router.table.flags(snap, name)) for name in router.table.defaults}
+def state(view: AdminView) -> dict[str, Any]:
+    snap = view.store.snapshot()
+    buckets = {name: _flags(view.table().flags(snap, name)) for name in view.table().defaults}
     endpoints = [
         {
             "pool": ep.pool,
@@ -64,7 +75,7 @@ def state(router: Router) -> dict[str, Any]:
             "waiting": ep.waiting,
             "kv_cache_usage": ep.kv_usage,
         }
-        for ep in router.table.endpoints.values()
+        for ep in view.table().endpoints.values()
     ]
     return {
         "version": snap.version,
@@ -94,16 +105,22 @@ def _text(data: dict[str, Any], name: str, default: str) -> str:
     return value
 
 
-def _known_bucket(router: Router, bucket: str) -> None:
-    if bucket not in router.table.defaults:
-        known = ", ".join(router.table.defaults)
+def _known_bucket(view: AdminView, bucket: str) -> None:
+    if bucket not in view.table().defaults:
+        known = ", ".join(view.table().defaults)
         raise ApiError(
             404, f"Unknown bucket '{bucket}'. Buckets: {known}", param="bucket", code="bucket_not_found"
         )
 
 
 def _logged(
-    router: Router, bucket: str, action: str, actor: str, reason: str, before: BucketFlags, after: BucketFlags
+    view: AdminView,
+    bucket: str,
+    action: str,
+    actor: str,
+    reason: str,
+    before: BucketFlags,
+    after: BucketFlags,
 ) -> dict[str, Any]:
     log.warning(
         "admin %s bucket=%s actor=%s reason=%r before=%s after=%s",
@@ -118,16 +135,16 @@ def _logged(
         "bucket": bucket,
         "before": _flags(before),
         "after": _flags(after),
-        "version": router.store.snapshot().version,
+        "version": view.store.snapshot().version,
     }
 
 
-async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dict[str, Any]:
+async def _mutate(view: AdminView, req: Request, bucket: str, action: str) -> dict[str, Any]:
     data = _body(req)
     actor = _text(data, "actor", "admin-api")
     reason = _text(data, "reason", "")
-    _known_bucket(router, bucket)
-    before = router.table.flags(router.store.snapshot(), bucket)
+    _known_bucket(view, bucket)
+    before = view.table().flags(view.store.snapshot(), bucket)
     weight = data.get("weight")
     if action == "weight" and (
         isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100
@@ -136,26 +153,26 @@ async def _mutate(router: Router, req: Request, bucket: str, action: str) -> dic
     try:
         if action == "weight":
             assert isinstance(weight, int)
-            after = await router.store.set_weight(bucket, weight, actor, reason)
+            after = await view.store.set_weight(bucket, weight, actor, reason)
         elif action == "kill":
-            after = await router.store.kill(bucket, actor, reason)
+            after = await view.store.kill(bucket, actor, reason)
         else:
-            after = await router.store.unkill(bucket, actor, reason)
+            after = await view.store.unkill(bucket, actor, reason)
     except StoreUnavailable as exc:
         raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
     except WriteConflict as exc:
         raise ApiError(409, f"Concurrent change, retry: {exc}", type="conflict") from exc
-    return _logged(router, bucket, action, actor, reason, before, after)
+    return _logged(view, bucket, action, actor, reason, before, after)
 
 
-async def _rollout(router: Router, req: Request, bucket: str, op: str) -> dict[str, Any]:
+async def _rollout(view: AdminView, req: Request, bucket: str, op: str) -> dict[str, Any]:
     """start, pause, resume, abort: the control plane's own transition (kvplan.control.embedded)."""
     from kvplan.control.embedded import OPS, rollout_admin
 
     data = _body(req)
     actor = _text(data, "actor", "admin-api")
     reason = _text(data, "reason", "")
-    _known_bucket(router, bucket)
+    _known_bucket(view, bucket)
     if op not in OPS:
         raise ApiError(
             404,
@@ -163,9 +180,9 @@ async def _rollout(router: Router, req: Request, bucket: str, op: str) -> dict[s
             code="not_found",
             reason="not_found",
         )
-    before = router.table.flags(router.store.snapshot(), bucket)
+    before = view.table().flags(view.store.snapshot(), bucket)
     try:
-        after = await rollout_admin(router.store, bucket, op, data)
+        after = await rollout_admin(view.store, bucket, op, data)
     except UnknownBucket as exc:  # in the plan but not in the flag store's state
         raise ApiError(404, str(exc), param="bucket", code="bucket_not_found") from exc
     except InputError as exc:
@@ -174,45 +191,49 @@ async def _rollout(router: Router, req: Request, bucket: str, op: str) -> dict[s
         raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
     except WriteConflict as exc:
         raise ApiError(409, f"Concurrent change, retry: {exc}", type="conflict") from exc
-    return _logged(router, bucket, f"rollout:{op}", actor, reason, before, after)
+    return _logged(view, bucket, f"rollout:{op}", actor, reason, before, after)
 
 
-async def handle(router: Router, req: Request, conn: Connection) -> None:
-    _authorize(router, req)
+async def _history(view: AdminView, req: Request) -> dict[str, Any]:
+    query = parse_qs(req.query)
+    bucket = query.get("bucket", [None])[0]
+    try:
+        limit = int(query.get("limit", ["100"])[0])
+    except ValueError:
+        raise invalid("'limit' must be an integer", param="limit") from None
+    try:
+        entries = await view.store.history(bucket, limit)
+    except StoreUnavailable as exc:
+        raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
+    return {"entries": [asdict(e) for e in entries]}
+
+
+async def handle(view: AdminView, req: Request, conn: Connection) -> None:
+    _authorize(view, req)
     parts = req.path.strip("/").split("/")  # ["admin", ...]
     method = req.method
     result: Any
     if method == b"GET" and parts == ["admin", "plan"]:
-        result = json.loads(router.table.plan.model_dump_json())
+        result = json.loads(view.table().plan.model_dump_json())
     elif method == b"GET" and parts == ["admin", "state"]:
-        result = state(router)
+        result = state(view)
     elif method == b"GET" and parts == ["admin", "history"]:
-        query = parse_qs(req.query)
-        bucket = query.get("bucket", [None])[0]
-        try:
-            limit = int(query.get("limit", ["100"])[0])
-        except ValueError:
-            raise invalid("'limit' must be an integer", param="limit") from None
-        try:
-            entries = await router.store.history(bucket, limit)
-        except StoreUnavailable as exc:
-            raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
-        result = {"entries": [asdict(e) for e in entries]}
+        result = await _history(view, req)
     elif (
         method == b"POST"
         and len(parts) == 4
         and parts[1] == "buckets"
         and parts[3] in ("weight", "kill", "unkill")
     ):
-        result = await _mutate(router, req, parts[2], parts[3])
+        result = await _mutate(view, req, parts[2], parts[3])
     elif method == b"POST" and len(parts) == 5 and parts[1] == "buckets" and parts[3] == "rollout":
-        result = await _rollout(router, req, parts[2], parts[4])
+        result = await _rollout(view, req, parts[2], parts[4])
     elif method == b"POST" and parts == ["admin", "reload"]:
-        if router.plan_path is None:
+        if view.reload is None:
             raise invalid("This router was not started from a plan file.")
-        if not router.reload():
+        if not view.reload():
             raise invalid("The plan file is invalid; the current plan stays (see the router log).")
-        result = {"reloaded": True, "buckets": [b.name for b in router.table.plan.buckets]}
+        result = {"reloaded": True, "buckets": [b.name for b in view.table().plan.buckets]}
     else:
         raise ApiError(
             404, f"Unknown admin call {method.decode()} {req.path}.", code="not_found", reason="not_found"

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from kvplan.metric_names import vllm as vllm_metrics
 from kvplan.router.endpoints import Endpoint
-from kvplan.router.upstream import UpstreamError, UpstreamPool, fetch
+from kvplan.router.transport import Transport, UpstreamError, fetch
 
 log = logging.getLogger("kvplan.router")
 
@@ -47,10 +47,10 @@ def parse_cache_config(text: str) -> tuple[int, int]:
     return int(found.get("block_size", 0)), int(found.get("num_gpu_blocks", 0))
 
 
-async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
+async def probe(ep: Endpoint, transport: Transport, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     try:
-        status, _ = await asyncio.wait_for(fetch(pool, ep.address, "/health", timeout), timeout)
+        status, _ = await asyncio.wait_for(fetch(transport, ep.address, "/health", timeout), timeout)
         healthy = status == 200
     except Exception:  # any failure to answer /health means unhealthy
         healthy = False
@@ -66,7 +66,7 @@ async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
     else:
         return
     try:
-        status, body = await asyncio.wait_for(fetch(pool, ep.address, "/metrics", timeout), timeout)
+        status, body = await asyncio.wait_for(fetch(transport, ep.address, "/metrics", timeout), timeout)
     except (UpstreamError, TimeoutError, OSError):
         return
     if status == 200:
@@ -79,5 +79,5 @@ async def probe(ep: Endpoint, pool: UpstreamPool, timeout: float) -> None:
         ep.scraped_at = loop.time()
 
 
-async def probe_all(endpoints: Iterable[Endpoint], pool: UpstreamPool, timeout: float) -> None:
-    await asyncio.gather(*(probe(ep, pool, timeout) for ep in endpoints))
+async def probe_all(endpoints: Iterable[Endpoint], transport: Transport, timeout: float) -> None:
+    await asyncio.gather(*(probe(ep, transport, timeout) for ep in endpoints))

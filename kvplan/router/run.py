@@ -13,9 +13,11 @@ from pathlib import Path
 from kvplan.errors import InputError
 from kvplan.plan import load_plan
 from kvplan.procs import ROUTER_READY
-from kvplan.router.app import Limits, Router, Settings
+from kvplan.router.app import Router
 from kvplan.router.endpoints import Saturation
 from kvplan.router.flags import open_flag_store
+from kvplan.router.settings import Limits, Settings
+from kvplan.router.upstream import UpstreamPool
 
 log = logging.getLogger("kvplan.router")
 
@@ -96,7 +98,8 @@ def run(
         provenance_path=provenance_log,
     )
     store = open_flag_store(flag_store, plan, label=f"router@{host}:{port}")
-    router = Router(plan, store, settings, plan_path.resolve())
+    transport = UpstreamPool(settings.limits.connect_timeout)
+    router = Router(plan, store, settings, plan_path.resolve(), transport=transport)
     _raise_fd_limit()
     try:
         import uvloop

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -70,6 +70,14 @@ class Request:
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
 
 
+class Source(Protocol):
+    """Where a streamed response comes from: paused while the client's write buffer is full."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One client connection. The handler writes the response through `respond`/`start`/`write`."""
 
@@ -92,7 +100,7 @@ class Connection(asyncio.Protocol):
         self._head = b""  # response head not yet written (see `start`)
         self.keep_alive = True
         # Set by the proxy while streaming: paused/resumed with this connection's write buffer.
-        self.upstream: asyncio.Transport | None = None
+        self.upstream: Source | None = None
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -9,30 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from enum import Enum
 
 import httptools
 
-
-class FailKind(Enum):
-    """Why an upstream exchange failed (values are the `kind` label of upstream_errors)."""
-
-    CONNECT = "connect"
-    FIRST_BYTE_TIMEOUT = "first_byte_timeout"
-    IDLE_TIMEOUT = "idle_timeout"
-    PROTOCOL = "protocol"
-
-
-class UpstreamError(Exception):
-    def __init__(self, kind: FailKind, message: str, reused: bool = False) -> None:
-        super().__init__(message)
-        self.kind = kind
-        # True when a reused keep-alive connection failed before any response byte: the server
-        # closed it while idle, which says nothing about the endpoint's health.
-        self.reused = reused
-
-
-Sink = Callable[[bytes], None]
+from kvplan.metric_names import ErrorKind
+from kvplan.router.transport import Address, Exchange, Sink, UpstreamError
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade"}
@@ -42,7 +23,7 @@ _HOP_BY_HOP = frozenset(
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection; one exchange at a time."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: Address) -> None:
         self.address = address
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -65,7 +46,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_timeout = 0.0
         self.keep_alive = False
         self.forwarded = False  # the head went to the client: no retry from here on
-        self.on_head: Callable[[UpstreamConnection], bool] | None = None
+        self.on_head: Callable[[Exchange], bool] | None = None
 
     # -- protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,12 +59,12 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.fail(FailKind.PROTOCOL, f"malformed upstream response: {exc}")
+            self.fail(ErrorKind.PROTOCOL, f"malformed upstream response: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self.done.done():
-            self.fail(FailKind.PROTOCOL, f"upstream closed the connection ({exc or 'EOF'})")
+            self.fail(ErrorKind.PROTOCOL, f"upstream closed the connection ({exc or 'EOF'})")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -120,7 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
         data: bytes,
         first_byte_timeout: float,
         idle_timeout: float,
-        on_head: Callable[[UpstreamConnection], bool],
+        on_head: Callable[[Exchange], bool],
     ) -> None:
         """Write a request. `done` resolves True once the whole response has arrived.
 
@@ -135,7 +116,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = self._loop.time() + first_byte_timeout
         if not self.usable:  # closed under us (peer reset, abort) before connection_lost ran
             self.closed = True
-            raise UpstreamError(FailKind.PROTOCOL, "upstream connection already closed", reused=self.uses > 1)
+            raise UpstreamError(
+                ErrorKind.PROTOCOL, "upstream connection already closed", reused=self.uses > 1
+            )
         assert self.transport is not None
         self.transport.write(data)
 
@@ -152,6 +135,15 @@ class UpstreamConnection(asyncio.Protocol):
             for chunk in early:
                 sink(chunk)
 
+    def pause_reading(self) -> None:
+        """The client reads slower than this upstream sends: stop reading (TCP pushes back)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
     def forward_headers(self) -> list[tuple[bytes, bytes]]:
         return [h for h in self.headers if h[0] not in _HOP_BY_HOP]
 
@@ -159,9 +151,9 @@ class UpstreamConnection(asyncio.Protocol):
     def chunked_response(self) -> bool:
         return self.content_length is None
 
-    def fail(self, kind: FailKind, message: str) -> None:
+    def fail(self, kind: ErrorKind, message: str) -> None:
         # only a closed connection is the keep-alive race; a timeout is the endpoint's
-        reused = kind is FailKind.PROTOCOL and self.uses > 1 and not self.got_bytes
+        reused = kind is ErrorKind.PROTOCOL and self.uses > 1 and not self.got_bytes
         err = UpstreamError(kind, message, reused=reused)
         self.closed = True
         self.deadline = 0.0
@@ -174,9 +166,9 @@ class UpstreamConnection(asyncio.Protocol):
     def check_deadline(self, now: float) -> None:
         if self.deadline and now > self.deadline and not self.done.done():
             if self.head_received:
-                self.fail(FailKind.IDLE_TIMEOUT, f"no bytes from upstream for {self.idle_timeout:g}s")
+                self.fail(ErrorKind.IDLE_TIMEOUT, f"no bytes from upstream for {self.idle_timeout:g}s")
             else:
-                self.fail(FailKind.FIRST_BYTE_TIMEOUT, "upstream sent no response head in time")
+                self.fail(ErrorKind.FIRST_BYTE_TIMEOUT, "upstream sent no response head in time")
 
     def close(self) -> None:
         self.closed = True
@@ -185,15 +177,16 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per endpoint address, plus the set of busy ones (for timeouts)."""
+    """The production `Transport`: idle keep-alive connections per endpoint address, plus the set of
+    busy ones (for timeouts)."""
 
     def __init__(self, connect_timeout: float = 2.0, max_idle: int = 512) -> None:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[Address, list[UpstreamConnection]] = {}
         self.busy: set[UpstreamConnection] = set()
 
-    async def acquire(self, address: tuple[str, int]) -> UpstreamConnection:
+    async def acquire(self, address: Address) -> UpstreamConnection:
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
@@ -208,13 +201,15 @@ class UpstreamPool:
             )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(
-                FailKind.CONNECT, f"cannot connect to {address[0]}:{address[1]}: {exc}"
+                ErrorKind.CONNECT, f"cannot connect to {address[0]}:{address[1]}: {exc}"
             ) from exc
         self.busy.add(proto)
         return proto
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, exchange: Exchange) -> None:
         """Return a connection whose exchange finished; anything unfinished is closed."""
+        assert isinstance(exchange, UpstreamConnection)
+        conn = exchange
         self.busy.discard(conn)
         done = conn.done
         finished = done.done() and not done.cancelled() and done.exception() is None and done.result()
@@ -227,9 +222,10 @@ class UpstreamPool:
         else:
             conn.close()
 
-    def discard(self, conn: UpstreamConnection) -> None:
-        self.busy.discard(conn)
-        conn.close()
+    def discard(self, exchange: Exchange) -> None:
+        assert isinstance(exchange, UpstreamConnection)
+        self.busy.discard(exchange)
+        exchange.close()
 
     def sweep(self, now: float) -> None:
         for conn in list(self.busy):
@@ -243,24 +239,3 @@ class UpstreamPool:
         for conn in list(self.busy):
             conn.close()
         self.busy.clear()
-
-
-async def fetch(pool: UpstreamPool, address: tuple[str, int], path: str, timeout: float) -> tuple[int, bytes]:
-    """A small GET (health probes, metric scrapes): status and whole body."""
-    conn = await pool.acquire(address)
-    chunks: list[bytes] = []
-    try:
-        host = f"{address[0]}:{address[1]}".encode()
-        request = b"GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: kvplan-router\r\n\r\n" % (path.encode(), host)
-
-        def collect(up: UpstreamConnection) -> bool:
-            up.attach(chunks.append)
-            return True
-
-        conn.send(request, timeout, timeout, collect)
-        await conn.done
-    except BaseException:
-        pool.discard(conn)
-        raise
-    pool.release(conn)
-    return conn.status, b"".join(chunks)
