@@ -130,15 +130,22 @@ def kvplan_router(
     return f"http://127.0.0.1:{port}", p.pid
 
 
-def vllm_router(procs: Procs, tmp: Path, urls: list[str]) -> str | None:
+def vllm_router(procs: Procs, tmp: Path, urls: list[str]) -> tuple[str, int] | None:
     exe = BIN / "vllm-router"
     if not exe.exists():
         return None
     port = free_port()
     cmd = [str(exe), "--worker-urls", *urls, "--port", str(port), "--policy", "power_of_two"]
     cmd += ["--log-level", "warning", "--prometheus-port", str(free_port())]
-    procs.start(cmd, port, tmp / "vllm-router.log", health="/health")
-    return f"http://127.0.0.1:{port}"
+    p = procs.start(cmd, port, tmp / "vllm-router.log", health="/health")
+    return f"http://127.0.0.1:{port}", p.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (from /proc): robust to a loaded machine,
+    where throughput mostly measures the scheduler."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- wrk --
@@ -272,22 +279,33 @@ def main() -> None:
     try:
         a, b = backend(procs, tmp, "a"), backend(procs, tmp, "b")
         kv_url, kv_pid = kvplan_router(procs, tmp, [a, b], "main")
-        vr_url = vllm_router(procs, tmp, [a, b])
+        vr = vllm_router(procs, tmp, [a, b])
+        vr_url = vr[0] if vr else None
         targets = {"direct": a, "kvplan": kv_url}
+        pids = {"kvplan": kv_pid}
         if args.compare:
             old = source_of(args.compare, tmp)
-            targets[f"kvplan@{args.compare}"], _ = kvplan_router(procs, tmp, [a, b], "compare", src=old)
-        if vr_url:
-            targets["vllm-router"] = vr_url
+            name = f"kvplan@{args.compare}"
+            targets[name], pids[name] = kvplan_router(procs, tmp, [a, b], "compare", src=old)
+        if vr:
+            targets["vllm-router"], pids["vllm-router"] = vr
         script = lua_script(tmp)
         for url in targets.values():  # warm up connections and caches
             wrk(url, 16, 1, script)
 
         table: dict[str, dict[int, list[dict[str, float]]]] = {t: {} for t in targets}
-        for _ in range(args.rounds):
+        names = list(targets)
+        for i in range(args.rounds):
+            order = names[i % len(names) :] + names[: i % len(names)]  # no target always first
             for conns in (1, 16, 64):
-                for name, url in targets.items():
-                    table[name].setdefault(conns, []).append(wrk(url, conns, args.seconds, script))
+                for name in order:
+                    pid = pids.get(name)
+                    cpu0 = cpu_seconds(pid) if pid else 0.0
+                    run = wrk(targets[name], conns, args.seconds, script)
+                    if pid:
+                        run["cpu_us_per_req"] = (cpu_seconds(pid) - cpu0) / max(run["requests"], 1) * 1e6
+                    table[name].setdefault(conns, []).append(run)
+        raw = {name: {c: list(runs) for c, runs in by_c.items()} for name, by_c in table.items()}
         summary: dict[str, dict[str, Any]] = {}
         for name, by_c in table.items():
             summary[name] = {}
@@ -295,6 +313,10 @@ def main() -> None:
                 runs.sort(key=lambda r: r["rps"])
                 mid = runs[len(runs) // 2]
                 summary[name][str(conns)] = {**mid, "rps_all": [r["rps"] for r in runs]}
+                if name in pids:
+                    summary[name][str(conns)]["cpu_us_per_req_median"] = statistics.median(
+                        r["cpu_us_per_req"] for r in runs
+                    )
         result["wrk"] = summary
         ttfb = {name: ttfb_ms(url, 300 if args.quick else 2000) for name, url in targets.items()}
         result["stream_ttfb_p50_ms"] = ttfb
@@ -312,7 +334,19 @@ def main() -> None:
             result["compare"] = {
                 "rev": args.compare,
                 "rps_ratio_new_over_old": {c: k[c]["rps"] / o[c]["rps"] for c in ("1", "16", "64")},
+                # round by round (the two ran back to back): robust to the machine's load drifting
+                "rps_ratio_paired_median": {
+                    str(c): statistics.median(
+                        n["rps"] / p["rps"]
+                        for n, p in zip(raw["kvplan"][c], raw[f"kvplan@{args.compare}"][c], strict=True)
+                    )
+                    for c in (1, 16, 64)
+                },
                 "p50_ms_c1_new_minus_old": k["1"]["p50_ms"] - o["1"]["p50_ms"],
+                "cpu_us_per_req": {
+                    c: (k[c]["cpu_us_per_req_median"], o[c]["cpu_us_per_req_median"])
+                    for c in ("1", "16", "64")
+                },
                 "ttfb_ms_new_minus_old": ttfb["kvplan"] - ttfb[f"kvplan@{args.compare}"],
             }
         result["ratio_vs_python_router_110"] = {c: k[c]["rps"] / PY_ROUTER_RPS for c in ("16", "64")}
@@ -373,13 +407,17 @@ def write_results(r: dict[str, Any]) -> None:
         "- backends: 2 fake vLLM workers (tests/router/fake_vllm.py), non-streaming chat, 8 tokens",
         "- load: wrk -t1, median of the rounds (targets interleaved per round)",
         "",
-        "| target | c=1 p50 ms | c=1 req/s | c=16 req/s | c=16 p50 ms | c=64 req/s | c=64 p50 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| target | c=1 p50 ms | c=1 req/s | c=16 req/s | c=16 p50 ms | c=64 req/s | c=64 p50 ms "
+        "| CPU µs/req c=1 / 16 / 64 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, by_c in w.items():
+        cpu = " / ".join(
+            f"{by_c[c].get('cpu_us_per_req_median', float('nan')):.0f}" for c in ("1", "16", "64")
+        )
         lines.append(
             f"| {name} | {by_c['1']['p50_ms']:.3f} | {by_c['1']['rps']:.0f} | {by_c['16']['rps']:.0f} | "
-            f"{by_c['16']['p50_ms']:.2f} | {by_c['64']['rps']:.0f} | {by_c['64']['p50_ms']:.2f} |"
+            f"{by_c['16']['p50_ms']:.2f} | {by_c['64']['rps']:.0f} | {by_c['64']['p50_ms']:.2f} | {cpu} |"
         )
     lines += [
         "",
@@ -396,11 +434,17 @@ def write_results(r: dict[str, Any]) -> None:
         )
     if "compare" in r:
         c = r["compare"]
-        rr = c["rps_ratio_new_over_old"]
+        rr, pr = c["rps_ratio_new_over_old"], c["rps_ratio_paired_median"]
         lines.append(
-            f"- kvplan / kvplan@{c['rev']} req/s: c=1 {rr['1']:.3f}x, c=16 {rr['16']:.3f}x, "
-            f"c=64 {rr['64']:.3f}x; c=1 p50 {c['p50_ms_c1_new_minus_old']:+.3f} ms, "
+            f"- kvplan / kvplan@{c['rev']} req/s (medians): c=1 {rr['1']:.3f}x, c=16 {rr['16']:.3f}x, "
+            f"c=64 {rr['64']:.3f}x; median of per-round ratios: c=1 {pr['1']:.3f}x, c=16 {pr['16']:.3f}x, "
+            f"c=64 {pr['64']:.3f}x; c=1 p50 {c['p50_ms_c1_new_minus_old']:+.3f} ms, "
             f"streaming TTFB {c['ttfb_ms_new_minus_old']:+.3f} ms"
+        )
+        cpu = c["cpu_us_per_req"]
+        lines.append(
+            "- router CPU per request, µs (new / old, median of rounds): "
+            + ", ".join(f"c={n} {cpu[n][0]:.0f} / {cpu[n][1]:.0f}" for n in ("1", "16", "64"))
         )
     rp = r["ratio_vs_python_router_110"]
     lines.append(
