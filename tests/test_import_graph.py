@@ -30,9 +30,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cli",),
 )
 # Loops that another change is removing; each entry must still be a loop (so it is deleted then).
-KNOWN_LOOPS: set[frozenset[str]] = {
-    frozenset({"kvplan.router.admin", "kvplan.router.app"}),  # issue 11: admin takes a narrow view
-}
+KNOWN_LOOPS: set[frozenset[str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -307,3 +307,19 @@ def test_a_tee_sees_every_routed_request_before_its_first_try() -> None:
         assert seen == [("short-bf16", t.sent[0][1])]  # the same bytes the endpoint got
 
     uvloop.run(main())
+
+
+def test_the_proxy_loop_and_failover_have_no_function_over_40_lines() -> None:
+    import ast
+    from pathlib import Path
+
+    import kvplan.router
+
+    root = Path(kvplan.router.__file__).parent
+    long = [
+        f"{name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"  # type: ignore[operator]
+        for name in ("proxy.py", "failover.py", "transport.py", "outlier.py", "upstream.py")
+        for node in ast.walk(ast.parse((root / name).read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 40  # type: ignore[operator]
+    ]
+    assert not long, long
