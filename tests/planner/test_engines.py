@@ -482,3 +482,39 @@ def test_layer_kinds_the_engines_do_not_model_exit_2() -> None:
     with pytest.raises(Unsupported, match="KV shared across layers"):
         kv_layers(shared, 1, "sglang")
     assert kv_layers(shared, 1, "llamacpp") == (KVLayer(8, 128, 128),)
+
+
+def test_vllm_draft_layers_join_the_cache_and_weights_the_budget() -> None:
+    """vLLM v1 loads the draft before profiling and gives its attention layers KV blocks."""
+    from kvplan.planner.engines import vllm
+
+    target, small = get_model("llama-3.1-70b"), get_model("llama-3.2-1b")
+    gpu, _ = get_gpu("h100")
+    kw = dict(max_model_len=32768, tensor_parallel=4, weight_bytes=weight_bytes(target), args=EngineArgs())
+    plain = vllm.size(target, gpu, "bf16", **kw)
+    drafted = vllm.size(target, gpu, "bf16", draft=draft_model(small, weight_bytes(small)), **kw)
+    assert drafted.draft_bytes_per_token == 2 * 2 * 64 * 16 * 2  # 16 layers, 2 KV heads per rank, head 64
+    assert drafted.bytes_per_token == plain.bytes_per_token + drafted.draft_bytes_per_token
+    weights = dict(drafted.memory)["weights"] - dict(plain.memory)["weights"]
+    assert weights == math.ceil((weight_bytes(target) + weight_bytes(small)) / 4) - math.ceil(
+        weight_bytes(target) / 4
+    )
+    d, q = dict(drafted.memory), dict(plain.memory)
+    others = sum(d[k] - q[k] for k in ("activation", "non_torch", "cuda_graphs"))  # graphs grow per layer
+    assert q["kv_pool"] - d["kv_pool"] == weights + others and others >= 0
+    eagle = vllm.size(target, gpu, "bf16", draft=draft_heads(target, "eagle", 1, None), **kw)
+    assert eagle.draft_bytes_per_token == plain.bytes_per_token / 80
+    windowed = vllm.size(target, gpu, "bf16", budget=Budget("window", 4096, 4), **kw)
+    assert windowed.tokens_per_request == 4112  # 257 blocks of 16
+    assert windowed.max_requests > 7 * plain.max_requests
+
+
+def test_cli_vllm_with_a_draft_reports_with_and_without() -> None:
+    r = run_cli(
+        "size", "llama-3.1-8b", "--draft-kind", "eagle", "--max-model-len", "32k", "--json", "-k", "bf16"
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    row = doc["rows"][0]
+    assert doc["engine"] == "vllm" and row["without_draft"]["kv_tokens"] > row["kv_tokens"]
+    assert doc["draft_verdict"] == "the draft fits with bf16"

@@ -11,8 +11,9 @@ from types import ModuleType
 from kvplan.errors import NotFound, closest
 from kvplan.formats import ENGINES as NAMES
 
-# name -> module (None: vLLM, sized by kvplan.planner.sizing); the names are kvplan.formats.ENGINES
-ENGINES: dict[str, str | None] = {name: None if name == "vllm" else f"{__name__}.{name}" for name in NAMES}
+# name -> module; the names are kvplan.formats.ENGINES. (`kvplan size` without a draft or a budget
+# sizes vLLM with kvplan.planner.sizing directly; engines.vllm feeds it a draft or a budget.)
+ENGINES: dict[str, str] = {name: f"{__name__}.{name}" for name in NAMES}
 ALIASES = {
     "tensorrt-llm": "trtllm",
     "tensorrt_llm": "trtllm",
@@ -34,7 +35,4 @@ def engine_name(name: str) -> str:
 
 
 def engine_module(name: str) -> ModuleType:
-    path = ENGINES[engine_name(name)]
-    if path is None:
-        raise ValueError("vLLM is sized by kvplan.planner.sizing")
-    return importlib.import_module(path)
+    return importlib.import_module(ENGINES[engine_name(name)])

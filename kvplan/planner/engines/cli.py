@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kvplan.errors import InputError, Unsupported
+from kvplan.errors import InputError
 from kvplan.planner.engines import engine_name
 from kvplan.planner.engines.common import Budget, Draft, EngineArgs, draft_heads, draft_model
 from kvplan.planner.engines.gguf import GgufFile, read_gguf
@@ -100,11 +100,6 @@ def size_engine(
     from kvplan.planner.engines.report import EngineRequest, default_dtypes, render_markdown, render_text, run
 
     name = engine_name(engine)
-    if name == "vllm":
-        raise Unsupported(
-            "--draft, --window, --kv-budget and --engine-arg are sized for sglang, trtllm and llamacpp; "
-            "for vLLM, size without them (vLLM's draft and window terms follow its layer-spec sizing)"
-        )
     model, gguf = load_model(model_ref)
     ranks_tp = tp if tp is not None else max(1, gpu_count // pp)
     if gpu_count < ranks_tp * pp:

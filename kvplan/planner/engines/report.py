@@ -138,8 +138,6 @@ def _size_one(req: EngineRequest, dtype: str, draft: Draft | None) -> EngineSizi
 
 def run(req: EngineRequest) -> EngineReport:
     engine = engine_name(req.engine)
-    if engine == "vllm":
-        raise InputError("vLLM is sized by `kvplan size` without --engine")
     req = replace(req, engine=engine)
     if not req.dtypes:
         raise InputError("give at least one KV dtype")
