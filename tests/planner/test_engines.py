@@ -518,3 +518,26 @@ def test_cli_vllm_with_a_draft_reports_with_and_without() -> None:
     row = doc["rows"][0]
     assert doc["engine"] == "vllm" and row["without_draft"]["kv_tokens"] > row["kv_tokens"]
     assert doc["draft_verdict"] == "the draft fits with bf16"
+
+
+@pytest.mark.parametrize(
+    ("name", "n_ctx", "cache_type", "mib"),
+    [
+        ("llama-3.1-8b", 4096, "f16", 32 * 4096 * 1024 * 2 * 2 / 2**20),  # the familiar 512.00 MiB
+        ("llama-3.1-8b", 4096, "q8_0", 32 * 4096 * (1024 // 32 * 34) * 2 / 2**20),
+        ("qwen2.5-7b", 4096, "f16", 28 * 4096 * 512 * 2 * 2 / 2**20),
+        ("mistral-7b-v0.3", 32768, "q4_0", 32 * 32768 * (1024 // 32 * 18) * 2 / 2**20),
+        ("phi-3-mini", 4096, "f16", 32 * 4096 * 3072 * 2 * 2 / 2**20),  # MHA: 1536.00 MiB
+        ("deepseek-v3", 4096, "f16", 61 * 4096 * 576 * 2 / 2**20),  # MLA: K only, the latent
+        # Gemma-2 (llama_kv_cache_iswa): 21 global layers x 8192 cells, 21 local x pad256(4096 + 512)
+        ("gemma-2-9b", 8192, "f16", (21 * 8192 + 21 * 4608) * 2048 * 2 * 2 / 2**20),
+    ],
+)
+def test_llamacpp_kv_size_golden(name: str, n_ctx: int, cache_type: str, mib: float) -> None:
+    model = get_model(name)
+    s = llamacpp.size(
+        model, H100, cache_type, max_model_len=n_ctx, weight_bytes=weight_bytes(model), args=EngineArgs()
+    )
+    assert s.kv_bytes / 2**20 == mib
+    printed = [float(line.split("size = ")[1].split(" MiB")[0]) for line in s.log if "cells," in line]
+    assert round(sum(printed), 2) == round(mib, 2)  # one line per cache (two for sliding-window models)

@@ -332,12 +332,29 @@ def size(
     max_requests = min(ctx.n_ctx // held, n_seq) if held else 0
     fits = used <= free and per_slot_ok and max_requests > 0
     dev = gpu.name.upper()
-    log = []
-    if cache.gpu_bytes:
-        log.append(printf(_KV_BUFFER, "CUDA0", cache.gpu_bytes / MIB))
-    if cache.total - cache.gpu_bytes:
-        log.append(printf(_KV_BUFFER, "CPU", (cache.total - cache.gpu_bytes) / MIB))
-    log.append(_kv_line("llama_kv_cache", cache, n_seq, ctx.streams, type_k, type_v))
+    log: list[str] = []
+    windowed = any(la.window for la in layers) and not ctx.swa_full
+    # llama_kv_cache_iswa builds two caches, each printing its own lines: the non-SWA one first
+    parts = (
+        [
+            ("non-SWA", [la.window is None for la in layers]),
+            ("    SWA", [la.window is not None for la in layers]),
+        ]
+        if windowed
+        else [("", [True] * len(layers))]
+    )
+    for label, chosen in parts:
+        sub = tuple(la for la, c in zip(layers, chosen, strict=True) if c)
+        part = cache_size(sub, ctx, type_k, type_v, [on for on, c in zip(kv_on, chosen, strict=True) if c])
+        if label:
+            cells = ctx.cells(sub[0].window)
+            log.append(f"llama_kv_cache_iswa: creating {label} KV cache, size = {cells} cells")
+            part = CacheSize(part.k_bytes, part.v_bytes, part.gpu_bytes, cells, part.layers)
+        if part.gpu_bytes:
+            log.append(printf(_KV_BUFFER, "CUDA0", part.gpu_bytes / MIB))
+        if part.total - part.gpu_bytes:
+            log.append(printf(_KV_BUFFER, "CPU", (part.total - part.gpu_bytes) / MIB))
+        log.append(_kv_line("llama_kv_cache", part, n_seq, ctx.streams, type_k, type_v))
     log.append(printf("llama_context: %10s compute buffer size = %8.2f MiB", "CUDA0", compute / MIB))
     notes = [
         f"n_ctx {ctx.n_ctx:,} ({ctx.n_ctx_seq:,} per slot x {n_seq} slot(s)"
