@@ -24,7 +24,7 @@ from kvplan.errors import KvplanError
 
 HELP = "Capacity planning and routing for LLM serving with quantized KV caches on vLLM."
 
-# The first word of a command line -> the module that registers it (tests/test_cli.py checks this
+# The first word of a command line -> the module that registers it (tests/test_entry_point.py checks this
 # against what each module's register() adds). Help lists them in this order.
 COMMANDS = {
     "size": "kvplan.planner.cli",

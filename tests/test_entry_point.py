@@ -59,5 +59,5 @@ def test_each_part_has_its_help(command: str) -> None:
 def test_a_usage_error_is_one_line_and_exit_2(args: list[str], reason: str) -> None:
     run = kvplan(*args)
     assert run.returncode == 2, run.stderr
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ") and reason in run.stderr, run.stderr
-    assert run.stdout == ""
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: "), run.stderr
+    assert reason in run.stderr and run.stdout == ""
