@@ -541,3 +541,32 @@ def test_llamacpp_kv_size_golden(name: str, n_ctx: int, cache_type: str, mib: fl
     assert s.kv_bytes / 2**20 == mib
     printed = [float(line.split("size = ")[1].split(" MiB")[0]) for line in s.log if "cells," in line]
     assert round(sum(printed), 2) == round(mib, 2)  # one line per cache (two for sliding-window models)
+
+
+@pytest.mark.parametrize(
+    ("args", "loaded"),
+    [
+        ((), set()),
+        (("--engine", "sglang"), {"sglang"}),
+        (("--engine", "trtllm", "-k", "fp8"), {"trtllm"}),
+    ],
+)
+def test_engine_modules_load_lazily_and_without_heavy_imports(
+    args: tuple[str, ...], loaded: set[str]
+) -> None:
+    """`kvplan size` stays light: no engine module unless --engine names it, and never torch/numpy."""
+    code = (
+        "import sys, io, contextlib\nfrom kvplan.cli import main\n"
+        f"sys.argv = ['kvplan', 'size', 'llama-3.1-8b', *{list(args)!r}]\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    main()\n"
+        "engines = {'sglang', 'trtllm', 'llamacpp', 'vllm'}\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.rsplit('.', 1)[-1] in engines"
+        " and m.startswith('kvplan.planner.engines.')))\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'pydantic', 'httpx') if m in sys.modules))\n"
+    )
+    r = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    engines, heavy = r.stdout.strip().splitlines()[-2:]
+    assert engines == repr(sorted(loaded)) and heavy == "[]"
