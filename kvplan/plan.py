@@ -42,6 +42,11 @@ class Pool(_Strict):
     served_model_name: str | None = Field(None, description="OpenAI model name clients send")
     engine: str = Field("vllm", description="vllm, sglang, trtllm or llamacpp")
     kv_format: str = Field("bf16", description="a kvplan format (vLLM pools) or the engine's KV dtype")
+    kv_budget: str | None = Field(
+        None,
+        pattern=r"^(window:[0-9]+\+[0-9]+|budget:[0-9]+)$",
+        description="what-if sized with a window (window:W+SINK) or a per-sequence budget (budget:B)",
+    )
     max_model_len: int = Field(gt=0)
     gpu: str = "h100"
     gpus_per_replica: int = Field(1, gt=0)
@@ -227,8 +232,9 @@ class Plan(_Strict):
         return tuple(p for b in self.buckets for p in b.pools)
 
     def vllm_part(self) -> tuple[Plan | None, tuple[Bucket, ...]]:
-        """The buckets whose pools all run on vLLM (what kvplan deploys and runs), and the others."""
-        keep = tuple(b for b in self.buckets if all(p.engine == "vllm" for p in b.pools))
+        """The buckets whose pools all run on vLLM as planned (what kvplan deploys and runs: no other
+        engine, no window/budget what-if), and the others."""
+        keep = tuple(b for b in self.buckets if all(p.engine == "vllm" and not p.kv_budget for p in b.pools))
         other = tuple(b for b in self.buckets if b not in keep)
         if not other:
             return self, ()
@@ -294,6 +300,8 @@ def dump_plan(plan: Plan) -> str:
         for pool in (bucket["baseline"], *bucket["candidates"]):
             if pool["engine"] == "vllm":
                 del pool["engine"]
+            if pool["kv_budget"] is None:
+                del pool["kv_budget"]
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from kvplan.plan import Plan
+    from kvplan.plan import Bucket, Plan
 
 deploy_app = typer.Typer(
     help="Kubernetes manifests and a compose stack from a pool plan.", no_args_is_help=True
@@ -37,7 +37,11 @@ def _vllm_buckets(plan: Plan) -> Plan:
     from kvplan.errors import InputError
 
     kept, other = plan.vllm_part()
-    names = ", ".join(f"{b.name} ({'/'.join(sorted({p.engine for p in b.pools}))})" for b in other)
+
+    def why(b: Bucket) -> str:
+        return "/".join(sorted({p.engine if not p.kv_budget else "kv budget what-if" for p in b.pools}))
+
+    names = ", ".join(f"{b.name} ({why(b)})" for b in other)
     if kept is None:
         raise InputError(f"nothing to deploy: every bucket runs on another engine than vLLM ({names})")
     if other:

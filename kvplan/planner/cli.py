@@ -395,6 +395,12 @@ def plan(
     engine: Annotated[
         str, typer.Option(help="engine per bucket: sglang, or 32k=trtllm,8k=llamacpp (default vllm)")
     ] = "vllm",
+    kv_window: Annotated[
+        str | None, typer.Option(help="what-if: keep a window W[+SINK] per sequence: 4k+4, or 32k=4k+4")
+    ] = None,
+    kv_budget: Annotated[
+        str | None, typer.Option(help="what-if: keep B tokens per sequence (H2O): 2k, or 32k=2k")
+    ] = None,
     headroom: Annotated[float, typer.Option(help="KV headroom kept free (0.10-0.15 recommended)")] = 0.13,
     tpot_slo_ms: Annotated[float, typer.Option(help="time-per-output-token SLO")] = 150.0,
     tp: Annotated[
@@ -454,6 +460,7 @@ def plan(
         tensor_parallel=tp,
         formats=_format_overrides(kv_format, bucket_bounds),
         engines=_engine_overrides(engine, bucket_bounds),
+        budgets=_budget_overrides(kv_window, kv_budget, bucket_bounds),
         allow_int4_above_16k=allow_int4_above_16k,
         efficiency=eff,
     )
@@ -487,6 +494,35 @@ def _engine_overrides(spec: str, bounds: tuple[int, ...]) -> dict[str, str]:
         name = engine_name(value)
         if name != "vllm":
             out[bucket] = name
+    return out
+
+
+def _budget_overrides(window: str | None, budget: str | None, bounds: tuple[int, ...]) -> dict[str, Any]:
+    """Per bucket, a window (`4k+4`: W + sink tokens) or a per-sequence budget (`2k`)."""
+    from kvplan.errors import InputError
+    from kvplan.planner.engines.common import Budget
+    from kvplan.planner.units import parse_tokens
+
+    if window is not None and budget is not None:
+        raise InputError("give --kv-window or --kv-budget, not both")
+    spec, kind = (window, "window") if window is not None else (budget, "budget")
+    if spec is None:
+        return {}
+    pairs = (
+        _bucket_pairs(
+            spec, bounds, f"--kv-{kind}", f"BUCKET=N, like 32k={'4k+4' if kind == 'window' else '2k'}"
+        )
+        if "=" in spec
+        else dict.fromkeys(_bucket_names(bounds), spec)
+    )
+    out = {}
+    for name, value in pairs.items():
+        tokens, _, sink = value.partition("+")
+        if sink and kind == "budget":
+            raise InputError(f"--kv-budget {value!r}: sink tokens go with --kv-window")
+        out[name] = Budget(kind, parse_tokens(tokens, f"--kv-{kind}"), int(sink) if sink.isdigit() else 0)
+        if sink and not sink.isdigit():
+            raise InputError(f"--kv-window {value!r}: sink tokens must be a whole number")
     return out
 
 

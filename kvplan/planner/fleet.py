@@ -29,6 +29,7 @@ from kvplan.planner.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step_
 
 if TYPE_CHECKING:
     from kvplan.plan import Plan
+    from kvplan.planner.engines.common import Budget
     from kvplan.planner.engines.fleet import EnginePoolCapacity
     from kvplan.planner.traffic import Traffic
 
@@ -87,6 +88,7 @@ class PlanOptions:
     efficiency: Efficiency = DEFAULT_EFFICIENCY
     activation_bytes: int | None = None
     engines: dict[str, str] = field(default_factory=dict)  # bucket name -> engine (default vllm)
+    budgets: dict[str, Budget] = field(default_factory=dict)  # bucket name -> window/eviction what-if
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,8 @@ def size_pool(
 ) -> PoolSizing | None:
     """Replicas of one pool for one bucket's load at tensor parallel `tp` (None: does not fit)."""
     cap: Capacity | EnginePoolCapacity | None
-    if engine == "vllm":
+    budget = opts.budgets.get(load.name)
+    if engine == "vllm" and budget is None:
         fmt = get_format(fmt_name)
         shape = Shape(
             model.name, gpu.name, fmt_name, load.max_tokens, tp, 1, opts.gpu_memory_utilization,
@@ -294,10 +297,10 @@ def size_pool(
     else:
         from kvplan.planner.engines.fleet import engine_capacity, roofline_format
 
-        fmt = get_format(roofline_format(fmt_name))
+        fmt = get_format(fmt_name if engine == "vllm" else roofline_format(fmt_name))
         cap = engine_capacity(
             model, gpu, engine, fmt_name, max_model_len=load.max_tokens, tensor_parallel=tp,
-            weight_dtype=opts.weight_dtype,
+            weight_dtype=opts.weight_dtype, budget=budget,
         )  # fmt: skip
         if cap is None:
             return None
@@ -309,6 +312,9 @@ def size_pool(
     eff = opts.efficiency
     block = cap.block_size
     context = max(load.mean_prompt + load.mean_output / 2, 1.0)
+    held_prompt = load.mean_prompt
+    if budget is not None:  # a sequence keeps at most the window/budget (decode reads that much too)
+        context, held_prompt = min(context, budget.held(int(context))), budget.held(int(load.mean_prompt))
     prefill = prefill_seconds(
         model, gpu, prompt_tokens=max(int(load.mean_prompt), 1), tensor_parallel=tp, efficiency=eff
     )
@@ -327,7 +333,7 @@ def size_pool(
         tpot = step(max(1, math.ceil(seqs / replicas)))
         seqs = load.rps * (prefill + load.mean_output * tpot)
         kv_blocks = load.rps * (
-            prefill * _blocks(load.mean_prompt, block) + load.mean_output * tpot * _blocks(context, block)
+            prefill * _blocks(held_prompt, block) + load.mean_output * tpot * _blocks(context, block)
         )
         need = {
             "kv": kv_blocks / (cap.usable_blocks * opts.target_kv_utilization),
@@ -450,10 +456,12 @@ def to_plan(fleet: FleetPlan, model_ref: str, opts: PlanOptions) -> Plan:
     from kvplan.plan import Bucket, Plan, Pool, Slo
 
     def pool(bucket: str, p: PoolSizing) -> Pool:
+        budget = opts.budgets.get(bucket)
         return Pool(
             name=_pool_name(bucket, p.kv_format, p.engine),
             model=model_ref,
             engine=p.engine,
+            kv_budget=None if budget is None else budget.spec,
             kv_format=p.kv_format,
             max_model_len=p.capacity.max_model_len,
             gpu=fleet.gpu.name,

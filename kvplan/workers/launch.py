@@ -101,6 +101,8 @@ def check_pool(pool: Pool, opts: LaunchOptions) -> list[str]:
 
     if pool.engine != "vllm":
         return [f"planned for {pool.engine}: kvplan workers start vLLM only (run it with {pool.engine})"]
+    if pool.kv_budget:
+        return [f"kv_budget {pool.kv_budget} is a what-if: vLLM keeps every token of full-attention layers"]
     fmt = FORMATS[pool.kv_format]
     reasons: list[str] = []
     try:

@@ -570,3 +570,29 @@ def test_engine_modules_load_lazily_and_without_heavy_imports(
     assert r.returncode == 0, r.stderr
     engines, heavy = r.stdout.strip().splitlines()[-2:]
     assert engines == repr(sorted(loaded)) and heavy == "[]"
+
+
+def test_plan_window_what_if_for_a_bucket_is_recorded_and_never_deployed(tmp_path: Path) -> None:
+    from kvplan.plan import load_plan
+
+    trace = str(ROOT / "data/traces/mooncake-trace-2025/conversation.jsonl")
+    args = ("plan", "llama-3.1-70b", "--traffic", trace, "--buckets", "8k,32k,128k", "--json")
+    full = json.loads(run_cli(*args, "-o", str(tmp_path / "a.yaml")).stdout)
+    out = tmp_path / "b.yaml"
+    r = run_cli(*args, "--kv-window", "128k=4k+4", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    windowed = json.loads(r.stdout)
+    conc = [
+        [p["guaranteed_concurrency_per_replica"] for p in b["pools"]]
+        for b in (full, windowed)
+        for b in [b["buckets"][2]]
+    ]
+    assert conc[1][0] > 10 * conc[0][0]  # 128K requests that keep 4,100 tokens
+    assert full["buckets"][0] == windowed["buckets"][0]  # the other buckets are unchanged
+    plan = load_plan(out)
+    assert {p.kv_budget for p in plan.bucket("128k").pools} == {"window:4096+4"}
+    assert all(p.kv_budget is None for p in plan.bucket("8k").pools)
+    d = run_cli("deploy", "render", "--plan", str(out), "--out", str(tmp_path / "k8s"))
+    assert d.returncode == 0 and "128k (kv budget what-if)" in d.stderr
+    bad = run_cli(*args, "--kv-budget", "2k+4", "-o", str(tmp_path / "c.yaml"))
+    assert bad.returncode == 2 and "sink tokens go with --kv-window" in bad.stderr

@@ -147,6 +147,11 @@ class Budget:
         return min(length, self.tokens + self.sink)
 
     @property
+    def spec(self) -> str:
+        """The plan's `kv_budget` form: `window:4096+4` or `budget:2048`."""
+        return f"window:{self.tokens}+{self.sink}" if self.kind == "window" else f"budget:{self.tokens}"
+
+    @property
     def label(self) -> str:
         if self.kind == "window":
             return f"window {self.tokens:,}" + (f" + {self.sink} sink" if self.sink else "")

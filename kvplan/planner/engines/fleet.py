@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kvplan.errors import InputError, Unsupported
 from kvplan.planner.engines import engine_name
-from kvplan.planner.engines.common import EngineArgs, EngineSizing
+from kvplan.planner.engines.common import Budget, EngineArgs, EngineSizing
 from kvplan.planner.engines.report import UNQUANTIZED, EngineRequest, default_dtypes, run
 from kvplan.planner.gpus import GpuSpec
 from kvplan.planner.memory import weight_bytes
@@ -81,6 +81,7 @@ def engine_capacity(
     max_model_len: int,
     tensor_parallel: int,
     weight_dtype: str,
+    budget: Budget | None = None,
 ) -> EnginePoolCapacity | None:
     """One replica on `engine` (None when it cannot be sized at this TP: the fleet tries another)."""
     try:
@@ -94,6 +95,7 @@ def engine_capacity(
                 weight_bytes=weight_bytes(model, weight_dtype),
                 tensor_parallel=tensor_parallel,
                 args=EngineArgs(),
+                budget=budget,
             )
         )
     except Unsupported:
