@@ -128,6 +128,22 @@ def sglang_budget(log: dict[str, Any], model: ModelSpec | None) -> tuple[bool, s
     return ok, detail
 
 
+def sglang_tokens(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
+    logged, f = log["logged"], log["mem_fraction_static"]
+    pre, post = logged["total_gpu_mem_gb"], logged["avail_gpu_mem_gb"]
+    gpu, _ = get_gpu(log["gpu"])
+    args = EngineArgs.parse(f"pre_load_gib={pre},post_load_gib={post},mem_fraction_static={f}")
+    s = sglang.size(model, gpu, "auto", max_model_len=4096, tensor_parallel=log["tensor_parallel"],
+                    weight_bytes=0, args=args)  # fmt: skip
+    rest = post - pre * (1 - f)
+    ok = s.kv_tokens == logged["max_num_tokens"] and s.bytes_per_token == logged["cell_size"]
+    ok = ok and abs(rest - logged["rest_memory_gb"]) < 1e-9
+    return ok, (
+        f"cell {s.bytes_per_token:,.0f} B (logged {logged['cell_size']:,}); rest {rest:.6f} GB; "
+        f"max_total_num_tokens {s.kv_tokens:,} (logged {logged['max_num_tokens']:,})"
+    )
+
+
 def llamacpp_kv(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
     ctx = llamacpp.context(log["n_ctx"], 1, False, 512, False)
     layers = kv_layers(model)
@@ -147,6 +163,7 @@ KINDS = {
     "trtllm_per_token": trtllm_per_token,
     "sglang_k_size": sglang_k_size,
     "sglang_budget": sglang_budget,
+    "sglang_tokens": sglang_tokens,
     "llamacpp_kv": llamacpp_kv,
 }
 

@@ -596,3 +596,31 @@ def test_plan_window_what_if_for_a_bucket_is_recorded_and_never_deployed(tmp_pat
     assert d.returncode == 0 and "128k (kv budget what-if)" in d.stderr
     bad = run_cli(*args, "--kv-budget", "2k+4", "-o", str(tmp_path / "c.yaml"))
     assert bad.returncode == 2 and "sink tokens go with --kv-window" in bad.stderr
+
+
+def test_sglang_max_total_num_tokens_of_a_published_run() -> None:
+    """A DeepSeek run on GB200 printed profile_max_num_token's inputs at full precision: total 174.8407,
+    avail 78.7196, rest 69.9776 GB, cell_size 70272, max_num_tokens 1069242 (bench/engine_logs.yaml)."""
+    gpu, _ = get_gpu("b200")
+    args = EngineArgs.parse(
+        "pre_load_gib=174.8406982421875,post_load_gib=78.7196044921875,mem_fraction_static=0.95"
+    )
+    s = sglang.size(
+        get_model("deepseek-v3"),
+        gpu,
+        "auto",
+        max_model_len=4096,
+        tensor_parallel=4,
+        weight_bytes=0,
+        args=args,
+    )
+    assert (s.bytes_per_token, s.kv_tokens) == (70272, 1069242)
+
+
+def test_llamacpp_kv_self_size_of_a_published_run() -> None:
+    """ggml-org/llama.cpp#11200: Qwen2.5-32B, kv_size 32768, q8_0/q8_0: "KV self size = 4352.00 MiB,
+    K (q8_0): 2176.00 MiB, V (q8_0): 2176.00 MiB"."""
+    model = get_model("qwen2.5-32b")
+    s = llamacpp.size(model, H100, "q8_0", max_model_len=32768, weight_bytes=0, args=EngineArgs())
+    line = next(ln for ln in s.log if "cells," in ln)
+    assert "size = 4352.00 MiB" in line and "K (q8_0): 2176.00 MiB, V (q8_0): 2176.00 MiB" in line
