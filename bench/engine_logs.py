@@ -88,7 +88,18 @@ def sglang_k_size(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
     rows = log["logged"]["tokens"] + 1  # size + page_size padding rows
     k = round(rows * cell.size / 2 / GIB, 2)
     ok = k == log["logged"]["k_size_gb"] == log["logged"]["v_size_gb"]
-    return ok, f"cell {cell.size:,.0f} B; K size {k} GB (logged {log['logged']['k_size_gb']})"
+    detail = f"cell {cell.size:,.0f} B; K size {k} GB (logged {log['logged']['k_size_gb']})"
+    if "estimate" in log:
+        e = log["estimate"]
+        gpu, _ = get_gpu(e["gpu"])
+        s = sglang.size(
+            model, gpu, log["kv_dtype"], max_model_len=4096, tensor_parallel=log["tensor_parallel"],
+            weight_bytes=weight_bytes(model, e["weight_dtype"]),
+            args=EngineArgs.parse(f"mem_fraction_static={e['mem_fraction_static']}"),
+        )  # fmt: skip
+        err = s.kv_tokens / log["logged"]["tokens"] - 1
+        detail += f"; from model + GPU alone: {s.kv_tokens:,} tokens ({err:+.1%} vs logged)"
+    return ok, detail
 
 
 def sglang_budget(log: dict[str, Any], model: ModelSpec | None) -> tuple[bool, str]:

@@ -74,7 +74,7 @@ ARGS = {
     "swa_full_tokens_ratio": "SWA tokens / full tokens for hybrid sliding-window models (default 0.8)",
     "pre_load_gib": "logged 'Load weight begin. avail mem' (GB as SGLang prints it)",
     "post_load_gib": "logged 'Load weight end. ... avail mem' (GB)",
-    "context_gib": "memory taken before the weights load: CUDA context, NCCL (default 0.5 + 0.25/extra rank)",
+    "context_gib": "memory taken before the weights load: CUDA context, NCCL (default 0.5 GiB, 2.5 with TP)",
     "max_running_requests": "SGLang --max-running-requests",
 }
 
@@ -245,7 +245,9 @@ def size(
     if pre is None:
         context = args.gib("context_gib")
         if context is None:
-            context = round((0.5 + 0.25 * (ranks - 1)) * GIB)
+            # CUDA context alone at TP 1; with TP, NCCL and custom all-reduce buffers too: 8 x H200 at
+            # TP 8 logged "Load weight begin. avail mem=137.29 GB" of 139.80 (sgl-project/sglang#11716).
+            context = round((0.5 if ranks == 1 else 2.5) * GIB)
         pre = gpu.visible_memory_bytes - context
     if post is None:
         post = pre - weights
