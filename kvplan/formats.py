@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from kvplan.errors import NotFound, closest
+
 ALIGN = 16  # bytes; every region starts on a 16-byte boundary so kernels can use 16-byte loads
 
 
@@ -63,6 +65,15 @@ class Granularity(enum.Enum):
         return self in (Granularity.PER_TOKEN_HEAD, Granularity.PER_CHANNEL)
 
 
+class Rotation(enum.Enum):
+    """A transform applied to the codes before quantizing (undone when reading)."""
+
+    NONE = "none"
+    # codes hold x @ H/sqrt(d) (orthonormal); attention rotates q the same way, so q.k is
+    # unchanged while outlier channels spread over all of d. Costs no bytes.
+    HADAMARD = "hadamard"
+
+
 @dataclass(frozen=True)
 class TensorQuant:
     """How one of K or V is stored: element type and scaling."""
@@ -72,9 +83,7 @@ class TensorQuant:
     group_size: int | None = None  # elements per scale group along head_dim (None: whole head)
     symmetric: bool = True  # False: an additional zero point per group
     scale_bytes: int = 4  # fp32 scale when symmetric; asymmetric uses fp16 scale + fp16 zero
-    # "hadamard": codes hold x @ H/sqrt(d) (orthonormal); attention rotates q the same way, so
-    # q.k is unchanged while outlier channels spread over all of d. Costs no bytes.
-    rotation: str | None = None
+    rotation: Rotation = Rotation.NONE
 
     def __post_init__(self) -> None:
         if self.element.is_integer and not self.granularity.in_page:
@@ -83,8 +92,6 @@ class TensorQuant:
             raise ValueError("group_size applies to per_token_head scaling only")
         if self.group_size is not None and self.group_size <= 0:
             raise ValueError("group_size must be positive")
-        if self.rotation not in (None, "hadamard"):
-            raise ValueError(f"unknown rotation {self.rotation!r}")
 
     @property
     def meta_bytes_per_group(self) -> int:
@@ -121,8 +128,8 @@ class TensorQuant:
             parts.append(f"g{self.group_size}")
         if self.element.is_integer:
             parts.append("sym" if self.symmetric else "asym")
-        if self.rotation:
-            parts.append(self.rotation)
+        if self.rotation is not Rotation.NONE:
+            parts.append(self.rotation.value)
         return "/".join(parts)
 
 
@@ -227,8 +234,10 @@ _INT8 = TensorQuant(Element.INT8, Granularity.PER_TOKEN_HEAD)
 _INT4 = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False)
 _INT4_G32 = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, group_size=32, symmetric=False)
 _INT4_KEYS_PER_CHANNEL = TensorQuant(Element.INT4, Granularity.PER_CHANNEL, symmetric=False)
-_INT8_ROTATED = TensorQuant(Element.INT8, Granularity.PER_TOKEN_HEAD, rotation="hadamard")
-_INT4_ROTATED = TensorQuant(Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False, rotation="hadamard")
+_INT8_ROTATED = TensorQuant(Element.INT8, Granularity.PER_TOKEN_HEAD, rotation=Rotation.HADAMARD)
+_INT4_ROTATED = TensorQuant(
+    Element.INT4, Granularity.PER_TOKEN_HEAD, symmetric=False, rotation=Rotation.HADAMARD
+)
 
 FORMATS: dict[str, KVFormat] = {
     f.name: f
@@ -264,12 +273,26 @@ FORMATS: dict[str, KVFormat] = {
 DEFAULT_FORMAT = "bf16"
 
 
+class UnknownFormat(NotFound, ValueError):
+    """A KV format name kvplan does not define. A ValueError too, so that a pydantic validator
+    reports it as the field's error."""
+
+    def __init__(self, name: str) -> None:
+        known = list(FORMATS)
+        super().__init__(f"unknown KV format {name!r}{closest(name, known)} (known: {', '.join(known)})")
+
+
 def get_format(name: str) -> KVFormat:
-    """Look up a format by name; raises KeyError listing the known names."""
+    """The format of this name: the one place a format name becomes a `KVFormat`."""
     try:
         return FORMATS[name]
     except KeyError:
-        raise KeyError(f"unknown KV format {name!r}; known: {', '.join(FORMATS)}") from None
+        raise UnknownFormat(name) from None
+
+
+def parse_formats(names: str) -> tuple[KVFormat, ...]:
+    """A comma-separated list of format names, e.g. `bf16,int8` (blanks ignored)."""
+    return tuple(get_format(n.strip()) for n in names.split(",") if n.strip())
 
 
 # KV cache dtypes other serving engines offer, in their own names: a pool planned on one of them

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from kvplan.errors import PlanError
-from kvplan.formats import ENGINE_KV_DTYPES, ENGINES, FORMATS
+from kvplan.formats import ENGINE_KV_DTYPES, ENGINES, KVFormat, get_format
 
 PLAN_VERSION = 1
 
@@ -71,8 +71,7 @@ class Pool(_Strict):
     def _known_format(cls, v: str, info: ValidationInfo) -> str:
         engine = info.data.get("engine", "vllm")  # declared before kv_format, so validated first
         if engine == "vllm":
-            if v not in FORMATS:
-                raise ValueError(f"unknown KV format {v!r}; known: {', '.join(FORMATS)}")
+            get_format(v)  # UnknownFormat (a ValueError) becomes this field's error
             return v
         if engine not in ENGINES:
             return v  # the engine's own error says it
@@ -102,6 +101,11 @@ class Pool(_Strict):
     def model_name(self) -> str:
         """The name clients put in `model`."""
         return self.served_model_name or self.model
+
+    @property
+    def format(self) -> KVFormat:
+        """The pool's KV format (checked when the plan was read; a vLLM pool's `kv_format`)."""
+        return get_format(self.kv_format)
 
 
 class Rollout(_Strict):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvplan.formats import FORMATS, Element, KVFormat, TensorQuant
+from kvplan.formats import Element, KVFormat, TensorQuant
 
 if TYPE_CHECKING:
     from kvplan.plan import Pool
@@ -65,7 +65,7 @@ def serve_path(fmt: KVFormat) -> ServePath:
 
 def effective_format(pool: Pool, device: Device) -> KVFormat:
     """The format the server really stores (what its block count follows)."""
-    fmt = FORMATS[pool.kv_format]
+    fmt = pool.format
     if device is Device.CPU and fmt.vllm_native_dtype == "auto":
         return CPU_AUTO_FORMAT
     return fmt
@@ -77,7 +77,7 @@ def block_size(device: Device) -> int:
 
 def replica_argv(pool: Pool, model: str, port: int, opts: LaunchOptions) -> tuple[list[str], dict[str, str]]:
     """The argv (`opts.python -m <vLLM's server module> ...`) and the environment it adds."""
-    fmt = FORMATS[pool.kv_format]
+    fmt = pool.format
     argv = [
         opts.python, "-m", VLLM_SERVER_MODULE,
         "--model", model,

@@ -1,10 +1,15 @@
 """KV formats: bytes per token, page layouts and their invariants."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvplan.formats import ALIGN, FORMATS, get_format
+from kvplan.errors import NotFound
+from kvplan.formats import ALIGN, FORMATS, Rotation, UnknownFormat, get_format, parse_formats
 
 
 @pytest.mark.parametrize(
@@ -72,6 +77,49 @@ def test_regime_names_granularity_and_group() -> None:
     assert get_format("k8v4").regime.startswith("k8v4; k=int8/per_token_head/sym; v=int4")
 
 
-def test_unknown_format_lists_known_names() -> None:
-    with pytest.raises(KeyError, match="known: bf16"):
+def test_unknown_format_is_one_domain_error_listing_the_known_names() -> None:
+    with pytest.raises(
+        UnknownFormat, match=r"unknown KV format 'int3'; did you mean .*int4.*known: bf16"
+    ) as e:
         get_format("int3")
+    assert isinstance(e.value, NotFound) and isinstance(
+        e.value, ValueError
+    )  # CLI: exit 2; pydantic: field error
+    assert [f.name for f in parse_formats(" bf16, int8 ,")] == ["bf16", "int8"]
+    with pytest.raises(UnknownFormat):
+        parse_formats("bf16,int7")
+
+
+def test_rotation_is_an_enum_on_the_format() -> None:
+    assert get_format("int4_hadamard").k.rotation is Rotation.HADAMARD
+    assert get_format("int4_hadamard").v.rotation is Rotation.NONE
+    assert get_format("int4_hadamard").k.label.endswith("/hadamard")
+
+
+BAD_PLAN = """\
+buckets:
+  - name: b
+    max_tokens: 4096
+    baseline: {name: p, model: llama-3.1-8b, kv_format: int7, max_model_len: 4096}
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["size", "llama-3.1-8b", "-k", "bf16,int7"],
+        ["plan", "llama-3.1-8b", "--context-mix", "8k:100", "--rps", "1", "--kv-format", "8k=int7"],
+        ["worker", "sim", "--kv-format", "int7", "--port", "0"],
+        ["kernels", "eval", "--formats", "int7"],
+        ["workers", "render", "--plan", "{plan}"],
+    ],
+)
+def test_every_command_refuses_an_unknown_format_with_the_same_line(args: list[str], tmp_path: Path) -> None:
+    plan = tmp_path / "pools.yaml"
+    plan.write_text(BAD_PLAN)
+    argv = [a.format(plan=plan) for a in args]
+    run = subprocess.run(
+        [sys.executable, "-m", "kvplan.cli", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert str(UnknownFormat("int7")) in run.stderr

@@ -16,7 +16,6 @@ from typing import Any
 from prometheus_client.utils import floatToGoString
 
 from kvplan.deploy import labels
-from kvplan.formats import get_format
 from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES
 from kvplan.metric_names import control as cm
 from kvplan.metric_names import router as rm
@@ -303,7 +302,7 @@ def plan_rule_groups(plan: Plan) -> list[Group]:
         for pool in bucket.pools:
             info = {
                 **labels.pool_labels(bucket, pool),
-                "regime": get_format(pool.kv_format).regime,
+                "regime": pool.format.regime,
                 "model": pool.model_name,
                 "gpu": pool.gpu,
             }

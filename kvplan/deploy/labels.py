@@ -7,7 +7,6 @@ plan's names, the same names the router's metrics use.
 
 from __future__ import annotations
 
-from kvplan.formats import get_format
 from kvplan.plan import Bucket, Pool
 
 POOL = "pool"
@@ -28,6 +27,6 @@ def pool_labels(bucket: Bucket, pool: Pool) -> dict[str, str]:
     return {
         POOL: pool.name,
         BUCKET: bucket.name,
-        KV_FORMAT: get_format(pool.kv_format).name,
+        KV_FORMAT: pool.format.name,
         ROLE: role(bucket, pool),
     }

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvplan.formats import Element, Granularity, KVFormat, TensorQuant
+from kvplan.formats import Element, Granularity, KVFormat, Rotation, TensorQuant
 from kvplan.kernels import reference
 from kvplan.kernels.reference import KiviStage
 
@@ -76,7 +76,7 @@ def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
 
 def triton_supports(fmt: KVFormat) -> bool:
     """Formats with a Triton path: per-token-head scales without groups, fp8, bf16/fp16."""
-    return all(_kind(side) is not None for side in (fmt.k, fmt.v)) and fmt.v.rotation is None
+    return all(_kind(side) is not None for side in (fmt.k, fmt.v)) and fmt.v.rotation is Rotation.NONE
 
 
 def _kind(side: TensorQuant) -> int | None:
@@ -212,7 +212,7 @@ def write_kv(
         _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
         t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         HKV=hkv, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
-        K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard",
+        K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD,
         K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
         BLOCK_T=block_t, DOT_PREC=_rot_prec(key), num_warps=TUNING_WRITE["num_warps"],
     )  # fmt: skip
@@ -320,7 +320,7 @@ def _attention_triton(
         out.stride(0), out.stride(1),
         block_table.stride(0), tq, hq,
         HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
-        K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard", K_CODE=p.k_code,
+        K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code,
         V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta, num_qb=num_qb,
         tokens_per_split=tps, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         DIRECT=num_splits == 1, DT=dt,

@@ -23,12 +23,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Two-pass perplexity of SmolLM2-135M-Instruct with the KV cache in each format."""
         from kvplan.errors import InputError
-        from kvplan.formats import FORMATS
+        from kvplan.formats import parse_formats
 
-        names = tuple(n.strip() for n in formats.split(",") if n.strip())
-        unknown = [n for n in names if n not in FORMATS]
-        if unknown or not names:
-            raise InputError(f"unknown KV format(s) {unknown or formats!r}; known: {', '.join(FORMATS)}")
+        names = tuple(f.name for f in parse_formats(formats))
+        if not names:
+            raise InputError(f"--formats {formats!r}: give at least one KV format")
         if prefix < 16 or scored < 2:
             raise InputError("--prefix must be >= 16 and --scored >= 2")
         from kvplan.kernels.eval import evaluate, table

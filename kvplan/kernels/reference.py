@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import torch
 
-from kvplan.formats import Element, Granularity, HeadPageLayout, KVFormat, TensorQuant
+from kvplan.formats import Element, Granularity, HeadPageLayout, KVFormat, Rotation, TensorQuant
 
 _QUERY_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -77,7 +77,7 @@ def quantize(
     fp16 [..., D, 2] per channel, or None (static or no scale).
     """
     x = x.float()
-    if side.rotation == "hadamard":
+    if side.rotation is Rotation.HADAMARD:
         x = x @ hadamard(x.shape[-1], x.device)
     el = side.element
     if el in _CODE_DTYPES:
@@ -157,7 +157,7 @@ def dequantize(
             m = meta.float()
             xg = qg * m.unsqueeze(-1) if side.symmetric else qg * m[..., 0:1] + m[..., 1:2]
             x = xg.reshape(q.shape)
-    if side.rotation == "hadamard":
+    if side.rotation is Rotation.HADAMARD:
         x = x @ hadamard(x.shape[-1], x.device)
     return x
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvplan.errors import InputError
-from kvplan.formats import FORMATS, get_format
+from kvplan.formats import UnknownFormat, get_format
 from kvplan.planner.capacity import Server, Shape, pool_capacity
 from kvplan.planner.gpus import GpuSpec
 from kvplan.planner.memory import Capacity, engine_defaults
@@ -407,8 +407,10 @@ def plan_fleet(
         if opts.engines.get(name, "vllm") != "vllm":
             continue  # the engine's own dtypes, checked by its sizing
         for f in fmts:
-            if f not in FORMATS:
-                raise InputError(f"unknown KV format {f!r} for bucket {name}; known: {', '.join(FORMATS)}")
+            try:
+                get_format(f)
+            except UnknownFormat as exc:
+                raise InputError(f"bucket {name}: {exc}") from None
     over8, over16 = traffic.share_above(8192), traffic.share_above(16384)
     chosen, why = policy_formats(over8, over16, buckets, gpu, opts.allow_int4_above_16k)
     loads, over = bucket_loads(traffic, buckets)

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kvplan.errors import InputError, NotFound, closest
-from kvplan.formats import FORMATS, KVFormat, get_format
+from kvplan.errors import InputError
+from kvplan.formats import KVFormat, get_format
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.layers import LayerKind
 from kvplan.planner.memory import Capacity, kv_capacity, normalize_weight_dtype
@@ -323,12 +323,7 @@ def size(req: SizeRequest) -> SizeReport:
     if not req.formats:
         raise InputError("give at least one KV format")
     for name in req.formats:
-        if name not in FORMATS:
-            raise NotFound(
-                f"unknown KV format {name!r}"
-                + closest(name, list(FORMATS))
-                + f" (known: {', '.join(FORMATS)})"
-            )
+        get_format(name)  # UnknownFormat names the known ones
     ranks = req.resolved_tp() * req.pipeline_parallel
     if req.gpu_count < ranks:
         raise InputError(

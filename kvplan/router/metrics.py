@@ -110,14 +110,13 @@ class RouterMetrics:
 
     def declare(self, plan: Plan) -> None:
         """Create every label combination the plan allows (idempotent; called again on reload)."""
-        from kvplan.formats import get_format
 
         for bucket in plan.buckets:
             self.prompt_tokens.labels(bucket.name)
             self.bucket_weight.labels(bucket.name)
             self.bucket_killed.labels(bucket.name)
             for pool in bucket.pools:
-                regime = get_format(pool.kv_format).regime
+                regime = pool.format.regime
                 for outcome in rm.OUTCOMES:
                     self.requests.labels(bucket.name, pool.name, regime, outcome)
                 self.ttft.labels(bucket.name, pool.name, regime)

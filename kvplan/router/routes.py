@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 from kvplan.control.cohort import percentile
 from kvplan.control.state import BucketFlags, FlagSnapshot, defaults_from_plan
-from kvplan.formats import get_format
 from kvplan.plan import Bucket, EndpointChoice, Plan, Pool
 from kvplan.router.api_errors import ApiError
 from kvplan.router.endpoint_policy import EndpointPolicy, endpoint_policy
@@ -95,7 +94,7 @@ class RouteTable:
                 old = (previous_pools or {}).get(pool.name)
                 chooser = old.chooser if old is not None and old.choice == choice else endpoint_policy(choice)
                 chooser.endpoints_changed(eps)
-                regime = get_format(pool.kv_format).regime
+                regime = pool.format.regime
                 self.pools[pool.name] = PoolRoute(pool, regime, tuple(eps), choice, chooser)
         self.buckets: dict[str, list[BucketRoute]] = {}  # model -> buckets by max_tokens
         for bucket in plan.buckets:

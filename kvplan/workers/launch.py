@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvplan.errors import KvplanError, NotFound, PlanError
-from kvplan.formats import FORMATS
 from kvplan.plan import Plan, Pool
 from kvplan.planner.capacity import server_of
 from kvplan.procs import free_port
@@ -103,7 +102,7 @@ def check_pool(pool: Pool, opts: LaunchOptions) -> list[str]:
         return [f"planned for {pool.engine}: kvplan workers start vLLM only (run it with {pool.engine})"]
     if pool.kv_budget:
         return [f"kv_budget {pool.kv_budget} is a what-if: vLLM keeps every token of full-attention layers"]
-    fmt = FORMATS[pool.kv_format]
+    fmt = pool.format
     reasons: list[str] = []
     try:
         model = get_model(pool.model)

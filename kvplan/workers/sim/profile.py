@@ -140,19 +140,16 @@ def build_profile(
 
     Scheduler limits default to vLLM's for the GPU; `num_blocks` overrides the memory model
     (for tests that need a small pool)."""
-    from kvplan.errors import NotFound, closest
-    from kvplan.formats import FORMATS
+    from kvplan.formats import get_format
     from kvplan.planner.capacity import Server, Shape, pool_capacity
     from kvplan.planner.gpus import get_gpu
     from kvplan.planner.memory import engine_defaults
     from kvplan.planner.models import get_model
 
-    if kv_format not in FORMATS:
-        raise NotFound(f"unknown KV format {kv_format!r}{closest(kv_format, list(FORMATS))}")
+    fmt = get_format(kv_format)
     efficiency(kernels)  # refuse an unknown name before any work
     model_spec = get_model(model)
     gpu_spec, _ = get_gpu(gpu)
-    fmt = FORMATS[kv_format]
     defaults = engine_defaults(gpu_spec)
     seqs = max_num_seqs or defaults.max_num_seqs
     batched = max_num_batched_tokens or defaults.max_num_batched_tokens

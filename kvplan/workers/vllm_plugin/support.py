@@ -3,7 +3,7 @@ with it before starting anything)."""
 
 from __future__ import annotations
 
-from kvplan.formats import FORMATS, Granularity, KVFormat
+from kvplan.formats import Granularity, KVFormat, get_format
 
 # The torch reference and the Triton kernels handle these head sizes and pages (vLLM's block).
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -22,9 +22,7 @@ def unsupported_reason(fmt: KVFormat) -> str | None:
 
 def plugin_format(name: str) -> KVFormat:
     """The format the plugin serves for `name`; ValueError naming the reason otherwise."""
-    if name not in FORMATS:
-        raise ValueError(f"kvplan plugin: unknown KV format {name!r}; known: {', '.join(FORMATS)}")
-    fmt = FORMATS[name]
+    fmt = get_format(name)  # UnknownFormat is a ValueError too
     reason = unsupported_reason(fmt)
     if reason:
         raise ValueError(f"kvplan plugin: {reason}")
