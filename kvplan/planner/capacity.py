@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from kvplan.errors import Unsupported
 from kvplan.formats import KVFormat, get_format
 from kvplan.plan import Pool
 from kvplan.planner.gpus import GpuSpec, get_gpu
@@ -111,6 +112,13 @@ def pool_capacity(model: ModelSpec, gpu: GpuSpec, pool: PoolShape, server: Serve
 
 
 def capacity_of(pool: PoolShape, server: Server = GPU_SERVER) -> Capacity:
-    """The capacity of one replica of `pool`; unknown model or GPU names raise NotFound."""
+    """The capacity of one replica of `pool`; unknown model or GPU names raise NotFound, a pool
+    planned for another engine than vLLM raises Unsupported (its capacity is its engine's:
+    `kvplan size --engine ...`)."""
+    engine = getattr(pool, "engine", "vllm")
+    if engine != "vllm":
+        raise Unsupported(
+            f"pool on {engine}: vLLM's capacity does not apply; see kvplan size --engine {engine}"
+        )
     gpu, _ = get_gpu(pool.gpu)
     return pool_capacity(get_model(pool.model), gpu, pool, server)

@@ -624,3 +624,15 @@ def test_llamacpp_kv_self_size_of_a_published_run() -> None:
     s = llamacpp.size(model, H100, "q8_0", max_model_len=32768, weight_bytes=0, args=EngineArgs())
     line = next(ln for ln in s.log if "cells," in ln)
     assert "size = 4352.00 MiB" in line and "K (q8_0): 2176.00 MiB, V (q8_0): 2176.00 MiB" in line
+
+
+def test_capacity_of_refuses_a_pool_planned_for_another_engine() -> None:
+    """capacity_of (dashboards' prediction, workers status) is vLLM's: an SGLang pool is an exit 2."""
+    from kvplan.dashboards.rules import predicted_kv_blocks
+    from kvplan.plan import Pool
+    from kvplan.planner.capacity import capacity_of
+
+    pool = Pool(name="a", model="llama-3.1-8b", engine="sglang", kv_format="auto", max_model_len=8192)
+    with pytest.raises(Unsupported, match="pool on sglang: vLLM's capacity does not apply"):
+        capacity_of(pool)
+    assert predicted_kv_blocks(pool) is None
