@@ -11,12 +11,14 @@ the other formats simply load the halves (two dots of depth d/2 instead of one o
 
 Scales are folded, never applied per element:
   int8   s = scale_t * (q . c_t)                       o = sum_t (p_t scale_t) c_t
-  int4   s = scale_t * (q . c'_t) + zero'_t * sum(q)   o = sum_t (p_t scale_t) c'_t + sum_t p_t zero'_t
+  int4   s = scale_t * (q . c'_t) + zero'_t * sum(q)   o = sum_t (p_t scale_t) (c_t - 8) + sum_t p_t zero''_t
   fp8    the static per-head scale goes into the softmax scale and the final output.
-int4 codes become bf16/fp16 by OR-ing the nibble into the mantissa of 128.0 (bf16, MAGIC 0x4300)
-or 1024.0 (fp16, 0x6400): c' = c + MAGIC_OFF exactly, with no int->float conversion; the offset is
-folded into the zero point for K (zero' = zero - MAGIC_OFF * scale) and taken out of V's sum with
-the same rounded probabilities the dot used.
+int4 key codes become bf16/fp16 by OR-ing the nibble into the mantissa of 128.0 (bf16, MAGIC
+0x4300) or 1024.0 (fp16, 0x6400): c' = c + MAGIC_OFF exactly, with no int->float conversion; the
+offset is folded into the zero point (zero' = zero - MAGIC_OFF * scale). Value codes are centred,
+c - 8 (exact, one more instruction per two codes), and zero''_t = zero_t + 8 scale_t is summed
+with the same rounded probabilities the dot used: the P.V accumulator then stays near the
+output's size, which the tensor cores' truncating fp32 accumulation needs at long context.
 
 With I8K (int8/int4 keys), q is split once into two int8 operands with row scales,
 q = s1 * a + s2 * b, and q . c_t is two int8 MMAs on the codes (int4: the nibbles, no offset), so
@@ -177,6 +179,17 @@ _PTX_NIB_BF16 = tl.constexpr(
         " lop3.b32 ${k4}, u, 0x000F000F, 0x43004300, 0xEA;",
     )
 )
+# values: the nibble n becomes n - 8 exactly (centred codes, see _nib_words): the low nibble as
+# 128 + n minus 136, the high one as 128 + 16 n (no shift) times 1/16 minus 16, in one fma
+_PTX_NIB_BF16_CENTRED = tl.constexpr(
+    _per_byte_ptx(
+        ".reg .b32 t, c, s, m;",
+        "prmt.b32 t, $8, $9, {sel}; lop3.b32 ${k}, t, 0x000F000F, 0x43004300, 0xEA;"
+        " sub.bf16x2 ${k}, ${k}, c; lop3.b32 ${k4}, t, 0x00F000F0, 0x43004300, 0xEA;"
+        " fma.rn.bf16x2 ${k4}, ${k4}, s, m;",
+        head="mov.b32 c, 0x43084308; mov.b32 s, 0x3D803D80; mov.b32 m, 0xC180C180;",
+    )
+)
 _PTX_E4M3_F16 = tl.constexpr(
     _per_byte_ptx(
         ".reg .b32 t; .reg .b16 h, x;",
@@ -220,23 +233,33 @@ def _s8_words(w, ASM: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
-def _nib_words(w, ASM: tl.constexpr, DT: tl.constexpr, MAGIC_OFF: tl.constexpr):
-    """int4 bytes loaded as int32 words [BN, W] -> (lo, hi) DT [BN, 4W] = MAGIC_OFF + nibble."""
+def _nib_words(w, ASM: tl.constexpr, DT: tl.constexpr, OFF: tl.constexpr, CENTRED: tl.constexpr = False):
+    """int4 bytes loaded as int32 words [BN, W] -> (lo, hi) DT [BN, 4W] = OFF + nibble, or with
+    CENTRED (values) nibble - 8, exactly. OFF is the magic number's offset (keys: folded into the
+    zero point); OFF is ignored when CENTRED."""
     if not ASM:
-        l0 = ((w & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        l1 = (((w >> 8) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        l2 = (((w >> 16) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        l3 = (((w >> 24) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        h0 = (((w >> 4) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        h1 = (((w >> 12) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        h2 = (((w >> 20) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
-        h3 = (((w >> 28) & 15).to(tl.float32) + MAGIC_OFF).to(DT)
+        add = -8.0 if CENTRED else OFF
+        l0 = ((w & 15).to(tl.float32) + add).to(DT)
+        l1 = (((w >> 8) & 15).to(tl.float32) + add).to(DT)
+        l2 = (((w >> 16) & 15).to(tl.float32) + add).to(DT)
+        l3 = (((w >> 24) & 15).to(tl.float32) + add).to(DT)
+        h0 = (((w >> 4) & 15).to(tl.float32) + add).to(DT)
+        h1 = (((w >> 12) & 15).to(tl.float32) + add).to(DT)
+        h2 = (((w >> 20) & 15).to(tl.float32) + add).to(DT)
+        h3 = (((w >> 28) & 15).to(tl.float32) + add).to(DT)
         return _interleave4(l0, l1, l2, l3), _interleave4(h0, h1, h2, h3)
-    l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
-        asm=_PTX_NIB_BF16,
-        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
-        dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2,
-    )  # fmt: skip
+    if CENTRED:
+        l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
+            asm=_PTX_NIB_BF16_CENTRED,
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
+            dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2,
+        )  # fmt: skip
+    else:
+        l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
+            asm=_PTX_NIB_BF16,
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
+            dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2,
+        )  # fmt: skip
     return _interleave4(l0, l1, l2, l3), _interleave4(h0, h1, h2, h3)
 
 
@@ -314,11 +337,12 @@ def _load_side(
     KIND: tl.constexpr, CODE_OFF: tl.constexpr, META_OFF: tl.constexpr,
     D: tl.constexpr, HALF: tl.constexpr, DT: tl.constexpr, MAGIC: tl.constexpr,
     ASM: tl.constexpr, WORDS: tl.constexpr, MAGIC_OFF: tl.constexpr, I8: tl.constexpr = False,
+    CENTRED: tl.constexpr = False,
 ):  # fmt: skip
     """A tile of one side: (lo, hi) [BN, HALF] in DT, and the per-token (scale, zero') in fp32.
 
     I8 (INT8/INT4 only): the codes themselves as int8 (int4: the nibbles 0..15) for an int8 MMA,
-    and zero' = zero (no magic-number offset).
+    and zero' = zero (no magic-number offset). CENTRED (INT4 values): the codes as nibble - 8.
     """
     d2 = tl.arange(0, HALF)
     m2 = n_mask[:, None]
@@ -371,13 +395,19 @@ def _load_side(
             wp = c_f32.to(tl.pointer_type(tl.int32)) + ((base + CODE_OFF + o * HALF) // 4)[:, None]
             w4 = tl.arange(0, HALF // 4)
             wa = ASM and (MAGIC == 0x4300)
-            lo, hi = _nib_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT, MAGIC_OFF)
+            lo, hi = _nib_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT, MAGIC_OFF, CENTRED)
         elif MAGIC == 0:
             lo = (c & 15).to(DT)
             hi = (c >> 4).to(DT)
+            if CENTRED:
+                lo = lo - 8.0
+                hi = hi - 8.0
         else:
             lo = ((c & 15).to(tl.uint16) | MAGIC).to(DT, bitcast=True)
             hi = ((c >> 4).to(tl.uint16) | MAGIC).to(DT, bitcast=True)
+            if CENTRED:  # exact: MAGIC_OFF + n - (MAGIC_OFF + 8) = n - 8
+                lo = (lo - (MAGIC_OFF + 8.0)).to(DT)
+                hi = (hi - (MAGIC_OFF + 8.0)).to(DT)
         mptr = c_f16 + (base + META_OFF) // 2 + o * 2
         sc = tl.load(mptr, mask=n_mask, other=0.0).to(tl.float32)
         zr = tl.load(mptr + 1, mask=n_mask, other=0.0).to(tl.float32)
@@ -501,7 +531,7 @@ def attention_kernel(
         acc_hi = acc_hi * alpha[:, None]
         v_lo, v_hi, v_sc, v_zr = _load_side(
             c_u8, c_p16, c_f16, c_f32, base, o, n_mask, V_KIND, V_CODE, V_META, D, HALF, DT,
-            MAGIC, ASM, WORDS, MAGIC_OFF,
+            MAGIC, ASM, WORDS, MAGIC_OFF, False, True,
         )  # fmt: skip
         if V_KIND == INT4:
             z_acc = z_acc * alpha + tl.sum(p * v_zr[None, :], axis=1)
@@ -509,8 +539,11 @@ def attention_kernel(
             p = p * v_sc[None, :]
         pd = p.to(DT)
         if V_KIND == INT4:
-            # the dot sums pd * (code + offset): take the offset back out with the same rounded pd
-            z_acc = z_acc - MAGIC_OFF * tl.sum(pd.to(tl.float32), axis=1)
+            # the dot sums pd * (code - 8): add the 8 back with the same rounded pd. Centred codes
+            # keep the tensor-core accumulator near the output's size: with codes 0..15 plus the
+            # magic offset it grew ~50 sqrt(tokens) times larger, and the MMA's truncating fp32
+            # accumulation lost ~1e-1 relative at 32K tokens a split (bench check, grid shapes)
+            z_acc = z_acc + 8.0 * tl.sum(pd.to(tl.float32), axis=1)
         acc_lo = tl.dot(pd, v_lo, acc_lo, input_precision=DOT_PREC)
         acc_hi = tl.dot(pd, v_hi, acc_hi, input_precision=DOT_PREC)
         m_i = m_new

@@ -54,3 +54,31 @@ def paged(
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def truncating_mma(monkeypatch) -> None:
+    """Make the interpreter's float dots accumulate like the GPU's tensor cores: the products of
+    each 16-deep slice are summed exactly and added to the fp32 accumulator rounding toward zero
+    (Fasi et al., "Numerical behavior of NVIDIA tensor cores", PeerJ CS 2021: truncation, not
+    round-to-nearest; Hopper's HMMA is no finer). numpy's round-to-nearest matmul hides an error
+    that grows with the accumulator's size over a long split; this emulation shows it on the CPU."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    orig = interpreter.InterpreterBuilder.create_dot
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # type: ignore[no-untyped-def]
+        plain = (np.float16, np.float32)
+        if d.data.dtype != np.float32 or a.data.dtype not in plain or b.data.dtype not in plain:
+            return orig(self, a, b, d, input_precision, max_num_imprecise_acc)
+        a64 = np.asarray(a.data, dtype=np.float64)
+        b64 = np.asarray(b.data, dtype=np.float64)
+        acc = d.data.astype(np.float32)
+        for k0 in range(0, a64.shape[-1], 16):
+            exact = np.matmul(a64[..., k0 : k0 + 16], b64[..., k0 : k0 + 16, :]) + acc.astype(np.float64)
+            r = exact.astype(np.float32)
+            away = np.abs(r.astype(np.float64)) > np.abs(exact)
+            acc = np.where(away, np.nextafter(r, np.float32(0)), r).astype(np.float32)
+        return interpreter.TensorHandle(acc, d.dtype.scalar)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from synthetic import keys_values, paged, rel
+from synthetic import keys_values, paged, rel, truncating_mma
 
 from kvplan.formats import get_format
 from kvplan.kernels import api
@@ -22,10 +22,12 @@ def triton_write(k, v, cache, slot, fmt, page, ks, vs, stage=None):
     api.write_kv(k, v, cache, slot, fmt, page, ks, vs, backend="triton")
 
 
-def _run(name: str, d: int, page: int, q_lens: list[int], lens: list[int], dtype, splits, q_mag=1.0) -> float:
+def _run(
+    name: str, d: int, page: int, q_lens: list[int], lens: list[int], dtype, splits, q_mag=1.0, outliers=True
+) -> float:
     fmt = get_format(name)
     hkv, g = 2, 3
-    k, v = keys_values(sum(lens), hkv, d, outliers=True, dtype=torch.float16)
+    k, v = keys_values(sum(lens), hkv, d, outliers=outliers, dtype=torch.float16)
     ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
     cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, ks, write=triton_write)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
@@ -47,6 +49,19 @@ def _run(name: str, d: int, page: int, q_lens: list[int], lens: list[int], dtype
 @pytest.mark.parametrize("splits", [1, 3])
 def test_decode_matches_fp64_reference_on_the_dequantized_cache(name: str, splits: int) -> None:
     assert _run(name, 64, 16, [1, 1, 1], [37, 1, 70], torch.float16, splits) <= 5e-3
+
+
+@pytest.mark.parametrize("name", ["int4", "int4_hadamard", "k8v4"])
+def test_a_long_split_stays_accurate_under_truncating_tensor_core_accumulation(
+    name: str, monkeypatch
+) -> None:
+    """One split of 1024 tokens, as the grid-filling launch gives every split of a 32 x 32K batch
+    thousands of tokens, with the tensor cores' truncating fp32 accumulation emulated. The 4-bit
+    values once entered the P.V dot as 1024 + code (128 + code in bf16): with attention spread over
+    the whole split (keys without outliers) the accumulator grew ~50 sqrt(tokens) times past the
+    output and lost 1e-1 relative at 32 x 32K on the GPU; centred codes fixed it."""
+    truncating_mma(monkeypatch)
+    assert _run(name, 64, 128, [1], [1024], torch.float16, 1, outliers=False) <= 5e-3
 
 
 @pytest.mark.parametrize(("d", "page"), [(128, 16), (256, 16), (64, 32), (64, 64), (64, 128)])
