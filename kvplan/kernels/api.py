@@ -64,6 +64,19 @@ TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
     "int4_hadamard": {"num_warps": 2, "block_n": 64, "num_stages": 3, "int8_qk": False},
 }
 TUNING_SMALL_GRID: dict[str, object] = {"num_warps": 1, "block_n": 32, "num_stages": 3}
+# The Gluon decode kernel (gluon_decode.py) for fp8/int8/int4 pages with bf16/fp16 queries, on
+# Triton 3.6 only (the version it is written and checked against; any other version, fp32
+# queries, or "gluon": False run the Triton kernel above). One-warp programs; block_n tokens a
+# tile (a divisor of the page), `unroll` tiles' loads issued together.
+GLUON_VERSION = "3.6."
+TUNING_GLUON: dict[str, object] = {
+    "gluon": True,
+    "block_n": 16,
+    "unroll": 2,
+    "programs_per_sm": 16,
+    "min_tokens_per_split": 128,
+}
+TUNING_GLUON_BY_FORMAT: dict[str, dict[str, object]] = {}
 
 
 def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
@@ -72,6 +85,25 @@ def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
     if fmt.is_quantized and programs < float(str(tune["small_grid_per_sm"])) * sms:
         tune.update(TUNING_SMALL_GRID)
     return tune
+
+
+def _gluon_tuning(fmt: KVFormat) -> dict[str, object]:
+    return {**TUNING_GLUON, **TUNING_GLUON_BY_FORMAT.get(fmt.name, {})}
+
+
+def gluon_applies(fmt: KVFormat, query_dtype: torch.dtype, group: int, block_q: int) -> bool:
+    """Whether paged_attention runs the Gluon kernel for these pages and queries (on CUDA)."""
+    from kvplan.kernels import triton_kernels as tk
+
+    kinds = (int(tk.FP8.value), int(tk.INT8.value), int(tk.INT4.value))
+    return (
+        bool(_gluon_tuning(fmt)["gluon"])
+        and triton.__version__.startswith(GLUON_VERSION)
+        and _kind(fmt.k) in kinds
+        and _kind(fmt.v) in kinds
+        and query_dtype in (torch.bfloat16, torch.float16)
+        and group * block_q <= 64
+    )
 
 
 def triton_supports(fmt: KVFormat) -> bool:
@@ -274,9 +306,14 @@ def _attention_triton(
     max_seq_len: int | None,
     num_splits: int | None,
     out: torch.Tensor | None,
+    cuda: bool | None = None,
+    sms: int | None = None,
 ) -> torch.Tensor:
+    """`cuda`/`sms` default to the query's device; bench/kernels_sass.py passes them to compile
+    the GPU's kernels from CPU tensors."""
     from kvplan.kernels import triton_kernels as tk
 
+    cuda = query.is_cuda if cuda is None else cuda
     tq, hq, d = query.shape
     hkv = cache.shape[1]
     group = hq // hkv
@@ -294,26 +331,71 @@ def _attention_triton(
     p = _plan(fmt, d, block_size)
     block_q = max(1, min(triton.next_power_of_2(max(max_query_len, 1)), max(1, 64 // group)))
     num_qb = triton.cdiv(max(max_query_len, 1), block_q)
-    block_m = max(16, triton.next_power_of_2(block_q * group))
-    sms = _sm_count(query.device)
-    tune = _tuning(fmt, b * num_qb * hkv, sms)
-    block_n = int(str(tune["block_n"])) if d <= 128 else 32
+    sms = _sm_count(query.device) if sms is None else sms
+    gluon = cuda and gluon_applies(fmt, query.dtype, group, block_q)
+    if gluon:
+        tune = _gluon_tuning(fmt)
+        block_n = min(int(str(tune["block_n"])), block_size)
+        block_m = max(8, triton.next_power_of_2(block_q * group))
+    else:
+        tune = _tuning(fmt, b * num_qb * hkv, sms)
+        block_n = int(str(tune["block_n"])) if d <= 128 else 32
+        block_m = max(16, triton.next_power_of_2(block_q * group))
     if num_splits is None:
         num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, sms, tune)
     tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
     u8, p16, f16, f32 = _views(cache, fmt)
-    dt, magic, magic_off = _DOT_TYPES[query.dtype]
-    words = bool(tune["word_loads"]) and (query.dtype == torch.bfloat16 or not query.is_cuda)
-    if bool(tune["fp8_fp16"]) and p.k_kind == p.v_kind == int(tk.FP8.value) and query.dtype == torch.bfloat16:
-        dt, magic, magic_off = _DOT_TYPES[torch.float16]
     if num_splits > 1:
         o_part = torch.empty(num_splits, tq, hq, d, dtype=torch.float32, device=query.device)
         m_part = torch.empty(num_splits, tq, hq, dtype=torch.float32, device=query.device)
         l_part = torch.empty_like(m_part)
     else:
         o_part = m_part = l_part = out  # unused
-    tk.attention_kernel[(b * num_qb, hkv, num_splits)](
+    if gluon:
+        from kvplan.kernels import gluon_decode as gd
+
+        gd.attention_kernel[(b * num_qb, hkv, num_splits)](
+            query, out, o_part, m_part, l_part, u8, f32.view(torch.int32), block_table, seq_lens,
+            query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
+            _half_hadamard(d, query.device, query.dtype), scale * _LOG2E, query.stride(0),
+            query.stride(1), out.stride(0), out.stride(1), block_table.stride(0), tq, hq, num_qb, tps,
+            HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
+            V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard", K_CODE=p.k_code, V_CODE=p.v_code,
+            K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
+            UNROLL=int(str(tune["unroll"])), DIRECT=num_splits == 1, num_warps=1,
+        )  # fmt: skip
+    else:
+        _launch_triton(
+            query, out, o_part, m_part, l_part, (u8, p16, f16, f32), block_table, seq_lens,
+            query_start_loc, fmt, p, scale, k_scale, v_scale, hkv, group, d, block_size, num_qb, tps,
+            block_q, block_m, block_n, num_splits, tune, cuda,
+        )  # fmt: skip
+    if num_splits > 1:
+        tk.combine_kernel[(tq, hq)](
+            out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
+            D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits),
+        )  # fmt: skip
+    return out
+
+
+def _launch_triton(
+    query: torch.Tensor, out: torch.Tensor, o_part: torch.Tensor, m_part: torch.Tensor,
+    l_part: torch.Tensor, views: tuple[torch.Tensor, ...], block_table: torch.Tensor,
+    seq_lens: torch.Tensor, query_start_loc: torch.Tensor, fmt: KVFormat, p: _Plan, scale: float,
+    k_scale: torch.Tensor | float | None, v_scale: torch.Tensor | float | None, hkv: int,
+    group: int, d: int, block_size: int, num_qb: int, tps: int, block_q: int, block_m: int,
+    block_n: int, num_splits: int, tune: dict[str, object], cuda: bool,
+) -> None:  # fmt: skip
+    from kvplan.kernels import triton_kernels as tk
+
+    u8, p16, f16, f32 = views
+    tq, hq = query.shape[:2]
+    dt, magic, magic_off = _DOT_TYPES[query.dtype]
+    words = bool(tune["word_loads"]) and (query.dtype == torch.bfloat16 or not cuda)
+    if bool(tune["fp8_fp16"]) and p.k_kind == p.v_kind == int(tk.FP8.value) and query.dtype == torch.bfloat16:
+        dt, magic, magic_off = _DOT_TYPES[torch.float16]
+    tk.attention_kernel[(seq_lens.shape[0] * num_qb, hkv, num_splits)](
         query, out, o_part, m_part, l_part, u8, p16, f16, f32, block_table, seq_lens,
         query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
         _half_hadamard(d, query.device, query.dtype), scale * _LOG2E, query.stride(0), query.stride(1),
@@ -324,19 +406,14 @@ def _attention_triton(
         V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta, num_qb=num_qb,
         tokens_per_split=tps, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
         DIRECT=num_splits == 1, DT=dt,
-        DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32", ROT_PREC=_rot_prec(query),
+        DOT_PREC="ieee" if query.dtype == torch.float32 else "tf32",
+        ROT_PREC=str(TUNING["rot_prec"]) if cuda else "ieee",
         MAGIC=magic, MAGIC_OFF=magic_off, SWAP_QK=bool(tune["swap_qk"]),
-        ASM=bool(tune["asm_convert"]) and query.is_cuda,
+        ASM=bool(tune["asm_convert"]) and cuda,
         WORDS=words,
         I8K=bool(tune["int8_qk"]) and p.k_kind in (int(tk.INT8.value), int(tk.INT4.value)),
         num_warps=tune["num_warps"], num_stages=tune["num_stages"], **_maxnreg(tune),
     )  # fmt: skip
-    if num_splits > 1:
-        tk.combine_kernel[(tq, hq)](
-            out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
-            D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits),
-        )  # fmt: skip
-    return out
 
 
 def _maxnreg(tune: dict[str, object]) -> dict[str, int]:

@@ -1,0 +1,530 @@
+"""Paged decode attention for the 8-/4-bit formats in Gluon (Triton 3.6): codes feed the tensor
+cores from registers.
+
+Written against Triton 3.6's `triton.experimental.gluon` (the GPU machine's version; Gluon's API
+moves between minors) and used only there: `api` falls back to the Triton kernel
+(`triton_kernels.attention_kernel`) on any other version, for fp32 queries, and where
+`api.TUNING["gluon"]` is off. Gluon has no interpreter, so CI covers this kernel only through the
+reference; `bench/kernels_decode.py --sections check` runs it on the GPU.
+
+Why: the Triton kernel moves every dequantized 8-/4-bit tile register -> shared memory -> MMA
+operand, 2-4x the bytes of the codes, and that round trip, not the HBM bytes, set its time. Here
+nothing goes through shared memory in the loop. One warp per program (sequence, KV head, split);
+per tile of BLOCK_N tokens (one page or part of one):
+
+- S = Q K^T on `mma.sync`: Q (the G query heads of the KV group, padded to 16 rows) is the A
+  operand, held in registers all along; K is the B operand. Each lane loads its part of a key row
+  with one 16-byte load, and that IS its B fragment once the head_dim channels are relabelled
+  (the dot does not care in which order channels are summed; q is relabelled the same way in the
+  prologue). int8/int4 keys: two int8 MMAs on the codes (q = s1 a + s2 b as two int8 operands,
+  as in the Triton kernel), no conversion; fp8 keys: e4m3x2 -> f16x2 in hardware, f16 MMAs.
+- O^T = V^T P^T: V^T is the A operand (channels x tokens), P^T the B operand. The accumulator
+  layout of S is, relabelled, exactly P^T's B fragment, so P never moves. Each lane loads its
+  channels of two adjacent token rows and a byte permute pairs them into f16x2 (int8: magic
+  number 1024 + u, fp8: hardware e4m3x2, int4: 1024 + n, centred to n - 8). V^T's channel order
+  is a relabelling too; the output store applies it.
+- P in fp16 (10 bits; the Triton kernel rounds P to bf16), with per-token value scales folded
+  into P and a per-program power-of-two factor keeping p * scale in fp16's normal range.
+
+Relabellings are logical reshapes/permutes of the loaded tiles; Gluon infers the layouts and the
+final `convert_layout` to the MMA operand moves no data (asserted where it must be exactly trivial).
+"""
+
+# mypy: disable-error-code="no-untyped-def, untyped-decorator, valid-type, attr-defined, name-defined, no-redef"
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+# side kinds: the same numbers as triton_kernels (PLAIN 0, FP8 1, INT8 2, INT4 3)
+FP8: gl.constexpr = gl.constexpr(1)
+INT8: gl.constexpr = gl.constexpr(2)
+INT4: gl.constexpr = gl.constexpr(3)
+
+# ----------------------------------------------------------------------------------------------
+# code conversions (inline PTX on 32-bit words; `pack=4` hands each call 4 consecutive bytes)
+
+# int4 bytes -> (low nibbles, high nibbles) as int8, four a word
+_PTX_NIBBLES = gl.constexpr(
+    "{ .reg .b32 t; and.b32 $0, $2, 0x0F0F0F0F; shr.b32 t, $2, 4; and.b32 $1, t, 0x0F0F0F0F; }"
+)
+# four e4m3 -> two f16x2 (byte order kept)
+_PTX_E4M3 = gl.constexpr(
+    "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h; }"
+)
+# value pairs: $N = even token row's word, $N+1 = odd row's; each output f16x2 is (even, odd) of
+# one channel. int8: prmt puts byte k of the two words in the low bytes of the two 16-bit lanes;
+# the byte with its sign bit flipped, under 0x64, is 1024 + u, and minus 1152 gives the code
+# (lop3 0x6A: (a ^ c) & b | c & ~b, i.e. flip bit 7 and put 0x64 in the high byte).
+_PTX_V_S8 = gl.constexpr(
+    "{ .reg .b32 t, c; mov.b32 c, 0x64806480;"
+    " prmt.b32 t, $4, $5, 0x4400; lop3.b32 $0, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $0, $0, c;"
+    " prmt.b32 t, $4, $5, 0x5511; lop3.b32 $1, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $1, $1, c;"
+    " prmt.b32 t, $4, $5, 0x6622; lop3.b32 $2, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $2, $2, c;"
+    " prmt.b32 t, $4, $5, 0x7733; lop3.b32 $3, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $3, $3, c; }"
+)
+_PTX_V_E4M3 = gl.constexpr(
+    "{ .reg .b32 t; .reg .b16 l, h;"
+    " prmt.b32 t, $4, $5, 0x5140; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h;"
+    " prmt.b32 t, $4, $5, 0x7362; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $2, l; cvt.rn.f16x2.e4m3x2 $3, h; }"
+)
+
+
+def _v_nib(t: str, lo: str, hi: str) -> str:
+    """Both nibbles of byte 0 of each 16-bit lane of t, as centred f16x2 (n - 8): the low one as
+    1024 + n minus 1032, the high one as 1024 + 16 n (no shift) times 1/16 minus 72."""
+    return (
+        f" lop3.b32 {lo}, {t}, 0x000F000F, 0x64006400, 0xEA; sub.f16x2 {lo}, {lo}, c;"
+        f" lop3.b32 {hi}, {t}, 0x00F000F0, 0x64006400, 0xEA; fma.rn.f16x2 {hi}, {hi}, s, m;"
+    )
+
+
+# outputs: $0 $1 low nibbles of bytes 0, 1; $2 $3 of bytes 2, 3; $4-$7 the high nibbles alike
+_PTX_V_S4 = gl.constexpr(
+    "{ .reg .b32 t, u, c, s, m; mov.b32 c, 0x64086408; mov.b32 s, 0x2C002C00; mov.b32 m, 0xD480D480;"
+    " prmt.b32 t, $8, $9, 0x5410;"
+    + _v_nib("t", "$0", "$4")
+    + " shr.b32 u, t, 8;"
+    + _v_nib("u", "$1", "$5")
+    + " prmt.b32 t, $8, $9, 0x7632;"
+    + _v_nib("t", "$2", "$6")
+    + " shr.b32 u, t, 8;"
+    + _v_nib("u", "$3", "$7")
+    + " }"
+)
+
+# ----------------------------------------------------------------------------------------------
+# operand construction
+
+
+@gluon.jit
+def _k_operand(
+    x, BN: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, KW: gl.constexpr, layout: gl.constexpr
+):
+    """A key half tile as loaded, [BN, 4 lanes, CB] (lane t's CB contiguous channels of each row),
+    relabelled into the MMA's B operand [HALF (k), BN]. KW 4 (int8): k = 32j + 16h + 4t + e holds
+    channel CB t + 8j + 4h + e; KW 2 (f16): k = 16j + 8h + 2t + e holds channel CB t + 4j + 2h + e."""
+    x = gl.reshape(x, [BN, 4, CB // 8, 2, 4]) if KW == 4 else gl.reshape(x, [BN, 4, CB // 4, 2, 2])
+    x = gl.reshape(gl.permute(x, [2, 3, 1, 4, 0]), [HALF, BN])
+    return gl.convert_layout(x, layout, assert_trivial=True)
+
+
+@gluon.jit
+def _q_operand(
+    q, M: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, KW: gl.constexpr, layout: gl.constexpr
+):
+    """Query half rows [M, HALF] in channel order, relabelled as _k_operand relabels keys, as the
+    MMA's A operand (once a program: the layout change may go through shared memory)."""
+    q = gl.reshape(q, [M, 4, CB // 8, 2, 4]) if KW == 4 else gl.reshape(q, [M, 4, CB // 4, 2, 2])
+    q = gl.reshape(gl.permute(q, [0, 2, 3, 1, 4]), [M, HALF])
+    return gl.convert_layout(q, layout)
+
+
+@gluon.jit
+def _v_operand(
+    x, KIND: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, VB: gl.constexpr, layout: gl.constexpr
+):
+    """A value tile as loaded, [BN, 8 lanes, VB] uint8 (lane g's VB contiguous bytes of each token
+    row; rows 2i and 2i+1 in one lane), -> the MMA's A operand V^T [D (m), BN] f16 with
+    int8/fp8: m = 32q + 16u + 8o + g holds channel VB g + 4q + 2o + u,
+    int4:     m = 64q + 32u + 16o + 8l + g holds channel VB g + 4q + 2o + u + l D/2 (l: nibble),
+    which `_v_channel` inverts for the output."""
+    x = gl.permute(gl.reshape(x, [BN // 2, 2, 8, VB]), [0, 2, 3, 1])
+    ev, od = gl.split(x)  # token rows 2i and 2i + 1
+    if KIND == INT4:
+        lo1, lo2, hi1, hi2 = gl.inline_asm_elementwise(
+            asm=_PTX_V_S4, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[ev, od],
+            dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4,
+        )  # fmt: skip
+        j = gl.join(gl.join(lo1, lo2), gl.join(hi1, hi2))  # [BN/2, 8, VB, o, l]
+        j = gl.reshape(j, [BN // 2, 8, VB // 4, 2, 2, 2, 2])  # [i, g, q, u, e, o, l]
+        j = gl.permute(j, [2, 3, 5, 6, 1, 0, 4])  # [q, u, o, l, g, i, e]
+    else:
+        if KIND == INT8:
+            o1, o2 = gl.inline_asm_elementwise(
+                asm=_PTX_V_S8, constraints="=r,=r,=r,=r,r,r", args=[ev, od],
+                dtype=(gl.float16, gl.float16), is_pure=True, pack=4,
+            )  # fmt: skip
+        else:
+            o1, o2 = gl.inline_asm_elementwise(
+                asm=_PTX_V_E4M3, constraints="=r,=r,=r,=r,r,r", args=[ev, od],
+                dtype=(gl.float16, gl.float16), is_pure=True, pack=4,
+            )  # fmt: skip
+        j = gl.join(o1, o2)  # [BN/2, 8, VB, o]: element 4q + 2u + e of o holds byte 4q + 2o + u of row 2i + e
+        j = gl.reshape(j, [BN // 2, 8, VB // 4, 2, 2, 2])  # [i, g, q, u, e, o]
+        j = gl.permute(j, [2, 3, 5, 1, 0, 4])  # [q, u, o, g, i, e]
+    return gl.convert_layout(gl.reshape(j, [D, BN]), layout)
+
+
+@gluon.jit
+def _v_channel(m, KIND: gl.constexpr, D: gl.constexpr, VB: gl.constexpr):
+    """The channel that V^T row m (see _v_operand) holds."""
+    g = m % 8
+    if KIND == INT4:
+        return VB * g + 4 * (m // 64) + 2 * ((m // 16) % 2) + (m // 32) % 2 + (D // 2) * ((m // 8) % 2)
+    return VB * g + 4 * (m // 32) + 2 * ((m // 8) % 2) + (m // 16) % 2
+
+
+@gluon.jit
+def _rows8(x, axis: gl.constexpr):
+    """The first 8 rows of a 16-row MMA tile (the padding rows 8-15 sit in registers of their
+    own, so this moves nothing): x [16, N] -> [8, N] (axis 0) or x [16] -> [8]."""
+    if axis == 0:
+        x = gl.permute(gl.reshape(x, [2, 8, x.shape[1]]), [1, 2, 0])
+    else:
+        x = gl.permute(gl.reshape(x, [2, 8]), [1, 0])
+    a, _ = gl.split(x)
+    return a
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernel
+
+
+@gluon.jit
+def _tile(
+    n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kc_lo, kc_hi, vc, k_meta, v_meta,
+    m_i, l_el, z_el, acc, v_mul, v_over,
+    K_KIND: gl.constexpr, V_KIND: gl.constexpr, MASKED: gl.constexpr,
+    BN: gl.constexpr, M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
+    CB: gl.constexpr, VB: gl.constexpr,
+    mma: gl.constexpr, kb: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
+):  # fmt: skip
+    """One tile: scores, online softmax, P.V. kc_*/vc/k_meta/v_meta are this tile's loaded codes
+    and per-token metadata (fp32 scale, or fp16 (scale, zero) in one int32)."""
+    # ---- S = Q K^T [MM, BN] (rows: query heads, cols: tokens)
+    if K_KIND == FP8:
+        s = gl.zeros([MM, BN], gl.float32, layout=mma)
+        s = mma_v2(qa_lo, _k_operand(kc_lo, BN, HALF, CB, 2, kb), s)
+        s = mma_v2(qa_hi, _k_operand(kc_hi, BN, HALF, CB, 2, kb), s)
+        if MM != M:
+            s = _rows8(s, 0)
+        s = s * qs1[:, None]
+    else:
+        k_lo = _k_operand(kc_lo, BN, HALF, CB, 4, kb)
+        k_hi = _k_operand(kc_hi, BN, HALF, CB, 4, kb)
+        sa = gl.zeros([MM, BN], gl.int32, layout=mma)
+        sa = mma_v2(qa_lo, k_lo, sa)
+        sa = mma_v2(qa_hi, k_hi, sa)
+        sb = gl.zeros([MM, BN], gl.int32, layout=mma)
+        sb = mma_v2(qb_lo, k_lo, sb)
+        sb = mma_v2(qb_hi, k_hi, sb)
+        if MM != M:
+            sa = _rows8(sa, 0)
+            sb = _rows8(sb, 0)
+        s = sa.to(gl.float32) * qs1[:, None] + sb.to(gl.float32) * qs2[:, None]
+        if K_KIND == INT8:
+            s = s * k_meta.to(gl.float32, bitcast=True)[None, :]
+        else:  # int4: fp16 (scale, zero) per token
+            k_sc = (k_meta & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+            k_zr = (k_meta >> 16).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+            s = s * k_sc[None, :] + q_sum[:, None] * k_zr[None, :]
+    if MASKED:
+        tok = n0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s.type.layout))
+        ok = (tok[None, :] < end) & (tok[None, :] < limit[:, None])
+        s = gl.where(ok, s, float("-inf"))
+    # ---- online softmax (base 2; the softmax scale is in qs1/qs2/q_sum)
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_use)
+    p = gl.exp2(s - m_use[:, None])
+    l_el = l_el * alpha[:, None] + p
+    if V_KIND == FP8:
+        pv = p.to(gl.float16)
+    else:
+        if V_KIND == INT8:
+            v_sc = v_meta.to(gl.float32, bitcast=True)
+        else:
+            v_sc = (v_meta & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+        # p * scale * v_mul in fp16's normal range (v_mul: a power of two per program)
+        pv = gl.minimum(p * (v_sc * v_mul)[None, :], 65504.0).to(gl.float16)
+        if V_KIND == INT4:
+            v_zr = (v_meta >> 16).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+            # the dot sums pv (code - 8): the 8 back with the same rounded pv, and the zero point
+            z_el = z_el * alpha[:, None] + p * v_zr[None, :] + pv.to(gl.float32) * (8.0 * v_over)
+    # ---- O^T [D, M] += V^T P^T
+    p_t = gl.convert_layout(gl.permute(pv, [1, 0]), pb)  # a relabelling: no data moves
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
+    acc = mma_v2(_v_operand(vc, V_KIND, BN, D, VB, va), p_t, acc)
+    return m_new, l_el, z_el, acc
+
+
+@gluon.jit
+def _load(
+    c_u8, c_i32, page, r0, nvalid, kn, vn, k_off, v_off, m_off,
+    K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr, V_CODE: gl.constexpr,
+    K_META: gl.constexpr, V_META: gl.constexpr, HALF: gl.constexpr, KROW: gl.constexpr,
+    VROW: gl.constexpr, MASKED: gl.constexpr,
+):  # fmt: skip
+    """The codes and per-token metadata of BN tokens from row r0 of the head page at byte `page`.
+    MASKED: only the first `nvalid` tokens are read; the others come back 0 (no NaN codes or
+    scales from unwritten rows)."""
+    kp = (c_u8 + (page + K_CODE + r0 * KROW)) + k_off
+    vp = (c_u8 + (page + V_CODE + r0 * VROW)) + v_off
+    mp = (c_i32 + (page // 4 + r0)) + m_off
+    ok_k = (kn < nvalid)[:, None, None]
+    ok_v = (vn < nvalid)[:, None, None]
+    ok_m = m_off < nvalid
+    if K_KIND == INT4:  # the low and high nibbles of the same bytes are the two halves
+        kbytes = gl.load(kp, mask=ok_k, other=0) if MASKED else gl.load(kp)
+        kc_lo, kc_hi = gl.inline_asm_elementwise(
+            asm=_PTX_NIBBLES, constraints="=r,=r,r", args=[kbytes],
+            dtype=(gl.int8, gl.int8), is_pure=True, pack=4,
+        )  # fmt: skip
+    else:
+        if MASKED:
+            kc_lo = gl.load(kp, mask=ok_k, other=0)
+            kc_hi = gl.load(kp + HALF, mask=ok_k, other=0)
+        else:
+            kc_lo = gl.load(kp)
+            kc_hi = gl.load(kp + HALF)
+        if K_KIND == FP8:
+            kc_lo = gl.inline_asm_elementwise(
+                asm=_PTX_E4M3, constraints="=r,=r,r", args=[kc_lo], dtype=gl.float16, is_pure=True, pack=4
+            )
+            kc_hi = gl.inline_asm_elementwise(
+                asm=_PTX_E4M3, constraints="=r,=r,r", args=[kc_hi], dtype=gl.float16, is_pure=True, pack=4
+            )
+        else:
+            kc_lo = kc_lo.to(gl.int8, bitcast=True)
+            kc_hi = kc_hi.to(gl.int8, bitcast=True)
+    vc = gl.load(vp, mask=ok_v, other=0) if MASKED else gl.load(vp)
+    k_meta = m_off * 0
+    v_meta = m_off * 0
+    if K_KIND != FP8:
+        k_meta = gl.load(mp + K_META // 4, mask=ok_m, other=0) if MASKED else gl.load(mp + K_META // 4)
+    if V_KIND != FP8:
+        v_meta = gl.load(mp + V_META // 4, mask=ok_m, other=0) if MASKED else gl.load(mp + V_META // 4)
+    return kc_lo, kc_hi, vc, k_meta, v_meta
+
+
+@gluon.jit
+def _rotate(q_lo, q_hi, rot_ptr, MM: gl.constexpr, HALF: gl.constexpr, layout: gl.constexpr):
+    """[q_lo, q_hi] @ H_d / sqrt(d) as in triton_kernels._rotate_halves: H_d = [[H', H'], [H', -H']]
+    with H' the +-1 block at rot_ptr (in q's dtype, exact), as MMAs with fp32 accumulation."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    a_l: gl.constexpr = gl.DotOperandLayout(0, mma, 2)
+    b_l: gl.constexpr = gl.DotOperandLayout(1, mma, 2)
+    r = gl.arange(0, HALF, layout=gl.SliceLayout(1, b_l))
+    c = gl.arange(0, HALF, layout=gl.SliceLayout(0, b_l))
+    hs = gl.load(rot_ptr + r[:, None] * HALF + c[None, :])
+    zero = gl.zeros([MM, HALF], gl.float32, layout=mma)
+    a = mma_v2(gl.convert_layout(q_lo.to(hs.dtype), a_l), hs, zero)
+    b = mma_v2(gl.convert_layout(q_hi.to(hs.dtype), a_l), hs, zero)
+    inv = 1.0 / gl.sqrt(2.0 * HALF)
+    return gl.convert_layout((a + b) * inv, layout), gl.convert_layout((a - b) * inv, layout)
+
+
+@gluon.jit
+def _row_vec(x, MM: gl.constexpr, M: gl.constexpr, layout: gl.constexpr):
+    """A per-query-row vector [MM] of the prologue -> [M] rows of the score tiles."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    x = gl.convert_layout(x, gl.SliceLayout(1, mma))
+    if MM != M:
+        x = _rows8(x, 1)
+    return gl.convert_layout(x, layout)
+
+
+@gluon.jit
+def attention_kernel(
+    q_ptr, out_ptr, o_part, m_part, l_part, c_u8, c_i32, bt_ptr, seq_lens_ptr, qsl_ptr,
+    ks_ptr, vs_ptr, rot_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
+    Tq, HQ, num_qb, tokens_per_split,
+    HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, PAGE: gl.constexpr,
+    PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_ROT: gl.constexpr,
+    K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
+    BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
+    DIRECT: gl.constexpr,
+):  # fmt: skip
+    """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
+    (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
+    Same arguments and outputs as triton_kernels.attention_kernel (partials in channel order)."""
+    pid = gl.program_id(0)
+    h = gl.program_id(1)
+    split = gl.program_id(2)
+    b = pid // num_qb
+    qb = pid % num_qb
+    HALF: gl.constexpr = D // 2
+    CB: gl.constexpr = D // 8  # key bytes a lane reads per row and half (int4: both halves)
+    VB: gl.constexpr = D // 16 if V_KIND == INT4 else D // 8  # value bytes a lane reads per row
+    KROW: gl.constexpr = HALF if K_KIND == INT4 else D
+    VROW: gl.constexpr = HALF if V_KIND == INT4 else D
+    MM: gl.constexpr = 16 if M < 16 else M  # rows of the QK MMA
+    KW: gl.constexpr = 2 if K_KIND == FP8 else 4
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    qa_l: gl.constexpr = gl.DotOperandLayout(0, mma, KW)
+    kb_l: gl.constexpr = gl.DotOperandLayout(1, mma, KW)
+    va_l: gl.constexpr = gl.DotOperandLayout(0, mma, 2)
+    pb_l: gl.constexpr = gl.DotOperandLayout(1, mma, 2)
+    # loads: lane (g, t) = lane // 4, lane % 4. Keys: row g (+8), CB bytes at CB t; values:
+    # rows 2t, 2t + 1 (+8), VB bytes at VB g; both 16-byte loads at head_dim 128
+    lk: gl.constexpr = gl.BlockedLayout([1, 1, CB], [8, 4, 1], [1, 1, 1], [2, 1, 0])
+    lv: gl.constexpr = gl.BlockedLayout([2, 1, VB], [4, 8, 1], [1, 1, 1], [2, 0, 1])
+    lq: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
+    # the score tile's layout (the MMA's, less its padding rows when M is 8)
+    if MM != M:
+        ls: gl.constexpr = _rows8(gl.zeros([MM, BN], gl.float32, layout=mma), 0).type.layout
+    else:
+        ls: gl.constexpr = mma
+    row_l: gl.constexpr = gl.SliceLayout(1, ls)
+    tok_l: gl.constexpr = gl.SliceLayout(0, ls)
+
+    seq_len = gl.load(seq_lens_ptr + b)
+    q0 = gl.load(qsl_ptr + b)
+    q_len = gl.load(qsl_ptr + b + 1) - q0
+
+    # ---- prologue: the query rows, relabelled into MMA operands
+    m_idx = gl.arange(0, MM, layout=gl.SliceLayout(1, lq))
+    qi = qb * BLOCK_Q + m_idx // G
+    row_ok = (m_idx < BLOCK_Q * G) & (qi < q_len)
+    d2 = gl.arange(0, HALF, layout=gl.SliceLayout(0, lq))
+    q_rows = q_ptr + (q0 + qi).to(gl.int64)[:, None] * stride_qt + (h * G + m_idx % G)[:, None] * stride_qh
+    q_lo = gl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0)
+    q_hi = gl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0)
+    if K_ROT:
+        q_lo, q_hi = _rotate(q_lo, q_hi, rot_ptr, MM, HALF, lq)
+    q_lo = q_lo.to(gl.float32)
+    q_hi = q_hi.to(gl.float32)
+    amax = gl.maximum(gl.max(gl.abs(q_lo), axis=1), gl.max(gl.abs(q_hi), axis=1))
+    if K_KIND == FP8:  # fp16 dots: q scaled into fp16's range per row, the static key scale
+        q_mul = gl.where(amax > 16384.0, amax / 16384.0, 1.0)
+        qa_lo = _q_operand((q_lo / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l)
+        qa_hi = _q_operand((q_hi / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l)
+        qb_lo = qa_lo
+        qb_hi = qa_hi
+        qs1 = q_mul * (qk_scale * gl.load(ks_ptr + h))
+        qs2 = qs1
+        q_sum = qs1
+    else:  # two int8 operands, q = s1 a + s2 b (as triton_kernels._split_i8)
+        s1 = gl.where(amax > 0, amax / 127.0, 1.0)
+        s2 = s1 / 254.0
+        a_lo = gl.floor(q_lo / s1[:, None] + 0.5)
+        a_hi = gl.floor(q_hi / s1[:, None] + 0.5)
+        b_lo = gl.minimum(
+            gl.maximum(gl.floor((q_lo - a_lo * s1[:, None]) / s2[:, None] + 0.5), -127.0), 127.0
+        )
+        b_hi = gl.minimum(
+            gl.maximum(gl.floor((q_hi - a_hi * s1[:, None]) / s2[:, None] + 0.5), -127.0), 127.0
+        )
+        q_sum = s1 * (gl.sum(a_lo, axis=1) + gl.sum(a_hi, axis=1)) + s2 * (
+            gl.sum(b_lo, axis=1) + gl.sum(b_hi, axis=1)
+        )
+        qa_lo = _q_operand(a_lo.to(gl.int8), MM, HALF, CB, KW, qa_l)
+        qa_hi = _q_operand(a_hi.to(gl.int8), MM, HALF, CB, KW, qa_l)
+        qb_lo = _q_operand(b_lo.to(gl.int8), MM, HALF, CB, KW, qa_l)
+        qb_hi = _q_operand(b_hi.to(gl.int8), MM, HALF, CB, KW, qa_l)
+        qs1 = s1 * qk_scale
+        qs2 = s2 * qk_scale
+        q_sum = q_sum * qk_scale
+    qs1 = _row_vec(qs1, MM, M, row_l)
+    qs2 = _row_vec(qs2, MM, M, row_l)
+    q_sum = _row_vec(q_sum, MM, M, row_l)
+
+    # ---- this program's tokens: [start, end); tiles below `full` need no mask
+    r_idx = gl.arange(0, M, layout=row_l)
+    limit = seq_len - q_len + qb * BLOCK_Q + r_idx // G + 1  # row r sees positions < limit
+    last_q = gl.minimum(q_len, (qb + 1) * BLOCK_Q)
+    start = split * tokens_per_split
+    end = gl.minimum(gl.minimum(start + tokens_per_split, seq_len), seq_len - q_len + last_q)
+    all_see = gl.minimum(end, seq_len - q_len + qb * BLOCK_Q + 1)
+    full = start + gl.maximum(all_see - start, 0) // BN * BN
+
+    # per-lane offsets inside a tile (bytes for codes, int32 words for metadata)
+    kn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lk)))
+    kt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, lk)))
+    kbyte = gl.arange(0, CB, layout=gl.SliceLayout(0, gl.SliceLayout(1, lk)))
+    k_off = kn[:, None, None] * KROW + kt[None, :, None] * CB + kbyte[None, None, :]
+    vn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lv)))
+    vg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, lv)))
+    vbyte = gl.arange(0, VB, layout=gl.SliceLayout(0, gl.SliceLayout(1, lv)))
+    v_off = vn[:, None, None] * VROW + vg[None, :, None] * VB + vbyte[None, None, :]
+    m_off = gl.arange(0, BN, layout=tok_l)
+    bt_row = bt_ptr + b.to(gl.int64) * stride_bt
+
+    # fp16 P: p * value scale * v_mul stays in fp16's normal range (v_mul: 2^-floor(log2) of the
+    # first token's scale; scales of one head and split rarely differ by 2^15, and P saturates
+    # at 65504 rather than overflow)
+    v_mul = 1.0
+    if V_KIND != FP8:
+        blk0 = gl.load(bt_row + start // PAGE, mask=start < end, other=0).to(gl.int64)
+        w0 = gl.load(
+            c_i32 + ((blk0 * HKV + h) * PAGE_NBYTES + V_META) // 4 + start % PAGE, mask=start < end, other=0
+        )
+        if V_KIND == INT8:
+            sc0 = w0.to(gl.float32, bitcast=True)
+        else:
+            sc0 = (w0 & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
+        sc0 = gl.where(sc0 > 0, sc0, 1.0)
+        v_mul = gl.exp2(-gl.floor(gl.log2(sc0)))
+    v_over = 1.0 / v_mul
+
+    m_i = gl.full([M], float("-inf"), gl.float32, layout=row_l)
+    l_el = gl.zeros([M, BN], gl.float32, layout=ls)
+    z_el = gl.zeros([M, BN], gl.float32, layout=ls)
+    acc = gl.zeros([D, M], gl.float32, layout=mma)
+    # full tiles, UNROLL (1 or 2) at a time: all their loads first, then their math (int8 tiles carried
+    # across iterations cost a byte repack each, so nothing is carried but the accumulators)
+    full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
+    for n0 in range(start, full_u, UNROLL * BN):
+        page = (gl.load(bt_row + n0 // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
+        t0 = _load(
+            c_u8, c_i32, page, n0 % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND, K_CODE,
+            V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+        )  # fmt: skip
+        if UNROLL == 2:
+            page = (gl.load(bt_row + (n0 + BN) // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
+            t1 = _load(
+                c_u8, c_i32, page, (n0 + BN) % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND,
+                K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+            )  # fmt: skip
+        m_i, l_el, z_el, acc = _tile(
+            n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t0[0], t0[1], t0[2], t0[3],
+            t0[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, BN, M, MM, D, HALF, CB,
+            VB, mma, kb_l, va_l, pb_l,
+        )  # fmt: skip
+        if UNROLL == 2:
+            m_i, l_el, z_el, acc = _tile(
+                n0 + BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t1[0], t1[1], t1[2],
+                t1[3], t1[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, BN, M, MM, D,
+                HALF, CB, VB, mma, kb_l, va_l, pb_l,
+            )  # fmt: skip
+    # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
+    # see (masked loads and scores)
+    for n0 in range(full_u, end, BN):
+        page = (gl.load(bt_row + n0 // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
+        kc_lo, kc_hi, vc, k_meta, v_meta = _load(
+            c_u8, c_i32, page, n0 % PAGE, end - n0, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND,
+            K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, True,
+        )  # fmt: skip
+        m_i, l_el, z_el, acc = _tile(
+            n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kc_lo, kc_hi, vc, k_meta,
+            v_meta, m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, True, BN, M, MM, D,
+            HALF, CB, VB, mma, kb_l, va_l, pb_l,
+        )  # fmt: skip
+
+    # ---- epilogue: O^T [D, M] back to channel order
+    l_i = gl.sum(l_el, axis=1)
+    col_l: gl.constexpr = gl.SliceLayout(0, mma)
+    acc = acc * gl.load(vs_ptr + h) if V_KIND == FP8 else acc * v_over
+    if V_KIND == INT4:
+        acc = acc + gl.convert_layout(gl.sum(z_el, axis=1), col_l)[None, :]
+    n = gl.arange(0, M, layout=col_l)
+    n_qi = qb * BLOCK_Q + n // G
+    n_head = h * G + n % G
+    n_ok = (n < BLOCK_Q * G) & (n_qi < q_len)
+    ch = _v_channel(gl.arange(0, D, layout=gl.SliceLayout(1, mma)), V_KIND, D, VB)
+    qt = (q0 + n_qi).to(gl.int64)
+    if DIRECT:
+        inv = gl.convert_layout(gl.where(l_i > 0, 1.0 / l_i, 0.0), col_l)
+        optr = out_ptr + (qt * stride_ot + n_head * stride_oh)[None, :] + ch[:, None]
+        gl.store(optr, (acc * inv[None, :]).to(out_ptr.dtype.element_ty), mask=n_ok[None, :])
+    else:
+        row = (split * Tq + qt) * HQ + n_head  # partials [SPLITS, Tq, HQ, (D)]
+        gl.store(o_part + (row * D)[None, :] + ch[:, None], acc, mask=n_ok[None, :])
+        r_qi = qb * BLOCK_Q + r_idx // G
+        r_ok = (r_idx < BLOCK_Q * G) & (r_qi < q_len)
+        r_row = (split * Tq + q0 + r_qi).to(gl.int64) * HQ + h * G + r_idx % G
+        gl.store(m_part + r_row, m_i, mask=r_ok)
+        gl.store(l_part + r_row, l_i, mask=r_ok)

@@ -1,0 +1,110 @@
+"""The Gluon decode kernel (kvplan/kernels/gluon_decode.py) on the CPU, through `api`.
+
+Gluon has no interpreter: `gluon_emu` runs the kernel's own Python source with numpy stand-ins
+for the Gluon ops and an interpreter for its inline PTX (see there for what that can and cannot
+check). The api's launch code, split-K partials and the (Triton, interpreted) combine kernel
+run as they do on the GPU; outputs are poisoned with NaN and compared with an fp64 reference on
+the dequantized cache the write kernel produced (relative error <= 5e-3). bf16 queries run here
+too (the Triton interpreter cannot run bf16 dots; this emulation can).
+"""
+
+from __future__ import annotations
+
+import gluon_emu
+import pytest
+import torch
+import triton
+from synthetic import keys_values, paged, rel
+
+from kvplan.formats import get_format
+from kvplan.kernels import api, gluon_decode
+from kvplan.kernels import reference as R
+
+GLUON_FORMATS = ["fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
+
+
+@pytest.fixture
+def emulated(monkeypatch) -> gluon_emu.EmulatedKernel:
+    kernel = gluon_emu.EmulatedKernel(gluon_decode, "attention_kernel")
+    monkeypatch.setattr(gluon_decode, "attention_kernel", kernel)
+    monkeypatch.setattr(api, "GLUON_VERSION", triton.__version__)  # CI's Triton is not 3.6
+    return kernel
+
+
+def _write(k, v, cache, slot, fmt, page, ks, vs, stage=None):
+    api.write_kv(k, v, cache, slot, fmt, page, ks, vs, backend="triton")
+
+
+def _run(kernel, name, d, page, q_lens, lens, dtype=torch.bfloat16, splits=None, g=3, outliers=True) -> float:
+    fmt, hkv = get_format(name), 2
+    k, v = keys_values(sum(lens), hkv, d, outliers=outliers, dtype=torch.float16)
+    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
+    cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, ks, write=_write)
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(int(qsl[-1]), hkv * g, d).to(dtype)
+    sl = torch.tensor(lens, dtype=torch.int32)
+    want = R.paged_attention(
+        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, compute_dtype=torch.float64
+    )
+    out = torch.full_like(q, float("nan"))
+    launches = kernel.launches
+    api._attention_triton(
+        q,
+        cache,
+        table,
+        sl,
+        qsl,
+        fmt,
+        page,
+        d**-0.5,
+        ks,
+        ks,
+        max(q_lens),
+        max(lens),
+        splits,
+        out,
+        cuda=True,
+        sms=4,
+    )
+    assert kernel.launches == launches + 1, "the Gluon kernel did not run"
+    assert torch.isfinite(out).all()
+    return rel(out, want)
+
+
+@pytest.mark.parametrize("name", GLUON_FORMATS)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_every_format_matches_the_fp64_reference(emulated, name: str, splits: int) -> None:
+    # a partial last page (poisoned rows after it), a one-token sequence, bf16 queries
+    assert _run(emulated, name, 64, 16, [1, 1, 1], [37, 1, 70], splits=splits) <= 5e-3
+
+
+@pytest.mark.parametrize(
+    ("name", "d", "page", "q_lens", "lens", "g"),
+    [
+        ("int4", 128, 32, [8, 8], [96, 40], 6),  # 2-8 query tokens: 48 rows of one KV group
+        ("k8v4", 64, 128, [8, 2, 5], [300, 129, 8], 3),
+        ("int8", 256, 16, [1, 1], [150, 33], 1),  # one query head per KV head (MHA)
+        ("fp8_e4m3", 256, 64, [4], [130], 8),
+        ("int4_hadamard", 128, 64, [4, 1, 0], [200, 20, 0], 4),  # an empty sequence
+    ],
+)
+def test_head_dims_pages_and_query_tokens(emulated, name, d, page, q_lens, lens, g) -> None:
+    assert _run(emulated, name, d, page, q_lens, lens, dtype=torch.float16, splits=2, g=g) <= 5e-3
+
+
+@pytest.mark.parametrize("name", ["int4", "k8v4"])
+def test_a_long_split_with_truncating_tensor_cores(emulated, monkeypatch, name: str) -> None:
+    """As test_triton's: 1024 tokens in one split, attention spread over all of them, the MMA's
+    truncating fp32 accumulation emulated; centred int4 values keep the error small."""
+    monkeypatch.setattr(gluon_emu.Options, "truncate", True)
+    assert _run(emulated, name, 64, 128, [1], [1024], dtype=torch.float16, splits=1, outliers=False) <= 5e-3
+
+
+def test_which_kernel_runs() -> None:
+    fp8, i4, bf16 = get_format("fp8_e4m3"), get_format("int4_hadamard"), get_format("bf16")
+    on_36 = triton.__version__.startswith(api.GLUON_VERSION)
+    assert api.gluon_applies(i4, torch.bfloat16, 4, 1) == on_36
+    assert api.gluon_applies(fp8, torch.float16, 8, 8) == on_36
+    assert not api.gluon_applies(i4, torch.float32, 4, 1)  # fp32 queries: the Triton kernel
+    assert not api.gluon_applies(bf16, torch.bfloat16, 4, 1)  # bf16 pages: the Triton kernel
+    assert not api.gluon_applies(i4, torch.bfloat16, 16, 8)  # more than 64 rows in a group
