@@ -28,6 +28,7 @@ def emulated(monkeypatch) -> gluon_emu.EmulatedKernel:
     kernel = gluon_emu.EmulatedKernel(gluon_decode, "attention_kernel")
     monkeypatch.setattr(gluon_decode, "attention_kernel", kernel)
     monkeypatch.setattr(api, "GLUON_VERSION", triton.__version__)  # CI's Triton is not 3.6
+    monkeypatch.setitem(api.TUNING_GLUON, "gluon", True)
     return kernel
 
 
@@ -100,11 +101,16 @@ def test_a_long_split_with_truncating_tensor_cores(emulated, monkeypatch, name: 
     assert _run(emulated, name, 64, 128, [1], [1024], dtype=torch.float16, splits=1, outliers=False) <= 5e-3
 
 
-def test_which_kernel_runs() -> None:
+def test_which_kernel_runs(monkeypatch) -> None:
     fp8, i4, bf16 = get_format("fp8_e4m3"), get_format("int4_hadamard"), get_format("bf16")
+    monkeypatch.setitem(api.TUNING_GLUON, "gluon", True)
     on_36 = triton.__version__.startswith(api.GLUON_VERSION)
-    assert api.gluon_applies(i4, torch.bfloat16, 4, 1) == on_36
+    assert api.gluon_applies(i4, torch.bfloat16, 4, 1) == on_36  # Triton 3.6 only
     assert api.gluon_applies(fp8, torch.float16, 8, 8) == on_36
+    monkeypatch.setattr(api, "GLUON_VERSION", triton.__version__)
+    assert api.gluon_applies(i4, torch.bfloat16, 4, 1)
     assert not api.gluon_applies(i4, torch.float32, 4, 1)  # fp32 queries: the Triton kernel
     assert not api.gluon_applies(bf16, torch.bfloat16, 4, 1)  # bf16 pages: the Triton kernel
     assert not api.gluon_applies(i4, torch.bfloat16, 16, 8)  # more than 64 rows in a group
+    monkeypatch.setitem(api.TUNING_GLUON, "gluon", False)
+    assert not api.gluon_applies(i4, torch.bfloat16, 4, 1)
