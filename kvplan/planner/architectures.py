@@ -123,9 +123,20 @@ def _qwen(cfg: dict[str, Any], n: int, source: str) -> tuple[Layer, ...]:
     if cfg.get("layer_types") is None:
         window = _window(cfg, source) if cfg.get("use_sliding_window") else None
         first = int(cfg.get("max_window_layers") or n)
-        cfg = {**cfg, "sliding_window": window, "layer_types": [
-            "sliding_attention" if window is not None and i >= first else "full_attention" for i in range(n)
-        ]}  # fmt: skip
+        cfg = {
+            **cfg,
+            "sliding_window": window,
+            "layer_types": [
+                "sliding_attention" if window is not None and i >= first else "full_attention"
+                for i in range(n)
+            ],
+        }
+    if len(set(cfg["layer_types"])) > 1:
+        # qwen2.py Qwen2Model asserts max_window_layers == num_hidden_layers: vLLM will not start.
+        raise InputError(
+            f"{source}: sliding windows on only some layers (max_window_layers "
+            f"{cfg.get('max_window_layers')} < num_hidden_layers {n}): vLLM refuses it (qwen2.py)"
+        )
     return _decoder(cfg, n, source)
 
 
@@ -198,6 +209,31 @@ def _mamba2(cfg: dict[str, Any], source: str, *, d_inner: int, heads: str, head_
         num_heads=_int(cfg, heads, source), head_dim=_int(cfg, head_dim, source),
         state_size=_int(cfg, state, source), conv_kernel=_int(cfg, conv, source, 4),
     )  # fmt: skip
+
+
+_NEMOTRON_BLOCKS = {"linear_attention": "M", "mamba": "M", "full_attention": "*", "attention": "*",
+                    "mlp": "-",
+                    "moe": "E"}  # fmt: skip
+
+
+def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Spellings of the same config across transformers versions, made one: transformers 5 saves
+    Nemotron-H's pattern as `layers_block_type` (and derives num_hidden_layers from it)."""
+    blocks = cfg.get("layers_block_type")
+    if (
+        cfg.get("model_type") == "nemotron_h"
+        and isinstance(blocks, list)
+        and not cfg.get("hybrid_override_pattern")
+    ):
+        unknown = sorted({b for b in blocks if b not in _NEMOTRON_BLOCKS})
+        if unknown:
+            raise Unsupported(
+                f"Nemotron-H block type(s) {unknown} in layers_block_type are not modelled; {ESCAPE}"
+            )
+        cfg = {**cfg, "hybrid_override_pattern": "".join(_NEMOTRON_BLOCKS[b] for b in blocks)}
+        cfg.setdefault("num_hidden_layers", len(blocks))
+        cfg.pop("layers_block_type")
+    return cfg
 
 
 def _nemotron_h(cfg: dict[str, Any], n: int, source: str) -> tuple[Layer, ...]:
@@ -351,7 +387,6 @@ FAMILIES: dict[str, tuple[Rule, tuple[str, ...]]] = {
             "internlm2",
             "internlm3",
             "gpt_oss",
-            "smollm3",
             "seed_oss",
             "ernie4_5",
             "ernie4_5_moe",
@@ -385,6 +420,8 @@ FAMILIES: dict[str, tuple[Rule, tuple[str, ...]]] = {
             "qwen3_vl_moe",
         )
     },
+    # SmolLM3 skips RoPE on every 4th layer; every layer still caches in full (llama.py).
+    "smollm3": (_decoder, (*_DECODER_FIELDS, "no_rope_layers")),
     "gemma2": (_gemma2, _DECODER_FIELDS),
     "gemma3": (_gemma3, (*_DECODER_FIELDS, "sliding_window_pattern")),
     "gemma3_text": (_gemma3, (*_DECODER_FIELDS, "sliding_window_pattern")),

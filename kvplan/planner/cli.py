@@ -359,22 +359,30 @@ def _print_catalog() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from kvplan.errors import Unsupported
     from kvplan.planner.catalog import CATALOG
     from kvplan.planner.gpus import GPUS
     from kvplan.planner.models import get_model
+    from kvplan.planner.sizing import layer_kind_counts
 
-    t = Table("model", "attention", "layers", "KV heads", "head_dim", "params", "window")
+    t = Table("model", "attention", "layers", "KV heads", "head_dim", "params", "window", "layer kinds")
     for name in CATALOG:
-        m = get_model(name)
+        try:
+            m = get_model(name)
+        except Unsupported as exc:  # listed, with what kvplan does not model
+            t.add_row(name, "-", "-", "-", "-", "-", "-", f"exits 2: {str(exc).split(': ', 1)[-1][:40]}")
+            continue
         w = sorted({x for x in m.layer_windows if x})
+        kinds = " ".join(f"{n}{k.value.split('_')[0][:5]}" for k, n in layer_kind_counts(m).items())
         t.add_row(name, m.attention.value, str(m.layers), str(m.num_kv_heads), str(m.head_dim),
-                  f"{m.params / 1e9:.1f}B", ",".join(map(str, w)) or "-")  # fmt: skip
+                  f"{m.params / 1e9:.1f}B", ",".join(map(str, w)) or "-", kinds)  # fmt: skip
     g = Table("GPU", "visible GiB", "source", "TB/s", "BF16 TFLOPS", "FP8")
     for gs in GPUS.values():
         bandwidth = f"{gs.bandwidth_bytes_s / 1e12:.2f}"
         g.add_row(gs.name, f"{gs.visible_memory_gib:.2f}", gs.memory_source, bandwidth,
                   f"{gs.bf16_flops / 1e12:.0f}", "yes" if gs.fp8_supported else "no")  # fmt: skip
-    Console().print(t, g)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(t, g)
 
 
 def plan(

@@ -212,6 +212,9 @@ class CacheRules:
     in_flight_tokens: int = 0  # scheduled-but-unsettled tokens windowed layers also hold
     state_blocks: int = 2  # blocks per request of a recurrent layer (2 in prefix-caching "align")
     needed_from_groups: bool = True  # the start-up check counts padded groups (0.32+) or layers
+    # 0.32+: Mamba2 mixers export a prefill checkpoint in "align" mode, one more block per request
+    # (mamba_mixer2.py MambaMixer2.get_kv_cache_spec: num_prefill_checkpoint_blocks=1).
+    mamba2_checkpoint_block: bool = False
 
 
 DEFAULT_RULES = CacheRules()
@@ -226,12 +229,13 @@ class CacheSpec:
     block_size: int
     page_bytes: int
     span: int | None = None
+    extra_blocks: int = 0  # recurrent state: checkpoint blocks beyond the rules' state blocks
 
     def blocks_per_request(self, max_model_len: int, rules: CacheRules) -> int:
         """Blocks one request of max_model_len tokens holds at most (`max_memory_usage_bytes`)."""
         bs = self.block_size
         if self.kind is LayerKind.STATE:
-            return rules.state_blocks
+            return rules.state_blocks + self.extra_blocks
         if self.kind is LayerKind.SLIDING:
             assert self.span is not None
             # SlidingWindowSpec: the last window-1 tokens plus in-flight ones, +1 block because
@@ -319,6 +323,7 @@ def cache_specs(
     block_size: int,
     dtypes: StateDtypes,
     state_page: int | None = None,
+    rules: CacheRules = DEFAULT_RULES,
 ) -> dict[int, CacheSpec]:
     """Per-layer cache specs on one rank (layers without a cache of their own are absent)."""
     specs: dict[int, CacheSpec] = {}
@@ -330,7 +335,10 @@ def cache_specs(
             specs[i] = CacheSpec(LayerKind.MLA, block_size, layer.page_bytes(fmt, block_size, tp))
         elif isinstance(layer, RecurrentState):
             page = layer.state_bytes(tp, dtypes)
-            specs[i] = CacheSpec(LayerKind.STATE, block_size, max(page, state_page or 0))
+            extra = int(
+                rules.mamba2_checkpoint_block and rules.state_blocks > 1 and layer.mixer is Mixer.MAMBA2
+            )
+            specs[i] = CacheSpec(LayerKind.STATE, block_size, max(page, state_page or 0), extra_blocks=extra)
     return specs
 
 
@@ -428,7 +436,7 @@ def plan_cache(
 ) -> CachePlan:
     """The KV cache layout of one rank holding the layers in `stage` (all layers when None)."""
     block, state_page = align_hybrid_block_size(layers, fmt, tp, block_size, dtypes)
-    specs = cache_specs(layers, fmt, tp, block, dtypes, state_page)
+    specs = cache_specs(layers, fmt, tp, block, dtypes, state_page, rules)
     if not specs:
         raise Unsupported("the model has no layer that keeps a KV cache or state; nothing to size")
     groups = group_layers(specs, rules)

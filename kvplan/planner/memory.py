@@ -27,7 +27,6 @@ from kvplan.errors import InputError
 from kvplan.formats import Element, KVFormat
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.layers import (
-    BF16_STATES,
     Attention,
     CacheGroup,
     CachePlan,
@@ -150,10 +149,17 @@ def bytes_per_token(model: ModelSpec, fmt: KVFormat, tensor_parallel: int = 1, b
     )
 
 
-def state_bytes(model: ModelSpec, tensor_parallel: int = 1, dtypes: StateDtypes = BF16_STATES) -> int:
+def state_dtypes(model: ModelSpec, model_dtype_bytes: int = 2) -> StateDtypes:
+    """Conv state in the serving dtype; the SSM state too, unless the model keeps it wider
+    (Nemotron-H: fp32)."""
+    return StateDtypes(model_dtype_bytes, model.ssm_dtype_bytes or model_dtype_bytes)
+
+
+def state_bytes(model: ModelSpec, tensor_parallel: int = 1, dtypes: StateDtypes | None = None) -> int:
     """Recurrent (Mamba/linear-attention) state one sequence keeps on one rank, all layers."""
+    kinds = dtypes or state_dtypes(model)
     return sum(
-        x.state_bytes(tensor_parallel, dtypes) for x in model.layer_specs if isinstance(x, RecurrentState)
+        x.state_bytes(tensor_parallel, kinds) for x in model.layer_specs if isinstance(x, RecurrentState)
     )
 
 
@@ -171,7 +177,7 @@ def kv_read_bytes(
         elif isinstance(x, LatentAttention):
             total += x.bytes_per_token(fmt, tensor_parallel, block_size) * context_tokens
         elif isinstance(x, RecurrentState):
-            total += x.state_bytes(tensor_parallel)
+            total += x.state_bytes(tensor_parallel, state_dtypes(model))
     return total
 
 
@@ -257,6 +263,7 @@ def _rules(v: VllmVersion, batched: int, pp: int, hybrid_allocator: bool, mamba_
         in_flight_tokens=in_flight,
         state_blocks=v.state_blocks if mamba_align else 1,
         needed_from_groups=v.needed_from_groups,
+        mamba2_checkpoint_block=v.mamba2_checkpoint_block,
     )
 
 
@@ -345,7 +352,7 @@ def kv_capacity(
     chunked = any(isinstance(x, Attention) and x.chunk for x in model.layer_specs)
     hybrid = hybrid_allocator and (v.chunked_local_hybrid or not chunked)
     rules = _rules(v, batched, pipeline_parallel, hybrid, prefix_caching)
-    dtypes = StateDtypes(_model_dtype_bytes(fmt), model.ssm_dtype_bytes or _model_dtype_bytes(fmt))
+    dtypes = state_dtypes(model, _model_dtype_bytes(fmt))
     stages = _layer_stages(model, pipeline_parallel)
     plans = [plan_cache(model.layer_specs, fmt, tp=tensor_parallel, block_size=block_size, rules=rules,
                         dtypes=dtypes, stage=s) for s in stages]  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kvplan.errors import InputError, NotFound, closest
-from kvplan.planner.architectures import layer_specs
+from kvplan.planner.architectures import layer_specs, normalize_config
 from kvplan.planner.catalog import ALIASES, CATALOG
 from kvplan.planner.layers import Attention, LatentAttention, Layer, LayerKind, RecurrentState
 from kvplan.planner.weights import (
@@ -244,7 +244,7 @@ def spec_from_config(
     cfg: dict[str, Any], name: str, source: str = "catalog", *, assume_full_attention: bool = False
 ) -> ModelSpec:
     """Build a ModelSpec from config.json fields; a missing or malformed field is named."""
-    cfg = _text_config(cfg)
+    cfg = normalize_config(_text_config(cfg))
     for key in _REQUIRED:
         _positive(cfg, key, source)
     hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])

@@ -19,6 +19,8 @@ JSON report lists the choices as `assumptions`.
   (VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE default 1)
 - a Mamba state takes 2 blocks per request (prefix-caching "align" mode) from 0.15
   (MambaSpec.max_memory_usage_bytes)
+- Mamba2 mixers hold one more state block (a prefill checkpoint) from 0.32
+  (mamba_mixer2.py MambaMixer2.get_kv_cache_spec)
 - async scheduling on by default from 0.14 (config/vllm.py VllmConfig.__post_init__)
 - >= 160 GiB cards get scheduler defaults 16384 / 1024 from 0.28 (engine/arg_utils.py
   get_batch_defaults)
@@ -78,6 +80,10 @@ class VllmVersion:
     @property
     def state_blocks(self) -> int:
         return 2 if self.minor >= 15 else 1
+
+    @property
+    def mamba2_checkpoint_block(self) -> bool:
+        return self.minor >= 32
 
     @property
     def async_scheduling(self) -> bool:

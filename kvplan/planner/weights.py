@@ -236,11 +236,12 @@ class WeightQuant:
     bytes_per_param: float  # of a quantized linear weight, scales included
     parts: tuple[str, ...] = LINEAR_PARTS  # which parts it applies to; the rest stay 16-bit
     detail: str = ""  # what was read from quantization_config
+    expert_padding: float = 1.0  # MoE kernels that pad expert matrices store this many times more
 
     def bytes_of(self, counts: ParamCounts, unquantized: float = 2.0) -> int:
         total = 0.0
         for part in PARTS:
-            n = getattr(counts, part)
+            n = getattr(counts, part) * (self.expert_padding if part == "experts" else 1.0)
             total += n * (self.bytes_per_param if part in self.parts else unquantized)
         return round(total)
 
@@ -330,6 +331,22 @@ def _compressed_tensors(q: dict[str, Any], source: str) -> tuple[str, float]:
     )
 
 
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _mxfp4_padding(cfg: dict[str, Any]) -> float:
+    """vLLM's Marlin and TRT-LLM MXFP4 MoE kernels pad the expert matrices: hidden to a multiple of
+    256, intermediate to 128 (fused_moe/oracle/mxfp4.py mxfp4_round_up_hidden_size_and_intermediate_size).
+    gpt-oss-120b: 2880 x 2880 -> 3072 x 2944, 9% more expert bytes (vLLM logs 65.97 GiB loaded on an
+    H100, vllm-project/vllm#23278, against 60.7 GiB in the checkpoint)."""
+    h = int(cfg.get("hidden_size") or 0)
+    i = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0)
+    if not h or not i:
+        return 1.0
+    return _round_up(h, 256) * _round_up(i, 128) / (h * i)
+
+
 def quant_of(cfg: dict[str, Any], source: str, vllm_minor: int = 33) -> WeightQuant:
     """The checkpoint's weight storage from config.json's quantization_config."""
     q = cfg.get("quantization_config")
@@ -352,7 +369,7 @@ def quant_of(cfg: dict[str, Any], source: str, vllm_minor: int = 33) -> WeightQu
         return WeightQuant("fp8", 1.0, parts, "fp8")
     if method == "mxfp4":
         parts = tuple(p for p in ("experts",) if p in parts) or ("experts",)
-        return WeightQuant("mxfp4", 0.5 + 1 / 32, parts, "MXFP4 (E8M0 scale per 32)")
+        return WeightQuant("mxfp4", 0.5 + 1 / 32, parts, "MXFP4 (E8M0 scale per 32)", _mxfp4_padding(cfg))
     if (
         method in ("modelopt_fp4", "modelopt")
         or "nvfp4" in method

@@ -18,6 +18,7 @@ from kvplan.planner.memory import (
 from kvplan.planner.models import AttentionKind, get_model
 
 BF16 = get_format("bf16")
+UNMODELLED = ("deepseek-v3.2-exp", "llama-3.2-11b-vision")  # exit 2 (tests/planner/test_catalog.py)
 FP8 = get_format("fp8_e4m3")
 KIB = 1024
 H100, _ = get_gpu("h100")
@@ -196,19 +197,25 @@ def test_published_parameter_counts_match_the_shapes() -> None:
     from kvplan.planner.catalog import CATALOG
     from kvplan.planner.models import spec_from_config
 
+    checked = 0
     for name, cfg in CATALOG.items():
+        if "params" not in cfg or name in UNMODELLED:
+            continue
         derived = spec_from_config({k: v for k, v in cfg.items() if k != "params"}, name).params
-        # Mistral Small 3.2's published count includes its vision encoder.
+        # Mistral Small 3.x's and Llama-4's published counts include their vision encoders.
         assert derived == pytest.approx(cfg["params"], rel=0.02), name
+        checked += 1
+    assert checked >= 45
 
 
 def test_catalog_covers_the_required_families() -> None:
     from kvplan.planner.catalog import CATALOG
 
-    models = [get_model(n) for n in CATALOG]
-    assert len(models) >= 20
+    models = [get_model(n) for n in CATALOG if n not in UNMODELLED]
+    assert len(models) >= 50
     kinds = {m.attention for m in models}
     assert kinds == {AttentionKind.MHA, AttentionKind.GQA, AttentionKind.MLA}
+    assert any(m.is_hybrid for m in models)
     assert any(m.is_moe for m in models) and any(m.sliding_layers for m in models)
 
 

