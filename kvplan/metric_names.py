@@ -81,7 +81,7 @@ class ReloadResult(StrEnum):
     ERROR = "error"
 
 
-class Verdict(StrEnum):
+class AnalysisVerdict(StrEnum):
     """A rollout analysis' verdict: `kvplan_rollout_analyses{verdict}`."""
 
     PASS = "pass"
@@ -205,7 +205,7 @@ class control:
     EPOCH_CHANGES = "kvplan_flag_epoch_changes"
     # rollout controller
     ROLLOUT_WEIGHT = "kvplan_rollout_weight"  # gauge {bucket}: the weight the controller last saw/set
-    ROLLOUT_ANALYSES = "kvplan_rollout_analyses"  # counter {bucket, verdict}: Verdict
+    ROLLOUT_ANALYSES = "kvplan_rollout_analyses"  # counter {bucket, verdict}: AnalysisVerdict
     ROLLOUT_ABORTS = "kvplan_rollout_aborts"  # counter {bucket}: automatic aborts
-    VERDICTS = tuple(Verdict)
+    VERDICTS = tuple(AnalysisVerdict)
     RESYNC_REASONS = tuple(ResyncReason)

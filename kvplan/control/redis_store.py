@@ -38,11 +38,11 @@ from kvplan.control.metrics import SourceStats, track
 from kvplan.control.state import (
     AuditEntry,
     BucketFlags,
+    FlagChange,
     FlagSnapshot,
     StoreUnavailable,
     StoreWrites,
     WriteConflict,
-    change_record,
     defaults_from_plan,
     flags_from_record,
     flags_to_record,
@@ -244,17 +244,17 @@ class RedisFlagStore(StoreWrites):
     async def update(
         self,
         bucket: str,
-        change: Mapping[str, Any],
+        change: FlagChange,
         *,
         action: str,
         actor: str,
         reason: str = "",
-        expect: Mapping[str, Any] | None = None,
+        expect: FlagChange | None = None,
     ) -> BucketFlags:
         if bucket not in self._plan_defaults:
             raise unknown_bucket(bucket, self._plan_defaults)
-        rec = change_record(change)
-        exp = json.dumps(change_record(expect)) if expect else ""
+        rec = change.record()
+        exp = json.dumps(expect.record()) if expect else ""
         args: list[Any] = [bucket, json.dumps(rec), exp, actor, action, reason, time.time(), STREAM_MAXLEN]
         keys = [self._state_key, self._stream_key]
         try:

@@ -19,25 +19,27 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from kvplan.control.analysis import PoolWindow, Thresholds, Verdict, analyse
 from kvplan.control.metrics import RolloutMetrics
 from kvplan.control.state import (
     BucketFlags,
+    FlagChange,
     FlagStore,
     RolloutPhase,
     RolloutProgress,
     WriteConflict,
 )
 from kvplan.errors import InputError
+from kvplan.metric_names import AnalysisVerdict
 
 log = logging.getLogger("kvplan.control.rollout")
 
-PROGRESSING = RolloutPhase.PROGRESSING.value
-PAUSED = RolloutPhase.PAUSED.value
+PROGRESSING = RolloutPhase.PROGRESSING
+PAUSED = RolloutPhase.PAUSED
 ACTIVE = (PROGRESSING, PAUSED)
 
 
@@ -45,7 +47,7 @@ ACTIVE = (PROGRESSING, PAUSED)
 class Decision:
     """A change to write to one bucket, with its audit action and reason."""
 
-    change: Mapping[str, Any]
+    change: FlagChange
     action: str
     reason: str
 
@@ -107,10 +109,9 @@ def start(
         last_reason="started",
     )
     done = len(steps) == 1
-    phase = RolloutPhase.SUCCEEDED.value if done else PROGRESSING
-    return Decision(
-        {"weight": steps[0], "rollout": phase, "progress": progress}, "rollout:start", f"steps {list(steps)}"
-    )
+    phase = RolloutPhase.SUCCEEDED if done else PROGRESSING
+    change = FlagChange(weight=steps[0], rollout=phase, progress=progress)
+    return Decision(change, "rollout:start", f"steps {list(steps)}")
 
 
 def _next_check(p: RolloutProgress, now: float) -> float:
@@ -128,17 +129,19 @@ def decide(flags: BucketFlags, verdict: Verdict, now: float) -> Decision:
         step = p.step + 1
         last = step == len(p.steps) - 1
         progress = replace(p, step=step, next_check_at=_next_check(p, now), last_reason=verdict.reason)
-        phase = RolloutPhase.SUCCEEDED.value if last else PROGRESSING
+        phase = RolloutPhase.SUCCEEDED if last else PROGRESSING
         action = "rollout:complete" if last else "rollout:advance"
         return Decision(
-            {"weight": p.steps[step], "rollout": phase, "progress": progress}, action, verdict.reason
+            FlagChange(weight=p.steps[step], rollout=phase, progress=progress), action, verdict.reason
         )
     failures = p.failures + 1
     progress = replace(p, failures=failures, next_check_at=_next_check(p, now), last_reason=verdict.reason)
     if failures > p.failure_limit:
         return abort(replace(flags, progress=progress), f"analysis failed {failures}x: {verdict.reason}")
     return Decision(
-        {"progress": progress}, "rollout:hold", f"failure {failures}/{p.failure_limit}: {verdict.reason}"
+        FlagChange(progress=progress),
+        "rollout:hold",
+        f"failure {failures}/{p.failure_limit}: {verdict.reason}",
     )
 
 
@@ -146,14 +149,14 @@ def abort(flags: BucketFlags, reason: str) -> Decision:
     if flags.rollout not in ACTIVE:
         raise InputError(f"bucket {flags.bucket!r} has no rollout in progress (it is {flags.rollout})")
     progress = replace(flags.progress, last_reason=reason) if flags.progress else None
-    change = {"weight": 0, "killed": True, "rollout": RolloutPhase.ABORTED.value, "progress": progress}
+    change = FlagChange(weight=0, killed=True, rollout=RolloutPhase.ABORTED, progress=progress)
     return Decision(change, "rollout:abort", reason)
 
 
 def pause(flags: BucketFlags) -> Decision:
     if flags.rollout != PROGRESSING:
         raise InputError(f"bucket {flags.bucket!r} has no progressing rollout (it is {flags.rollout})")
-    return Decision({"rollout": PAUSED}, "rollout:pause", "")
+    return Decision(FlagChange(rollout=PAUSED), "rollout:pause", "")
 
 
 def resume(flags: BucketFlags, now: float) -> Decision:
@@ -161,7 +164,7 @@ def resume(flags: BucketFlags, now: float) -> Decision:
         raise InputError(f"bucket {flags.bucket!r} has no paused rollout (it is {flags.rollout})")
     # a fresh full window: what happened while paused is not judged at the current step
     progress = replace(flags.progress, next_check_at=now + flags.progress.interval_s)
-    return Decision({"rollout": PROGRESSING, "progress": progress}, "rollout:resume", "")
+    return Decision(FlagChange(rollout=PROGRESSING, progress=progress), "rollout:resume", "")
 
 
 def wait(flags: BucketFlags, now: float) -> Decision:
@@ -169,7 +172,7 @@ def wait(flags: BucketFlags, now: float) -> Decision:
     assert flags.progress is not None
     reason = "waiting for a full metrics window (controller restarted)"
     progress = replace(flags.progress, next_check_at=now + flags.progress.interval_s, last_reason=reason)
-    return Decision({"progress": progress}, "rollout:wait", reason)
+    return Decision(FlagChange(progress=progress), "rollout:wait", reason)
 
 
 def due(flags: BucketFlags, now: float) -> bool:
@@ -187,7 +190,8 @@ class MetricsSource(Protocol):
 
 async def apply(store: FlagStore, flags: BucketFlags, d: Decision, actor: str) -> BucketFlags:
     """Write a decision only if the bucket is still as it was read (else WriteConflict)."""
-    expect = {"rollout": flags.rollout, "progress": flags.progress}
+    # progress None is not checked: the phase check already catches a rollout started meanwhile
+    expect = FlagChange(rollout=flags.rollout, progress=flags.progress)
     return await store.update(
         flags.bucket, d.change, action=d.action, actor=actor, reason=d.reason, expect=expect
     )
@@ -226,7 +230,8 @@ class RolloutController:
                 verdict = analyse(cand, base, Thresholds.from_dict(flags.progress.thresholds))
                 d = decide(flags, verdict, now)
                 if self.metrics is not None:
-                    self.metrics.analyses.labels(flags.bucket, "pass" if verdict.passed else "fail").inc()
+                    label = AnalysisVerdict.PASS if verdict.passed else AnalysisVerdict.FAIL
+                    self.metrics.analyses.labels(flags.bucket, label).inc()
             try:
                 await apply(self.store, flags, d, self.actor)
             except WriteConflict as exc:  # someone else acted (operator, another controller)

@@ -18,7 +18,9 @@ from kvplan.errors import InputError, KvplanError, NotFound
 from kvplan.plan import Plan
 
 
-class RolloutPhase(enum.Enum):
+class RolloutPhase(enum.StrEnum):
+    """Where a bucket's rollout is (stored and shown as its value)."""
+
     IDLE = "idle"
     PROGRESSING = "progressing"
     PAUSED = "paused"
@@ -81,7 +83,7 @@ class BucketFlags:
     candidate: str | None  # pool name; None when the bucket has no candidate
     weight: int = 0  # percent of cohorts sent to the candidate, 0..100
     killed: bool = False  # overrides weight: everyone goes to baseline
-    rollout: str = RolloutPhase.IDLE.value  # RolloutPhase value
+    rollout: RolloutPhase = RolloutPhase.IDLE
     progress: RolloutProgress | None = None  # the rollout's details, None when none ever ran
 
     def __post_init__(self) -> None:
@@ -101,7 +103,7 @@ def flags_to_record(flags: BucketFlags) -> dict[str, Any]:
         "candidate": flags.candidate,
         "weight": flags.weight,
         "killed": flags.killed,
-        "rollout": flags.rollout,
+        "rollout": flags.rollout.value,
         "progress": flags.progress.encode() if flags.progress else None,
     }
 
@@ -114,7 +116,7 @@ def flags_from_record(rec: Mapping[str, Any]) -> BucketFlags:
         candidate=None if rec.get("candidate") is None else str(rec["candidate"]),
         weight=int(rec.get("weight", 0)),
         killed=bool(rec.get("killed", False)),
-        rollout=str(rec.get("rollout", RolloutPhase.IDLE.value)),
+        rollout=RolloutPhase(rec.get("rollout", RolloutPhase.IDLE)),
         progress=_progress(progress),
     )
 
@@ -128,24 +130,38 @@ def _progress(value: Any) -> RolloutProgress | None:
     return None
 
 
-def change_record(change: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a partial change and bring it to the stored form."""
-    allowed = {"weight", "killed", "rollout", "progress"}
-    unknown = set(change) - allowed
-    if unknown:
-        raise InputError(f"cannot change {sorted(unknown)}; changeable: {sorted(allowed)}")
-    out = dict(change)
-    if "weight" in out:
-        w = out["weight"]
-        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
+@dataclass(frozen=True)
+class FlagChange:
+    """A partial change of one bucket's flags: the fields given change, None leaves one as it is.
+
+    Also the condition of a conditional write (`expect`): each field given must still hold."""
+
+    weight: int | None = None
+    killed: bool | None = None
+    rollout: RolloutPhase | None = None
+    progress: RolloutProgress | None = None
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100):
             raise InvalidWeight(f"weight must be an integer within 0..100, got {w!r}")
-    if "killed" in out and not isinstance(out["killed"], bool):
-        raise InputError(f"killed must be true or false, got {out['killed']!r}")
-    if "rollout" in out:
-        out["rollout"] = RolloutPhase(out["rollout"]).value
-    if "progress" in out and isinstance(out["progress"], RolloutProgress):
-        out["progress"] = out["progress"].encode()
-    return out
+        if self.killed is not None and not isinstance(self.killed, bool):
+            raise InputError(f"killed must be true or false, got {self.killed!r}")
+        if self.rollout is not None and not isinstance(self.rollout, RolloutPhase):
+            raise InputError(f"rollout must be one of {', '.join(RolloutPhase)}, got {self.rollout!r}")
+
+    def record(self) -> dict[str, Any]:
+        """The fields given, in the stored form (flat JSON scalars, as `flags_to_record`)."""
+        out: dict[str, Any] = {}
+        if self.weight is not None:
+            out["weight"] = self.weight
+        if self.killed is not None:
+            out["killed"] = self.killed
+        if self.rollout is not None:
+            out["rollout"] = self.rollout.value
+        if self.progress is not None:
+            out["progress"] = self.progress.encode()
+        return out
 
 
 @dataclass(frozen=True)
@@ -235,12 +251,12 @@ class FlagStore(Protocol):
     async def update(
         self,
         bucket: str,
-        change: Mapping[str, Any],
+        change: FlagChange,
         *,
         action: str,
         actor: str,
         reason: str = "",
-        expect: Mapping[str, Any] | None = None,
+        expect: FlagChange | None = None,
     ) -> BucketFlags: ...
 
     async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags: ...
@@ -258,23 +274,27 @@ class StoreWrites:
     async def update(
         self,
         bucket: str,
-        change: Mapping[str, Any],
+        change: FlagChange,
         *,
         action: str,
         actor: str,
         reason: str = "",
-        expect: Mapping[str, Any] | None = None,
+        expect: FlagChange | None = None,
     ) -> BucketFlags:
         raise NotImplementedError
 
     async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags:
-        return await self.update(bucket, {"weight": weight}, action="set-weight", actor=actor, reason=reason)
+        return await self.update(
+            bucket, FlagChange(weight=weight), action="set-weight", actor=actor, reason=reason
+        )
 
     async def kill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
-        return await self.update(bucket, {"killed": True}, action="kill", actor=actor, reason=reason)
+        return await self.update(bucket, FlagChange(killed=True), action="kill", actor=actor, reason=reason)
 
     async def unkill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
-        return await self.update(bucket, {"killed": False}, action="unkill", actor=actor, reason=reason)
+        return await self.update(
+            bucket, FlagChange(killed=False), action="unkill", actor=actor, reason=reason
+        )
 
 
 def merge(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -284,8 +304,8 @@ def merge(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, An
     return None if after == dict(current) else after
 
 
-def check_expect(current: Mapping[str, Any], expect: Mapping[str, Any] | None, bucket: str) -> None:
-    for key, value in change_record(expect or {}).items():
+def check_expect(current: Mapping[str, Any], expect: FlagChange | None, bucket: str) -> None:
+    for key, value in (expect.record() if expect else {}).items():
         if current.get(key) != value:
             raise WriteConflict(f"bucket {bucket!r} changed meanwhile: {key} is {current.get(key)!r}")
 
@@ -309,19 +329,19 @@ class MemoryFlagStore(StoreWrites):
     async def update(
         self,
         bucket: str,
-        change: Mapping[str, Any],
+        change: FlagChange,
         *,
         action: str,
         actor: str,
         reason: str = "",
-        expect: Mapping[str, Any] | None = None,
+        expect: FlagChange | None = None,
     ) -> BucketFlags:
         before = self._snap.buckets.get(bucket)
         if before is None:
             raise unknown_bucket(bucket, self._snap.buckets)
         current = flags_to_record(before)
         check_expect(current, expect, bucket)
-        merged = merge(current, change_record(change))
+        merged = merge(current, change.record())
         if merged is None:
             return before
         after = flags_from_record(merged)

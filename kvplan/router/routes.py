@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from kvplan.control.cohort import percentile
 from kvplan.control.state import BucketFlags, FlagSnapshot, defaults_from_plan
+from kvplan.metric_names import DecisionReason
 from kvplan.plan import Bucket, EndpointChoice, Plan, Pool
 from kvplan.router.api_errors import ApiError
 from kvplan.router.endpoint_policy import EndpointPolicy, endpoint_policy
@@ -53,7 +54,7 @@ class BucketRoute:
 class Route(NamedTuple):
     bucket: BucketRoute
     pool: PoolRoute
-    reason: str
+    reason: DecisionReason
     tokens: PromptTokens
     needed_tokens: int
 
@@ -175,5 +176,5 @@ class RouteTable:
         )
         pool = pools.get(decision.pool)
         if pool is None:  # the store names a pool this plan no longer has: serve from the plan's baseline
-            return Route(chosen, pools[chosen.bucket.baseline.name], "fallback", tokens, needed)
+            return Route(chosen, pools[chosen.bucket.baseline.name], DecisionReason.FALLBACK, tokens, needed)
         return Route(chosen, pool, decision.reason, tokens, needed)

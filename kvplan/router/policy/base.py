@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from kvplan.control.state import BucketFlags
+from kvplan.metric_names import DecisionReason
 from kvplan.router.endpoints import Availability
 
 
@@ -21,7 +22,7 @@ class PolicyInput(NamedTuple):
 
 class Decision(NamedTuple):
     pool: str
-    reason: str  # one of kvplan.metric_names.DecisionReason
+    reason: DecisionReason
 
 
 class Policy(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kvplan.metric_names import DecisionReason
 from kvplan.router.policy.base import Decision, PolicyInput
 
 
@@ -9,5 +10,8 @@ class BaselineOnlyPolicy:
     name = "baseline-only"
 
     def select(self, inp: PolicyInput) -> Decision:
-        reason = "killed" if inp.flags.killed else "no_candidate" if inp.flags.candidate is None else "weight"
-        return Decision(inp.flags.baseline, reason)
+        if inp.flags.killed:
+            return Decision(inp.flags.baseline, DecisionReason.KILLED)
+        if inp.flags.candidate is None:
+            return Decision(inp.flags.baseline, DecisionReason.NO_CANDIDATE)
+        return Decision(inp.flags.baseline, DecisionReason.WEIGHT)

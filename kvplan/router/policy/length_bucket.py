@@ -7,13 +7,14 @@ saturated, or its load data is stale), in which case the baseline serves it.
 
 from __future__ import annotations
 
+from kvplan.metric_names import DecisionReason
 from kvplan.router.endpoints import Availability
 from kvplan.router.policy.base import Decision, PolicyInput
 
 _FALLBACK_REASON = {
-    Availability.UNHEALTHY: "fallback",
-    Availability.SATURATED: "fallback",
-    Availability.STALE: "stale",
+    Availability.UNHEALTHY: DecisionReason.FALLBACK,
+    Availability.SATURATED: DecisionReason.FALLBACK,
+    Availability.STALE: DecisionReason.STALE,
 }
 
 
@@ -23,12 +24,12 @@ class LengthBucketPolicy:
     def select(self, inp: PolicyInput) -> Decision:
         flags = inp.flags
         if flags.candidate is None:
-            return Decision(flags.baseline, "no_candidate")
+            return Decision(flags.baseline, DecisionReason.NO_CANDIDATE)
         if flags.killed:
-            return Decision(flags.baseline, "killed")
+            return Decision(flags.baseline, DecisionReason.KILLED)
         if inp.percentile > flags.weight:
-            return Decision(flags.baseline, "weight")
+            return Decision(flags.baseline, DecisionReason.WEIGHT)
         state = inp.availability(flags.candidate)
         if state is not Availability.AVAILABLE:
             return Decision(flags.baseline, _FALLBACK_REASON[state])
-        return Decision(flags.candidate, "weight")
+        return Decision(flags.candidate, DecisionReason.WEIGHT)
