@@ -203,10 +203,16 @@ def test_plugin_is_inert_without_a_configured_format(monkeypatch: pytest.MonkeyP
 
 
 def test_plugin_format_refusals() -> None:
-    from kvplan.workers.vllm_plugin.support import plugin_format
+    from kvplan.formats import Element, Granularity, KVFormat, TensorQuant
+    from kvplan.workers.vllm_plugin.support import plugin_format, unsupported_reason
 
     assert plugin_format("int4").name == "int4"
+    # fp8's static per-tensor scale is the attention layer's own _k_scale/_v_scale
+    assert plugin_format("fp8_e4m3").name == "fp8_e4m3"
     with pytest.raises(ValueError, match="unknown KV format 'int3'"):
         plugin_format("int3")
-    with pytest.raises(ValueError, match="static scales"):
-        plugin_format("fp8_e4m3")
+    with pytest.raises(ValueError, match="keys per channel"):
+        plugin_format("int4_kivi")
+    per_head = TensorQuant(Element.FP8_E4M3, Granularity.PER_HEAD)
+    reason = unsupported_reason(KVFormat("fp8_per_head", per_head, per_head))
+    assert reason is not None and "static per-head scales" in reason

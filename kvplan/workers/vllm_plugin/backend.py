@@ -7,8 +7,21 @@ so its memory planning, its logged capacity and its `num_gpu_blocks` all follow 
 vLLM hands each layer a strided `[blocks, heads, tokens, C]` view of that memory in the model
 dtype; a head page is `tokens x C` contiguous bytes, which the kernels address as one record.
 
-Compute: CUDA tensors go to kvplan's Triton kernels (`kvplan.kernels.api`); CPU tensors to the
-torch reference (`kvplan.kernels.reference`), over only the pages the batch reads.
+Compute goes through `kvplan.kernels.api`: Triton kernels for CUDA tensors, the torch reference
+for CPU tensors (vLLM's CPU build, in the tests), so the glue below is the same on both.
+
+A batch is split in two calls: decode rows (one query token each; the builder asks vLLM to put
+them first) and the rest (prefill chunks, prefix-cache hits with a tail). The paged kernel
+handles any query length, but launches its grid for the longest query of the call, so a decode
+row riding with a 16K-token prefill chunk would cost a thousand idle programs. The prefill call
+reads the quantized cache it has just written, exactly as decode does, so prefill and decode see
+the same keys and values (and chunked prefill or a prefix-cache hit reads what an earlier step
+stored).
+
+CUDA graphs: the builder declares single-token-decode support. A captured launch keeps the grid
+and context split it was captured with, so when vLLM captures full decode graphs every decode
+call sizes its split for `max_model_len` (the most any replayed step can hold) instead of the
+step's own longest sequence.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from typing import ClassVar
 import torch
 from vllm.v1.attention.backend import (
     AttentionBackend,
+    AttentionCGSupport,
     AttentionImpl,
     AttentionLayer,
     AttentionMetadataBuilder,
@@ -26,9 +40,10 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
     MultipleOf,
 )
+from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 from vllm.v1.kv_cache_interface import AttentionSpec, KVCacheLayout
 
-from kvplan.formats import KVFormat
+from kvplan.formats import Granularity, KVFormat
 from kvplan.vllm_command import FORMAT_ENV
 from kvplan.workers.vllm_plugin import configured_format_name
 from kvplan.workers.vllm_plugin.support import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS, plugin_format
@@ -94,15 +109,23 @@ class KvplanAttentionBackend(AttentionBackend):  # type: ignore[misc]
 class KvplanMetadata:
     num_actual_tokens: int
     num_reqs: int
+    num_decodes: int  # the first rows: one query token each (vLLM reorders them to the front)
+    num_decode_tokens: int
     max_query_len: int
     max_seq_len: int
+    decode_max_seq_len: int  # what decode calls size their split for (max_model_len under graphs)
     query_start_loc: torch.Tensor  # [B+1]
     seq_lens: torch.Tensor  # [B] tokens in the cache after this step's writes
     block_table: torch.Tensor  # [B, max_blocks]
     slot_mapping: torch.Tensor  # [T]
+    prefill_query_start_loc: torch.Tensor | None  # [B - num_decodes + 1], from 0
 
 
 class KvplanMetadataBuilder(AttentionMetadataBuilder[KvplanMetadata]):  # type: ignore[misc,type-var]
+    # Full CUDA graphs for pure single-token decode batches (vLLM runs mixed batches eagerly).
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    reorder_batch_threshold: int | None = 1  # decode rows first, so one split separates them
+
     def __init__(
         self,
         kv_cache_spec: AttentionSpec,
@@ -111,6 +134,15 @@ class KvplanMetadataBuilder(AttentionMetadataBuilder[KvplanMetadata]):  # type: 
         device: torch.device,
     ) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)  # type: ignore[arg-type]
+        self.graph_decode_len: int | None = None
+        try:
+            from vllm.config import CUDAGraphMode
+
+            mode = vllm_config.compilation_config.cudagraph_mode  # type: ignore[attr-defined]
+            if mode is not None and mode.decode_mode() == CUDAGraphMode.FULL:
+                self.graph_decode_len = int(vllm_config.model_config.max_model_len)  # type: ignore[attr-defined]
+        except AttributeError:  # a config without compilation settings (unit tests): no graphs
+            pass
 
     def build(
         self,
@@ -122,15 +154,24 @@ class KvplanMetadataBuilder(AttentionMetadataBuilder[KvplanMetadata]):  # type: 
         if not isinstance(m.causal, bool) or not m.causal:
             raise NotImplementedError("kvplan attention is causal-only")
         b = m.num_reqs
+        num_decodes, _, num_decode_tokens, _ = split_decodes_and_prefills(m, decode_threshold=1)
+        qsl = m.query_start_loc[: b + 1]
+        prefill_qsl = None
+        if num_decodes < b:  # never under a captured decode graph: those batches are decode-only
+            prefill_qsl = qsl[num_decodes:] - num_decode_tokens
         return KvplanMetadata(
             num_actual_tokens=m.num_actual_tokens,
             num_reqs=b,
+            num_decodes=num_decodes,
+            num_decode_tokens=num_decode_tokens,
             max_query_len=m.max_query_len,
             max_seq_len=m.max_seq_len,
-            query_start_loc=m.query_start_loc[: b + 1],
+            decode_max_seq_len=self.graph_decode_len or m.max_seq_len,
+            query_start_loc=qsl,
             seq_lens=m.seq_lens[:b],
             block_table=m.block_table_tensor[:b],
             slot_mapping=m.slot_mapping,
+            prefill_query_start_loc=prefill_qsl,
         )
 
 
@@ -172,6 +213,9 @@ class KvplanAttentionImpl(AttentionImpl[KvplanMetadata]):  # type: ignore[misc,t
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
         self.attn_type = attn_type
         self.fmt = current_format()
+        # fp8's static per-tensor scales live in the layer (`_k_scale`, `_v_scale`): 1.0 unless a
+        # checkpoint calibrated them, as for vLLM's own fp8. Other formats take none.
+        self.static_scales = Granularity.PER_TENSOR in (self.fmt.k.granularity, self.fmt.v.granularity)
 
     def _pages(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The layer's cache as uint8 [blocks, kv_heads, head_page_bytes] (a view) and block size."""
@@ -179,6 +223,11 @@ class KvplanAttentionImpl(AttentionImpl[KvplanMetadata]):  # type: ignore[misc,t
         if tokens not in SUPPORTED_BLOCK_SIZES:
             raise NotImplementedError(f"kvplan attention: block size {tokens} not in {SUPPORTED_BLOCK_SIZES}")
         return kv_cache.view(torch.uint8).flatten(2), tokens
+
+    def _scales(self, layer: object) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not self.static_scales:
+            return None, None
+        return layer._k_scale, layer._v_scale  # type: ignore[attr-defined]
 
     def do_kv_cache_update(
         self,
@@ -188,19 +237,14 @@ class KvplanAttentionImpl(AttentionImpl[KvplanMetadata]):  # type: ignore[misc,t
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> None:
+        from kvplan.kernels import api
+
         pages, block_size = self._pages(kv_cache)
         n = min(key.shape[0], slot_mapping.shape[0])  # padded tokens carry slot -1 or lie past n
         if n == 0:
             return
-        key, value, slots = key[:n], value[:n], slot_mapping[:n]
-        if key.is_cuda:
-            from kvplan.kernels import api
-
-            api.write_kv(key, value, pages, slots, self.fmt, block_size)
-        else:
-            from kvplan.kernels import reference
-
-            reference.write_kv(key, value, pages, slots, self.fmt, block_size)
+        k_scale, v_scale = self._scales(layer)
+        api.write_kv(key[:n], value[:n], pages, slot_mapping[:n], self.fmt, block_size, k_scale, v_scale)
 
     def forward(
         self,
@@ -218,36 +262,26 @@ class KvplanAttentionImpl(AttentionImpl[KvplanMetadata]):  # type: ignore[misc,t
             raise NotImplementedError("kvplan attention does not fuse output quantization")
         if attn_metadata is None:  # profiling run: nothing cached, nothing to attend
             return output
+        from kvplan.kernels import api
+
         md = attn_metadata
         n = md.num_actual_tokens
         pages, block_size = self._pages(kv_cache)
         q = query[:n].view(n, self.num_heads, self.head_size)
         out = output[:n].view(n, self.num_heads, self.head_size)
-        if query.is_cuda:
-            from kvplan.kernels import api
+        k_scale, v_scale = self._scales(layer)
+        nd, ndt = md.num_decodes, md.num_decode_tokens
 
+        def attend(rows: slice, tokens: slice, qsl: torch.Tensor, max_q: int, max_seq_len: int) -> None:
             api.paged_attention(
-                q, pages, md.block_table, md.seq_lens, md.query_start_loc, self.fmt, block_size,
-                self.scale, max_query_len=md.max_query_len, max_seq_len=md.max_seq_len, out=out,
+                q[tokens], pages, md.block_table[rows], md.seq_lens[rows], qsl, self.fmt, block_size,
+                self.scale, k_scale, v_scale, max_query_len=max_q, max_seq_len=max_seq_len,
+                out=out[tokens],
             )  # fmt: skip
-            return output
-        out.copy_(_reference_attention(q, pages, md, self.fmt, block_size, self.scale))
+
+        if nd:
+            attend(slice(0, nd), slice(0, ndt), md.query_start_loc[: nd + 1], 1, md.decode_max_seq_len)
+        if md.prefill_query_start_loc is not None:
+            attend(slice(nd, md.num_reqs), slice(ndt, n), md.prefill_query_start_loc, md.max_query_len,
+                   md.max_seq_len)  # fmt: skip
         return output
-
-
-def _reference_attention(
-    q: torch.Tensor, pages: torch.Tensor, md: KvplanMetadata, fmt: KVFormat, block_size: int, scale: float
-) -> torch.Tensor:
-    """Reference attention over a compact copy of just the pages this batch reads: the reference
-    dequantizes every page it is given, and the cache holds thousands."""
-    from kvplan.kernels import reference
-
-    need = (md.seq_lens + block_size - 1) // block_size  # [B] pages per sequence
-    cols = torch.arange(md.block_table.shape[1], device=q.device)
-    used_mask = cols[None, :] < need[:, None]
-    used = torch.unique(md.block_table[used_mask].long())  # sorted
-    compact = pages[used]
-    table = torch.searchsorted(used, md.block_table.long().clamp(min=0)).clamp(max=max(len(used) - 1, 0))
-    return reference.paged_attention(
-        q, compact, table, md.seq_lens, md.query_start_loc, fmt, block_size, scale
-    )

@@ -11,12 +11,16 @@ SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
 
 
 def unsupported_reason(fmt: KVFormat) -> str | None:
-    """Why the plugin cannot serve `fmt`, or None when it can."""
+    """Why the plugin cannot serve `fmt`, or None when it can.
+
+    A static per-tensor scale (fp8) is the attention layer's own `_k_scale`/`_v_scale`, which
+    vLLM keeps for every layer; a per-head one has no such home.
+    """
     for side in (fmt.k, fmt.v):
         if side.granularity is Granularity.PER_CHANNEL:
             return f"{fmt.name} stores keys per channel, which needs staging state vLLM does not keep"
-        if side.granularity in (Granularity.PER_TENSOR, Granularity.PER_HEAD):
-            return f"{fmt.name} uses static scales: serve it with vLLM's native --kv-cache-dtype"
+        if side.granularity is Granularity.PER_HEAD:
+            return f"{fmt.name} uses static per-head scales: serve it with vLLM's native --kv-cache-dtype"
     return None
 
 
