@@ -361,7 +361,7 @@ def _attention_triton(
             _half_hadamard(d, query.device, query.dtype), scale * _LOG2E, query.stride(0),
             query.stride(1), out.stride(0), out.stride(1), block_table.stride(0), tq, hq, num_qb, tps,
             HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
-            V_KIND=p.v_kind, K_ROT=fmt.k.rotation == "hadamard", K_CODE=p.k_code, V_CODE=p.v_code,
+            V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
             K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
             UNROLL=int(str(tune["unroll"])), DIRECT=num_splits == 1, num_warps=1,
         )  # fmt: skip
