@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kvplan.planner.engines import llamacpp, sglang, trtllm  # noqa: E402
-from kvplan.planner.engines.common import EngineArgs, kv_layers  # noqa: E402
+from kvplan.planner.engines.common import EngineArgs, Replica, kv_layers  # noqa: E402
 from kvplan.planner.gpus import GIB, get_gpu  # noqa: E402
 from kvplan.planner.memory import weight_bytes  # noqa: E402
 from kvplan.planner.models import ModelSpec, get_model, spec_from_config  # noqa: E402
@@ -49,7 +49,10 @@ def trtllm_blocks(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
             r"available_gib=[0-9.]+", f"available_gib={logged['available_gib'] + delta}", log["engine_args"]
         )
         s = trtllm.size(
-            model, gpu, log["kv_dtype"], max_model_len=2048, weight_bytes=0, args=EngineArgs.parse(args)
+            model,
+            gpu,
+            log["kv_dtype"],
+            Replica(max_model_len=2048, weight_bytes=0, args=EngineArgs.parse(args)),
         )
         results.append(s)
     lo, mid, hi = results
@@ -63,9 +66,15 @@ def trtllm_blocks(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
     )
     if "weights_gib_logged" in log:
         est = trtllm.size(
-            model, gpu, log["kv_dtype"], max_model_len=2048, weight_bytes=weight_bytes(model, "fp8"),
-            args=EngineArgs.parse(re.sub(r",?available_gib=[0-9.]+", "", log["engine_args"])),
-        )  # fmt: skip
+            model,
+            gpu,
+            log["kv_dtype"],
+            Replica(
+                max_model_len=2048,
+                weight_bytes=weight_bytes(model, "fp8"),
+                args=EngineArgs.parse(re.sub(r",?available_gib=[0-9.]+", "", log["engine_args"])),
+            ),
+        )
         free = dict(est.memory)
         est_free = free["total"] - free["weights"] - free["activation_peak"] - free["non_torch"]
         err = est_free / GIB / logged["available_gib"] - 1
@@ -93,10 +102,16 @@ def sglang_k_size(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
         e = log["estimate"]
         gpu, _ = get_gpu(e["gpu"])
         s = sglang.size(
-            model, gpu, log["kv_dtype"], max_model_len=4096, tensor_parallel=log["tensor_parallel"],
-            weight_bytes=weight_bytes(model, e["weight_dtype"]),
-            args=EngineArgs.parse(f"mem_fraction_static={e['mem_fraction_static']}"),
-        )  # fmt: skip
+            model,
+            gpu,
+            log["kv_dtype"],
+            Replica(
+                max_model_len=4096,
+                tensor_parallel=log["tensor_parallel"],
+                weight_bytes=weight_bytes(model, e["weight_dtype"]),
+                args=EngineArgs.parse(f"mem_fraction_static={e['mem_fraction_static']}"),
+            ),
+        )
         err = s.kv_tokens / log["logged"]["tokens"] - 1
         detail += f"; from model + GPU alone: {s.kv_tokens:,} tokens ({err:+.1%} vs logged)"
     return ok, detail
@@ -111,10 +126,12 @@ def sglang_budget(log: dict[str, Any], model: ModelSpec | None) -> tuple[bool, s
     args = EngineArgs.parse(f"pre_load_gib={pre},post_load_gib={post},mem_fraction_static={f}")
     gpu, _ = get_gpu("h200")
     if model is None:  # no model needed: the budget only
-        s = sglang.size(get_model("llama-3.1-8b"), gpu, "auto", max_model_len=4096, weight_bytes=0, args=args)
+        s = sglang.size(
+            get_model("llama-3.1-8b"), gpu, "auto", Replica(max_model_len=4096, weight_bytes=0, args=args)
+        )
     else:
         gpu = gpu.with_memory(round(log["gpu_memory_gib"] * GIB))
-        s = sglang.size(model, gpu, "auto", max_model_len=4096, weight_bytes=0, args=args)
+        s = sglang.size(model, gpu, "auto", Replica(max_model_len=4096, weight_bytes=0, args=args))
     rest = post - pre * (1 - f)
     if logged.get("refused"):
         minimum = 1 - post / pre
@@ -132,8 +149,16 @@ def sglang_budget(log: dict[str, Any], model: ModelSpec | None) -> tuple[bool, s
         # post + mem usage is that figure only approximately: report how close, not "exact".
         detail += f" (off by {abs(got - rest):.3f} GB: pre is only post + usage approximately)"
     if model is not None:
-        est = sglang.size(model, gpu, "auto", max_model_len=4096, weight_bytes=weight_bytes(model),
-                          args=EngineArgs.parse(f"mem_fraction_static={f}"))  # fmt: skip
+        est = sglang.size(
+            model,
+            gpu,
+            "auto",
+            Replica(
+                max_model_len=4096,
+                weight_bytes=weight_bytes(model),
+                args=EngineArgs.parse(f"mem_fraction_static={f}"),
+            ),
+        )
         budget = est.kv_bytes / GIB
         detail += f"; from model + GPU alone: {budget:.2f} GiB pool ({budget / rest - 1:+.1%})"
     return ok, detail
@@ -144,8 +169,12 @@ def sglang_tokens(log: dict[str, Any], model: ModelSpec) -> tuple[bool, str]:
     pre, post = logged["total_gpu_mem_gb"], logged["avail_gpu_mem_gb"]
     gpu, _ = get_gpu(log["gpu"])
     args = EngineArgs.parse(f"pre_load_gib={pre},post_load_gib={post},mem_fraction_static={f}")
-    s = sglang.size(model, gpu, "auto", max_model_len=4096, tensor_parallel=log["tensor_parallel"],
-                    weight_bytes=0, args=args)  # fmt: skip
+    s = sglang.size(
+        model,
+        gpu,
+        "auto",
+        Replica(max_model_len=4096, tensor_parallel=log["tensor_parallel"], weight_bytes=0, args=args),
+    )
     rest = post - pre * (1 - f)
     ok = s.kv_tokens == logged["max_num_tokens"] and s.bytes_per_token == logged["cell_size"]
     ok = ok and abs(rest - logged["rest_memory_gb"]) < 1e-9

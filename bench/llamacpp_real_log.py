@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from kvplan.formats import ENGINE_KV_DTYPES  # noqa: E402
 from kvplan.planner.engines import llamacpp  # noqa: E402
-from kvplan.planner.engines.common import EngineArgs  # noqa: E402
+from kvplan.planner.engines.common import EngineArgs, Replica  # noqa: E402
 from kvplan.planner.engines.gguf import read_gguf  # noqa: E402
 from kvplan.planner.gpus import get_gpu  # noqa: E402
 
@@ -70,10 +70,10 @@ def main() -> None:
     rows, exact = [], 0
     for k, v, n_ctx, n_seq in cases:
         line = real(args.python, k, v, n_ctx, n_seq)
-        ours = llamacpp.size(
-            model, gpu, f"{k}/{v}" if k != v else k, max_model_len=n_ctx, weight_bytes=g.weight_bytes,
-            args=EngineArgs.parse(f"n_ctx={n_ctx},parallel={n_seq}"), gguf=g,
-        )  # fmt: skip
+        replica = Replica(
+            n_ctx, g.weight_bytes, args=EngineArgs.parse(f"n_ctx={n_ctx},parallel={n_seq}"), gguf=g
+        )
+        ours = llamacpp.size(model, gpu, f"{k}/{v}" if k != v else k, replica)
         mine = next(ln for ln in ours.log if "cells," in ln)
         m_real, m_ours = LINE.search(line), LINE.search(mine)
         same = bool(m_real and m_ours and m_real.groups() == m_ours.groups())

@@ -12,7 +12,15 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from kvplan.errors import InputError, Unsupported
 from kvplan.planner.engines import llamacpp, sglang, trtllm
-from kvplan.planner.engines.common import Budget, EngineArgs, KVLayer, draft_heads, draft_model, kv_layers
+from kvplan.planner.engines.common import (
+    Budget,
+    EngineArgs,
+    KVLayer,
+    Replica,
+    draft_heads,
+    draft_model,
+    kv_layers,
+)
 from kvplan.planner.engines.ggml import CACHE_TYPES, GGML_TYPES, ggml_type
 from kvplan.planner.engines.gguf import read_gguf
 from kvplan.planner.engines.report import EngineRequest, run
@@ -107,7 +115,10 @@ def test_llamacpp_kv_line_for_smollm2_at_8k() -> None:
     """30 layers x 8192 cells x 192 values x 2 B = 90 MiB of K and of V: the line llama.cpp prints."""
     model, g = smollm2()
     s = llamacpp.size(
-        model, H100, "f16", max_model_len=8192, weight_bytes=g.weight_bytes, args=EngineArgs(), gguf=g
+        model,
+        H100,
+        "f16",
+        Replica(max_model_len=8192, weight_bytes=g.weight_bytes, args=EngineArgs(), gguf=g),
     )
     assert s.log[1] == (
         "llama_kv_cache: size =  180.00 MiB (  8192 cells,  30 layers,  1/1 seqs), "
@@ -115,7 +126,7 @@ def test_llamacpp_kv_line_for_smollm2_at_8k() -> None:
     )
     assert s.kv_bytes == 30 * 8192 * 192 * 2 * 2
     mixed = llamacpp.size(
-        model, H100, "q8_0/q4_0", max_model_len=8192, weight_bytes=0, args=EngineArgs(), gguf=g
+        model, H100, "q8_0/q4_0", Replica(max_model_len=8192, weight_bytes=0, args=EngineArgs(), gguf=g)
     )
     assert mixed.kv_bytes == 30 * 8192 * (6 * 34 + 6 * 18)
 
@@ -145,7 +156,9 @@ def test_llamacpp_offload_splits_layers_weights_and_kv() -> None:
     assert sum(llamacpp.gpu_layers(30, 20)) == 20
     model, g = smollm2()
     args = EngineArgs.parse("n_gpu_layers=20")
-    s = llamacpp.size(model, H100, "f16", max_model_len=8192, weight_bytes=g.weight_bytes, args=args, gguf=g)
+    s = llamacpp.size(
+        model, H100, "f16", Replica(max_model_len=8192, weight_bytes=g.weight_bytes, args=args, gguf=g)
+    )
     memory = dict(s.memory)
     assert memory["kv_gpu"] == s.kv_bytes * 19 // 30  # layers 11..29 of 30 (the 20th GPU layer is the output)
     assert (
@@ -157,7 +170,10 @@ def test_llamacpp_quantized_v_needs_flash_attention() -> None:
     model, _ = smollm2()
     with pytest.raises(Unsupported, match="flash attention"):
         llamacpp.size(
-            model, H100, "q4_0", max_model_len=4096, weight_bytes=0, args=EngineArgs.parse("flash_attn=off")
+            model,
+            H100,
+            "q4_0",
+            Replica(max_model_len=4096, weight_bytes=0, args=EngineArgs.parse("flash_attn=off")),
         )
 
 
@@ -201,9 +217,15 @@ def test_sglang_budget_from_a_users_logged_memory() -> None:
     model = get_model("qwen3-30b-a3b")
     gpu = H100.with_memory(round(288 * GIB))
     s = sglang.size(
-        model, gpu, "auto", max_model_len=32768, weight_bytes=0,
-        args=EngineArgs.parse(f"pre_load_gib={pre},post_load_gib={post},mem_fraction_static={f}"),
-    )  # fmt: skip
+        model,
+        gpu,
+        "auto",
+        Replica(
+            max_model_len=32768,
+            weight_bytes=0,
+            args=EngineArgs.parse(f"pre_load_gib={pre},post_load_gib={post},mem_fraction_static={f}"),
+        ),
+    )
     assert s.kv_tokens == int(rest * GIB) // (4 * 256 * 48 * 2)
 
 
@@ -266,9 +288,15 @@ def test_trtllm_reproduces_its_documented_log() -> None:
     block -> "Number of blocks in KV cache primary pool: 4060", "Allocated 63.44 GiB for max tokens in
     paged KV cache (259840)". calculateMaxNumBlocks: ceil(floor(0.9 x free / 262144) / 64)."""
     s = trtllm.size(
-        LLAMA2_7B, H100, "fp8", max_model_len=4096, weight_bytes=0,
-        args=EngineArgs.parse("backend=tensorrt,available_gib=70.48,tokens_per_block=64"),
-    )  # fmt: skip
+        LLAMA2_7B,
+        H100,
+        "fp8",
+        Replica(
+            max_model_len=4096,
+            weight_bytes=0,
+            args=EngineArgs.parse("backend=tensorrt,available_gib=70.48,tokens_per_block=64"),
+        ),
+    )
     assert s.log[1:] == (
         "Number of blocks in KV cache primary pool: 4060",
         "Number of tokens per block: 64.",
@@ -279,9 +307,17 @@ def test_trtllm_reproduces_its_documented_log() -> None:
 def test_trtllm_pytorch_budget_and_blocks() -> None:
     """_cal_max_memory: (total - peak + temporary KV) x fraction; blocks rounded up (ceilDiv)."""
     s = trtllm.size(
-        get_model("llama-3.1-8b"), H100, "auto", max_model_len=8192, weight_bytes=0,
-        args=EngineArgs.parse("total_gib=79.18,peak_gib=20.5,tmp_kv_gib=1.5,free_gpu_memory_fraction=0.85"),
-    )  # fmt: skip
+        get_model("llama-3.1-8b"),
+        H100,
+        "auto",
+        Replica(
+            max_model_len=8192,
+            weight_bytes=0,
+            args=EngineArgs.parse(
+                "total_gib=79.18,peak_gib=20.5,tmp_kv_gib=1.5,free_gpu_memory_fraction=0.85"
+            ),
+        ),
+    )
     available = int((round(79.18 * GIB) - round(20.5 * GIB) + round(1.5 * GIB)) * 0.85)
     assert s.kv_tokens == -(-(available // 131072) // 32) * 32
 
@@ -289,11 +325,11 @@ def test_trtllm_pytorch_budget_and_blocks() -> None:
 def test_trtllm_int8_only_on_tensorrt_engines_and_int4_never() -> None:
     model = get_model("llama-3.1-8b")
     with pytest.raises(Unsupported, match="backend=tensorrt"):
-        trtllm.size(model, H100, "int8", max_model_len=4096, weight_bytes=0, args=EngineArgs())
+        trtllm.size(model, H100, "int8", Replica(max_model_len=4096, weight_bytes=0))
     with pytest.raises(Unsupported, match="supports: auto, fp16, bf16, fp8, int8, nvfp4"):
-        trtllm.size(model, H100, "int4", max_model_len=4096, weight_bytes=0, args=EngineArgs())
+        trtllm.size(model, H100, "int4", Replica(max_model_len=4096, weight_bytes=0))
     with pytest.raises(Unsupported, match="Blackwell"):
-        trtllm.size(model, H100, "nvfp4", max_model_len=4096, weight_bytes=0, args=EngineArgs())
+        trtllm.size(model, H100, "nvfp4", Replica(max_model_len=4096, weight_bytes=0))
 
 
 # ---------------------------------------------------------------- drafts and budgets
@@ -303,9 +339,9 @@ def test_draft_adds_weights_and_kv_and_costs_tokens() -> None:
     target, draft = get_model("llama-3.1-70b"), get_model("llama-3.2-1b")
     gpu, _ = get_gpu("h100")
     d = draft_model(draft, weight_bytes(draft))
-    kw = dict(max_model_len=32768, tensor_parallel=4, weight_bytes=weight_bytes(target), args=EngineArgs())
-    without = trtllm.size(target, gpu, "auto", **kw)
-    with_ = trtllm.size(target, gpu, "auto", draft=d, **kw)
+    kw = dict(max_model_len=32768, tensor_parallel=4, weight_bytes=weight_bytes(target))
+    without = trtllm.size(target, gpu, "auto", Replica(**kw))
+    with_ = trtllm.size(target, gpu, "auto", Replica(draft=d, **kw))
     assert with_.draft_bytes_per_token == 2 * 2 * 64 * 16 * 2  # 8 KV heads / TP 4, head 64, 16 layers
     assert with_.bytes_per_token == without.bytes_per_token + with_.draft_bytes_per_token
     assert with_.kv_tokens < without.kv_tokens
@@ -315,9 +351,7 @@ def test_draft_adds_weights_and_kv_and_costs_tokens() -> None:
         target,
         gpu,
         "auto",
-        tensor_parallel=4,
-        draft=heads,
-        **{k: v for k, v in kw.items() if k != "tensor_parallel"},
+        Replica(tensor_parallel=4, draft=heads, **{k: v for k, v in kw.items() if k != "tensor_parallel"}),
     )
     assert s.draft_bytes_per_token == int(s.bytes_per_token - s.draft_bytes_per_token) // 80
 
@@ -326,11 +360,13 @@ def test_draft_that_fits_only_with_a_quantized_kv() -> None:
     """Llama-3.1-70B at TP 2 on H100s leaves ~3 GiB per GPU for SGLang's pool; a 128K request fits in
     fp8, and with an 8B draft (bf16 weights) only in fp8."""
     target, draft = get_model("llama-3.1-70b"), get_model("llama-3.1-8b")
-    req = EngineRequest(
-        model=target, gpu=H100, engine="sglang", dtypes=("auto", "fp8_e4m3"), max_model_len=131072,
-        weight_bytes=weight_bytes(target, "fp8"), tensor_parallel=2,
+    replica = Replica(
+        131072,
+        weight_bytes(target, "fp8"),
+        tensor_parallel=2,
         draft=draft_model(draft, weight_bytes(draft, "fp8")),
-    )  # fmt: skip
+    )
+    req = EngineRequest(target, H100, "sglang", ("auto", "fp8_e4m3"), replica)
     report = run(req)
     auto, fp8 = report.rows
     assert auto.without_draft is not None and auto.without_draft.fits
@@ -341,12 +377,12 @@ def test_draft_that_fits_only_with_a_quantized_kv() -> None:
 def test_window_and_budget_what_ifs() -> None:
     """StreamingLLM keeps window + sink tokens, H2O a fixed budget: requests = pool // held."""
     model = get_model("llama-3.1-8b")
-    kw = dict(max_model_len=131072, weight_bytes=weight_bytes(model), args=EngineArgs())
-    full = sglang.size(model, H100, "auto", **kw)
-    win = sglang.size(model, H100, "auto", budget=Budget("window", 4096, 4), **kw)
+    kw = dict(max_model_len=131072, weight_bytes=weight_bytes(model))
+    full = sglang.size(model, H100, "auto", Replica(**kw))
+    win = sglang.size(model, H100, "auto", Replica(budget=Budget("window", 4096, 4), **kw))
     assert win.tokens_per_request == 4100 and win.max_requests == win.kv_tokens // 4100
     assert full.max_requests == full.kv_tokens // 131072
-    trt = trtllm.size(model, H100, "auto", budget=Budget("budget", 2000), **kw)
+    trt = trtllm.size(model, H100, "auto", Replica(budget=Budget("budget", 2000), **kw))
     assert trt.tokens_per_request == 2016  # whole 32-token blocks
     with pytest.raises(InputError):
         Budget("budget", 2000, sink=4)
@@ -490,9 +526,9 @@ def test_vllm_draft_layers_join_the_cache_and_weights_the_budget() -> None:
 
     target, small = get_model("llama-3.1-70b"), get_model("llama-3.2-1b")
     gpu, _ = get_gpu("h100")
-    kw = dict(max_model_len=32768, tensor_parallel=4, weight_bytes=weight_bytes(target), args=EngineArgs())
-    plain = vllm.size(target, gpu, "bf16", **kw)
-    drafted = vllm.size(target, gpu, "bf16", draft=draft_model(small, weight_bytes(small)), **kw)
+    kw = dict(max_model_len=32768, tensor_parallel=4, weight_bytes=weight_bytes(target))
+    plain = vllm.size(target, gpu, "bf16", Replica(**kw))
+    drafted = vllm.size(target, gpu, "bf16", Replica(draft=draft_model(small, weight_bytes(small)), **kw))
     assert drafted.draft_bytes_per_token == 2 * 2 * 64 * 16 * 2  # 16 layers, 2 KV heads per rank, head 64
     assert drafted.bytes_per_token == plain.bytes_per_token + drafted.draft_bytes_per_token
     weights = dict(drafted.memory)["weights"] - dict(plain.memory)["weights"]
@@ -502,9 +538,9 @@ def test_vllm_draft_layers_join_the_cache_and_weights_the_budget() -> None:
     d, q = dict(drafted.memory), dict(plain.memory)
     others = sum(d[k] - q[k] for k in ("activation", "non_torch", "cuda_graphs"))  # graphs grow per layer
     assert q["kv_pool"] - d["kv_pool"] == weights + others and others >= 0
-    eagle = vllm.size(target, gpu, "bf16", draft=draft_heads(target, "eagle", 1, None), **kw)
+    eagle = vllm.size(target, gpu, "bf16", Replica(draft=draft_heads(target, "eagle", 1, None), **kw))
     assert eagle.draft_bytes_per_token == plain.bytes_per_token / 80
-    windowed = vllm.size(target, gpu, "bf16", budget=Budget("window", 4096, 4), **kw)
+    windowed = vllm.size(target, gpu, "bf16", Replica(budget=Budget("window", 4096, 4), **kw))
     assert windowed.tokens_per_request == 4112  # 257 blocks of 16
     assert windowed.max_requests > 7 * plain.max_requests
 
@@ -536,7 +572,10 @@ def test_cli_vllm_with_a_draft_reports_with_and_without() -> None:
 def test_llamacpp_kv_size_golden(name: str, n_ctx: int, cache_type: str, mib: float) -> None:
     model = get_model(name)
     s = llamacpp.size(
-        model, H100, cache_type, max_model_len=n_ctx, weight_bytes=weight_bytes(model), args=EngineArgs()
+        model,
+        H100,
+        cache_type,
+        Replica(max_model_len=n_ctx, weight_bytes=weight_bytes(model)),
     )
     assert s.kv_bytes / 2**20 == mib
     printed = [float(line.split("size = ")[1].split(" MiB")[0]) for line in s.log if "cells," in line]
@@ -609,10 +648,7 @@ def test_sglang_max_total_num_tokens_of_a_published_run() -> None:
         get_model("deepseek-v3"),
         gpu,
         "auto",
-        max_model_len=4096,
-        tensor_parallel=4,
-        weight_bytes=0,
-        args=args,
+        Replica(max_model_len=4096, tensor_parallel=4, weight_bytes=0, args=args),
     )
     assert (s.bytes_per_token, s.kv_tokens) == (70272, 1069242)
 
@@ -621,7 +657,7 @@ def test_llamacpp_kv_self_size_of_a_published_run() -> None:
     """ggml-org/llama.cpp#11200: Qwen2.5-32B, kv_size 32768, q8_0/q8_0: "KV self size = 4352.00 MiB,
     K (q8_0): 2176.00 MiB, V (q8_0): 2176.00 MiB"."""
     model = get_model("qwen2.5-32b")
-    s = llamacpp.size(model, H100, "q8_0", max_model_len=32768, weight_bytes=0, args=EngineArgs())
+    s = llamacpp.size(model, H100, "q8_0", Replica(max_model_len=32768, weight_bytes=0))
     line = next(ln for ln in s.log if "cells," in ln)
     assert "size = 4352.00 MiB" in line and "K (q8_0): 2176.00 MiB, V (q8_0): 2176.00 MiB" in line
 

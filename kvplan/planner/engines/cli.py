@@ -8,7 +8,7 @@ from typing import Any
 
 from kvplan.errors import InputError
 from kvplan.planner.engines import engine_name
-from kvplan.planner.engines.common import Budget, Draft, EngineArgs, draft_heads, draft_model
+from kvplan.planner.engines.common import Budget, Draft, EngineArgs, Replica, draft_heads, draft_model
 from kvplan.planner.engines.gguf import GgufFile, read_gguf
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.memory import weight_bytes
@@ -108,21 +108,18 @@ def size_engine(
         )
     length = max_model_len or int(model.max_position_embeddings or 8192)
     dtypes = tuple(f.strip() for f in kv_format.split(",") if f.strip()) or default_dtypes(name, gpu)
-    req = EngineRequest(
-        model=model,
-        gpu=gpu,
-        engine=name,
-        dtypes=dtypes,
+    replica = Replica(
         max_model_len=length,
         weight_bytes=_weights(model, gguf, weight_dtype),
         tensor_parallel=ranks_tp,
         pipeline_parallel=pp,
         args=EngineArgs.parse(engine_arg),
-        activation_bytes=activation_bytes,
         draft=build_draft(model, draft, draft_kind, draft_layers, draft_kv_format, draft_weights_gib, "auto"),
         budget=build_budget(window, sink_tokens, kv_budget),
+        activation_bytes=activation_bytes,
         gguf=gguf,
     )
+    req = EngineRequest(model=model, gpu=gpu, engine=name, dtypes=dtypes, replica=replica)
     report = run(req)
     if as_json:
         echo(json.dumps(report.to_json(), indent=2))

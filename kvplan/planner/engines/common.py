@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvplan.errors import InputError, Unsupported
+from kvplan.planner.engines.gguf import GgufFile
 from kvplan.planner.gpus import GIB
 from kvplan.planner.layers import Attention, LatentAttention, RecurrentState, SharedKV
 from kvplan.planner.models import ModelSpec
@@ -223,6 +224,21 @@ class EngineArgs:
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise InputError(f"--engine-arg {key}={text!r}: use true or false")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What one replica is asked to serve: the input of every engine's `size(model, gpu, dtype, replica)`."""
+
+    max_model_len: int
+    weight_bytes: int  # the whole model's, before tensor parallel
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    args: EngineArgs = field(default_factory=EngineArgs)
+    draft: Draft | None = None
+    budget: Budget | None = None
+    activation_bytes: int | None = None  # TensorRT-LLM: a measured profile peak, instead of the estimate
+    gguf: GgufFile | None = None  # llama.cpp: the file's tensors place the weights per device
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kvplan.errors import InputError, Unsupported
 from kvplan.planner.engines import engine_name
-from kvplan.planner.engines.common import Budget, EngineArgs, EngineSizing
+from kvplan.planner.engines.common import Budget, EngineSizing, Replica
 from kvplan.planner.engines.report import UNQUANTIZED, EngineRequest, default_dtypes, run
 from kvplan.planner.gpus import GpuSpec
 from kvplan.planner.memory import weight_bytes
@@ -85,19 +85,8 @@ def engine_capacity(
 ) -> EnginePoolCapacity | None:
     """One replica on `engine` (None when it cannot be sized at this TP: the fleet tries another)."""
     try:
-        report = run(
-            EngineRequest(
-                model=model,
-                gpu=gpu,
-                engine=engine_name(engine),
-                dtypes=(dtype,),
-                max_model_len=max_model_len,
-                weight_bytes=weight_bytes(model, weight_dtype),
-                tensor_parallel=tensor_parallel,
-                args=EngineArgs(),
-                budget=budget,
-            )
-        )
+        replica = Replica(max_model_len, weight_bytes(model, weight_dtype), tensor_parallel, budget=budget)
+        report = run(EngineRequest(model, gpu, engine_name(engine), (dtype,), replica))
     except Unsupported:
         raise  # what the engine cannot do (a dtype, a GPU feature) is the user's to fix, not a TP to skip
     except InputError:

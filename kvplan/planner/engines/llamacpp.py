@@ -30,11 +30,9 @@ from typing import Any
 from kvplan.errors import InputError, Unsupported
 from kvplan.planner.engines.common import (
     MIB,
-    Budget,
-    Draft,
-    EngineArgs,
     EngineSizing,
     KVLayer,
+    Replica,
     check_dtype,
     kv_layers,
 )
@@ -263,71 +261,58 @@ def _kv_line(prefix: str, c: CacheSize, n_seq: int, streams: int, tk: str, tv: s
     )
 
 
-def size(
-    model: ModelSpec,
-    gpu: GpuSpec,
-    dtype: str,
-    *,
-    max_model_len: int,
-    tensor_parallel: int = 1,
-    pipeline_parallel: int = 1,
-    weight_bytes: int,
-    args: EngineArgs,
-    gguf: GgufFile | None = None,
-    draft: Draft | None = None,
-    budget: Budget | None = None,
-) -> EngineSizing:
+def size(model: ModelSpec, gpu: GpuSpec, dtype: str, r: Replica) -> EngineSizing:
     """llama.cpp's cache for `max_model_len` tokens per slot, and whether it all fits the GPU."""
-    args.check(ENGINE, ARGS)
-    if tensor_parallel != 1 or pipeline_parallel != 1:
+    r.args.check(ENGINE, ARGS)
+    if r.tensor_parallel != 1 or r.pipeline_parallel != 1:
         raise Unsupported("llama.cpp splits layers across GPUs (-ts), it has no tensor parallel: use --tp 1")
     type_k, type_v = split_cache_type(dtype)
     for t in (type_k, type_v):
         check_dtype(ENGINE, t, KV_DTYPES, hint=" (K/V may differ: q8_0/q4_0)")
-    flash = args.flag("flash_attn", True)
+    flash = r.args.flag("flash_attn", True)
     if ggml_type(type_v).block > 1 and not flash:
         raise Unsupported(
             f"llama.cpp needs flash attention for a quantized V cache ({type_v}): drop flash_attn=off"
         )
-    n_seq = args.integer("parallel", 1) or 1
-    unified = args.flag("kv_unified")
-    n_ctx = args.integer("n_ctx") or max_model_len * (1 if unified else n_seq)
-    ctx = context(n_ctx, n_seq, unified, args.integer("n_ubatch", 512) or 512, args.flag("swa_full"))
+    n_seq = r.args.integer("parallel", 1) or 1
+    unified = r.args.flag("kv_unified")
+    n_ctx = r.args.integer("n_ctx") or r.max_model_len * (1 if unified else n_seq)
+    ctx = context(n_ctx, n_seq, unified, r.args.integer("n_ubatch", 512) or 512, r.args.flag("swa_full"))
     layers = kv_layers(model, 1, ENGINE)
-    ngl = args.integer("n_gpu_layers", model.layers + 1)
+    ngl = r.args.integer("n_gpu_layers", model.layers + 1)
     assert ngl is not None
     on_gpu = gpu_layers(model.layers, ngl)
-    offload_kv = not args.flag("no_kv_offload")
+    offload_kv = not r.args.flag("no_kv_offload")
     kv_on = on_gpu[: model.layers] if offload_kv else [False] * model.layers
     cache = cache_size(layers, ctx, type_k, type_v, kv_on)
 
-    if gguf is not None:
-        w_gpu, w_host = weights_on_gpu(gguf.tensors, model.layers, on_gpu)
+    if r.gguf is not None:
+        w_gpu, w_host = weights_on_gpu(r.gguf.tensors, model.layers, on_gpu)
     else:
-        bpw = args.number("weight_bpw")
+        bpw = r.args.number("weight_bpw")
         quantized = max(model.params - model.embedding_params, 0)
-        total_w = weight_bytes if bpw is None else round(quantized * bpw / 8 + model.embedding_params * 2)
+        total_w = r.weight_bytes if bpw is None else round(quantized * bpw / 8 + model.embedding_params * 2)
         share = sum(on_gpu[: model.layers]) / model.layers
         w_gpu, w_host = round(total_w * share), round(total_w * (1 - share))
-    compute_mib = args.number("compute_mib")
+    compute_mib = r.args.number("compute_mib")
     compute = (
         round(compute_mib * MIB) if compute_mib is not None else compute_buffer_estimate(model, ctx, flash)
     )
 
     draft_kv = draft_w = 0
     draft_bpt = 0.0
-    if draft is not None:
-        dk, dv = split_cache_type(draft.kv_dtype or "f16")
+    if r.draft is not None:
+        dk, dv = split_cache_type(r.draft.kv_dtype or "f16")
         for t in (dk, dv):
             check_dtype(ENGINE, t, KV_DTYPES)
-        dc = cache_size(draft.layers, ctx, dk, dv, [True] * len(draft.layers))
-        draft_kv, draft_w = dc.total, draft.weight_bytes
-        draft_bpt = sum(sum(kv_row_bytes(la, dk, dv)) for la in draft.layers)
+        dc = cache_size(r.draft.layers, ctx, dk, dv, [True] * len(r.draft.layers))
+        draft_kv, draft_w = dc.total, r.draft.weight_bytes
+        draft_bpt = sum(sum(kv_row_bytes(la, dk, dv)) for la in r.draft.layers)
     used = w_gpu + cache.gpu_bytes + compute + draft_kv + draft_w
     context_overhead = round(0.3 * GIB)  # CUDA context and cuBLAS workspace
     free = gpu.visible_memory_bytes - context_overhead
     per_token = sum(sum(kv_row_bytes(la, type_k, type_v)) for la in layers)
-    held = budget.held(max_model_len) if budget else max_model_len
+    held = r.budget.held(r.max_model_len) if r.budget else r.max_model_len
     per_slot_ok = ctx.n_ctx_seq >= held or unified
     max_requests = min(ctx.n_ctx // held, n_seq) if held else 0
     fits = used <= free and per_slot_ok and max_requests > 0
@@ -370,7 +355,7 @@ def size(
             f"needs {used / GIB:.2f} GiB on the {dev} ({free / GIB:.2f} GiB usable): lower -ngl, n_ctx or "
             "use a quantized --cache-type"
         )
-    if budget is not None:
+    if r.budget is not None:
         notes.append("llama.cpp has no windowed/evicting cache: the budget is a what-if")
     memory = (
         ("weights_gpu", w_gpu),
@@ -385,7 +370,7 @@ def size(
     return EngineSizing(
         engine=ENGINE,
         kv_dtype=dtype,
-        max_model_len=max_model_len,
+        max_model_len=r.max_model_len,
         tensor_parallel=1,
         bytes_per_token=per_token + draft_bpt,
         draft_bytes_per_token=draft_bpt,
@@ -399,8 +384,8 @@ def size(
         memory=memory,
         log=tuple(log),
         notes=tuple(notes),
-        budget=budget,
-        draft=draft,
+        budget=r.budget,
+        draft=r.draft,
     )
 
 

@@ -7,13 +7,12 @@ The JSON form is the `kvplan.engine-size/v1` document: model, gpu, engine, confi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kvplan.errors import InputError, Unsupported
 from kvplan.planner.engines import engine_module, engine_name
-from kvplan.planner.engines.common import Budget, Draft, EngineArgs, EngineSizing
-from kvplan.planner.engines.gguf import GgufFile
+from kvplan.planner.engines.common import Draft, EngineSizing, Replica
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.models import ModelSpec
 
@@ -28,15 +27,7 @@ class EngineRequest:
     gpu: GpuSpec
     engine: str
     dtypes: tuple[str, ...]
-    max_model_len: int
-    weight_bytes: int
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    args: EngineArgs = field(default_factory=EngineArgs)
-    activation_bytes: int | None = None
-    draft: Draft | None = None
-    budget: Budget | None = None
-    gguf: GgufFile | None = None
+    replica: Replica
 
 
 @dataclass(frozen=True)
@@ -54,7 +45,7 @@ class EngineReport:
     @property
     def draft_verdict(self) -> str | None:
         """Whether the draft fits, and whether only with a quantized KV cache."""
-        if self.request.draft is None:
+        if self.request.replica.draft is None:
             return None
         fitting = [r.sizing.kv_dtype for r in self.rows if r.sizing.fits]
         plain = [r.sizing.kv_dtype for r in self.rows if r.sizing.kv_dtype.split("/")[0] in UNQUANTIZED]
@@ -77,17 +68,17 @@ class EngineReport:
                 "attention": m.attention.value,
                 "mla_latent_dim": m.mla_latent_dim or None,
                 "sliding_window_layers": m.sliding_layers,
-                "weight_bytes": req.weight_bytes,
+                "weight_bytes": req.replica.weight_bytes,
                 "source": m.source,
             },
             "gpu": {"name": req.gpu.name, "visible_memory_bytes": req.gpu.visible_memory_bytes},
             "config": {
-                "max_model_len": req.max_model_len,
-                "tensor_parallel": req.tensor_parallel,
-                "pipeline_parallel": req.pipeline_parallel,
-                "engine_args": dict(req.args.values),
-                "budget": None if req.budget is None else req.budget.label,
-                "draft": None if req.draft is None else req.draft.name,
+                "max_model_len": req.replica.max_model_len,
+                "tensor_parallel": req.replica.tensor_parallel,
+                "pipeline_parallel": req.replica.pipeline_parallel,
+                "engine_args": dict(req.replica.args.values),
+                "budget": None if req.replica.budget is None else req.replica.budget.label,
+                "draft": None if req.replica.draft is None else req.replica.draft.name,
             },
             "rows": [
                 {
@@ -118,21 +109,9 @@ def default_dtypes(engine: str, gpu: GpuSpec) -> tuple[str, ...]:
 
 
 def _size_one(req: EngineRequest, dtype: str, draft: Draft | None) -> EngineSizing:
-    mod = engine_module(req.engine)
-    kwargs: dict[str, Any] = dict(
-        max_model_len=req.max_model_len,
-        tensor_parallel=req.tensor_parallel,
-        pipeline_parallel=req.pipeline_parallel,
-        weight_bytes=req.weight_bytes,
-        args=req.args,
-        draft=draft,
-        budget=req.budget,
+    result: EngineSizing = engine_module(req.engine).size(
+        req.model, req.gpu, dtype, replace(req.replica, draft=draft)
     )
-    if req.engine == "trtllm":
-        kwargs["activation_bytes"] = req.activation_bytes
-    if req.engine == "llamacpp":
-        kwargs["gguf"] = req.gguf
-    result: EngineSizing = mod.size(req.model, req.gpu, dtype, **kwargs)
     return result
 
 
@@ -141,28 +120,29 @@ def run(req: EngineRequest) -> EngineReport:
     req = replace(req, engine=engine)
     if not req.dtypes:
         raise InputError("give at least one KV dtype")
-    if req.activation_bytes is not None and engine != "trtllm":
+    if req.replica.activation_bytes is not None and engine != "trtllm":
         raise Unsupported(
             f"--activation-gib is a vLLM/TensorRT-LLM profile figure; {engine} does not take it"
         )
     rows = []
     for dtype in req.dtypes:
-        with_draft = _size_one(req, dtype, req.draft)
-        without = _size_one(req, dtype, None) if req.draft is not None else None
+        with_draft = _size_one(req, dtype, req.replica.draft)
+        without = _size_one(req, dtype, None) if req.replica.draft is not None else None
         rows.append(EngineRow(with_draft, without))
     notes: list[str] = []
     if req.model.is_mla:
         notes.append("MLA: one latent per token per layer, on every tensor-parallel rank")
-    if req.budget is not None:
+    budget = req.replica.budget
+    if budget is not None:
         notes.append(
-            f"{req.budget.label}: each request keeps at most {req.budget.held(req.max_model_len):,} tokens "
+            f"{budget.label}: each request keeps at most {budget.held(req.replica.max_model_len):,} tokens "
             "(a what-if: accuracy is the window's/budget's, not full attention's)"
         )
     return EngineReport(req, tuple(rows), tuple(notes))
 
 
 def _rows(report: EngineReport) -> tuple[list[str], list[list[str]]]:
-    draft = report.request.draft is not None
+    draft = report.request.replica.draft is not None
     head = ["KV dtype", "B/token", "KV GiB", "KV tokens", "tok/request", "requests", "limit", "fits"]
     if draft:
         head += ["no-draft tokens", "no-draft requests"]
@@ -186,19 +166,18 @@ def _rows(report: EngineReport) -> tuple[list[str], list[list[str]]]:
 
 
 def _header(report: EngineReport) -> list[str]:
-    req, m = report.request, report.request.model
+    req, m, r = report.request, report.request.model, report.request.replica
     geometry = (
         f"one {m.mla_latent_dim}-element latent" if m.is_mla else f"{m.num_kv_heads} KV heads x {m.head_dim}"
     )
     lines = [
-        f"{req.engine}: {m.name}, {m.layers} layers, {geometry}; weights {req.weight_bytes / GIB:.2f} GiB",
-        f"{req.gpu.name} ({req.gpu.visible_memory_gib:.2f} GiB visible), TP {req.tensor_parallel}, "
-        f"PP {req.pipeline_parallel}, max_model_len {req.max_model_len:,}",
+        f"{req.engine}: {m.name}, {m.layers} layers, {geometry}; weights {r.weight_bytes / GIB:.2f} GiB",
+        f"{req.gpu.name} ({req.gpu.visible_memory_gib:.2f} GiB visible), TP {r.tensor_parallel}, "
+        f"PP {r.pipeline_parallel}, max_model_len {r.max_model_len:,}",
     ]
-    if req.draft is not None:
-        lines.append(
-            f"draft: {req.draft.name} ({req.draft.kind}), weights {req.draft.weight_bytes / GIB:.2f} GiB"
-        )
+    d = r.draft
+    if d is not None:
+        lines.append(f"draft: {d.name} ({d.kind}), weights {d.weight_bytes / GIB:.2f} GiB")
     return lines
 
 

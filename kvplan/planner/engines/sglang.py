@@ -34,11 +34,11 @@ from kvplan.errors import InputError, Unsupported
 from kvplan.formats import ENGINE_KV_DTYPES
 from kvplan.planner.engines.common import (
     MIB,
-    Budget,
     Draft,
     EngineArgs,
     EngineSizing,
     KVLayer,
+    Replica,
     check_dtype,
     kv_layers,
     tokens_per_request,
@@ -205,45 +205,33 @@ def max_running_requests(tokens: int, context_len: int, given: int | None) -> in
     return min(estimated, tokens // 2)
 
 
-def size(
-    model: ModelSpec,
-    gpu: GpuSpec,
-    dtype: str,
-    *,
-    max_model_len: int,
-    tensor_parallel: int = 1,
-    pipeline_parallel: int = 1,
-    weight_bytes: int,
-    args: EngineArgs,
-    draft: Draft | None = None,
-    budget: Budget | None = None,
-) -> EngineSizing:
+def size(model: ModelSpec, gpu: GpuSpec, dtype: str, r: Replica) -> EngineSizing:
     """SGLang's max_total_num_tokens for `model` on `gpu`, and what it holds at max_model_len."""
-    args.check(ENGINE, ARGS)
+    r.args.check(ENGINE, ARGS)
     check_dtype(ENGINE, dtype, KV_DTYPES)
-    if draft is not None and draft.kv_dtype is not None:
-        check_dtype(ENGINE, draft.kv_dtype, KV_DTYPES)
+    if r.draft is not None and r.draft.kv_dtype is not None:
+        check_dtype(ENGINE, r.draft.kv_dtype, KV_DTYPES)
     notes: list[str] = []
     if dtype in FP4_DTYPES:
         notes.append(
             f"{dtype}: 4-bit data + one FP8 scale per 16 values (SM100/SM120, CUDA 12.8+); attention "
             "backends that also keep a second scale layout or a dequant workspace take more"
         )
-    tp, pp = tensor_parallel, pipeline_parallel
+    tp, pp = r.tensor_parallel, r.pipeline_parallel
     ranks = tp * pp
     smi = smi_total_mib(gpu)
-    d = defaults(smi, tp, pp, model.is_mla, args)
-    page = args.integer("page_size", 1) or 1
-    swa_ratio = args.number("swa_full_tokens_ratio", 0.8) or 0.8
+    d = defaults(smi, tp, pp, model.is_mla, r.args)
+    page = r.args.integer("page_size", 1) or 1
+    swa_ratio = r.args.number("swa_full_tokens_ratio", 0.8) or 0.8
     layers = kv_layers(model, pp, ENGINE)
-    cell = cell_size(layers, tp, dtype, draft, swa_ratio)
+    cell = cell_size(layers, tp, dtype, r.draft, swa_ratio)
 
-    draft_weights = 0 if draft is None else math.ceil(draft.weight_bytes / ranks)
-    weights = math.ceil(weight_bytes / ranks) + draft_weights
-    pre = args.gib("pre_load_gib")
-    post = args.gib("post_load_gib")
+    draft_weights = 0 if r.draft is None else math.ceil(r.draft.weight_bytes / ranks)
+    weights = math.ceil(r.weight_bytes / ranks) + draft_weights
+    pre = r.args.gib("pre_load_gib")
+    post = r.args.gib("post_load_gib")
     if pre is None:
-        context = args.gib("context_gib")
+        context = r.args.gib("context_gib")
         if context is None:
             # CUDA context alone at TP 1; with TP, NCCL and custom all-reduce buffers too: 8 x H200 at
             # TP 8 logged "Load weight begin. avail mem=137.29 GB" of 139.80 (sgl-project/sglang#11716).
@@ -253,9 +241,9 @@ def size(
         post = pre - weights
     rest = (post / GIB - pre / GIB * (1 - d.mem_fraction_static)) * GIB
     full, swa = max_total_num_tokens(int(rest), cell, page)
-    context_len = max_model_len
-    running = max_running_requests(full, context_len, args.integer("max_running_requests"))
-    per_request = tokens_per_request(max_model_len, page, budget)
+    context_len = r.max_model_len
+    running = max_running_requests(full, context_len, r.args.integer("max_running_requests"))
+    per_request = tokens_per_request(r.max_model_len, page, r.budget)
     # A request needs its tokens in the full pool; in a hybrid pool the SWA layers keep only the
     # window (the SWA pool of 0.8 x full tokens is sized so that is not the limit).
     max_requests = min(full // per_request, running) if per_request else 0
@@ -267,9 +255,9 @@ def size(
             f"loaded weights leave no memory for the KV pool at mem_fraction_static="
             f"{d.mem_fraction_static}: SGLang refuses to start (needs above {math.ceil(need * 1000) / 1000})"
         )
-    if draft is not None and draft.kv_dtype not in (None, dtype):
+    if r.draft is not None and r.draft.kv_dtype not in (None, dtype):
         notes.append(
-            f"draft KV in {draft.kv_dtype}: SGLang still counts the draft at the target's bytes per "
+            f"draft KV in {r.draft.kv_dtype}: SGLang still counts the draft at the target's bytes per "
             "token; the saving is free memory (raise mem_fraction_static to turn it into tokens)"
         )
     log = [
@@ -303,7 +291,7 @@ def size(
     return EngineSizing(
         engine=ENGINE,
         kv_dtype=dtype,
-        max_model_len=max_model_len,
+        max_model_len=r.max_model_len,
         tensor_parallel=tp,
         bytes_per_token=cell.size,
         draft_bytes_per_token=cell.draft,
@@ -317,6 +305,6 @@ def size(
         memory=memory,
         log=tuple(log),
         notes=tuple(notes),
-        budget=budget,
-        draft=draft,
+        budget=r.budget,
+        draft=r.draft,
     )

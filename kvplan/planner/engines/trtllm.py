@@ -30,11 +30,9 @@ import math
 from kvplan.errors import InputError, Unsupported
 from kvplan.formats import ENGINE_KV_DTYPES
 from kvplan.planner.engines.common import (
-    Budget,
-    Draft,
-    EngineArgs,
     EngineSizing,
     KVLayer,
+    Replica,
     check_dtype,
     kv_layers,
     tokens_per_request,
@@ -109,58 +107,45 @@ def _check_dtype(dtype: str, gpu: GpuSpec, backend: str) -> None:
         raise Unsupported(f"fp8 KV needs FP8 hardware (Ada, Hopper, Blackwell); {gpu.name} has none")
 
 
-def size(
-    model: ModelSpec,
-    gpu: GpuSpec,
-    dtype: str,
-    *,
-    max_model_len: int,
-    tensor_parallel: int = 1,
-    pipeline_parallel: int = 1,
-    weight_bytes: int,
-    args: EngineArgs,
-    activation_bytes: int | None = None,
-    draft: Draft | None = None,
-    budget: Budget | None = None,
-) -> EngineSizing:
+def size(model: ModelSpec, gpu: GpuSpec, dtype: str, r: Replica) -> EngineSizing:
     """TensorRT-LLM's KV blocks for `model` on `gpu` and what they hold at max_model_len."""
-    args.check(ENGINE, ARGS)
-    backend = args.values.get("backend", "pytorch")
+    r.args.check(ENGINE, ARGS)
+    backend = r.args.values.get("backend", "pytorch")
     if backend not in ("pytorch", "tensorrt"):
         raise InputError(f"--engine-arg backend must be pytorch or tensorrt, got {backend!r}")
     _check_dtype(dtype, gpu, backend)
-    if draft is not None and draft.kv_dtype not in (None, dtype):
+    if r.draft is not None and r.draft.kv_dtype not in (None, dtype):
         raise Unsupported(
             "TensorRT-LLM keeps the draft's KV in the target's cache dtype; drop --draft-kv-format"
         )
-    tp, pp = tensor_parallel, pipeline_parallel
+    tp, pp = r.tensor_parallel, r.pipeline_parallel
     ranks = tp * pp
-    fraction = args.number("free_gpu_memory_fraction", 0.9) or 0.9
+    fraction = r.args.number("free_gpu_memory_fraction", 0.9) or 0.9
     if not 0 < fraction < 1:
         raise InputError(f"free_gpu_memory_fraction must be in (0, 1), got {fraction}")
-    tpb = args.integer("tokens_per_block", 32) or 32
-    max_num_tokens = args.integer("max_num_tokens", 8192) or 8192
-    max_batch = args.integer("max_batch_size", 2048) or 2048
-    max_seq_len = args.integer("max_seq_len", max_model_len) or max_model_len
-    if max_seq_len < max_model_len:
-        raise InputError(f"max_seq_len {max_seq_len} is below --max-model-len {max_model_len}")
+    tpb = r.args.integer("tokens_per_block", 32) or 32
+    max_num_tokens = r.args.integer("max_num_tokens", 8192) or 8192
+    max_batch = r.args.integer("max_batch_size", 2048) or 2048
+    max_seq_len = r.args.integer("max_seq_len", r.max_model_len) or r.max_model_len
+    if max_seq_len < r.max_model_len:
+        raise InputError(f"max_seq_len {max_seq_len} is below --max-model-len {r.max_model_len}")
 
     layers = kv_layers(model, pp, ENGINE)
     target = bytes_per_token(layers, tp, dtype)
-    drafted = 0 if draft is None else bytes_per_token(draft.layers, tp, dtype)
+    drafted = 0 if r.draft is None else bytes_per_token(r.draft.layers, tp, dtype)
     per_token = target + drafted
-    weights = math.ceil(weight_bytes / ranks) + (
-        0 if draft is None else math.ceil(draft.weight_bytes / ranks)
+    weights = math.ceil(r.weight_bytes / ranks) + (
+        0 if r.draft is None else math.ceil(r.draft.weight_bytes / ranks)
     )
-    act = activation_bytes
+    act = r.activation_bytes
     if act is None:
         act = estimate_activation_bytes(model, tp, max_num_tokens, max_num_seqs=0)
-    non_torch = args.gib("non_torch_gib")
+    non_torch = r.args.gib("non_torch_gib")
     if non_torch is None:
         non_torch = round((0.6 + (0.4 if ranks > 1 else 0)) * GIB)
-    total = args.gib("total_gib") or gpu.visible_memory_bytes
+    total = r.args.gib("total_gib") or gpu.visible_memory_bytes
     log: list[str] = []
-    logged_available = args.gib("available_gib")
+    logged_available = r.args.gib("available_gib")
     if backend == "tensorrt":
         free = logged_available if logged_available is not None else total - weights - act - non_torch
         available = int(free * fraction)
@@ -171,8 +156,8 @@ def size(
     elif logged_available is not None:
         available = logged_available  # the PyTorch line logs the budget after the fraction
     else:
-        peak = args.gib("peak_gib")
-        tmp = args.gib("tmp_kv_gib") or 0
+        peak = r.args.gib("peak_gib")
+        tmp = r.args.gib("tmp_kv_gib") or 0
         if peak is None:
             peak = weights + act + non_torch + tmp
         available = int((total - peak + tmp) * fraction)
@@ -182,7 +167,7 @@ def size(
             f"fraction is set {fraction}, kv size per token is {per_token}. device total memory "
             f"{total / GIB:.2f} GiB, temporary kv cache memory during profiling {tmp / GIB:.2f} GiB"
         )
-    blocks = blocks_for(available, per_token, tpb, args.integer("max_tokens"))
+    blocks = blocks_for(available, per_token, tpb, r.args.integer("max_tokens"))
     kv_tokens = blocks * tpb
     kv_bytes = kv_tokens * per_token
     log += [
@@ -191,13 +176,13 @@ def size(
         f"[MemUsageChange] Allocated {kv_bytes / GIB:.2f} GiB for max tokens in paged KV cache "
         f"({kv_tokens}).",
     ]
-    per_request = tokens_per_request(max_model_len, tpb, budget)
+    per_request = tokens_per_request(r.max_model_len, tpb, r.budget)
     max_requests = min(kv_tokens // per_request, max_batch) if per_request else 0
     notes = [f"{backend} backend, free_gpu_memory_fraction {fraction}, tokens_per_block {tpb}"]
-    if budget is not None and budget.kind == "window":
+    if r.budget is not None and r.budget.kind == "window":
         notes.append(
             "TensorRT-LLM runs this window natively: kv_cache_config max_attention_window="
-            f"[{budget.tokens}], sink_token_length={budget.sink}"
+            f"[{r.budget.tokens}], sink_token_length={r.budget.sink}"
         )
     if kv_tokens < max_seq_len:
         notes.append(
@@ -215,7 +200,7 @@ def size(
     return EngineSizing(
         engine=ENGINE,
         kv_dtype=dtype,
-        max_model_len=max_model_len,
+        max_model_len=r.max_model_len,
         tensor_parallel=tp,
         bytes_per_token=per_token,
         draft_bytes_per_token=drafted,
@@ -229,6 +214,6 @@ def size(
         memory=memory,
         log=tuple(log),
         notes=tuple(notes),
-        budget=budget,
-        draft=draft,
+        budget=r.budget,
+        draft=r.draft,
     )

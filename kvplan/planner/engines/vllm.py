@@ -14,7 +14,13 @@ from dataclasses import replace
 
 from kvplan.errors import InputError, Unsupported
 from kvplan.formats import FORMATS, get_format
-from kvplan.planner.engines.common import Budget, Draft, EngineArgs, EngineSizing, ceil_to, check_dtype
+from kvplan.planner.engines.common import (
+    Draft,
+    EngineSizing,
+    Replica,
+    ceil_to,
+    check_dtype,
+)
 from kvplan.planner.gpus import GpuSpec
 from kvplan.planner.memory import Capacity, engine_defaults, kv_capacity
 from kvplan.planner.models import ModelSpec
@@ -40,46 +46,35 @@ def with_draft(model: ModelSpec, weight_bytes: int, draft: Draft) -> ModelSpec:
     )
 
 
-def size(
-    model: ModelSpec,
-    gpu: GpuSpec,
-    dtype: str,
-    *,
-    max_model_len: int,
-    tensor_parallel: int = 1,
-    pipeline_parallel: int = 1,
-    weight_bytes: int,
-    args: EngineArgs,
-    draft: Draft | None = None,
-    budget: Budget | None = None,
-) -> EngineSizing:
-    args.check(ENGINE, ARGS)
+def size(model: ModelSpec, gpu: GpuSpec, dtype: str, r: Replica) -> EngineSizing:
+    r.args.check(ENGINE, ARGS)
     check_dtype(ENGINE, dtype, KV_DTYPES)
-    if draft is not None and draft.kv_dtype not in (None, dtype):
+    if r.draft is not None and r.draft.kv_dtype not in (None, dtype):
         raise Unsupported(
             "vLLM keeps the draft's KV in the target's --kv-cache-dtype; drop --draft-kv-format"
         )
-    if draft is not None and pipeline_parallel != 1:
+    if r.draft is not None and r.pipeline_parallel != 1:
         raise InputError("a speculative draft is sized at --pp 1 (vLLM runs it on the last stage)")
-    alone = replace(model, weight_bytes=weight_bytes)
-    sized = alone if draft is None else with_draft(model, weight_bytes, draft)
+    alone = replace(model, weight_bytes=r.weight_bytes)
+    sized = alone if r.draft is None else with_draft(model, r.weight_bytes, r.draft)
     fmt = get_format(dtype)
 
     def capacity(m: ModelSpec, length: int) -> Capacity:
         return kv_capacity(
-            m, gpu, fmt, max_model_len=length, tensor_parallel=tensor_parallel,
-            pipeline_parallel=pipeline_parallel, gpu_memory_utilization=args.number("gpu_memory_utilization"),
-            block_size=args.integer("block_size", 16) or 16, weight_dtype="auto",
+            m, gpu, fmt, max_model_len=length, tensor_parallel=r.tensor_parallel,
+            pipeline_parallel=r.pipeline_parallel, weight_dtype="auto",
+            gpu_memory_utilization=r.args.number("gpu_memory_utilization"),
+            block_size=r.args.integer("block_size", 16) or 16,
         )  # fmt: skip
 
-    cap = capacity(sized, max_model_len)
-    held = budget.held(max_model_len) if budget else max_model_len
-    at_held = cap if held == max_model_len else capacity(sized, held)
+    cap = capacity(sized, r.max_model_len)
+    held = r.budget.held(r.max_model_len) if r.budget else r.max_model_len
+    at_held = cap if held == r.max_model_len else capacity(sized, held)
     running = engine_defaults(gpu).max_num_seqs
     notes = [f"vLLM {cap.vllm_version}: block_size {cap.block_size}"]
-    if budget is not None:
+    if r.budget is not None:
         notes.append("vLLM has no windowed/evicting cache for full attention: the budget is a what-if")
-    if draft is not None:
+    if r.draft is not None:
         notes.append(
             f"draft layers join the KV cache: {len(sized.layer_specs) - len(model.layer_specs)} more"
         )
@@ -91,14 +86,16 @@ def size(
         ("cuda_graphs", cap.cuda_graph_bytes),
         ("kv_pool", cap.available_kv_bytes),
     )
-    drafted = 0.0 if draft is None else cap.bytes_per_token - capacity(alone, max_model_len).bytes_per_token
+    drafted = (
+        0.0 if r.draft is None else cap.bytes_per_token - capacity(alone, r.max_model_len).bytes_per_token
+    )
     from kvplan.planner.sizing import log_lines
 
     return EngineSizing(
         engine=ENGINE,
         kv_dtype=dtype,
-        max_model_len=max_model_len,
-        tensor_parallel=tensor_parallel,
+        max_model_len=r.max_model_len,
+        tensor_parallel=r.tensor_parallel,
         bytes_per_token=cap.bytes_per_token,
         draft_bytes_per_token=drafted,
         kv_bytes=max(cap.available_kv_bytes, 0),
@@ -111,6 +108,6 @@ def size(
         memory=memory,
         log=tuple(log_lines(cap)),
         notes=tuple(notes),
-        budget=budget,
-        draft=draft,
+        budget=r.budget,
+        draft=r.draft,
     )
