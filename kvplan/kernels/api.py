@@ -73,6 +73,7 @@ TUNING_GLUON: dict[str, object] = {
     "gluon": False,  # on once bench/kernels_decode.py --sections check has passed on the GPU
     "block_n": 16,
     "unroll": 2,
+    "lazy": True,  # rescale the output accumulator only when a row max grows past 2^8
     "programs_per_sm": 16,
     "min_tokens_per_split": 128,
 }
@@ -363,7 +364,8 @@ def _attention_triton(
             HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
             V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
             K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
-            UNROLL=int(str(tune["unroll"])), DIRECT=num_splits == 1, num_warps=1,
+            UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), DIRECT=num_splits == 1,
+            num_warps=1,
         )  # fmt: skip
     else:
         _launch_triton(

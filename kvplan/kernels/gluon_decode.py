@@ -30,7 +30,8 @@ Relabellings are logical reshapes/permutes of the loaded tiles; Gluon infers the
 final `convert_layout` to the MMA operand moves no data (asserted where it must be exactly trivial).
 """
 
-# mypy: disable-error-code="no-untyped-def, untyped-decorator, valid-type, attr-defined, name-defined, no-redef"
+# mypy: disable-error-code="no-untyped-def, untyped-decorator, valid-type, attr-defined, name-defined"
+# mypy: disable-error-code="no-redef"
 from __future__ import annotations
 
 from triton.experimental import gluon
@@ -186,7 +187,7 @@ def _rows8(x, axis: gl.constexpr):
 def _tile(
     n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kc_lo, kc_hi, vc, k_meta, v_meta,
     m_i, l_el, z_el, acc, v_mul, v_over,
-    K_KIND: gl.constexpr, V_KIND: gl.constexpr, MASKED: gl.constexpr,
+    K_KIND: gl.constexpr, V_KIND: gl.constexpr, MASKED: gl.constexpr, LAZY: gl.constexpr,
     BN: gl.constexpr, M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
     CB: gl.constexpr, VB: gl.constexpr,
     mma: gl.constexpr, kb: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
@@ -225,11 +226,27 @@ def _tile(
         ok = (tok[None, :] < end) & (tok[None, :] < limit[:, None])
         s = gl.where(ok, s, float("-inf"))
     # ---- online softmax (base 2; the softmax scale is in qs1/qs2/q_sum)
-    m_new = gl.maximum(m_i, gl.max(s, axis=1))
-    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = gl.exp2(m_i - m_use)
-    p = gl.exp2(s - m_use[:, None])
-    l_el = l_el * alpha[:, None] + p
+    m_tile = gl.max(s, axis=1)
+    if LAZY:  # rescale only when a row's max grew by more than 2^8 (p then stays <= 256)
+        if gl.max((m_tile > m_i + 8.0).to(gl.int32), axis=0) > 0:
+            m_new = gl.maximum(m_i, m_tile)
+            alpha = gl.exp2(m_i - gl.where(m_new == float("-inf"), 0.0, m_new))
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
+            l_el = l_el * alpha[:, None]
+            z_el = z_el * alpha[:, None]
+            m_i = m_new
+        m_use = gl.where(m_i == float("-inf"), 0.0, m_i)
+        p = gl.exp2(s - m_use[:, None])
+        l_el = l_el + p
+    else:
+        m_new = gl.maximum(m_i, m_tile)
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m_i - m_use)
+        p = gl.exp2(s - m_use[:, None])
+        l_el = l_el * alpha[:, None] + p
+        z_el = z_el * alpha[:, None]
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
+        m_i = m_new
     if V_KIND == FP8:
         pv = p.to(gl.float16)
     else:
@@ -242,12 +259,11 @@ def _tile(
         if V_KIND == INT4:
             v_zr = (v_meta >> 16).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
             # the dot sums pv (code - 8): the 8 back with the same rounded pv, and the zero point
-            z_el = z_el * alpha[:, None] + p * v_zr[None, :] + pv.to(gl.float32) * (8.0 * v_over)
+            z_el = z_el + p * v_zr[None, :] + pv.to(gl.float32) * (8.0 * v_over)
     # ---- O^T [D, M] += V^T P^T
     p_t = gl.convert_layout(gl.permute(pv, [1, 0]), pb)  # a relabelling: no data moves
-    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
     acc = mma_v2(_v_operand(vc, V_KIND, BN, D, VB, va), p_t, acc)
-    return m_new, l_el, z_el, acc
+    return m_i, l_el, z_el, acc
 
 
 @gluon.jit
@@ -335,7 +351,7 @@ def attention_kernel(
     PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_ROT: gl.constexpr,
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
-    DIRECT: gl.constexpr,
+    LAZY: gl.constexpr, DIRECT: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
     (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
@@ -481,13 +497,13 @@ def attention_kernel(
             )  # fmt: skip
         m_i, l_el, z_el, acc = _tile(
             n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t0[0], t0[1], t0[2], t0[3],
-            t0[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, BN, M, MM, D, HALF, CB,
+            t0[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM, D, HALF, CB,
             VB, mma, kb_l, va_l, pb_l,
         )  # fmt: skip
         if UNROLL == 2:
             m_i, l_el, z_el, acc = _tile(
                 n0 + BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t1[0], t1[1], t1[2],
-                t1[3], t1[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, BN, M, MM, D,
+                t1[3], t1[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM, D,
                 HALF, CB, VB, mma, kb_l, va_l, pb_l,
             )  # fmt: skip
     # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
@@ -500,7 +516,7 @@ def attention_kernel(
         )  # fmt: skip
         m_i, l_el, z_el, acc = _tile(
             n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kc_lo, kc_hi, vc, k_meta,
-            v_meta, m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, True, BN, M, MM, D,
+            v_meta, m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, True, LAZY, BN, M, MM, D,
             HALF, CB, VB, mma, kb_l, va_l, pb_l,
         )  # fmt: skip
 
