@@ -10,6 +10,7 @@ printed figure rounds to the same digits. Writes bench/results/engine_logs.md; e
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -209,6 +210,8 @@ KINDS = {
 
 
 def main() -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    argparse.ArgumentParser(description=__doc__, formatter_class=raw).parse_args()  # --help only
     doc = yaml.safe_load((ROOT / "bench" / "engine_logs.yaml").read_text())
     rows, misses = [], 0
     for log in doc["logs"]:

