@@ -44,8 +44,14 @@ def cases(baseline: str | None) -> dict[str, str]:
     out = {}
     for name, command in CASES.items():
         out[name] = f"env PYTHONPATH={ROOT} {command}"
-        if baseline and "kvplan" in name:
-            out[f"{name} [baseline]"] = f"env PYTHONPATH={baseline} {command}"
+        theirs = f"env PYTHONPATH={baseline} {command}"
+        # a command the baseline does not have yet (it exits non-zero) is timed on this side only
+        if (
+            baseline
+            and "kvplan" in name
+            and subprocess.run(theirs.split(), capture_output=True).returncode == 0
+        ):
+            out[f"{name} [baseline]"] = theirs
     return out
 
 

@@ -11,11 +11,13 @@ import json
 import os
 import socket
 import time
+import unicodedata
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvplan.control import rollout
 from kvplan.control.analysis import Thresholds
@@ -24,7 +26,9 @@ from kvplan.control.state import (
     BucketFlags,
     FlagSnapshot,
     FlagStore,
+    Seeding,
     StoreUnavailable,
+    check_history_limit,
     flags_from_record,
     flags_to_record,
     unknown_bucket,
@@ -32,6 +36,11 @@ from kvplan.control.state import (
 from kvplan.control.stores import open_store
 from kvplan.errors import InputError, KvplanError
 from kvplan.plan import Plan, load_plan
+
+if TYPE_CHECKING:
+    import httpx
+
+ADMIN_TIMEOUT_ENV = "KVPLAN_ADMIN_TIMEOUT"  # seconds a router's admin API has to answer (default 10)
 
 
 def default_actor() -> str:
@@ -58,13 +67,15 @@ class Where:
 
 
 @asynccontextmanager
-async def opened(where: Where) -> AsyncIterator[FlagStore]:
+async def opened(where: Where, seeding: Seeding = Seeding.NEVER) -> AsyncIterator[FlagStore]:
+    """The store, read once. A command never seeds a store that lost its state: that would write
+    the plan's defaults over a kill it never saw (the routers re-seed from their last state)."""
     if where.store_url in (None, "memory"):
         raise InputError(
             "the in-memory flag store lives inside one router: pass --router URL (its admin API) "
             "or --flag-store redis://host:port/db"
         )
-    store = open_store(where.store_url, where.plan())
+    store = open_store(where.store_url, where.plan(), seeding=seeding)
     try:
         await store.start()
         yield store
@@ -75,17 +86,54 @@ async def opened(where: Where) -> AsyncIterator[FlagStore]:
 # -- router admin API --------------------------------------------------------------------------
 
 
+def admin_timeout() -> float:
+    raw = os.environ.get(ADMIN_TIMEOUT_ENV, "10")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise InputError(f"${ADMIN_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+class Unconfirmed(StoreUnavailable):
+    """A write was sent and no answer came back: it may or may not have been applied."""
+
+
+def _why(exc: httpx.HTTPError, timeout: float) -> str:
+    """What went wrong, in words (a timeout's own message is empty)."""
+    import httpx
+
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {timeout:g} s"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"connected, but no answer within {timeout:g} s"
+    return str(exc) or type(exc).__name__
+
+
+def _sent(exc: httpx.HTTPError) -> bool:
+    """Whether the request may have reached the router (then a write may have been applied)."""
+    import httpx
+
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+
+
 async def admin_call(where: Where, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
     import httpx
 
     assert where.router_url is not None
     url = where.router_url.rstrip("/") + path
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
+    timeout = admin_timeout()
     try:
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with httpx.AsyncClient(timeout=timeout) as client:
             resp = await client.request(method, url, json=body, headers=headers)
     except httpx.HTTPError as exc:
-        raise StoreUnavailable(f"cannot reach the router at {where.router_url}: {exc}") from exc
+        message = f"cannot reach the router at {where.router_url}: {_why(exc, timeout)}"
+        if method == "POST" and _sent(exc):
+            raise Unconfirmed(message) from exc
+        raise StoreUnavailable(message) from exc
     if resp.status_code == 401:
         raise KvplanError(
             f"the router at {where.router_url} refused the admin call: give its token with "
@@ -106,23 +154,28 @@ async def admin_call(where: Where, method: str, path: str, body: Mapping[str, An
 async def flag_write(
     where: Where, bucket: str, op: str, actor: str, reason: str, weight: int = 0
 ) -> dict[str, Any]:
-    """op: kill, unkill, weight. Returns {bucket, before, after, version}."""
+    """op: kill, unkill, weight. Returns {bucket, before, after, version}: what the store or the
+    router answered, or, when the answer was lost, what the audit trail proves was written."""
+    write_id = uuid.uuid4().hex
     if where.router_url:
-        body: dict[str, Any] = {"actor": actor, "reason": reason}
+        body: dict[str, Any] = {"actor": actor, "reason": reason, "write_id": write_id}
         if op == "weight":
             body["weight"] = weight
-        result: dict[str, Any] = await admin_call(where, "POST", f"/admin/buckets/{bucket}/{op}", body)
+        try:
+            result: dict[str, Any] = await admin_call(where, "POST", f"/admin/buckets/{bucket}/{op}", body)
+        except Unconfirmed as exc:
+            return await _confirmed(where, bucket, write_id, exc)
         return result
     async with opened(where) as store:
         before = store.snapshot().buckets.get(bucket)
         if before is None:
             raise unknown_bucket(bucket, store.snapshot().buckets)
         if op == "kill":
-            after = await store.kill(bucket, actor, reason)
+            after = await store.kill(bucket, actor, reason, write_id)
         elif op == "unkill":
-            after = await store.unkill(bucket, actor, reason)
+            after = await store.unkill(bucket, actor, reason, write_id)
         else:
-            after = await store.set_weight(bucket, weight, actor, reason)
+            after = await store.set_weight(bucket, weight, actor, reason, write_id)
         snap = store.snapshot()
         return {
             "bucket": bucket,
@@ -130,6 +183,21 @@ async def flag_write(
             "after": flags_to_record(after),
             "version": snap.version,
         }
+
+
+async def _confirmed(where: Where, bucket: str, write_id: str, lost: Unconfirmed) -> dict[str, Any]:
+    """The write's own audit entry, read back after its answer was lost; else say so plainly."""
+    try:
+        rows = await history(where, bucket, 50)
+    except StoreUnavailable:
+        rows = []
+    entry = next((r for r in reversed(rows) if r.get("write_id") == write_id), None)
+    if entry is None:
+        raise Unconfirmed(
+            f"{lost}; the write was sent but not confirmed, it may or may not have been applied: "
+            f"check `kvplan flags history --bucket {bucket}`"
+        ) from lost
+    return {"bucket": bucket, "before": entry["before"], "after": entry["after"], "version": entry["version"]}
 
 
 async def state(where: Where) -> dict[str, Any]:
@@ -141,6 +209,7 @@ async def state(where: Where) -> dict[str, Any]:
 
 
 async def history(where: Where, bucket: str | None, limit: int) -> list[dict[str, Any]]:
+    check_history_limit(limit)
     if where.router_url:
         q = f"?limit={limit}" + (f"&bucket={bucket}" if bucket else "")
         result = await admin_call(where, "GET", f"/admin/history{q}")
@@ -175,13 +244,22 @@ def _diff(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:
     return ", ".join(changed) or "rollout progress"
 
 
+def _printable(text: str) -> str:
+    """One line whatever was stored: control characters (a newline would print as another
+    entry; entries written before the stores refused them) shown as escapes."""
+    return "".join(
+        c.encode("unicode_escape").decode() if unicodedata.category(c)[0] in "CZ" and c != " " else c
+        for c in text
+    )
+
+
 def format_history(rows: list[Mapping[str, Any]]) -> str:
     out = []
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(r["at"])))
-        reason = f"  ({r['reason']})" if r.get("reason") else ""
+        reason = f"  ({_printable(r['reason'])})" if r.get("reason") else ""
         out.append(
-            f"{when}Z  v{r['version']:<4} {r['bucket']:<6} {r['actor']:<24} {r['action']:<17} "
+            f"{when}Z  v{r['version']:<4} {r['bucket']:<6} {_printable(r['actor']):<24} {r['action']:<17} "
             f"{_diff(r.get('before'), r['after'])}{reason}"
         )
     return "\n".join(out) or "(no changes recorded)"
@@ -277,7 +355,7 @@ async def run_controller(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="0.0.0.0")
-    async with opened(where) as store:
+    async with opened(where, Seeding.LAST_KNOWN) as store:
         actor = f"rollout-controller@{socket.gethostname()}"
         ctl = rollout.RolloutController(store, source, actor=actor, metrics=metrics)
         await ctl.run(stop, poll_s)

@@ -10,9 +10,14 @@ whenever Redis lost its data, so a version counter that restarted is not taken f
 While Redis is away the snapshot stays as it was: traffic is routed on the last known state.
 A process that never loaded state routes on the plan's defaults.
 
-Re-seed rule (Redis came back empty): the first process to notice writes a new epoch seeded
-with the state it holds — the last writer's state as it propagated to that process — or, when
-it never loaded any state, the plan's defaults. Everyone else adopts that epoch.
+Re-seed rule (Redis came back empty): the first process allowed to (`Seeding`) that notices
+writes a new epoch seeded with the state it holds — the last writer's state as it propagated to
+that process — or, for a router that never loaded any state, the plan's defaults. Everyone else
+adopts that epoch. One-shot commands never seed: they refuse with EmptyStore until a router has.
+
+A write whose connection drops is retried once, after the stream says whether the dropped
+attempt was applied (its reply can be lost after the script ran): every write carries an id the
+writer chose, stored in its stream entry.
 """
 
 from __future__ import annotations
@@ -38,14 +43,19 @@ from kvplan.control.metrics import SourceStats, track
 from kvplan.control.state import (
     AuditEntry,
     BucketFlags,
+    EmptyStore,
     FlagChange,
     FlagSnapshot,
+    Seeding,
     StoreUnavailable,
     StoreWrites,
     WriteConflict,
+    check_history_limit,
+    check_write,
     defaults_from_plan,
     flags_from_record,
     flags_to_record,
+    merge,
     unknown_bucket,
 )
 from kvplan.plan import Plan
@@ -54,6 +64,7 @@ log = logging.getLogger("kvplan.control")
 
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 STREAM_MAXLEN = 100_000  # audit entries kept (approximate trim)
+WRITE_LOOKBACK = 200  # newest stream entries searched for a write whose reply was lost
 
 
 def _lua(name: str) -> str:
@@ -90,6 +101,7 @@ class RedisFlagStore(StoreWrites):
         label: str | None = None,
         require_at_start: bool = True,
         actor: str = "kvplan",
+        seeding: Seeding = Seeding.DEFAULTS,
     ) -> None:
         self.url = url
         self._plan_defaults = defaults_from_plan(plan)
@@ -99,6 +111,7 @@ class RedisFlagStore(StoreWrites):
         self._block_ms = block_ms
         self._require = require_at_start
         self._actor = actor
+        self._seeding = seeding
         self._snap = FlagSnapshot(self._plan_defaults, version=0, epoch="", source="plan")
         self._last_id = "0-0"
         self._last_resync = 0.0
@@ -180,10 +193,10 @@ class RedisFlagStore(StoreWrites):
                 need = "reconnect"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.2)  # bounded: a restarted Redis is picked up within ~0.2 s
-            except RedisError as exc:  # e.g. LOADING while Redis reads its dump
+            except (RedisError, EmptyStore) as exc:  # LOADING while Redis reads its dump; empty
                 log.warning("flag store %s: %s", self.stats.label, exc)
                 self.stats.up = False
-                need = "reconnect"
+                need = need or "reconnect"
                 await asyncio.sleep(0.1)
 
     def _confirm(self) -> None:
@@ -217,8 +230,16 @@ class RedisFlagStore(StoreWrites):
         if self._trace is not None:
             self._trace.write(f"{version} {epoch} {time.time():.6f}\n")
 
+    def _seed(self) -> Mapping[str, BucketFlags]:
+        """What this process writes into an empty Redis: nothing unless `Seeding` allows it."""
+        if self._seeding is Seeding.NEVER:
+            return {}
+        if self._snap.source == "redis":
+            return self._snap.buckets
+        return self._plan_defaults if self._seeding is Seeding.DEFAULTS else {}
+
     async def _resync(self, conn: aioredis.Redis, reason: str) -> None:
-        seed = self._snap.buckets if self._snap.source == "redis" else self._plan_defaults
+        seed = self._seed()
         args: list[Any] = [_new_epoch(), self._actor, time.time(), STREAM_MAXLEN]
         for name, flags in seed.items():
             args += [name, json.dumps(flags_to_record(flags))]
@@ -231,6 +252,12 @@ class RedisFlagStore(StoreWrites):
             log.warning("flag store %s was empty: seeded a new epoch", self.stats.label)
         pairs = dict(zip(flat[::2], flat[1::2], strict=True))
         state = {_text(k): _text(v) for k, v in pairs.items()}
+        if "_epoch" not in state:
+            raise EmptyStore(
+                f"the flag store at {redacted(self.url)} holds no state (Redis restarted empty, or no "
+                "router started yet): a router seeds it, with its last known state after a restart; "
+                "nothing was read or written, retry shortly"
+            )
         stored = {k[2:]: flags_from_record(json.loads(v)) for k, v in state.items() if k.startswith("b:")}
         order = [*self._plan_defaults, *(k for k in stored if k not in self._plan_defaults)]
         buckets = {k: stored[k] for k in order if k in stored}  # the plan's order, not the hash's
@@ -250,24 +277,32 @@ class RedisFlagStore(StoreWrites):
         actor: str,
         reason: str = "",
         expect: FlagChange | None = None,
+        write_id: str = "",
     ) -> BucketFlags:
+        check_write(actor, reason, write_id)
         if bucket not in self._plan_defaults:
             raise unknown_bucket(bucket, self._plan_defaults)
         rec = change.record()
         exp = json.dumps(expect.record()) if expect else ""
-        args: list[Any] = [bucket, json.dumps(rec), exp, actor, action, reason, time.time(), STREAM_MAXLEN]
-        keys = [self._state_key, self._stream_key]
-        try:
-            reply = await self._write(keys=keys, args=args)
-            if _text(reply[0]) == "nostate":  # Redis lost its data: re-seed, then write
-                await self._resync(self._cmd, "epoch")
-                reply = await self._write(keys=keys, args=args)
-        except _DOWN as exc:
-            raise StoreUnavailable(f"cannot reach the flag store at {redacted(self.url)}: {exc}") from exc
+        wid = write_id or uuid.uuid4().hex
+        args: list[Any] = [
+            bucket,
+            json.dumps(rec),
+            exp,
+            actor,
+            action,
+            reason,
+            time.time(),
+            STREAM_MAXLEN,
+            wid,
+        ]
+        reply, retried = await self._send(args, wid)
         status = _text(reply[0])
         if status == "unknown":
             raise unknown_bucket(bucket, self._plan_defaults)
-        if status == "conflict":
+        # A conflict on the retry, with the change already in place, is the dropped attempt's own
+        # write (or an equal one): the change holds, so it is not reported as lost.
+        if status == "conflict" and not (retried and merge(json.loads(_text(reply[1])), rec) is None):
             raise WriteConflict(f"bucket {bucket!r} changed meanwhile ({_text(reply[2])} differs)")
         after = flags_from_record(json.loads(_text(reply[1])))
         if status == "ok":
@@ -277,22 +312,64 @@ class RedisFlagStore(StoreWrites):
                 self._install(epoch, version, {bucket: after})
         return after
 
-    async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        out: list[AuditEntry] = []
-        end = "+"
+    async def _write_once(self, args: list[Any]) -> Any:
+        keys = [self._state_key, self._stream_key]
+        reply = await self._write(keys=keys, args=args)
+        if _text(reply[0]) == "nostate":  # Redis lost its data: re-seed (if this process may), then write
+            await self._resync(self._cmd, "epoch")
+            reply = await self._write(keys=keys, args=args)
+        return reply
+
+    async def _send(self, args: list[Any], wid: str) -> tuple[Any, bool]:
+        """The script's reply, and whether it came from a second attempt. A dropped connection
+        (idle timeout, CLIENT KILL, restart) fails the first command sent on it: retry once, unless
+        the stream shows the first attempt ran."""
         try:
-            while len(out) < limit:
-                rows: Any = await self._cmd.xrevrange(self._stream_key, max=end, min="-", count=500)
-                for entry_id, fields in rows:
-                    f = {_text(k): _text(v) for k, v in fields.items()}
-                    if bucket is None or f["bucket"] == bucket:
-                        out.append(_audit(f))
-                    end = "(" + _text(entry_id)
-                if len(rows) < 500:
-                    break
+            return await self._write_once(args), False
+        except _DOWN as exc:
+            log.info("flag store %s: write failed (%s), checking and retrying once", self.stats.label, exc)
+        try:
+            applied = await self._find_write(wid)
+            return (applied, False) if applied is not None else (await self._write_once(args), True)
+        except _DOWN as exc:
+            raise StoreUnavailable(
+                f"cannot reach the flag store at {redacted(self.url)}: {exc}; the write was not confirmed "
+                "(`kvplan flags history` shows whether it was applied)"
+            ) from exc
+
+    async def _find_write(self, wid: str) -> list[str] | None:
+        """A reply like the script's 'ok' for the write `wid`, when the stream holds it."""
+        rows: Any = await self._cmd.xrevrange(self._stream_key, count=WRITE_LOOKBACK)
+        for entry_id, fields in rows:
+            f = {_text(k): _text(v) for k, v in fields.items()}
+            if f.get("wid") == wid:
+                return ["ok", f["after"], f["v"], f["epoch"], _text(entry_id)]
+        return None
+
+    async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        check_history_limit(limit)
+        try:
+            try:
+                out = await self._history(bucket, limit)
+            except _DOWN:  # a dropped idle connection fails the first command: a read retries once
+                out = await self._history(bucket, limit)
         except _DOWN as exc:
             raise StoreUnavailable(f"cannot reach the flag store at {redacted(self.url)}: {exc}") from exc
         return list(reversed(out[:limit]))
+
+    async def _history(self, bucket: str | None, limit: int) -> list[AuditEntry]:
+        out: list[AuditEntry] = []
+        end = "+"
+        while len(out) < limit:
+            rows: Any = await self._cmd.xrevrange(self._stream_key, max=end, min="-", count=500)
+            for entry_id, fields in rows:
+                f = {_text(k): _text(v) for k, v in fields.items()}
+                if bucket is None or f["bucket"] == bucket:
+                    out.append(_audit(f))
+                end = "(" + _text(entry_id)
+            if len(rows) < 500:
+                break
+        return out
 
 
 def _audit(f: Mapping[str, str]) -> AuditEntry:
@@ -306,4 +383,5 @@ def _audit(f: Mapping[str, str]) -> AuditEntry:
         reason=f["reason"],
         at=float(f["at"]),
         epoch=f["epoch"],
+        write_id=f.get("wid", ""),
     )

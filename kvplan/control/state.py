@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
@@ -41,6 +42,23 @@ class InvalidWeight(InputError, ValueError):
 
 class StoreUnavailable(KvplanError):
     """The flag store's backend (Redis) cannot be reached; the message names its URL."""
+
+
+class EmptyStore(StoreUnavailable):
+    """The backend answers but holds no state (Redis restarted without persistence), and this
+    process may not seed it (see `Seeding`)."""
+
+
+class Seeding(enum.Enum):
+    """Who may write a new epoch into a backend that lost its state (docs/facts.md §6).
+
+    Writing a state one did not read is how a read-only command or a one-shot write would bring
+    the plan's defaults back over a kill it never saw; the processes that follow the store keep
+    the last state it had, so they re-seed it."""
+
+    NEVER = "never"  # one-shot commands (kvplan flags / rollout on the store): read what is there
+    LAST_KNOWN = "last-known"  # long-running followers (the rollout controller): the state they hold
+    DEFAULTS = "defaults"  # routers: the state they hold, else the plan's defaults (a first start)
 
 
 class WriteConflict(KvplanError):
@@ -130,6 +148,30 @@ def _progress(value: Any) -> RolloutProgress | None:
     return None
 
 
+# An audit note is one line of text: a newline in a reason would print as another history entry.
+REASON_MAX = 1000
+ACTOR_MAX = 200
+HISTORY_MAX = 10_000  # entries one history call returns at most
+
+
+def check_note(name: str, value: str, limit: int) -> str:
+    """`value` when it is at most `limit` printable characters on one line (InputError else)."""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string, got {value!r}")
+    if len(value) > limit:
+        raise InputError(f"{name} is {len(value):,} characters long; at most {limit}")
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        raise InputError(f"{name} must be one line of printable text, got {bad!r} in {value[:60]!r}")
+    return value
+
+
+def check_history_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= HISTORY_MAX:
+        raise InputError(f"limit must be an integer within 1..{HISTORY_MAX}, got {limit!r}")
+    return limit
+
+
 @dataclass(frozen=True)
 class FlagChange:
     """A partial change of one bucket's flags: the fields given change, None leaves one as it is.
@@ -200,6 +242,7 @@ class AuditEntry:
     reason: str = ""
     at: float = field(default_factory=time.time)  # unix seconds
     epoch: str = ""
+    write_id: str = ""  # chosen by the writer, so it can find its write after a lost reply
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,6 +255,7 @@ class AuditEntry:
             "at": self.at,
             "before": flags_to_record(self.before) if self.before else None,
             "after": flags_to_record(self.after),
+            "write_id": self.write_id,
         }
 
 
@@ -257,13 +301,16 @@ class FlagStore(Protocol):
         actor: str,
         reason: str = "",
         expect: FlagChange | None = None,
+        write_id: str = "",
     ) -> BucketFlags: ...
 
-    async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags: ...
+    async def set_weight(
+        self, bucket: str, weight: int, actor: str, reason: str = "", write_id: str = ""
+    ) -> BucketFlags: ...
 
-    async def kill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags: ...
+    async def kill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags: ...
 
-    async def unkill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags: ...
+    async def unkill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags: ...
 
     async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
 
@@ -280,21 +327,34 @@ class StoreWrites:
         actor: str,
         reason: str = "",
         expect: FlagChange | None = None,
+        write_id: str = "",
     ) -> BucketFlags:
         raise NotImplementedError
 
-    async def set_weight(self, bucket: str, weight: int, actor: str, reason: str = "") -> BucketFlags:
+    async def set_weight(
+        self, bucket: str, weight: int, actor: str, reason: str = "", write_id: str = ""
+    ) -> BucketFlags:
+        change = FlagChange(weight=weight)
         return await self.update(
-            bucket, FlagChange(weight=weight), action="set-weight", actor=actor, reason=reason
+            bucket, change, action="set-weight", actor=actor, reason=reason, write_id=write_id
         )
 
-    async def kill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
-        return await self.update(bucket, FlagChange(killed=True), action="kill", actor=actor, reason=reason)
+    async def kill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags:
+        change = FlagChange(killed=True)
+        return await self.update(bucket, change, action="kill", actor=actor, reason=reason, write_id=write_id)
 
-    async def unkill(self, bucket: str, actor: str, reason: str = "") -> BucketFlags:
+    async def unkill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags:
+        change = FlagChange(killed=False)
         return await self.update(
-            bucket, FlagChange(killed=False), action="unkill", actor=actor, reason=reason
+            bucket, change, action="unkill", actor=actor, reason=reason, write_id=write_id
         )
+
+
+def check_write(actor: str, reason: str, write_id: str) -> None:
+    """What every store checks before a write: the audit entry's free text."""
+    check_note("actor", actor, ACTOR_MAX)
+    check_note("reason", reason, REASON_MAX)
+    check_note("write_id", write_id, 64)
 
 
 def merge(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -335,7 +395,9 @@ class MemoryFlagStore(StoreWrites):
         actor: str,
         reason: str = "",
         expect: FlagChange | None = None,
+        write_id: str = "",
     ) -> BucketFlags:
+        check_write(actor, reason, write_id)
         before = self._snap.buckets.get(bucket)
         if before is None:
             raise unknown_bucket(bucket, self._snap.buckets)
@@ -349,9 +411,13 @@ class MemoryFlagStore(StoreWrites):
         buckets = dict(self._snap.buckets)
         buckets[bucket] = after
         self._snap = replace(self._snap, buckets=buckets, version=version, loaded_at=time.monotonic())
-        self._audit.append(AuditEntry(version, bucket, actor, action, before, after, reason, epoch="memory"))
+        entry = AuditEntry(
+            version, bucket, actor, action, before, after, reason, epoch="memory", write_id=write_id
+        )
+        self._audit.append(entry)
         return after
 
     async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        check_history_limit(limit)
         rows = [a for a in self._audit if bucket is None or a.bucket == bucket]
         return rows[-limit:]

@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from kvplan.control.state import BucketFlags, FlagStore, StoreUnavailable, UnknownBucket, WriteConflict
+from kvplan.control.state import (
+    BucketFlags,
+    FlagStore,
+    StoreUnavailable,
+    UnknownBucket,
+    WriteConflict,
+    check_history_limit,
+)
 from kvplan.errors import InputError
 from kvplan.router.api_errors import ApiError, invalid
 from kvplan.router.routes import RouteTable
@@ -150,14 +157,17 @@ async def _mutate(view: AdminView, req: Request, bucket: str, action: str) -> di
         isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100
     ):
         raise invalid(f"'weight' must be an integer within 0..100, got {weight!r}", param="weight")
+    write_id = _text(data, "write_id", "")  # the caller's, to find its write if the reply is lost
     try:
         if action == "weight":
             assert isinstance(weight, int)
-            after = await view.store.set_weight(bucket, weight, actor, reason)
+            after = await view.store.set_weight(bucket, weight, actor, reason, write_id)
         elif action == "kill":
-            after = await view.store.kill(bucket, actor, reason)
+            after = await view.store.kill(bucket, actor, reason, write_id)
         else:
-            after = await view.store.unkill(bucket, actor, reason)
+            after = await view.store.unkill(bucket, actor, reason, write_id)
+    except InputError as exc:  # the store refused the audit note (control characters, length)
+        raise invalid(str(exc)) from exc
     except StoreUnavailable as exc:
         raise ApiError(503, f"The flag store is unavailable: {exc}", type="service_unavailable") from exc
     except WriteConflict as exc:
@@ -197,10 +207,13 @@ async def _rollout(view: AdminView, req: Request, bucket: str, op: str) -> dict[
 async def _history(view: AdminView, req: Request) -> dict[str, Any]:
     query = parse_qs(req.query)
     bucket = query.get("bucket", [None])[0]
+    raw = query.get("limit", ["100"])[0]
     try:
-        limit = int(query.get("limit", ["100"])[0])
+        limit = check_history_limit(int(raw))
     except ValueError:
-        raise invalid("'limit' must be an integer", param="limit") from None
+        raise invalid(f"'limit' must be an integer, got {raw!r}", param="limit") from None
+    except InputError as exc:
+        raise invalid(str(exc), param="limit") from None
     try:
         entries = await view.store.history(bucket, limit)
     except StoreUnavailable as exc:

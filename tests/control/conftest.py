@@ -20,6 +20,23 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def seeded_redis(redis_server: RedisServer) -> RedisServer:
+    """A redis-server holding the plan's defaults, as after a router's first start (commands never
+    seed an empty store themselves)."""
+    import asyncio
+
+    from kvplan.control.stores import open_store
+
+    async def seed() -> None:
+        store = open_store(redis_server.url, parse_plan(PLAN))  # a router's Seeding.DEFAULTS
+        await store.start()
+        await store.close()
+
+    asyncio.run(seed())
+    return redis_server
+
+
+@pytest.fixture
 def plan() -> Plan:
     return parse_plan(PLAN)
 

@@ -23,8 +23,8 @@ def kvplan(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-def test_kill_show_history_through_the_cli(redis_server: RedisServer, plan_file: Path) -> None:
-    common = ["--plan", str(plan_file), "--flag-store", redis_server.url]
+def test_kill_show_history_through_the_cli(seeded_redis: RedisServer, plan_file: Path) -> None:
+    common = ["--plan", str(plan_file), "--flag-store", seeded_redis.url]
     out = kvplan(
         "flags", "kill", "--bucket", "32k", "--reason", "ttft regression", "--actor", "alice", *common
     )
@@ -65,9 +65,9 @@ def test_kill_show_history_through_the_cli(redis_server: RedisServer, plan_file:
     ],
 )
 def test_bad_input_exits_2_with_one_line(
-    redis_server: RedisServer, plan_file: Path, args: list[str], message: str
+    seeded_redis: RedisServer, plan_file: Path, args: list[str], message: str
 ) -> None:
-    out = kvplan(*args, "--plan", str(plan_file), "--flag-store", redis_server.url)
+    out = kvplan(*args, "--plan", str(plan_file), "--flag-store", seeded_redis.url)
     assert out.returncode == 2, (out.stdout, out.stderr)
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(message), out.stderr

@@ -1,10 +1,11 @@
 -- Read the whole state and the stream position it corresponds to, atomically. When the state
--- is missing (first start, or Redis lost its data) seed it with a new epoch from ARGV, so a
--- version counter that restarted is never mistaken for an older one.
+-- is missing (first start, or Redis lost its data) and a seed is given, seed it with a new epoch
+-- from ARGV, so a version counter that restarted is never mistaken for an older one. Without a
+-- seed an empty state stays empty (the caller reports it).
 -- KEYS[1] state hash, KEYS[2] stream
--- ARGV: new epoch, actor, at, stream maxlen, then pairs of bucket, record json (the seed)
+-- ARGV: new epoch, actor, at, stream maxlen, then pairs of bucket, record json (the seed; may be none)
 local seeded = 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 and #ARGV >= 6 then
   seeded = 1
   redis.call('HSET', KEYS[1], '_epoch', ARGV[1], '_version', 0)
   for i = 5, #ARGV, 2 do
