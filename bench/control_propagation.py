@@ -24,9 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvplan.procs import free_port, wait_port
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/support: kvplan serve as a process, waiting
+
+from support.router import RouterProcess  # noqa: E402
+from support.waiting import apoll  # noqa: E402
+
+from kvplan.procs import free_port, wait_port  # noqa: E402
+
 PLAN = """\
 version: 1
 buckets:
@@ -75,16 +80,13 @@ async def flips(url: str, plan_path: Path, n: int, groups: dict[str, list[Path]]
     await writer.start()
     lat: dict[str, list[float]] = {g: [] for g in groups}
     every = [p for ps in groups.values() for p in ps]
-    deadline = time.monotonic() + 60
-    while not all(applied(p) for p in every):  # every follower has loaded
-        assert time.monotonic() < deadline, "followers did not start"
-        await asyncio.sleep(0.05)
+    await apoll(lambda: all(applied(p) for p in every), 60, "every follower to load", 0.05)
     for i in range(n):
         t0 = time.time()
         await (writer.kill if i % 2 == 0 else writer.unkill)("16k", "bench", f"flip {i}")
         v = writer.snapshot().version
-        while not all(v in applied(p) for p in every):
-            await asyncio.sleep(0.01)  # followers timestamp what they apply: polling speed does not bias it
+        # followers timestamp what they apply: polling speed does not bias the figure
+        await apoll(lambda v=v: all(v in applied(p) for p in every), 30, f"flip {i} everywhere")
         for g, paths in groups.items():
             per = [applied(p)[v] - t0 for p in paths]
             lat[g].append(max(per))
@@ -104,6 +106,7 @@ def main() -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     procs: list[subprocess.Popen[bytes]] = []
+    serving: list[RouterProcess] = []
     try:
         procs.append(
             subprocess.Popen(
@@ -127,34 +130,17 @@ def main() -> None:
         routers = [work / f"router{i}.trace" for i in range(args.replicas)]
         pollers = [work / f"poll{i}.trace" for i in range(args.replicas)]
         for i, trace in enumerate(routers):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "kvplan.cli",
-                        "serve",
-                        "--plan",
-                        str(plan_path),
-                        "--port",
-                        "0",
-                        "--flag-store",
-                        url,
-                        "--log-level",
-                        "warning",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=(work / f"router{i}.log").open("w"),
-                    cwd=ROOT,
-                    env={**os.environ, "KVPLAN_FLAG_TRACE": str(trace)},
-                )
-            )
+            args_ = ("--flag-store", url, "--log-level", "warning")
+            env = {"KVPLAN_FLAG_TRACE": str(trace)}
+            serving.append(RouterProcess(plan_path, *args_, name=f"router{i}", env=env))
         for trace in pollers:
             procs.append(subprocess.Popen([sys.executable, "-c", POLLER, url, str(trace)], cwd=ROOT))
         lat = asyncio.run(
             flips(url, plan_path, args.flips, {"stream (kvplan serve)": routers, "poll 100 ms": pollers})
         )
     finally:
+        for r in serving:
+            r.stop()
         for p in procs:
             p.terminate()
         for p in procs:

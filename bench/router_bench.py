@@ -30,9 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kvplan.procs import free_port
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/support: waiting with a deadline
+
+from support.waiting import poll  # noqa: E402
+
+from kvplan.procs import free_port  # noqa: E402
+
 FAKE = ROOT / "tests" / "router" / "fake_vllm.py"
 BIN = Path(sys.executable).parent
 MODEL = "bench-model"
@@ -49,18 +53,18 @@ STREAM_BODY = json.dumps(
 PY_ROUTER_RPS = 110.0  # docs/facts.md §5: a Python (production-stack style) router on a 2-core box
 
 
+def answers(port: int, path: str) -> bool:
+    """One GET answered 200 (raw socket: no client library in the measured processes' way)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
 def wait_http(port: int, path: str = "/health", timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not answer {path}")
+    poll(lambda: answers(port, path), timeout, f"port {port} to answer {path}", interval=0.1)
 
 
 class Procs:

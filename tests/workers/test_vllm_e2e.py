@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
+from support.waiting import poll
 from workers_stack import (
     KV_MEMORY_BYTES,
     KVPLAN,
@@ -191,8 +192,10 @@ def test_crashed_server_is_restarted_and_republished(stack: Stack) -> None:
     rep = next(r for r in stack.workers.state["replicas"] if r["pool"] == CANDIDATE)
     url = rep["url"]
     os.killpg(rep["pid"], signal.SIGKILL)
-    _wait(lambda: url not in stack.workers.endpoints().get(CANDIDATE, []), 30, "endpoint unpublished")
-    _wait(lambda: url in stack.workers.endpoints().get(CANDIDATE, []), 600, "server restarted and healthy")
+    poll(lambda: url not in stack.workers.endpoints().get(CANDIDATE, []), 30, "endpoint unpublished", 0.5)
+    poll(
+        lambda: url in stack.workers.endpoints().get(CANDIDATE, []), 600, "server restarted and healthy", 0.5
+    )
     assert next(r for r in stack.workers.state["replicas"] if r["pool"] == CANDIDATE)["restarts"] == 1
     # the router re-reads the runtime plan and sends the candidate's cohort there again
     deadline = time.monotonic() + 60
@@ -207,11 +210,3 @@ def test_crashed_server_is_restarted_and_republished(stack: Stack) -> None:
         assert time.monotonic() < deadline, "router never sent the cohort back to the restarted pool"
         time.sleep(1)
     assert "Paris" in text
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        time.sleep(0.5)
