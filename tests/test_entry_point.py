@@ -9,14 +9,9 @@ import sys
 
 import pytest
 import typer
+from support.cli import kvplan
 
 from kvplan import cli
-
-
-def kvplan(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvplan.cli", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 def test_the_command_table_matches_what_each_part_registers() -> None:

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from control_services import ROOT, TOKEN, RedisServer, Router, free_port
-
-
-def kvplan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvplan.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-    )
+from control_services import TOKEN, RedisServer, Router, free_port
+from support.cli import kvplan
 
 
 def test_kill_show_history_through_the_cli(seeded_redis: RedisServer, plan_file: Path) -> None:

@@ -3,33 +3,21 @@ a real `kvplan serve` (in-memory flags) and the CLI as an operator runs them."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from control_services import ROOT, TOKEN, Router
+from control_services import TOKEN, Router
+from support.cli import kvplan
 from support.faults import LossyProxy
 
 from kvplan.control.commands import format_history
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def kvplan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvplan.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture

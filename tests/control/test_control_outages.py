@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from control_services import ROOT, TOKEN, RedisServer, Router
+from control_services import TOKEN, RedisServer, Router
+from support.cli import kvplan
 from support.faults import LossyProxy
 from support.waiting import apoll, poll
 
@@ -31,12 +30,6 @@ from kvplan.plan import Plan
 
 ROUTERS = 8
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def kvplan(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvplan.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
 
 
 def admin_state(router: Router) -> dict[str, Any]:
