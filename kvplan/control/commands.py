@@ -17,10 +17,15 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import httpx
 
 from kvplan.control import rollout
 from kvplan.control.analysis import Thresholds
+from kvplan.control.embedded import rollout_admin
+from kvplan.control.metrics import RolloutMetrics
+from kvplan.control.sources import PrometheusSource, RouterCounterSource
 from kvplan.control.state import (
     AuditEntry,
     BucketFlags,
@@ -36,9 +41,6 @@ from kvplan.control.state import (
 from kvplan.control.stores import open_store
 from kvplan.errors import InputError, KvplanError
 from kvplan.plan import Plan, load_plan
-
-if TYPE_CHECKING:
-    import httpx
 
 ADMIN_TIMEOUT_ENV = "KVPLAN_ADMIN_TIMEOUT"  # seconds a router's admin API has to answer (default 10)
 
@@ -103,8 +105,6 @@ class Unconfirmed(StoreUnavailable):
 
 def _why(exc: httpx.HTTPError, timeout: float) -> str:
     """What went wrong, in words (a timeout's own message is empty)."""
-    import httpx
-
     if isinstance(exc, httpx.ConnectTimeout):
         return f"no connection within {timeout:g} s"
     if isinstance(exc, httpx.TimeoutException):
@@ -114,14 +114,10 @@ def _why(exc: httpx.HTTPError, timeout: float) -> str:
 
 def _sent(exc: httpx.HTTPError) -> bool:
     """Whether the request may have reached the router (then a write may have been applied)."""
-    import httpx
-
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 async def admin_call(where: Where, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-    import httpx
-
     assert where.router_url is not None
     url = where.router_url.rstrip("/") + path
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
@@ -282,8 +278,6 @@ async def rollout_op(
 ) -> BucketFlags:
     """start, pause, resume, abort: the pure transition, written conditionally. Both paths go
     through `kvplan.control.embedded.rollout_admin` (in the router, or here on the store)."""
-    from kvplan.control.embedded import rollout_admin
-
     body: dict[str, Any] = {"actor": actor, "reason": reason}
     if op == "start":
         rollout.parse_steps(steps)  # bad input fails before any I/O
@@ -338,8 +332,6 @@ async def run_controller(
     stop: asyncio.Event,
     metrics_port: int | None = None,
 ) -> None:
-    from kvplan.control.sources import PrometheusSource, RouterCounterSource
-
     plan = where.plan()
     source: rollout.MetricsSource
     if prometheus:
@@ -348,8 +340,6 @@ async def run_controller(
         source = RouterCounterSource.from_url(router_metrics, plan.slo)
     else:
         raise InputError("the controller needs metrics: --prometheus URL or --router-metrics URL/metrics")
-    from kvplan.control.metrics import RolloutMetrics
-
     metrics = RolloutMetrics([b.name for b in plan.buckets])
     if metrics_port is not None:
         from prometheus_client import start_http_server

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from kvplan.control import rollout
 from kvplan.control.analysis import Thresholds
+from kvplan.control.metrics import RolloutMetrics
+from kvplan.control.sources import RouterCounters, RouterCounterSource
 from kvplan.control.state import BucketFlags, FlagStore, unknown_bucket
 from kvplan.errors import InputError
 from kvplan.plan import Plan
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-
-    from kvplan.control.sources import RouterCounters
 
 OPS = ("start", "pause", "resume", "abort")
 START_FIELDS = ("steps", "interval", "failure_limit", "thresholds", "actor", "reason")
@@ -104,9 +104,6 @@ def embedded_controller(
 
     Its own metrics go to `registry` (the router's, so its /metrics shows them), else the default.
     """
-    from kvplan.control.metrics import RolloutMetrics
-    from kvplan.control.sources import RouterCounterSource
-
     if not callable(counters):
         source = RouterCounterSource.in_process(counters, plan.slo)
     else:

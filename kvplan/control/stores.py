@@ -25,7 +25,7 @@ def open_store(
     if url is None or url == "memory":
         return MemoryFlagStore(plan)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from kvplan.control.redis_store import RedisFlagStore
+        from kvplan.control.redis_store import RedisFlagStore  # redis-py only where a URL names Redis
 
         return RedisFlagStore(url, plan, require_at_start=require_at_start, label=label, seeding=seeding)
     raise InputError(f"unknown flag store {url!r}: use 'memory' or redis://host:port/db")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvplan.dashboards import definitions, grafana, rules
-from kvplan.deploy import yaml_text
+from kvplan.deploy import compose, k8s, yaml_text
 from kvplan.plan import Plan, Slo
 
 DASHBOARDS_DIR = Path("dashboards")
@@ -55,8 +55,6 @@ def generated_files(slo: Slo, sample: Plan | None = None) -> dict[Path, str]:
 
 
 def sample_deployments(plan: Plan) -> dict[Path, str]:
-    from kvplan.deploy import compose, k8s
-
     dashboards = dashboard_json(plan.slo)
     groups = [*rules.rule_groups(plan.slo), *rules.plan_rule_groups(plan)]
     manifests = k8s.render(plan, k8s.RenderOptions(), groups, dashboards)

@@ -25,8 +25,9 @@ import httpx
 from kvplan.dashboards import build, rules
 from kvplan.demo.config import GPU, MODEL, POOLS, DemoOptions
 from kvplan.deploy import labels, prometheus, yaml_text
-from kvplan.deploy.router_server import ADMIN_TOKEN_ENV
+from kvplan.deploy.router_server import ADMIN_TOKEN_ENV, controller_args
 from kvplan.plan import Plan
+from kvplan.workers.sim.launch import READY_PREFIX
 
 
 def free_port(preferred: int = 0) -> int:
@@ -136,8 +137,6 @@ def _wait_http(url: str, child: Child, timeout: float) -> None:
 
 def start_workers(stack: Stack, opts: DemoOptions) -> dict[str, str]:
     """One simulated replica per pool, all started at once; pool -> URL."""
-    from kvplan.workers.sim.launch import READY_PREFIX
-
     started = []
     for p in POOLS:
         cmd = [
@@ -180,8 +179,6 @@ def start_redis(stack: Stack) -> str:
 
 def start_controller(stack: Stack, plan_path: Path, store: str, metrics_url: str, port: int) -> Child:
     """`kvplan rollout run`: analyses every progressing rollout once per its interval."""
-    from kvplan.deploy.router_server import controller_args
-
     args = controller_args(store, metrics_url, port, str(plan_path))
     child = stack.spawn("rollout-controller", [sys.executable, "-m", "kvplan.cli", *args])
     child.url = f"http://127.0.0.1:{port}"

@@ -29,7 +29,9 @@ from kvplan.deploy.router_server import (
     router_args,
 )
 from kvplan.deploy.vllm_server import MODELS_DIR, VLLM_PORT, server_spec
+from kvplan.errors import KvplanError
 from kvplan.plan import Bucket, Plan, Pool, dump_plan
+from kvplan.planner.gpus import get_gpu
 
 Manifest = dict[str, Any]
 
@@ -56,9 +58,6 @@ GPU_RESOURCES = {"mi300x": "amd.com/gpu"}
 
 def gpu_name(pool: Pool) -> str:
     """The planner's canonical name for the pool's GPU (aliases resolved), else as written."""
-    from kvplan.errors import KvplanError
-    from kvplan.planner.gpus import get_gpu
-
     try:
         return get_gpu(pool.gpu)[0].name
     except KvplanError:

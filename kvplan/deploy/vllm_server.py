@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvplan.errors import KvplanError
 from kvplan.plan import Pool
+from kvplan.planner.models import get_model
 from kvplan.vllm_command import Device, LaunchOptions, replica_argv
 
 VLLM_PORT = 8000
@@ -30,9 +32,6 @@ def model_path(pool: Pool) -> str:
     Hugging Face id (downloaded into HF_HOME on the models volume), else a directory there."""
     if "/" in pool.model:
         return pool.model
-    from kvplan.errors import KvplanError
-    from kvplan.planner.models import get_model
-
     try:
         hf_id = get_model(pool.model).hf_id
     except KvplanError:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from kvplan.control.embedded import OPS, rollout_admin
 from kvplan.control.state import (
     BucketFlags,
     FlagStore,
@@ -177,8 +178,6 @@ async def _mutate(view: AdminView, req: Request, bucket: str, action: str) -> di
 
 async def _rollout(view: AdminView, req: Request, bucket: str, op: str) -> dict[str, Any]:
     """start, pause, resume, abort: the control plane's own transition (kvplan.control.embedded)."""
-    from kvplan.control.embedded import OPS, rollout_admin
-
     data = _body(req)
     actor = _text(data, "actor", "admin-api")
     reason = _text(data, "reason", "")
