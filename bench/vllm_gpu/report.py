@@ -1,0 +1,361 @@
+"""Turn the GPU harness's results (SET.json files from $OUT) into bench/results markdown, with the
+capacity check against `kvplan size`. Runs on the build machine (kvplan's own environment).
+
+    .venv/bin/python -m bench.vllm_gpu.report measure1.json measure2.json [discovery.json ...] \
+        --md bench/results/vllm_gpu_h200.md
+
+Capacity, per config that started: vLLM's logged "GPU KV cache size" and "Maximum concurrency"
+against `kvplan size ... --kv-cache-memory-gib <logged>` (and with the worker's exact byte count),
+and `kvplan size` from model + GPU alone against the logged available KV memory.
+vLLM's own dtypes are sized as the kvplan format with the same bytes per token-head
+(auto = bf16, fp8 = fp8_e4m3, int8_per_token_head = int8: 264 B at head 128, int4_per_token_head
+= int4: 136 B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.vllm_gpu.configs import MODELS, EngineConfig
+from bench.vllm_gpu.run import summarize
+
+KVPLAN = str(Path(sys.executable).with_name("kvplan"))
+SAME_BYTES = {"auto": "bf16", "bfloat16": "bf16", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3",
+              "int8_per_token_head": "int8", "int4_per_token_head": "int4"}  # fmt: skip
+GIB = 2**30
+
+
+def kvplan_format(cfg: EngineConfig) -> str | None:
+    return cfg.kv_format if cfg.attention == "kvplan" else SAME_BYTES.get(cfg.kv_cache_dtype)
+
+
+def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None) -> dict[str, Any]:
+    """`kvplan size` for this config's model, GPU and engine settings (the CLI a user runs)."""
+    cmd = [
+        KVPLAN,
+        "size",
+        str(MODELS / f"{cfg.model}.json"),
+        "--gpu",
+        "h200",
+        "-k",
+        fmt,
+        "--json",
+        "--max-model-len",
+        str(cfg.max_model_len),
+        "--gpu-memory-utilization",
+        str(cfg.gpu_memory_utilization),
+        "--block-size",
+        str(cfg.block_size),
+        "--max-num-batched-tokens",
+        str(cfg.max_num_batched_tokens),
+        "--max-num-seqs",
+        str(cfg.max_num_seqs),
+        "--no-enforce-eager" if cfg.cuda_graphs else "--enforce-eager",
+    ]
+    if kv_gib is not None:
+        cmd += ["--kv-cache-memory-gib", repr(kv_gib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1], "command": " ".join(cmd[1:])}
+    doc = json.loads(proc.stdout)
+    f = doc["formats"][0]
+    keys = ("kv_tokens", "max_concurrency", "num_blocks", "available_kv_bytes")
+    return {**{k: f[k] for k in keys}, "memory": doc["memory_per_gpu"], "command": " ".join(cmd[1:])}
+
+
+def capacity_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        log, cfg = r.get("log", {}), r.get("config_obj")
+        fmt = kvplan_format(cfg) if cfg else None
+        if "available_kv_gib" not in log or fmt is None or not (MODELS / f"{cfg.model}.json").is_file():
+            continue
+        given = kvplan_size(cfg, fmt, log["available_kv_gib"])
+        exact_bytes = r.get("engine", {}).get("memory", {}).get("available_kv_cache_memory_bytes")
+        exact = kvplan_size(cfg, fmt, exact_bytes / GIB) if exact_bytes else {}
+        alone = kvplan_size(cfg, fmt, None)
+        row = {"set": r["set"], "name": r["name"], "format": fmt, "logged_gib": log["available_kv_gib"],
+               "logged_tokens": log.get("kv_cache_tokens"), "logged_conc": log.get("max_concurrency"),
+               "engine_blocks": r.get("engine", {}).get("num_gpu_blocks"), "given": given, "exact": exact,
+               "alone": alone}  # fmt: skip
+        row["tokens_equal"] = given.get("kv_tokens") == row["logged_tokens"]
+        row["conc_equal"] = _round2(given.get("max_concurrency")) == row["logged_conc"]
+        row["exact_blocks_equal"] = exact.get("num_blocks") == row["engine_blocks"] if exact else None
+        if "available_kv_bytes" in alone:
+            pred = alone["available_kv_bytes"] / GIB
+            row["alone_gib"], row["alone_err"] = pred, pred / row["logged_gib"] - 1
+        rows.append(row)
+    return rows
+
+
+def _round2(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def _fmt(x: Any, spec: str = "{:.2f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return spec.format(x)
+
+
+def load(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every result of every file, with its set name and its EngineConfig (from the set's source
+    of truth: the config the engine wrote into its log folder is the same JSON)."""
+    from bench.vllm_gpu.configs import get_set
+
+    out = []
+    for p in paths:
+        doc = json.loads(Path(p).read_text())
+        set_name = doc["meta"]["set"]
+        try:
+            by_name = {c.name: c for c in get_set(set_name)[0]}
+        except KeyError:
+            by_name = {}
+        for r in doc["results"]:
+            r["set"], r["meta"], r["config_obj"] = set_name, doc["meta"], by_name.get(r["name"])
+            out.append(r)
+    return out
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
+    ok = [r for r in results if r.get("status") == "ok"]
+    envs = [r["env"] for r in results if r.get("env")]
+    env = next((e for e in envs if e.get("gpu")), envs[0] if envs else {})
+    gib = _fmt(env.get("gpu_total_bytes", 0) / GIB)
+    lines = ["# kvplan's pools inside vLLM on the GPU", ""]
+    lines.append(
+        f"- device: {env.get('gpu', '?')} ({gib} GiB visible); vLLM {env.get('vllm')}, torch "
+        f"{env.get('torch')}, Triton {env.get('triton')}, Python {env.get('python')}. {device_note}"
+    )
+    for meta in {r["set"]: r["meta"] for r in results}.values():
+        ref = next((r["name"] for r in results if r["set"] == meta["set"] and r.get("config_obj")
+                    and r["config_obj"].reference), "none")  # fmt: skip
+        lines.append(
+            f"- set `{meta['set']}` (reference {ref}): {meta['date']}, {meta.get('elapsed_s')} s, "
+            f"`{meta['command']}`"
+        )
+
+    runs = [
+        [
+            r["set"],
+            r["name"],
+            str(r.get("status")),
+            _fmt(r.get("start_s"), "{:.1f}"),
+            _fmt(r.get("wall_s"), "{:.0f}"),
+            (r.get("error") or "")[:120],
+        ]
+        for r in results
+    ]
+    lines += ["", "## Runs", "", *table(["set", "config", "status", "start s", "wall s", "note"], runs)]
+
+    corr = []
+    for r in ok:
+        c = r.get("phases", {}).get("correct")
+        if c and not c.get("role", "").startswith(("reference", "no reference")):
+            corr.append(
+                [
+                    r["set"],
+                    r["name"],
+                    str(c.get("positions")),
+                    _fmt(c.get("rel_err_max"), "{:.2e}"),
+                    _fmt(c.get("rel_err_mean"), "{:.2e}"),
+                    _fmt(c.get("prefill_logits_rel_err_max"), "{:.2e}"),
+                    _fmt(c.get("argmax_agreement"), "{:.4f}"),
+                    str(c.get("followed_forced_tokens")),
+                    str(c.get("finite")),
+                ]
+            )
+    head = [
+        "set",
+        "config",
+        "positions",
+        "rel. err max",
+        "rel. err mean",
+        "after prefill",
+        "argmax agree",
+        "followed",
+        "finite",
+    ]
+    lines += [
+        "",
+        "## Correct in the engine (teacher-forced on the set's reference: its greedy tokens and logits)",
+        "",
+        *table(head, corr),
+    ]
+
+    cap = capacity_rows(ok)
+    caps = []
+    for row in cap:
+        g, e = row["given"], row["exact"]
+        caps.append(
+            [
+                row["set"],
+                row["name"],
+                row["format"],
+                str(row["logged_gib"]),
+                _fmt(row["logged_tokens"], "{:,}"),
+                _fmt(g.get("kv_tokens"), "{:,}"),
+                str(row["logged_conc"]),
+                _fmt(g.get("max_concurrency")),
+                str(row["tokens_equal"] and row["conc_equal"]),
+                f"{_fmt(e.get('num_blocks'), '{:,}')} / {_fmt(row['engine_blocks'], '{:,}')}",
+                _fmt(row.get("alone_gib")),
+                _fmt(row.get("alone_err"), "{:+.2%}"),
+            ]
+        )
+    head = [
+        "set",
+        "config",
+        "sized as",
+        "logged GiB",
+        "logged tokens",
+        "kvplan tokens",
+        "logged conc",
+        "kvplan conc",
+        "equal",
+        "blocks: kvplan (exact bytes) / vLLM",
+        "kvplan from model+GPU GiB",
+        "error",
+    ]
+    lines += ["", "## Capacity: vLLM's log against `kvplan size --kv-cache-memory-gib <logged>`", ""]
+    lines += table(head, caps)
+
+    speed = []
+    for r in ok:
+        s, d = summarize(r), r.get("phases", {}).get("decode", {})
+        if d:
+            a = d.get("a", {})
+            speed.append(
+                [
+                    r["set"],
+                    r["name"],
+                    _fmt(s["prefill_tok_s"], "{:,.0f}"),
+                    f"{a.get('batch')} x {a.get('context')}",
+                    _fmt(s["a_step_ms"], "{:.1f}"),
+                    _fmt(s["a_tok_s"], "{:,.0f}"),
+                    _fmt(s["b_batch"], "{}"),
+                    _fmt(s["b_step_ms"], "{:.1f}"),
+                    _fmt(s["b_tok_s"], "{:,.0f}"),
+                    f"{s['a_complete']}/{s['b_complete']}",
+                ]
+            )
+    head = [
+        "set",
+        "config",
+        "prefill tok/s",
+        "(a) batch x ctx",
+        "(a) step ms",
+        "(a) tok/s",
+        "(b) batch",
+        "(b) step ms",
+        "(b) tok/s",
+        "complete a/b",
+    ]
+    lines += ["", "## Speed (decode; Llama-3.1-8B shapes, dummy weights)", "", *table(head, speed)]
+
+    profs = []
+    for r in ok:
+        for p, d in r.get("phases", {}).get("decode", {}).items():
+            prof = d.get("profile") if isinstance(d, dict) else None
+            if prof:
+                top = "; ".join(f"{k[:40]} {ms}" for k, ms, _ in prof["top_kernels"][:3])
+                profs.append(
+                    [
+                        r["set"],
+                        r["name"],
+                        p,
+                        str(prof["wall_ms"]),
+                        str(prof["gpu_kernel_ms"]),
+                        _fmt(prof["gpu_busy_share"], "{:.0%}"),
+                        str(prof["kernel_launches"]),
+                        top,
+                    ]
+                )
+    head = ["set", "config", "point", "wall ms", "GPU kernel ms", "GPU busy", "launches", "top kernels (ms)"]
+    lines += ["", "## One decode step profiled (eager mode)", "", *table(head, profs)]
+    lines += ["", "## Targets", "", *targets(ok, cap)]
+    return "\n".join(lines) + "\n"
+
+
+def targets(ok: Sequence[dict[str, Any]], cap: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's targets, met or not, with the figures (first measurement of each config)."""
+    first: dict[str, dict[str, Any]] = {}
+    for r in ok:
+        first.setdefault(r["name"], r)
+
+    def tok(name: str, point: str) -> float | None:
+        r = first.get(name)
+        return summarize(r)[f"{point}_tok_s"] if r else None
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    out = []
+    c = first.get("kvplan-bf16", {}).get("phases", {}).get("correct", {})
+    if c and c.get("role", "").startswith("teacher-forced"):
+        same = c.get("argmax_agreement") == 1.0
+        err = c.get("rel_err_max", math.inf)
+        out.append(
+            f"- kvplan-bf16 vs vLLM bf16: logits rel. err max {_fmt(err, '{:.2e}')} (<= 1e-2), greedy "
+            f"tokens identical: {same} -> {verdict(err <= 1e-2 and same)}"
+        )
+    for mine, theirs, p, goal in [
+        ("kvplan-int4_hadamard", "vllm-int4_per_token_head", "a", 2.0),
+        ("kvplan-int4_hadamard", "vllm-auto", "a", 1.0),
+    ]:
+        a, b = tok(mine, p), tok(theirs, p)
+        if a and b:
+            out.append(
+                f"- ({p}) {mine} / {theirs}: {a:,.0f} / {b:,.0f} tok/s = {a / b:.2f}x "
+                f"(target >= {goal}x) -> {verdict(a / b >= goal)}"
+            )
+    int4 = [(t, n) for n in ("kvplan-int4_hadamard", "kvplan-int4", "kvplan-k8v4") if (t := tok(n, "b"))]
+    base = tok("vllm-auto", "b")
+    if int4 and base:
+        best, name = max(int4)
+        out.append(
+            f"- (b) best kvplan INT4 ({name}) / vLLM bf16: {best:,.0f} / {base:,.0f} tok/s = "
+            f"{best / base:.2f}x (target >= 3x) -> {verdict(best / base >= 3)}"
+        )
+    if cap:
+        eq = all(r["tokens_equal"] and r["conc_equal"] for r in cap)
+        worst = max((abs(r["alone_err"]) for r in cap if "alone_err" in r), default=math.nan)
+        out.append(
+            f"- capacity: logged tokens and concurrency equal kvplan size at the logged GiB for every "
+            f"config: {eq} -> {verdict(eq)}"
+        )
+        out.append(
+            f"- kvplan size from model + GPU alone: worst error {_fmt(worst, '{:.2%}')} against the logged "
+            f"available KV memory (target <= 2%) -> {verdict(worst <= 0.02)}"
+        )
+    return out or ["- no results to judge"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="+", type=Path, help="SET.json files from the GPU machine's $OUT")
+    ap.add_argument("--md", type=Path, required=True)
+    ap.add_argument("--note", default="", help="what else to say about the device run (load, clocks)")
+    args = ap.parse_args(argv)
+    results = load(args.results)
+    text = markdown(results, args.note)
+    args.md.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
