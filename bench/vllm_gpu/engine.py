@@ -524,12 +524,20 @@ def main(argv: list[str] | None = None) -> int:
             "prefill": lambda: phase_prefill(llm, cfg),
             "decode": lambda: phase_decode(llm, cfg, info),
         }
-        for name in cfg.phases:
+        failed = []
+        for name in cfg.phases:  # a phase that fails is recorded; the next ones still run
             t0 = time.perf_counter()
-            result["phases"][name] = phases[name]()
+            try:
+                result["phases"][name] = phases[name]()
+            except Exception as exc:
+                failed.append(name)
+                result["phases"][name] = {"error": f"{type(exc).__name__}: {exc}",
+                                          "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
             result["phases"][name]["phase_s"] = round(time.perf_counter() - t0, 2)
             save()
-        result["status"] = "ok"
+        result["status"] = "failed" if failed else "ok"
+        if failed:
+            result["error"] = "; ".join(f"{n}: {result['phases'][n]['error']}" for n in failed)[:1000]
     except Exception as exc:  # the result says what failed; the runner keeps the log
         result["status"] = "failed"
         result["error"] = f"{type(exc).__name__}: {exc}"

@@ -131,7 +131,7 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
-    ok = [r for r in results if r.get("status") == "ok"]
+    ok = [r for r in results if r.get("engine")]  # started: its phases that ran are reported
     envs = [r["env"] for r in results if r.get("env")]
     env = next((e for e in envs if e.get("gpu")), envs[0] if envs else {})
     gib = _fmt(env.get("gpu_total_bytes", 0) / GIB)
@@ -164,7 +164,7 @@ def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
     corr = []
     for r in ok:
         c = r.get("phases", {}).get("correct")
-        if c and not c.get("role", "").startswith(("reference", "no reference")):
+        if c and "error" not in c and not c.get("role", "").startswith(("reference", "no reference")):
             corr.append(
                 [
                     r["set"],

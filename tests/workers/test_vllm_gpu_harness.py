@@ -143,3 +143,28 @@ def test_cpu_set_through_vllms_cpu_build(tmp_path: Path) -> None:
     assert a["batch"] == 4 and a["complete"] and a["tokens_per_s"] > 0
     assert q8["phases"]["prefill"]["tokens_per_s"] > 0
     assert "config" in proc.stdout.splitlines()[-3]  # the table is printed last
+
+
+def test_report_judges_the_targets_from_the_results() -> None:
+    from bench.vllm_gpu import report
+
+    def res(name: str, a: float, b: float, correct: dict | None = None) -> dict:
+        point = {"batch": 32, "context": 16384, "step_ms": 1.0, "tokens_per_s": a, "complete": True}
+        phases: dict = {"decode": {"a": point, "b": {**point, "tokens_per_s": b}}}
+        if correct:
+            phases["correct"] = correct
+        return {"name": name, "set": "s", "status": "ok", "engine": {}, "phases": phases}
+
+    forced = {
+        "role": "teacher-forced on the reference's tokens",
+        "rel_err_max": 4e-3,
+        "argmax_agreement": 1.0,
+    }
+    results = [res("vllm-auto", 1000, 500), res("vllm-int4_per_token_head", 400, 1500),
+               res("kvplan-bf16", 990, 495, forced), res("kvplan-int4_hadamard", 1200, 1400)]  # fmt: skip
+    lines = report.targets(results, [])
+    assert lines[0].startswith("- kvplan-bf16 vs vLLM bf16: logits rel. err max 4.00e-03 (<= 1e-2)")
+    assert lines[0].endswith("greedy tokens identical: True -> met")
+    assert lines[1].endswith("= 3.00x (target >= 2.0x) -> met")  # 1200 / 400
+    assert lines[2].endswith("= 1.20x (target >= 1.0x) -> met")
+    assert lines[3].endswith("= 2.80x (target >= 3x) -> NOT met")  # 1400 / 500

@@ -217,6 +217,28 @@ class KvplanAttentionImpl(AttentionImpl[KvplanMetadata]):  # type: ignore[misc,t
         # checkpoint calibrated them, as for vLLM's own fp8. Other formats take none.
         self.static_scales = Granularity.PER_TENSOR in (self.fmt.k.granularity, self.fmt.v.granularity)
 
+    def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
+        """On CUDA, run both kernels once on a one-block scratch cache: they compile, and the
+        constant tensors they keep (Hadamard blocks, unit scales) are made now, not first inside
+        vLLM's CUDA-graph capture, where a host-to-device copy is not allowed."""
+        if not torch.cuda.is_available():
+            return
+        from kvplan.kernels import api
+
+        dev = torch.device("cuda", torch.cuda.current_device())
+        page, hkv, d = SUPPORTED_BLOCK_SIZES[0], self.num_kv_heads, self.head_size
+        cache = torch.zeros(2, hkv, self.fmt.head_page(d, page).nbytes, dtype=torch.uint8, device=dev)
+        kv = torch.zeros(1, hkv, d, dtype=act_dtype, device=dev)
+        one = torch.ones((), dtype=torch.float32, device=dev)
+        k_scale, v_scale = (one, one) if self.static_scales else (None, None)
+        api.write_kv(kv, kv, cache, torch.tensor([page], device=dev), self.fmt, page, k_scale, v_scale)
+        q = torch.zeros(1, self.num_heads, d, dtype=act_dtype, device=dev)
+        table, lens, qsl = (torch.tensor(x, dtype=torch.int32, device=dev) for x in ([[1]], [1], [0, 1]))
+        api.paged_attention(
+            q, cache, table, lens, qsl, self.fmt, page, self.scale, k_scale, v_scale,
+            max_query_len=1, max_seq_len=1,
+        )  # fmt: skip
+
     def _pages(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The layer's cache as uint8 [blocks, kv_heads, head_page_bytes] (a view) and block size."""
         tokens = kv_cache.shape[2]
