@@ -129,6 +129,8 @@ def kvplan_router(
     path.write_text(json.dumps(plan))
     port = free_port()
     cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(path), "--port", str(port)]
+    if "admin_port" in (src / "kvplan" / "router" / "cli.py").read_text():  # not before the admin listener
+        cmd += ["--admin-port", "0"]
     cmd += ["--log-level", "warning", "--provenance-log", str(tmp / f"provenance-{tag}.jsonl"), *extra]
     p = procs.start(cmd, port, tmp / f"kvplan-{tag}.log", env={**os.environ, "PYTHONPATH": str(src)})
     return f"http://127.0.0.1:{port}", p.pid

@@ -76,6 +76,30 @@ class EndpointChoiceReason(StrEnum):
     OVER_BOUND = "over_bound"  # prefix-cache: the holders were over the load bound; a less loaded endpoint
 
 
+class RefusalReason(StrEnum):
+    """Why the router's HTTP layer refused a request or closed a client connection:
+    `kvplan_router_client_refusals{reason}` (on every listener: API, admin, metrics)."""
+
+    REQUEST_LINE_TOO_LONG = "request_line_too_long"  # 414
+    HEADERS_TOO_LARGE = "headers_too_large"  # 431: the header block over its byte bound
+    TOO_MANY_HEADERS = "too_many_headers"  # 431: more header fields than allowed
+    BODY_TOO_LARGE = "body_too_large"  # 413
+    HEADER_TIMEOUT = "header_timeout"  # 408: the headers did not arrive in time (slowloris)
+    BODY_TIMEOUT = "body_timeout"  # 408: a body stalled (e.g. Content-Length longer than the body)
+    PIPELINE = "pipeline"  # 429: more pipelined requests than allowed ahead of the one served
+    MALFORMED = "malformed"  # 400: not HTTP/1.1, or an upgrade
+    IDLE_TIMEOUT = "idle_timeout"  # an idle keep-alive connection closed (no response owed)
+    SEND_TIMEOUT = "send_timeout"  # the client stopped reading its response: connection aborted
+
+
+class AuthFailure(StrEnum):
+    """A refused admin call: `kvplan_router_admin_auth_failures{reason}`."""
+
+    MISSING = "missing"  # no bearer token
+    WRONG = "wrong"  # a token that does not match
+    DISABLED = "disabled"  # the router runs without an admin token
+
+
 class ReloadResult(StrEnum):
     OK = "ok"
     ERROR = "error"
@@ -174,6 +198,8 @@ class router:
     BUCKET_WEIGHT = f"{PREFIX}_bucket_weight"  # gauge {bucket}: effective candidate weight, 0-100
     BUCKET_KILLED = f"{PREFIX}_bucket_killed"  # gauge {bucket}: 1 when the kill switch is on
     PLAN_RELOADS = f"{PREFIX}_plan_reloads"  # counter {result}
+    CLIENT_REFUSALS = f"{PREFIX}_client_refusals"  # counter {reason}: the HTTP layer's refusals
+    ADMIN_AUTH_FAILURES = f"{PREFIX}_admin_auth_failures"  # counter {reason}: refused admin calls
 
     # label values
     OUTCOMES = tuple(Outcome)
@@ -182,6 +208,8 @@ class router:
     DECISION_REASONS = tuple(DecisionReason)
     ENDPOINT_CHOICE_REASONS = tuple(EndpointChoiceReason)
     RELOAD_RESULTS = tuple(ReloadResult)
+    REFUSAL_REASONS = tuple(RefusalReason)
+    AUTH_FAILURES = tuple(AuthFailure)
 
     # label names
     REQUEST_LABELS = ("bucket", "pool", "regime", "outcome")

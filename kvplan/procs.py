@@ -36,6 +36,18 @@ def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
 def ready_url(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> str:
     """The URL of the first stdout line of `proc` that starts with `prefix`; RuntimeError if the
     process exits first, TimeoutError if no such line comes within `timeout` s."""
+    return ready_line(proc, prefix, timeout).split()[0]
+
+
+def router_urls(proc: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, str]:
+    """A starting router's listeners: {"api": url, "admin": url[, "metrics": url]}, from its line
+    `<ROUTER_READY>http://api admin http://admin [metrics http://metrics]`."""
+    first, *rest = ready_line(proc, ROUTER_READY, timeout).split()
+    return {"api": first, **dict(zip(rest[::2], rest[1::2], strict=True))}
+
+
+def ready_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> str:
+    """The rest of the first stdout line of `proc` that starts with `prefix` (see `ready_url`)."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
@@ -45,7 +57,7 @@ def ready_url(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -
                 break
             line = proc.stdout.readline()
             if line.startswith(prefix):
-                return line[len(prefix) :].split()[0]
+                return line[len(prefix) :].strip()
             if not line and proc.poll() is not None:
                 raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before it was ready")
     raise TimeoutError(f"{proc.args!r} printed no {prefix!r} within {timeout} s")

@@ -36,7 +36,7 @@ READY = "kvplan demo ready:"
 
 
 async def _run_loop(
-    router: str, workers: dict[str, str], opts: DemoOptions, stop: asyncio.Event
+    router: str, admin: str, workers: dict[str, str], opts: DemoOptions, stop: asyncio.Event
 ) -> LoadStats:
     from rich.console import Console
     from rich.live import Live
@@ -66,7 +66,7 @@ async def _run_loop(
                 if opts.duration and elapsed >= opts.duration:
                     break
                 with contextlib.suppress(httpx.HTTPError):
-                    summary = await summarize(client, router, workers)
+                    summary = await summarize(client, admin, workers)
                 progress.update(task, completed=elapsed)
                 if live is not None:
                     from rich.console import Group
@@ -90,7 +90,7 @@ async def _run_loop(
 def _banner(
     router: Child, prom: Child | None, workers: dict[str, str], token: str, workdir: Path, store: str | None
 ) -> str:
-    env = f"KVPLAN_ROUTER={router.url} {ADMIN_TOKEN_ENV}={token}"
+    env = f"KVPLAN_ROUTER={router.admin_url} {ADMIN_TOKEN_ENV}={token}"
     if store:
         env += f" KVPLAN_FLAG_STORE={store} KVPLAN_PLAN={workdir / 'pools.yaml'}"
         rollout = [
@@ -104,7 +104,8 @@ def _banner(
             "  kvplan rollout status",
         ]
     lines = [
-        f"router       {router.url}  (OpenAI API under /v1, metrics at /metrics, admin API under /admin)",
+        f"router       {router.url}  (OpenAI API under /v1)",
+        f"router admin {router.admin_url}  (admin API under /admin, metrics at /metrics; loopback)",
         f"admin token  {token}",
         f"prometheus   {prom.url}"
         if prom
@@ -149,15 +150,16 @@ def run(opts: DemoOptions) -> int:
         # The controller's port is chosen first: Prometheus scrapes it, and it queries Prometheus.
         controller_port = free_port() if store else 0
         controller = f"127.0.0.1:{controller_port}" if store else None
-        prom = start_prometheus(stack, plan, router.url, opts, controller)
+        prom = start_prometheus(stack, plan, router.admin_url, opts, controller)
         if store:
-            source = prom.url if prom else f"{router.url}/metrics"
+            source = prom.url if prom else f"{router.admin_url}/metrics"
             start_controller(stack, plan_path, store, source, controller_port)
         print(_banner(router, prom, workers, token, workdir, store), flush=True)
-        print(f"{READY} router={router.url} prometheus={prom.url if prom else ''} token={token}", flush=True)
+        urls = f"router={router.url} admin={router.admin_url} prometheus={prom.url if prom else ''}"
+        print(f"{READY} {urls} token={token}", flush=True)
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, previous[s])
-        stats = asyncio.run(_run_loop(router.url, workers, opts, asyncio.Event()))
+        stats = asyncio.run(_run_loop(router.url, router.admin_url, workers, opts, asyncio.Event()))
         statuses = dict(sorted(stats.by_status.items()))
         print(f"load: {stats.sent} sent, {stats.ok} ok, {stats.failed} failed, by status {statuses}")
     except KeyboardInterrupt:

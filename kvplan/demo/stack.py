@@ -54,6 +54,7 @@ class Child:
     proc: subprocess.Popen[str]
     log: IO[str]
     url: str = ""
+    admin_url: str = ""  # a router's admin API and /metrics
 
 
 @dataclass
@@ -188,11 +189,13 @@ def start_controller(stack: Stack, plan_path: Path, store: str, metrics_url: str
 
 def start_router(stack: Stack, plan_path: Path, port: int, token: str, store: str | None = None) -> Child:
     cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(plan_path), "--port", str(port)]
+    cmd += ["--admin-port", "0"]
     if store:
         cmd += ["--flag-store", store]
     child = stack.spawn("router", cmd, {ADMIN_TOKEN_ENV: token})
     child.url = f"http://127.0.0.1:{port}"
-    _first_line(child, 60)  # "kvplan router listening on ..."
+    line = _first_line(child, 60)  # "kvplan router listening on http://... admin http://..."
+    child.admin_url = line.split(" admin ", 1)[1].split()[0]
     _wait_http(f"{child.url}/health", child, 30)
     return child
 

@@ -22,6 +22,8 @@ from kvplan.deploy.router_server import (
     HEALTH_PATH,
     PLAN_PATH,
     REDIS_PORT,
+    ROUTER_ADMIN_PORT,
+    ROUTER_METRICS_PORT,
     ROUTER_PORT,
     controller_args,
     router_args,
@@ -117,9 +119,11 @@ def render(
         "router": {
             "image": opts.images.router,
             "entrypoint": ["kvplan"],
-            "command": list(router_args(f"redis://redis:{REDIS_PORT}/0")),
+            # The admin API listens on the container's interface but is published on the host's
+            # loopback only: `kvplan flags --router http://127.0.0.1:8081` from the host.
+            "command": list(router_args(f"redis://redis:{REDIS_PORT}/0", admin_host="0.0.0.0")),
             "environment": {ADMIN_TOKEN_ENV: f"${{{ADMIN_TOKEN_ENV}:?set an admin token for the router}}"},
-            "ports": [f"{ROUTER_PORT}:{ROUTER_PORT}"],
+            "ports": [f"{ROUTER_PORT}:{ROUTER_PORT}", f"127.0.0.1:{ROUTER_ADMIN_PORT}:{ROUTER_ADMIN_PORT}"],
             "volumes": [f"./{PLAN_FILE}:{PLAN_PATH}:ro"],
             "depends_on": {
                 "redis": {"condition": "service_healthy"},
@@ -170,7 +174,7 @@ def render(
         for p in b.pools
     ]
     scrape = prometheus.config(
-        [f"router:{ROUTER_PORT}"],
+        [f"router:{ROUTER_METRICS_PORT}"],
         pools,
         ["kvplan.rules.yml", "plan.rules.yml"],
         controller_targets=[f"rollout-controller:{CONTROLLER_METRICS_PORT}"],

@@ -24,6 +24,7 @@ from kvplan.deploy.router_server import (
     METRICS_PATH,
     PLAN_PATH,
     REDIS_PORT,
+    ROUTER_METRICS_PORT,
     ROUTER_PORT,
     controller_args,
     router_args,
@@ -229,7 +230,10 @@ def router_manifests(plan: Plan, opts: RenderOptions) -> list[Manifest]:
                 "valueFrom": {"secretKeyRef": {"name": "kvplan-admin", "key": "token"}},
             }
         ],
-        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+        "ports": [
+            {"name": "http", "containerPort": ROUTER_PORT},
+            {"name": "metrics", "containerPort": ROUTER_METRICS_PORT},
+        ],
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
         "readinessProbe": _http_probe(HEALTH_PATH, "http", 5, 2),
         "livenessProbe": _http_probe(HEALTH_PATH, "http", 10, 3),
@@ -241,7 +245,13 @@ def router_manifests(plan: Plan, opts: RenderOptions) -> list[Manifest]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(ROUTER, ns, app),
-        "spec": {"selector": app, "ports": [{"name": "http", "port": ROUTER_PORT, "targetPort": "http"}]},
+        "spec": {
+            "selector": app,
+            "ports": [
+                {"name": "http", "port": ROUTER_PORT, "targetPort": "http"},
+                {"name": "metrics", "port": ROUTER_METRICS_PORT, "targetPort": "metrics"},
+            ],
+        },
     }
     hpa: Manifest = {
         "apiVersion": "autoscaling/v2",
@@ -344,7 +354,7 @@ def monitoring_manifests(
             "metadata": _meta(ROUTER, ns),
             "spec": {
                 "selector": {"matchLabels": {"app.kubernetes.io/name": ROUTER}},
-                "endpoints": [{"port": "http", "path": METRICS_PATH, "interval": "15s"}],
+                "endpoints": [{"port": "metrics", "path": METRICS_PATH, "interval": "15s"}],
             },
         },
         {

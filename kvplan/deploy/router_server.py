@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-ROUTER_PORT = 8080
+ROUTER_PORT = 8080  # the OpenAI API
+# the admin API (and /metrics): loopback in a pod, where `kubectl port-forward` reaches it
+ROUTER_ADMIN_PORT = 8081
+ROUTER_METRICS_PORT = 9091  # /metrics alone, for Prometheus
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 ADMIN_TOKEN_ENV = "KVPLAN_ADMIN_TOKEN"
@@ -11,19 +14,15 @@ REDIS_PORT = 6379
 CONTROLLER_METRICS_PORT = 9100
 
 
-def router_args(flag_store_url: str, port: int = ROUTER_PORT) -> tuple[str, ...]:
-    """Arguments of the router container (its entry point is `kvplan`)."""
+def router_args(flag_store_url: str, admin_host: str = "127.0.0.1") -> tuple[str, ...]:
+    """Arguments of the router container (its entry point is `kvplan`): the API and /metrics on
+    every interface, the admin API on `admin_host` (loopback unless the deployment publishes it)."""
     return (
-        "serve",
-        "--plan",
-        PLAN_PATH,
-        "--flag-store",
-        flag_store_url,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-    )
+        "serve", "--plan", PLAN_PATH, "--flag-store", flag_store_url,
+        "--host", "0.0.0.0", "--port", str(ROUTER_PORT),
+        "--admin-host", admin_host, "--admin-port", str(ROUTER_ADMIN_PORT),
+        "--metrics-host", "0.0.0.0", "--metrics-port", str(ROUTER_METRICS_PORT),
+    )  # fmt: skip
 
 
 def controller_args(

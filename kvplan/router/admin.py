@@ -11,10 +11,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+import orjson
 
 from kvplan.control.embedded import OPS, rollout_admin
 from kvplan.control.state import (
@@ -26,6 +29,7 @@ from kvplan.control.state import (
     check_history_limit,
 )
 from kvplan.errors import InputError
+from kvplan.metric_names import AuthFailure
 from kvplan.router.api_errors import ApiError, invalid
 from kvplan.router.routes import RouteTable
 
@@ -44,6 +48,29 @@ class AdminView:
     table: Callable[[], RouteTable]  # the table in use now (a reload replaces it)
     reload: Callable[[], bool] | None  # re-read the plan file; None when not started from one
     token: str | None  # None: the admin API refuses every call
+    count_failure: Callable[[AuthFailure], None] = lambda failure: None  # a refused token, by kind
+
+
+class _FailureLog:
+    """Failed logins, logged with the caller's address and never the token: at most one line per
+    `interval` seconds (a guessing client cannot flood the log), the rest counted into the next."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.last = -1e18
+        self.suppressed = 0
+
+    def __call__(self, failure: AuthFailure, req: Request) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last line)" if self.suppressed else ""
+        log.warning("admin login refused (%s) from %s for %s%s", failure, req.peer, req.path[:200], more)
+        self.last, self.suppressed = now, 0
+
+
+_failures = _FailureLog()
 
 
 def _authorize(view: AdminView, req: Request) -> None:
@@ -51,19 +78,28 @@ def _authorize(view: AdminView, req: Request) -> None:
     given = req.headers.get(b"authorization", b"")
     scheme, _, value = given.partition(b" ")
     if token is None:
+        failure = AuthFailure.DISABLED
+    elif scheme.lower() != b"bearer" or not value.strip():
+        failure = AuthFailure.MISSING
+    elif not hmac.compare_digest(value.strip(), token.encode()):
+        failure = AuthFailure.WRONG
+    else:
+        return
+    view.count_failure(failure)
+    _failures(failure, req)
+    if failure is AuthFailure.DISABLED:
         raise ApiError(
             401,
             "The admin API is disabled: start the router with --admin-token-file or KVPLAN_ADMIN_TOKEN.",
             type="authentication_error",
             code="admin_disabled",
         )
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), token.encode()):
-        raise ApiError(
-            401,
-            "Missing or wrong admin token: send 'Authorization: Bearer <token>'.",
-            type="authentication_error",
-            code="invalid_api_key",
-        )
+    raise ApiError(
+        401,
+        "Missing or wrong admin token: send 'Authorization: Bearer <token>'.",
+        type="authentication_error",
+        code="invalid_api_key",
+    )
 
 
 def _flags(f: BucketFlags) -> dict[str, Any]:
@@ -98,8 +134,8 @@ def _body(req: Request) -> dict[str, Any]:
     if not req.body:
         return {}
     try:
-        data = json.loads(req.body)
-    except ValueError as exc:
+        data = orjson.loads(req.body)  # nesting beyond 1024 levels is a decode error, not a RecursionError
+    except orjson.JSONDecodeError as exc:
         raise invalid(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(data, dict):
         raise invalid("The request body must be a JSON object.")
@@ -111,6 +147,20 @@ def _text(data: dict[str, Any], name: str, default: str) -> str:
     if not isinstance(value, str):
         raise invalid(f"'{name}' must be a string", param=name)
     return value
+
+
+MAX_ACTOR = 128
+
+
+def _actor(data: dict[str, Any]) -> str:
+    """Who made a change: it goes into log lines and the audit history, so one printable line."""
+    actor = _text(data, "actor", "admin-api")
+    if not actor or len(actor) > MAX_ACTOR or not actor.isprintable():
+        raise invalid(
+            f"'actor' must be 1 to {MAX_ACTOR} printable characters (no line breaks or control characters)",
+            param="actor",
+        )
+    return actor
 
 
 def _known_bucket(view: AdminView, bucket: str) -> None:
@@ -149,7 +199,7 @@ def _logged(
 
 async def _mutate(view: AdminView, req: Request, bucket: str, action: str) -> dict[str, Any]:
     data = _body(req)
-    actor = _text(data, "actor", "admin-api")
+    actor = _actor(data)
     reason = _text(data, "reason", "")
     _known_bucket(view, bucket)
     before = view.table().flags(view.store.snapshot(), bucket)
@@ -179,7 +229,7 @@ async def _mutate(view: AdminView, req: Request, bucket: str, action: str) -> di
 async def _rollout(view: AdminView, req: Request, bucket: str, op: str) -> dict[str, Any]:
     """start, pause, resume, abort: the control plane's own transition (kvplan.control.embedded)."""
     data = _body(req)
-    actor = _text(data, "actor", "admin-api")
+    actor = _actor(data)
     reason = _text(data, "reason", "")
     _known_bucket(view, bucket)
     if op not in OPS:
@@ -220,34 +270,56 @@ async def _history(view: AdminView, req: Request) -> dict[str, Any]:
     return {"entries": [asdict(e) for e in entries]}
 
 
+def _reload(view: AdminView) -> dict[str, Any]:
+    if view.reload is None:
+        raise invalid("This router was not started from a plan file.")
+    if not view.reload():
+        raise invalid("The plan file is invalid; the current plan stays (see the router log).")
+    return {"reloaded": True, "buckets": [b.name for b in view.table().plan.buckets]}
+
+
+def _call(parts: list[str]) -> tuple[bytes, str] | None:
+    """(method, call) for an admin path (["admin", ...]), None when there is no such call."""
+    if parts in (["admin", "plan"], ["admin", "state"], ["admin", "history"]):
+        return b"GET", parts[1]
+    if parts == ["admin", "reload"]:
+        return b"POST", "reload"
+    if len(parts) == 4 and parts[1] == "buckets" and parts[3] in ("weight", "kill", "unkill"):
+        return b"POST", "mutate"
+    if len(parts) == 5 and parts[1] == "buckets" and parts[3] == "rollout":
+        return b"POST", "rollout"
+    return None
+
+
 async def handle(view: AdminView, req: Request, conn: Connection) -> None:
     _authorize(view, req)
     parts = req.path.strip("/").split("/")  # ["admin", ...]
-    method = req.method
-    result: Any
-    if method == b"GET" and parts == ["admin", "plan"]:
-        result = json.loads(view.table().plan.model_dump_json())
-    elif method == b"GET" and parts == ["admin", "state"]:
-        result = state(view)
-    elif method == b"GET" and parts == ["admin", "history"]:
-        result = await _history(view, req)
-    elif (
-        method == b"POST"
-        and len(parts) == 4
-        and parts[1] == "buckets"
-        and parts[3] in ("weight", "kill", "unkill")
-    ):
-        result = await _mutate(view, req, parts[2], parts[3])
-    elif method == b"POST" and len(parts) == 5 and parts[1] == "buckets" and parts[3] == "rollout":
-        result = await _rollout(view, req, parts[2], parts[4])
-    elif method == b"POST" and parts == ["admin", "reload"]:
-        if view.reload is None:
-            raise invalid("This router was not started from a plan file.")
-        if not view.reload():
-            raise invalid("The plan file is invalid; the current plan stays (see the router log).")
-        result = {"reloaded": True, "buckets": [b.name for b in view.table().plan.buckets]}
-    else:
+    call = _call(parts)
+    if call is None:
+        method = req.method.decode("latin-1")[:20]
         raise ApiError(
-            404, f"Unknown admin call {method.decode()} {req.path}.", code="not_found", reason="not_found"
+            404, f"Unknown admin call {method} {req.path[:200]}.", code="not_found", reason="not_found"
         )
+    if req.method != call[0]:
+        raise ApiError(
+            405,
+            f"Use {call[0].decode()} for {req.path[:200]}.",
+            code="method_not_allowed",
+            reason="invalid_request",
+            headers=((b"allow", call[0]),),
+        )
+    result: Any
+    match call[1]:
+        case "plan":
+            result = json.loads(view.table().plan.model_dump_json())
+        case "state":
+            result = state(view)
+        case "history":
+            result = await _history(view, req)
+        case "reload":
+            result = _reload(view)
+        case "mutate":
+            result = await _mutate(view, req, parts[2], parts[3])
+        case _:
+            result = await _rollout(view, req, parts[2], parts[4])
     conn.respond(200, [JSON], json.dumps(result).encode())

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, generate_latest
 
 from kvplan.control.state import FlagStore, MemoryFlagStore
+from kvplan.metric_names import AuthFailure, RefusalReason
 from kvplan.plan import Plan, load_plan
-from kvplan.router import admin
+from kvplan.router import admin, openapi
 from kvplan.router.admin import AdminView
 from kvplan.router.api_errors import ApiError
 from kvplan.router.flags import close_store, start_store
@@ -29,8 +30,8 @@ from kvplan.router.monitor import probe_all
 from kvplan.router.provenance import ProvenanceLog
 from kvplan.router.proxy import Proxy, Tee
 from kvplan.router.routes import RouteTable
-from kvplan.router.server import Connection, Request, serve
-from kvplan.router.settings import Settings
+from kvplan.router.server import Connection, Listener, Request, serve
+from kvplan.router.settings import Listen, Settings
 from kvplan.router.transport import Transport
 
 if TYPE_CHECKING:
@@ -40,6 +41,25 @@ log = logging.getLogger("kvplan.router")
 
 JSON = (b"content-type", b"application/json")
 _PATHS = {b"/v1/chat/completions": CHAT, b"/v1/completions": COMPLETION}
+_GET = (b"GET", b"HEAD")
+_POST = (b"POST",)
+_ELSEWHERE = (b"/metrics", b"/admin")
+
+
+def _allow(req: Request, methods: tuple[bytes, ...]) -> None:
+    if req.method not in methods:
+        allowed = ", ".join(m.decode() for m in methods)
+        raise ApiError(
+            405,
+            f"Method {req.method.decode('latin-1')[:20]} is not allowed for {req.path[:200]}; use {allowed}.",
+            code="method_not_allowed",
+            reason="invalid_request",
+            headers=((b"allow", allowed.encode()),),
+        )
+
+
+def _healthy(conn: Connection) -> None:
+    conn.respond(200, [JSON], b'{"status":"ok"}')
 
 
 class Router:
@@ -67,30 +87,58 @@ class Router:
         self.upstream = transport
         self.provenance = ProvenanceLog(settings.provenance_path)
         self.proxy = Proxy(transport, self.metrics, self.limits, self.sat, self.provenance, tees=tees)
+        auth_failures = {f: self.metrics.admin_auth_failures.labels(f) for f in AuthFailure}
         self.admin = AdminView(
-            store, lambda: self.table, self.reload if plan_path is not None else None, settings.admin_token
+            store,
+            lambda: self.table,
+            self.reload if plan_path is not None else None,
+            settings.admin_token,
+            lambda failure: auth_failures[failure].inc(),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._plan_stat = self._stat()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.server: asyncio.Server | None = None
+        self.listeners: dict[str, Listener] = {}  # "api", "admin", "metrics"
+        refusals = {r: self.metrics.client_refusals.labels(r) for r in RefusalReason}
+        self._on_refusal = lambda reason: refusals[reason].inc()
+        self._api_pages: dict[bytes, Callable[[Connection], None]] = {
+            b"/v1/models": lambda conn: conn.respond(200, [JSON], self.table.models_body),
+            b"/health": _healthy,
+            b"/ready": self._ready,
+            b"/openapi.json": lambda conn: conn.respond(200, [JSON], openapi.api_document()),
+        }
+        self._admin_pages: dict[bytes, Callable[[Connection], None]] = {
+            b"/metrics": self._metrics,
+            b"/health": _healthy,
+            b"/openapi.json": lambda conn: conn.respond(200, [JSON], openapi.admin_document()),
+        }
         self._controller_stop = asyncio.Event()
         self.controller: RolloutController | None = None
 
     # -- lifecycle --
-    async def start(self, host: str, port: int, **kw: Any) -> asyncio.Server:
+    async def start(self, api: Listen, admin: Listen | None = None, metrics: Listen | None = None) -> None:
+        """Listen for the OpenAI API on `api`, the admin API and /metrics on `admin`, and /metrics
+        alone on `metrics`; then serve."""
         self._loop = asyncio.get_running_loop()
         # bind first (a taken port fails at once); requests before the first probe round see
         # stale load, so they go to baselines
-        self.server = await serve(self.handle, host, port, self.limits.max_body, **kw)
+        handlers = {"api": self.handle_api, "admin": self.handle_admin, "metrics": self.handle_metrics}
+        for name, where in (("api", api), ("admin", admin), ("metrics", metrics)):
+            if where is None:
+                continue
+            try:
+                self.listeners[name] = await serve(
+                    handlers[name], where.host, where.port, self.settings.http, self._on_refusal
+                )
+            except OSError as exc:
+                raise OSError(f"{where.host}:{where.port} ({name}): {exc.strerror or exc}") from exc
         await start_store(self.store)
-        await probe_all(self.table.endpoints.values(), self.upstream, self.limits.probe_timeout)
+        await self._probe_round()
         self.provenance.start()
         for coro in (self._probe_loop(), self._sweep_loop(), self._reload_loop()):
             self._tasks.append(self._loop.create_task(coro))
         if isinstance(self.store, MemoryFlagStore):
             self._start_controller()
-        return self.server
 
     def _start_controller(self) -> None:
         """Embedded mode: the rollout controller runs in this process on the router's own counters.
@@ -113,24 +161,34 @@ class Router:
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        return self.listeners["api"].port
+
+    def url(self, listener: str = "api") -> str:
+        sock = self.listeners[listener].server.sockets[0].getsockname()  # type: ignore[union-attr]
+        return f"http://{sock[0]}:{sock[1]}"
+
+    def stop_listening(self) -> None:
+        for listener in self.listeners.values():
+            listener.close()
 
     async def close(self) -> None:
         self._controller_stop.set()
-        if self.server is not None:
-            self.server.close()
+        self.stop_listening()
         for task in self._tasks:
             task.cancel()
         self.upstream.close()
         self.provenance.close()
         await close_store(self.store)
 
+    async def _probe_round(self) -> None:
+        lim = self.limits
+        await probe_all(self.table.endpoints.values(), self.upstream, lim.probe_timeout, lim.probe_failures)
+
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.limits.probe_interval)
             try:
-                await probe_all(self.table.endpoints.values(), self.upstream, self.limits.probe_timeout)
+                await self._probe_round()
             except Exception:
                 log.exception("probe round failed")
 
@@ -138,7 +196,10 @@ class Router:
         assert self._loop is not None
         while True:
             await asyncio.sleep(0.25)
-            self.upstream.sweep(self._loop.time())
+            now_ = self._loop.time()
+            self.upstream.sweep(now_)
+            for listener in self.listeners.values():
+                listener.sweep(now_)
 
     # -- plan reload --
     def _stat(self) -> tuple[int, int] | None:
@@ -180,36 +241,47 @@ class Router:
         return True
 
     # -- dispatch --
-    async def handle(self, req: Request, conn: Connection) -> None:
+    async def handle_api(self, req: Request, conn: Connection) -> None:
+        """The OpenAI API, /health, /ready and the API's OpenAPI document."""
         path = req.raw_path
         try:
-            if req.too_large:
-                raise ApiError(
-                    413,
-                    f"Request body exceeds the limit of {self.limits.max_body} bytes.",
-                    code="body_too_large",
-                    reason="body_too_large",
-                )
             kind = _PATHS.get(path)
             if kind is not None:
-                if req.method != b"POST":
-                    raise ApiError(405, f"Use POST for {req.path}.", reason="invalid_request")
+                _allow(req, _POST)
                 await self._complete(req, conn, kind)
-            elif path == b"/v1/models":
-                conn.respond(200, [JSON], self.table.models_body)
-            elif path == b"/health":
-                conn.respond(200, [JSON], b'{"status":"ok"}')
-            elif path == b"/ready":
-                self._ready(conn)
-            elif path == b"/metrics":
-                self._metrics(conn)
-            elif path.startswith(b"/admin"):
+            else:
+                self._page(self._api_pages, req, conn)
+        except ApiError as err:
+            self._refused(conn, err)
+
+    async def handle_admin(self, req: Request, conn: Connection) -> None:
+        """The admin API (bearer token), /metrics and the admin OpenAPI document: loopback by default."""
+        try:
+            if req.raw_path.startswith(b"/admin"):
                 await admin.handle(self.admin, req, conn)
             else:
-                raise ApiError(404, f"Unknown path {req.path}.", reason="not_found")
+                self._page(self._admin_pages, req, conn)
         except ApiError as err:
-            self.metrics.rejected.labels(err.reason).inc()
-            conn.respond(err.status, [JSON, *err.headers], err.body())
+            self._refused(conn, err)
+
+    async def handle_metrics(self, req: Request, conn: Connection) -> None:
+        try:
+            self._page({b"/metrics": self._metrics, b"/health": _healthy}, req, conn)
+        except ApiError as err:
+            self._refused(conn, err)
+
+    def _page(self, pages: dict[bytes, Callable[[Connection], None]], req: Request, conn: Connection) -> None:
+        page = pages.get(req.raw_path)
+        if page is None:
+            elsewhere = req.raw_path.startswith(_ELSEWHERE)
+            hint = " (the admin API and /metrics have their own listener)" if elsewhere else ""
+            raise ApiError(404, f"Unknown path {req.path[:200]}{hint}.", code="not_found", reason="not_found")
+        _allow(req, _GET)
+        page(conn)
+
+    def _refused(self, conn: Connection, err: ApiError) -> None:
+        self.metrics.rejected.labels(err.reason).inc()
+        conn.respond(err.status, [JSON, *err.headers], err.body())
 
     def _ready(self, conn: Connection) -> None:
         missing = [

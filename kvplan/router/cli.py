@@ -10,15 +10,24 @@ import typer
 
 def serve(
     plan: Annotated[Path, typer.Option("--plan", help="pool plan (pools.yaml); re-read when it changes")],
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address of the OpenAI API listener")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(help="port (0: any free port; the line printed at start says which)")
+        int, typer.Option(help="its port (0: any free port; the line printed at start says which)")
     ] = 8000,
+    admin_host: Annotated[
+        str, typer.Option(help="address of the admin API and /metrics (loopback unless you open it)")
+    ] = "127.0.0.1",
+    admin_port: Annotated[int, typer.Option(help="port of the admin API and /metrics (0: any)")] = 8081,
+    metrics_host: Annotated[str, typer.Option(help="address of the --metrics-port listener")] = "127.0.0.1",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="also serve /metrics alone on this port (for Prometheus)")
+    ] = None,
     flag_store: Annotated[
         str | None, typer.Option("--flag-store", help="flag store URL (redis://...); default: in memory")
     ] = None,
     admin_token_file: Annotated[
-        Path | None, typer.Option(help="file with the admin bearer token (else $KVPLAN_ADMIN_TOKEN)")
+        Path | None,
+        typer.Option(help="file with the admin bearer token, 16+ characters (else $KVPLAN_ADMIN_TOKEN)"),
     ] = None,
     cohort_header: Annotated[
         str | None, typer.Option(help="header whose value is the cohort key (before `user` and API key)")
@@ -35,25 +44,41 @@ def serve(
     ] = 300.0,
     idle_timeout: Annotated[float, typer.Option(help="seconds without upstream bytes mid-response")] = 120.0,
     connect_timeout: Annotated[float, typer.Option(help="seconds to open an upstream connection")] = 2.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="seconds a client has to send a request's headers (408 after)")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="seconds a client may pause inside a request body (408 after)")
+    ] = 30.0,
+    keepalive_timeout: Annotated[
+        float, typer.Option(help="seconds an idle client connection is kept open")
+    ] = 75.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the plan's pools."""
-    from kvplan.router.run import run
+    from kvplan.router.run import ServeOptions, run
+    from kvplan.router.settings import Listen
 
     run(
-        plan_path=plan,
-        host=host,
-        port=port,
-        flag_store=flag_store,
-        admin_token_file=admin_token_file,
-        cohort_header=cohort_header,
-        provenance_log=provenance_log,
-        max_body=max_body,
-        max_in_flight=max_in_flight,
-        first_byte_timeout=first_byte_timeout,
-        idle_timeout=idle_timeout,
-        connect_timeout=connect_timeout,
-        log_level=log_level,
+        ServeOptions(
+            plan_path=plan,
+            api=Listen(host, port),
+            admin=Listen(admin_host, admin_port),
+            metrics=Listen(metrics_host, metrics_port) if metrics_port is not None else None,
+            flag_store=flag_store,
+            admin_token_file=admin_token_file,
+            cohort_header=cohort_header,
+            provenance_log=provenance_log,
+            max_body=max_body,
+            max_in_flight=max_in_flight,
+            first_byte_timeout=first_byte_timeout,
+            idle_timeout=idle_timeout,
+            connect_timeout=connect_timeout,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            keepalive_timeout=keepalive_timeout,
+            log_level=log_level,
+        )
     )
 
 

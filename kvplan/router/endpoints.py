@@ -38,6 +38,8 @@ class Endpoint:
         "kv_usage",
         "max_in_flight",
         "pool",
+        "probe_failures",
+        "probed",
         "scraped_at",
         "url",
         "waiting",
@@ -54,8 +56,10 @@ class Endpoint:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.healthy = True  # until a probe or a request says otherwise
-        self.failures = 0  # consecutive 5xx
+        self.failures = 0  # consecutive gateway errors (kvplan.router.outlier)
         self.ejected_until = 0.0  # loop time: a passive ejection holds at least this long
+        self.probe_failures = 0  # consecutive failed health probes
+        self.probed = False  # a health probe has answered 200 at least once
         self.waiting = 0.0
         self.kv_usage = 0.0
         self.scraped_at = -1e18  # loop time of the last successful scrape (never: stale)

@@ -41,11 +41,12 @@ class Head(enum.Enum):
     OK = "ok"  # 1xx-3xx: the endpoint works
     CLIENT_ERROR = "client_error"  # 4xx other than 429: the request's fault, never the endpoint's
     BACKPRESSURE = "backpressure"  # 429, 503: busy, not broken
-    SERVER_ERROR = "server_error"  # other 5xx
+    GATEWAY_ERROR = "gateway_error"  # 502, 504: the endpoint (or what is behind it) is broken
+    SERVER_ERROR = "server_error"  # other 5xx: may be provoked by the request itself
 
     @property
     def retryable(self) -> bool:
-        return self is Head.BACKPRESSURE or self is Head.SERVER_ERROR
+        return self is Head.BACKPRESSURE or self is Head.SERVER_ERROR or self is Head.GATEWAY_ERROR
 
 
 def head_of(status: int) -> Head:
@@ -53,6 +54,8 @@ def head_of(status: int) -> Head:
         return Head.OK
     if status in (429, 503):
         return Head.BACKPRESSURE
+    if status in (502, 504):
+        return Head.GATEWAY_ERROR
     return Head.SERVER_ERROR if status >= 500 else Head.CLIENT_ERROR
 
 
@@ -106,10 +109,13 @@ class Failover:
         return GiveUp(self.last_error or no_endpoint(self.pool, self.retry_after))
 
     def may_retry(self, ep: Endpoint) -> bool:
-        """Whether a retryable head from `ep` should be declined: another try is left and possible."""
-        return self.attempts < self.max_attempts and any(
-            e.healthy and e is not ep and e not in self.tried for e in self.pool.endpoints
-        )
+        """Whether a retryable head from `ep` should be declined: another try is left and possible,
+        on this pool or (from a candidate) on the baseline."""
+        if self.attempts >= self.max_attempts:
+            return False
+        if any(e.healthy and e is not ep and e not in self.tried for e in self.pool.endpoints):
+            return True
+        return self.pool is not self.baseline and any(e.healthy for e in self.baseline.endpoints)
 
     def declined(self, ep: Endpoint) -> None:
         """`ep` answered a retryable status that was not forwarded."""

@@ -57,12 +57,29 @@ def _messages(data: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise invalid(f"'messages[{i}]' must be an object with a string 'role'", param=f"messages[{i}]")
         content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
+        if isinstance(content, list):
+            _content_parts(i, content)
+        elif content is not None and not isinstance(content, str):
             raise invalid(
                 f"'messages[{i}].content' must be a string or an array of content parts",
                 param=f"messages[{i}].content",
             )
     return messages
+
+
+def _content_parts(i: int, parts: list[Any]) -> None:
+    """Each part an object with a string `type`; a text part's `text` a string. Other part types
+    (images, audio) pass through for vLLM to check."""
+    for j, part in enumerate(parts):
+        param = f"messages[{i}].content[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid(f"'{param}' must be a content part: an object with a string 'type'", param=param)
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise invalid(f"'{param}.text' must be a string", param=f"{param}.text")
+
+
+def _token(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
 
 
 def _prompt(data: dict[str, Any]) -> Any:
@@ -72,8 +89,8 @@ def _prompt(data: dict[str, Any]) -> Any:
         and prompt
         and (
             all(isinstance(p, str) for p in prompt)
-            or all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)
-            or all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt)
+            or all(_token(p) for p in prompt)
+            or all(isinstance(p, list) and all(_token(t) for t in p) for p in prompt)
         )
     )
     if not ok:
@@ -91,9 +108,10 @@ def parse(kind: str, body: bytes) -> Completion:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid(f"'stream' must be a boolean, got {type(stream).__name__}", param="stream")
-    max_tokens = _positive_int(data, "max_completion_tokens") if kind == CHAT else None
-    if max_tokens is None:
-        max_tokens = _positive_int(data, "max_tokens")
+    completion_tokens = _positive_int(data, "max_completion_tokens") if kind == CHAT else None
+    max_tokens = _positive_int(data, "max_tokens")
+    if completion_tokens is not None:
+        max_tokens = completion_tokens  # OpenAI's newer name wins
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("'user' must be a string", param="user")

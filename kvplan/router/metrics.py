@@ -102,10 +102,23 @@ class RouterMetrics:
         self.bucket_weight = Gauge(rm.BUCKET_WEIGHT, "Effective candidate weight", ("bucket",), registry=r)
         self.bucket_killed = Gauge(rm.BUCKET_KILLED, "Kill switch state", ("bucket",), registry=r)
         self.plan_reloads = Counter(rm.PLAN_RELOADS, "Plan file reloads", ("result",), registry=r)
+        self.client_refusals = Counter(
+            rm.CLIENT_REFUSALS,
+            "Client requests or connections the HTTP layer refused",
+            ("reason",),
+            registry=r,
+        )
+        self.admin_auth_failures = Counter(
+            rm.ADMIN_AUTH_FAILURES, "Admin calls refused for their token", ("reason",), registry=r
+        )
         for reason in rm.REJECT_REASONS:
             self.rejected.labels(reason)
         for result in rm.RELOAD_RESULTS:
             self.plan_reloads.labels(result)
+        for refusal in rm.REFUSAL_REASONS:
+            self.client_refusals.labels(refusal)
+        for failure in rm.AUTH_FAILURES:
+            self.admin_auth_failures.labels(failure)
         self.declare(plan)
 
     def declare(self, plan: Plan) -> None:

@@ -1,7 +1,7 @@
 """Background I/O: health probes and vLLM load scrapes of every endpoint (about once a second).
 
-A failed /health (or no connection) marks the endpoint unhealthy; the next 200 brings it back,
-so probes double as recovery probes for endpoints the proxy ejected.
+An endpoint is marked unhealthy after several failed /health probes in a row (`judge`); the next
+200 brings it back, so probes double as recovery probes for endpoints the proxy ejected.
 """
 
 from __future__ import annotations
@@ -47,23 +47,34 @@ def parse_cache_config(text: str) -> tuple[int, int]:
     return int(found.get("block_size", 0)), int(found.get("num_gpu_blocks", 0))
 
 
-async def probe(ep: Endpoint, transport: Transport, timeout: float) -> None:
+def judge(ep: Endpoint, answered: bool, now: float, failures_to_down: int) -> bool:
+    """An endpoint's health after one probe. A healthy endpoint goes down after `failures_to_down`
+    failed probes in a row (one missed 1-s probe on a busy worker is not an outage); one that never
+    answered yet goes down at once; a 200 brings it back unless a passive ejection still holds."""
+    if answered:
+        ep.probe_failures = 0
+        ep.probed = True
+        return ep.healthy or now >= ep.ejected_until
+    ep.probe_failures += 1
+    return ep.healthy and ep.probed and ep.probe_failures < failures_to_down
+
+
+async def probe(ep: Endpoint, transport: Transport, timeout: float, failures_to_down: int = 3) -> None:
     loop = asyncio.get_running_loop()
     try:
         status, _ = await asyncio.wait_for(fetch(transport, ep.address, "/health", timeout), timeout)
-        healthy = status == 200
-    except Exception:  # any failure to answer /health means unhealthy
-        healthy = False
-    if healthy and not ep.healthy and loop.time() < ep.ejected_until:
-        healthy = False  # ejected for failing real requests: /health alone does not bring it back yet
+        answered = status == 200
+    except Exception:  # any failure to answer /health is a failed probe
+        answered = False
+    healthy = judge(ep, answered, loop.time(), failures_to_down)
     if healthy != ep.healthy:
         log.warning(
             "endpoint %s of pool %s is now %s", ep.url, ep.pool, "healthy" if healthy else "unhealthy"
         )
+        if healthy:
+            ep.failures = 0
     ep.healthy = healthy
-    if healthy:
-        ep.failures = 0
-    else:
+    if not answered:
         return
     try:
         status, body = await asyncio.wait_for(fetch(transport, ep.address, "/metrics", timeout), timeout)
@@ -79,5 +90,7 @@ async def probe(ep: Endpoint, transport: Transport, timeout: float) -> None:
         ep.scraped_at = loop.time()
 
 
-async def probe_all(endpoints: Iterable[Endpoint], transport: Transport, timeout: float) -> None:
-    await asyncio.gather(*(probe(ep, transport, timeout) for ep in endpoints))
+async def probe_all(
+    endpoints: Iterable[Endpoint], transport: Transport, timeout: float, failures_to_down: int = 3
+) -> None:
+    await asyncio.gather(*(probe(ep, transport, timeout, failures_to_down) for ep in endpoints))

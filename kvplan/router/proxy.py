@@ -13,12 +13,13 @@ off the client's path); they get the request bytes and the route, never the clie
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kvplan.metric_names import DecisionReason, ErrorKind, Outcome
 from kvplan.metric_names import router as rm
-from kvplan.router.api_errors import ApiError
+from kvplan.router.api_errors import ApiError, upstream_error
 from kvplan.router.endpoint_policy import Pick
 from kvplan.router.endpoints import Endpoint, Saturation
 from kvplan.router.failover import Failover, GiveUp, Head, NextEndpoint, SwitchToBaseline, head_of
@@ -32,6 +33,8 @@ from kvplan.router.transport import Exchange, Transport, UpstreamError
 
 if TYPE_CHECKING:
     from kvplan.router.server import Connection, Request
+
+log = logging.getLogger("kvplan.router")
 
 PASS_HEADERS = (b"authorization", b"traceparent", b"tracestate", b"x-session-id", b"accept")
 JSON = (b"content-type", b"application/json")
@@ -138,7 +141,7 @@ Tee = Callable[[Route, Outgoing], None]
 class _Flight:
     """The mutable state of one proxied request."""
 
-    __slots__ = ("ep", "failover", "held", "obs", "outcome", "route", "status", "ttft", "up")
+    __slots__ = ("ep", "error", "failover", "held", "obs", "outcome", "route", "status", "ttft", "up")
 
     def __init__(self, route: Route, obs: Observed, failover: Failover) -> None:
         self.route = route
@@ -150,6 +153,7 @@ class _Flight:
         self.ep: Endpoint | None = None  # the last endpoint tried
         self.held: Endpoint | None = None  # the endpoint whose in-flight count this request holds
         self.up: Exchange | None = None
+        self.error: ErrorBody | None = None  # an upstream error response being collected
 
     def hold(self, ep: Endpoint) -> None:
         self.ep = self.held = ep
@@ -163,46 +167,72 @@ class _Flight:
         if self.up is not None:
             transport.discard(self.up)
             self.up = None
+        self.error = None
+
+
+class ErrorBody:
+    """Sink of an upstream error response: kept (up to 64 KiB) to be answered in OpenAI's shape."""
+
+    __slots__ = ("chunks", "headers", "size", "status")
+    LIMIT = 64 * 1024
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = headers
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def __call__(self, data: bytes) -> None:
+        if self.size < self.LIMIT:
+            self.chunks.append(data)
+            self.size += len(data)
 
 
 class _Forward:
     """Called by the exchange when a response head arrives: forward it, or decline so the proxy
-    tries elsewhere (5xx/429/503 while another endpoint can still be tried)."""
+    tries elsewhere (5xx/429/503 while another endpoint can still be tried). Error responses are
+    kept whole and answered in OpenAI's shape once complete (`Proxy._answer_error`)."""
 
-    __slots__ = ("conn", "ep", "health", "may_retry", "obs", "out", "upstream_errors")
+    __slots__ = ("conn", "ep", "f", "health", "may_retry", "out", "pool", "upstream_errors")
 
-    def __init__(
-        self, proxy: Proxy, conn: Connection, obs: Observed, out: Outgoing, ep: Endpoint, may_retry: bool
-    ) -> None:
+    def __init__(self, proxy: Proxy, conn: Connection, f: _Flight, out: Outgoing, ep: Endpoint) -> None:
         self.health = proxy.health
         self.upstream_errors = proxy.metrics.upstream_errors
         self.conn = conn
-        self.obs = obs
+        self.f = f
         self.out = out
         self.ep = ep
-        self.may_retry = may_retry
+        self.pool = f.failover.pool.endpoints
+        self.may_retry = f.failover.may_retry(ep)
 
     def __call__(self, up: Exchange) -> bool:
         status = up.status
         head = head_of(status)
-        if head is Head.BACKPRESSURE:  # never an endpoint fault
-            self.upstream_errors.labels(self.ep.pool, ErrorKind.BACKPRESSURE).inc()
-        elif head is Head.SERVER_ERROR:
-            self.health.failed(self.ep, ErrorKind.HTTP_5XX)
-        elif head is Head.OK:
-            self.health.succeeded(self.ep)
+        if head is Head.GATEWAY_ERROR:
+            self.health.gateway_error(self.ep, ErrorKind.HTTP_5XX, self.pool)
+        else:
+            self.health.answered(self.ep)
+            if head is Head.BACKPRESSURE:  # never an endpoint fault
+                self.upstream_errors.labels(self.ep.pool, ErrorKind.BACKPRESSURE).inc()
+            elif head is Head.SERVER_ERROR:  # counted, but the request may have provoked it
+                self.upstream_errors.labels(self.ep.pool, ErrorKind.HTTP_5XX).inc()
         if head.retryable and self.may_retry:
             return False
+        obs = self.f.obs
         out = up.forward_headers()
-        out.append((b"x-kvplan-pool", self.obs.pool_header))
-        out.append((b"x-kv-regime", self.obs.regime_header))
+        out.append((b"x-kvplan-pool", obs.pool_header))
+        out.append((b"x-kv-regime", obs.regime_header))
         if not any(h[0] == b"x-request-id" for h in out):
             out.append((b"x-request-id", self.out.request_id))
+        if status >= 400:
+            self.f.error = ErrorBody(status, [h for h in out if h[0] != b"content-type"])
+            up.attach(self.f.error)
+            return True
         conn = self.conn
         conn.start(status, out, up.content_length)
         conn.upstream = up
-        if self.out.stream and status < 400:
-            up.attach(TokenGaps(conn.write, self.obs.itl, asyncio.get_running_loop().time))
+        if self.out.stream:
+            up.attach(TokenGaps(conn.write, obs.itl, asyncio.get_running_loop().time))
         else:
             up.attach(conn.write)
         return True
@@ -225,7 +255,7 @@ class Proxy:
         self.provenance = provenance
         self.tees = tuple(tees)
         self.observed = ObservedRoutes(metrics)
-        self.health = PassiveHealth(metrics.upstream_errors, limits.ejection_seconds)
+        self.health = PassiveHealth(metrics.upstream_errors, limits.ejection)
 
     async def forward(
         self,
@@ -277,7 +307,7 @@ class Proxy:
         first = f.failover.attempts == 1
         if not first:
             f.obs.retries.inc()
-        forward = _Forward(self, conn, f.obs, out, ep, f.failover.may_retry(ep))
+        forward = _Forward(self, conn, f, out, ep)
         try:
             f.up = up = await self.transport.acquire(ep.address)
             if first:
@@ -292,14 +322,17 @@ class Proxy:
             return False
         f.status = up.status
         f.outcome = outcome_of(f.status)
-        conn.finish()
+        if f.error is not None:
+            self._answer_error(conn, f.error)
+        else:
+            conn.finish()
         f.ttft = (up.first_body_at or loop.time()) - req.received_at
         return True
 
     def _failed(self, conn: Connection, f: _Flight, ep: Endpoint, exc: UpstreamError) -> bool:
         up = f.up
         if up is not None and up.forwarded:
-            if not conn.unsent():  # bytes reached the client: no retry possible
+            if f.error is None and not conn.unsent():  # bytes reached the client: no retry possible
                 f.status = up.status
                 self.metrics.upstream_errors.labels(ep.pool, exc.kind).inc()
                 f.outcome = Outcome.STREAM_BROKEN
@@ -310,14 +343,15 @@ class Proxy:
         if exc.reused:  # a stale keep-alive connection: try again, not the endpoint's fault
             f.failover.stale()
             return False
-        self.health.failed(ep, exc.kind)
-        f.failover.failed(
-            ep,
-            ApiError(
-                502, f"upstream {ep.url} failed: {exc}", type="upstream_error", reason="no_healthy_endpoint"
-            ),
-        )
+        self.health.gateway_error(ep, exc.kind, f.failover.pool.endpoints)
+        log.info("upstream %s of pool %s failed: %s", ep.url, ep.pool, exc)
+        message = f"The upstream server of pool {ep.pool} failed ({exc.kind}); no other endpoint could serve."
+        f.failover.failed(ep, ApiError(502, message, type="upstream_error", reason="no_healthy_endpoint"))
         return False
+
+    def _answer_error(self, conn: Connection, error: ErrorBody) -> None:
+        body = upstream_error(error.status, b"".join(error.chunks))
+        conn.respond(error.status, [JSON, *error.headers], body)
 
     def _give_up(self, conn: Connection, f: _Flight, error: ApiError, request_id: bytes) -> None:
         f.outcome = Outcome.BACKPRESSURE if error.status == 429 else Outcome.UPSTREAM_ERROR

@@ -8,18 +8,42 @@ import os
 import resource
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvplan.errors import InputError
 from kvplan.plan import load_plan
 from kvplan.procs import ROUTER_READY
 from kvplan.router.app import Router
-from kvplan.router.endpoints import Saturation
 from kvplan.router.flags import open_flag_store
-from kvplan.router.settings import Limits, Settings
+from kvplan.router.server import HttpLimits
+from kvplan.router.settings import MIN_ADMIN_TOKEN, Limits, Listen, Settings
 from kvplan.router.upstream import UpstreamPool
 
 log = logging.getLogger("kvplan.router")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`kvplan serve`'s command line, as given."""
+
+    plan_path: Path
+    api: Listen
+    admin: Listen
+    metrics: Listen | None
+    flag_store: str | None
+    admin_token_file: Path | None
+    cohort_header: str | None
+    provenance_log: str | None
+    max_body: int
+    max_in_flight: int
+    first_byte_timeout: float
+    idle_timeout: float
+    connect_timeout: float
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    log_level: str
 
 
 def read_admin_token(path: Path | None) -> str | None:
@@ -28,10 +52,47 @@ def read_admin_token(path: Path | None) -> str | None:
             token = path.read_text().strip()
         except OSError as exc:
             raise InputError(f"cannot read admin token file {path}: {exc.strerror}") from exc
+        source = f"admin token file {path}"
+    else:
+        token = os.environ.get("KVPLAN_ADMIN_TOKEN", "").strip()
+        source = "$KVPLAN_ADMIN_TOKEN"
         if not token:
-            raise InputError(f"admin token file {path} is empty")
-        return token
-    return os.environ.get("KVPLAN_ADMIN_TOKEN") or None
+            return None
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise InputError(
+            f"{source} holds {len(token)} characters; use at least {MIN_ADMIN_TOKEN} "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return token
+
+
+def settings_of(o: ServeOptions) -> Settings:
+    for name, value in (
+        ("--max-body", o.max_body),
+        ("--max-in-flight", o.max_in_flight),
+        ("--header-timeout", o.header_timeout),
+        ("--body-timeout", o.body_timeout),
+        ("--keepalive-timeout", o.keepalive_timeout),
+    ):
+        if value <= 0:
+            raise InputError(f"{name} must be positive, got {value}")
+    return Settings(
+        limits=Limits(
+            max_in_flight=o.max_in_flight,
+            first_byte_timeout=o.first_byte_timeout,
+            idle_timeout=o.idle_timeout,
+            connect_timeout=o.connect_timeout,
+        ),
+        http=HttpLimits(
+            max_body=o.max_body,
+            header_timeout=o.header_timeout,
+            body_timeout=o.body_timeout,
+            keepalive_timeout=o.keepalive_timeout,
+        ),
+        cohort_header=o.cohort_header.lower().encode() if o.cohort_header else None,
+        admin_token=read_admin_token(o.admin_token_file),
+        provenance_path=o.provenance_log,
+    )
 
 
 def _raise_fd_limit() -> None:
@@ -41,69 +102,46 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _main(router: Router, host: str, port: int) -> None:
+def ready_line(router: Router) -> str:
+    """`<ROUTER_READY>http://api admin http://admin [metrics http://metrics]` (tests parse it)."""
+    return f"{ROUTER_READY}{router.url('api')} " + " ".join(
+        f"{name} {router.url(name)}" for name in ("admin", "metrics") if name in router.listeners
+    )
+
+
+async def _main(router: Router, o: ServeOptions) -> None:
     try:
-        await router.start(host, port)
+        await router.start(o.api, o.admin, o.metrics)
     except OSError as exc:
         await router.close()
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    print(f"{ROUTER_READY}http://{host}:{router.port}", flush=True)
+        raise InputError(f"cannot listen on {exc}") from exc
+    print(ready_line(router), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: no new connections; waiting up to 10 s for requests in flight")
-    assert router.server is not None
-    router.server.close()
+    router.stop_listening()
     deadline = loop.time() + 10
     while loop.time() < deadline and any(ep.in_flight for ep in router.table.endpoints.values()):
         await asyncio.sleep(0.05)
     await router.close()
 
 
-def run(
-    *,
-    plan_path: Path,
-    host: str,
-    port: int,
-    flag_store: str | None,
-    admin_token_file: Path | None,
-    cohort_header: str | None,
-    provenance_log: str | None,
-    max_body: int,
-    max_in_flight: int,
-    first_byte_timeout: float,
-    idle_timeout: float,
-    connect_timeout: float,
-    log_level: str,
-) -> None:
+def run(o: ServeOptions) -> None:
     logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=o.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    plan = load_plan(plan_path)
-    if max_body <= 0 or max_in_flight <= 0:
-        raise InputError("--max-body and --max-in-flight must be positive")
-    settings = Settings(
-        limits=Limits(
-            max_body=max_body,
-            max_in_flight=max_in_flight,
-            first_byte_timeout=first_byte_timeout,
-            idle_timeout=idle_timeout,
-            connect_timeout=connect_timeout,
-        ),
-        saturation=Saturation(),
-        cohort_header=cohort_header.lower().encode() if cohort_header else None,
-        admin_token=read_admin_token(admin_token_file),
-        provenance_path=provenance_log,
-    )
-    store = open_flag_store(flag_store, plan, label=f"router@{host}:{port}")
+    plan = load_plan(o.plan_path)
+    settings = settings_of(o)
+    store = open_flag_store(o.flag_store, plan, label=f"router@{o.api.host}:{o.api.port}")
     transport = UpstreamPool(settings.limits.connect_timeout)
-    router = Router(plan, store, settings, plan_path.resolve(), transport=transport)
+    router = Router(plan, store, settings, o.plan_path.resolve(), transport=transport)
     _raise_fd_limit()
     try:
         import uvloop
 
-        uvloop.run(_main(router, host, port))
+        uvloop.run(_main(router, o))
     except ImportError:
-        asyncio.run(_main(router, host, port))
+        asyncio.run(_main(router, o))

@@ -1,15 +1,18 @@
-"""The router's settings: limits and timeouts, saturation bounds, identity of cohorts, admin token."""
+"""The router's settings: limits and timeouts, saturation bounds, identity of cohorts, admin token,
+and where it listens."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kvplan.router.endpoints import Saturation
+from kvplan.router.outlier import Ejection
+from kvplan.router.server import HttpLimits
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_body: int = 4 * 1024 * 1024  # bytes; larger bodies get 413
     connect_timeout: float = 2.0
     first_byte_timeout: float = 300.0  # a non-streaming response's head comes after the whole generation
     idle_timeout: float = 120.0  # between two upstream bytes once the response started
@@ -18,14 +21,24 @@ class Limits:
     retry_after: int = 1  # seconds, in 429s from the router
     probe_interval: float = 1.0
     probe_timeout: float = 1.0
+    probe_failures: int = 3  # probes failed in a row that mark a healthy endpoint unhealthy
     reload_interval: float = 1.0
-    ejection_seconds: float = 5.0  # minimum time out of rotation after a passive ejection
+    ejection: Ejection = field(default_factory=Ejection)  # passive ejection by requests
     controller_poll: float = 1.0  # embedded rollout controller: seconds between ticks
+
+
+class Listen(NamedTuple):
+    host: str
+    port: int  # 0: any free port
+
+
+MIN_ADMIN_TOKEN = 16  # characters; a shorter admin token is refused at start
 
 
 @dataclass
 class Settings:
     limits: Limits = field(default_factory=Limits)
+    http: HttpLimits = field(default_factory=HttpLimits)  # every client input, on every listener
     saturation: Saturation = field(default_factory=Saturation)
     cohort_header: bytes | None = None  # lower-case header name whose value is the cohort key
     admin_token: str | None = None

@@ -8,12 +8,15 @@ Timeouts are deadlines checked by one sweeper (`sweep`) instead of a timer per r
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import httptools
 
 from kvplan.metric_names import ErrorKind
 from kvplan.router.transport import Address, Exchange, Sink, UpstreamError
+
+log = logging.getLogger("kvplan.router")
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade"}
@@ -46,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_timeout = 0.0
         self.keep_alive = False
         self.forwarded = False  # the head went to the client: no retry from here on
+        self.answered = False  # the whole response arrived: any further byte is not ours
         self.on_head: Callable[[Exchange], bool] | None = None
 
     # -- protocol --
@@ -53,6 +57,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.answered or not self.uses:
+            self._overrun()  # bytes no request asked for (past a Content-Length, or unprompted)
+            return
         self.got_bytes = True
         if self.idle_timeout:
             self.deadline = self._loop.time() + self.idle_timeout
@@ -65,6 +72,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if not self.done.done():
             self.fail(ErrorKind.PROTOCOL, f"upstream closed the connection ({exc or 'EOF'})")
+
+    def on_message_begin(self) -> None:
+        if self.answered:  # a second response in the same bytes: never let it answer the next request
+            self._overrun()
+            raise httptools.HttpParserError("bytes after the response")
+
+    def _overrun(self) -> None:
+        if not self.closed:
+            log.warning("upstream %s:%d sent bytes past its response; connection closed", *self.address)
+        self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -90,6 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._early.append(body)
 
     def on_message_complete(self) -> None:
+        self.answered = True
         self.keep_alive = self._parser.should_keep_alive()
         self.deadline = 0.0
         if not self.done.done():

@@ -75,7 +75,9 @@ def test_a_router_starts_without_redis_on_plan_defaults_and_says_so(tmp_path: Pa
     url = f"redis://127.0.0.1:{free_port()}/0"
     router = Router(tmp_path, "router", plan_file, url)
     try:
-        state = httpx.get(f"{router.url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        state = httpx.get(
+            f"{router.admin_url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}
+        ).json()
         assert state["source"] == "plan" and state["buckets"]["32k"]["weight"] == 10
         assert url in (tmp_path / "router.log").read_text()
     finally:

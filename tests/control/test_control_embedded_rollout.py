@@ -81,12 +81,15 @@ def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[
     admin = {"Authorization": "Bearer control-test-token"}
 
     def flags() -> dict[str, Any]:
-        state = httpx.get(router.url + "/admin/state", headers=admin, timeout=5).json()
+        state = httpx.get(router.admin_url + "/admin/state", headers=admin, timeout=5).json()
         return dict(state["buckets"][BUCKET])
 
     def call(op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         resp = httpx.post(
-            f"{router.url}/admin/buckets/{BUCKET}/rollout/{op}", json=body or {}, headers=admin, timeout=5
+            f"{router.admin_url}/admin/buckets/{BUCKET}/rollout/{op}",
+            json=body or {},
+            headers=admin,
+            timeout=5,
         )
         assert resp.status_code == 200, resp.text
         return dict(resp.json()["after"])
@@ -117,7 +120,7 @@ def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[
             lambda: (
                 not any(
                     e["healthy"]
-                    for e in httpx.get(router.url + "/admin/state", headers=admin, timeout=5).json()[
+                    for e in httpx.get(router.admin_url + "/admin/state", headers=admin, timeout=5).json()[
                         "endpoints"
                     ]
                     if e["pool"] == CANDIDATE
@@ -136,12 +139,12 @@ def test_embedded_rollout_advances_then_aborts_on_candidate_errors(stack: tuple[
 
     final = flags()
     assert (final["weight"], final["killed"], final["effective_weight"]) == (0, True, 0)
-    hist = httpx.get(router.url + f"/admin/history?bucket={BUCKET}", headers=admin, timeout=5).json()
+    hist = httpx.get(router.admin_url + f"/admin/history?bucket={BUCKET}", headers=admin, timeout=5).json()
     actions = [(e["actor"], e["action"]) for e in hist["entries"]]
     ctl = "rollout-controller@router"
     assert (ctl, "rollout:advance") in actions
     assert actions[-1] == (ctl, "rollout:abort"), actions
     assert "analysis failed 2x" in hist["entries"][-1]["reason"]
     # the controller's own metrics are on the router's /metrics
-    metrics = httpx.get(router.url + "/metrics", timeout=5).text
+    metrics = httpx.get(router.admin_url + "/metrics", timeout=5).text
     assert f'{cm.ROLLOUT_ABORTS}_total{{bucket="{BUCKET}"}} 1.0' in metrics

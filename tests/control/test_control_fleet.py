@@ -154,7 +154,7 @@ def decisions(router: Router) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
-    text = httpx.get(f"{router.url}/metrics", timeout=5).text
+    text = httpx.get(f"{router.admin_url}/metrics", timeout=5).text
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "kvplan_router_decisions_total":
@@ -258,11 +258,13 @@ def test_redis_outage_changes_nothing_and_a_restart_is_resynced(fleet: Fleet) ->
         async with httpx.AsyncClient(timeout=5) as client:
             for r in fleet.routers:
                 state = (
-                    await client.get(f"{r.url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"})
+                    await client.get(
+                        f"{r.admin_url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}
+                    )
                 ).json()
                 assert state["epoch"] != old_epoch
                 assert state["buckets"][BUCKET]["weight"] == 40  # re-seeded from the routers' last state
-            denied = await client.get(f"{fleet.routers[0].url}/admin/state")
+            denied = await client.get(f"{fleet.routers[0].admin_url}/admin/state")
             assert denied.status_code == 401 and "token" in denied.json()["error"]["message"]
 
     asyncio.run(main())

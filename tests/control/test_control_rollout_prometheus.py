@@ -61,7 +61,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[RedisServer, Router, Prometheus, Pat
     router = Router(tmp_path, "router", plan_path, redis.url)
     prom = Prometheus(
         tmp_path,
-        {"router": [(router.url, {})], "vllm": [(s.url, {"pool": p}) for p, s in sims.items()]},
+        {"router": [(router.admin_url, {})], "vllm": [(s.url, {"pool": p}) for p, s in sims.items()]},
     )
     try:
         yield redis, router, prom, plan_path
@@ -127,7 +127,7 @@ def test_slow_candidate_is_aborted_and_healthy_one_promoted(
         stop_traffic.set()
         await load
         assert not failures, failures[:3]
-        router_totals = totals_from_text(httpx.get(f"{router.url}/metrics").text, plan.slo)
+        router_totals = totals_from_text(httpx.get(f"{router.admin_url}/metrics").text, plan.slo)
         assert router_totals[("16k", "b16k-int4")].requests > 0
         await source.close()
         await store.close()

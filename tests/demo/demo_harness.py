@@ -28,7 +28,8 @@ __all__ = ["Running", "alerts", "cli", "demo_process", "query", "stop_with_sigin
 @dataclass
 class Running:
     proc: subprocess.Popen[str]
-    router: str
+    router: str  # the OpenAI API
+    admin: str  # the router's admin API and /metrics
     prometheus: str
     token: str
     output: list[str]
@@ -86,7 +87,7 @@ def demo_process(*extra: str) -> Iterator[Running]:
     try:
         ready = _read_until_ready(proc, output, 120)
         fields = dict(re.findall(r"(\w+)=(\S*)", ready))
-        yield Running(proc, fields["router"], fields["prometheus"], fields["token"], output)
+        yield Running(proc, fields["router"], fields["admin"], fields["prometheus"], fields["token"], output)
     finally:
         if proc.poll() is None:
             proc.kill()

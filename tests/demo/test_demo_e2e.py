@@ -34,7 +34,7 @@ def test_demo_prints_urls_and_serves_openai_requests(running: Running) -> None:
 
 
 def test_kill_switch_and_weight_step_from_a_second_terminal(running: Running) -> None:
-    wrong = httpx.post(f"{running.router}/admin/buckets/32k/kill", headers={"Authorization": "Bearer no"})
+    wrong = httpx.post(f"{running.admin}/admin/buckets/32k/kill", headers={"Authorization": "Bearer no"})
     assert wrong.status_code == 401
     run = cli(running, "flags", "kill", "--bucket", "32k", "--reason", "e2e test")
     assert run.returncode == 0 and "32k: KILLED" in run.stdout, run.stdout + run.stderr

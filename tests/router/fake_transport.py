@@ -35,6 +35,7 @@ class Reply:
     stale: bool = False  # with `fail`: a reused keep-alive connection the server had closed
     break_after: int | None = None  # fail (PROTOCOL) after this many body chunks
     hang: bool = False  # no head: fails with FIRST_BYTE_TIMEOUT after the first-byte timeout
+    gap: float = 0.0  # seconds between body chunks (0: one loop turn)
 
 
 Script = Callable[[Address, bytes], Reply]
@@ -143,11 +144,17 @@ class FakeExchange:
         if i == len(reply.chunks):
             self.done.set_result(True)
             return
+        if self.paused:  # the client's write buffer is full: the router stopped reading us
+            self.loop.call_later(0.01, self._body, reply, i)
+            return
         if not self.first_body_at:
             self.first_body_at = self.loop.time()
         assert self._sink is not None
         self._sink(reply.chunks[i])
-        self.loop.call_soon(self._body, reply, i + 1)
+        if reply.gap:
+            self.loop.call_later(reply.gap, self._body, reply, i + 1)
+        else:
+            self.loop.call_soon(self._body, reply, i + 1)
 
     def forward_headers(self) -> list[tuple[bytes, bytes]]:
         return list(self._headers)

@@ -13,7 +13,8 @@ from fake_transport import FakeTransport
 from kvplan.control.state import MemoryFlagStore
 from kvplan.plan import Plan
 from kvplan.router.app import Router
-from kvplan.router.settings import Limits, Settings
+from kvplan.router.server import HttpLimits
+from kvplan.router.settings import Limits, Listen, Settings
 
 TOKEN = "test-admin-token"
 # Background probes every hour: tests run a probe round themselves when they mean one.
@@ -27,12 +28,13 @@ def address(url: str) -> tuple[str, int]:
 
 @asynccontextmanager
 async def serving(
-    plan: dict[str, Any], transport: FakeTransport, **limits: Any
+    plan: dict[str, Any], transport: FakeTransport, http: HttpLimits | None = None, **limits: Any
 ) -> AsyncIterator[tuple[Router, httpx.AsyncClient]]:
+    """The router on the API and admin listeners (loopback, free ports), and a client of its API."""
     p = Plan.model_validate(plan)
-    settings = Settings(limits=replace(QUIET, **limits), admin_token=TOKEN)
+    settings = Settings(limits=replace(QUIET, **limits), http=http or HttpLimits(), admin_token=TOKEN)
     router = Router(p, MemoryFlagStore(p), settings, transport=transport)
-    await router.start("127.0.0.1", 0)
+    await router.start(Listen("127.0.0.1", 0), Listen("127.0.0.1", 0))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}", timeout=10) as client:
             yield router, client

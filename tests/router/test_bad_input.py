@@ -14,14 +14,19 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProc]:
     b = Backend("a")
     path = tmp_path_factory.mktemp("bad") / "pools.yaml"
     path.write_text(yaml.safe_dump(plan_dict([b.url])))
-    r = RouterProc(path, "--max-body", "2048")
-    yield r.url
+    r = RouterProc(path, "--max-body", "2048", "--metrics-port", "0")
+    yield r
     r.stop()
     b.stop()
+
+
+@pytest.fixture(scope="module")
+def base(served: RouterProc) -> str:
+    return served.url
 
 
 def _error(r: httpx.Response, status: int) -> dict[str, object]:
@@ -101,11 +106,20 @@ def test_unknown_path_and_wrong_method(base: str) -> None:
     _error(httpx.get(base + CHAT, timeout=5), 405)
 
 
-def test_missing_or_wrong_admin_token_401(base: str) -> None:
+def test_missing_or_wrong_admin_token_401(served: RouterProc) -> None:
+    admin = served.admin_url
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
-        err = _error(httpx.get(base + "/admin/state", headers=headers, timeout=5), 401)
+        err = _error(httpx.get(admin + "/admin/state", headers=headers, timeout=5), 401)
         assert err["type"] == "authentication_error"
-    _error(httpx.post(base + "/admin/buckets/short/kill", timeout=5), 401)
+    _error(httpx.post(admin + "/admin/buckets/short/kill", timeout=5), 401)
+    # the API listener has no admin API and no /metrics; a separate listener serves /metrics alone
+    _error(httpx.get(served.url + "/admin/state", headers=served.admin, timeout=5), 404)
+    _error(httpx.get(served.url + "/metrics", timeout=5), 404)
+    assert served.metrics_url != served.admin_url
+    metrics = httpx.get(served.metrics_url + "/metrics", timeout=5)
+    assert metrics.status_code == 200
+    assert 'kvplan_router_admin_auth_failures_total{reason="wrong"}' in metrics.text
+    _error(httpx.get(served.metrics_url + "/admin/state", headers=served.admin, timeout=5), 404)
 
 
 def test_malformed_http_is_400_not_a_crash(base: str) -> None:
@@ -120,13 +134,13 @@ def test_malformed_http_is_400_not_a_crash(base: str) -> None:
     assert httpx.get(base + "/health", timeout=5).status_code == 200
 
 
-def test_oversized_headers_400_and_expect_continue(base: str) -> None:
+def test_oversized_headers_431_and_expect_continue(base: str) -> None:
     import socket
     from urllib.parse import urlsplit
 
     u = urlsplit(base)
     huge = httpx.get(base + "/health", headers={"x-filler": "a" * 70_000}, timeout=5)
-    assert huge.status_code == 400
+    _error(huge, 431)
     body = b'{"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}'
     with socket.create_connection((u.hostname, u.port), timeout=5) as s:
         s.sendall(
@@ -157,6 +171,11 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         taken = serve("--plan", str(plan), "--port", str(busy.getsockname()[1]))
     assert taken.returncode == 2 and taken.stderr.strip().startswith("error: cannot listen on")
     assert "Traceback" not in taken.stderr and len(taken.stderr.strip().splitlines()) == 1
+    token = tmp_path / "short.token"
+    token.write_text("hunter2\n")
+    weak = serve("--plan", str(plan), "--port", "0", "--admin-port", "0", "--admin-token-file", str(token))
+    assert weak.returncode == 2 and "at least 16" in weak.stderr and "hunter2" not in weak.stderr
+    assert len(weak.stderr.strip().splitlines()) == 1
     for choice, field in (
         ({"policy": "least-busy"}, "endpoint_choice.policy"),
         ({"policy": "prefix-cache", "load_bound": -2}, "endpoint_choice.load_bound"),

@@ -59,7 +59,7 @@ def test_killed_endpoint_under_load_loses_only_started_streams(
     for stream, status, got, _, error in failed:
         # only a stream that had already delivered bytes may break
         assert stream and status == 200 and got > 0, (stream, status, got, error)
-    served_after_kill = httpx.get(r.url + "/metrics", timeout=5).text
+    served_after_kill = httpx.get(r.admin_url + "/metrics", timeout=5).text
     assert f'kvplan_router_endpoint_healthy{{endpoint="{a.url}",pool="short-bf16"}} 0.0' in served_after_kill
 
 

@@ -212,22 +212,108 @@ def test_a_4xx_is_never_an_endpoint_fault_nor_retried(status: int) -> None:
     run(plan_dict([A, B]), t, scenario)
 
 
-def test_5xx_retries_elsewhere_and_three_in_a_row_eject_until_a_probe_after_the_ejection_time() -> None:
+def test_a_500_is_retried_elsewhere_but_never_ejects_the_endpoint() -> None:
+    """A prompt the worker rejects with 500 is the request's doing: any client could send it."""
     t = FakeTransport()
     t.script(address(A), Reply(status=500, chunks=(b"Internal Server Error",)))
 
     async def scenario(router: Router, client: httpx.AsyncClient) -> None:
         for _ in range(30):
-            r = await client.post(CHAT, json=BODY)
-            assert r.status_code == 200
+            assert (await client.post(CHAT, json=BODY)).status_code == 200
         a = endpoint(router, A)
-        assert t.completions_to(address(A)) == 3 and a.healthy is False  # type: ignore[attr-defined]
+        failed = t.completions_to(address(A))
+        assert failed > 10 and a.healthy is True  # type: ignore[attr-defined]  # well past 5 in a row
+        assert counter(router, "upstream_errors", "short-bf16", "http_5xx") == failed
+
+    run(plan_dict([A, B]), t, scenario)
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_errors_in_a_row_eject_until_a_probe_after_the_ejection_time(status: int) -> None:
+    t = FakeTransport()
+    t.script(address(A), Reply(status=status, chunks=(b"Bad Gateway",)))
+
+    async def scenario(router: Router, client: httpx.AsyncClient) -> None:
+        for _ in range(30):
+            assert (await client.post(CHAT, json=BODY)).status_code == 200
+        a = endpoint(router, A)
+        assert t.completions_to(address(A)) == 5 and a.healthy is False  # type: ignore[attr-defined]
         await probe_all(router.table.endpoints.values(), router.upstream, 1.0)
         assert a.healthy is False  # type: ignore[attr-defined]  # still inside its ejection time
         a.ejected_until = 0.0  # type: ignore[attr-defined]  # the ejection time is over
         t.script(address(A), Reply())
         await probe_all(router.table.endpoints.values(), router.upstream, 1.0)
         assert a.healthy is True and a.failures == 0  # type: ignore[attr-defined]
+
+    run(plan_dict([A, B]), t, scenario)
+
+
+def test_an_answer_between_gateway_errors_resets_the_count() -> None:
+    t = FakeTransport()
+    calls = [0]
+
+    def every_fifth_ok(addr: tuple[str, int], request: bytes) -> Reply:
+        calls[0] += 1
+        return Reply() if calls[0] % 5 == 0 else Reply(fail=ErrorKind.PROTOCOL)
+
+    t.script(address(A), every_fifth_ok)
+
+    async def scenario(router: Router, client: httpx.AsyncClient) -> None:
+        for _ in range(40):
+            assert (await client.post(CHAT, json=BODY)).status_code == 200
+        assert endpoint(router, A).healthy is True  # type: ignore[attr-defined]  # never 5 in a row
+
+    run(plan_dict([A, B]), t, scenario)
+
+
+def test_requests_alone_never_eject_more_than_half_a_pool() -> None:
+    """Every endpoint fails every request (as a request that crashes workers would make them): one
+    of two is ejected, the other keeps taking requests; a pool of one is never ejected by requests."""
+    t = FakeTransport()
+    for url in (A, B, C):
+        t.script(address(url), Reply(fail=ErrorKind.PROTOCOL))
+
+    async def scenario(router: Router, client: httpx.AsyncClient) -> None:
+        for _ in range(30):
+            r = await client.post(CHAT, json=BODY)
+            assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+            assert "127.0.0.1" not in r.text  # internal addresses stay inside
+        healthy = {url: endpoint(router, url).healthy for url in (A, B, C)}  # type: ignore[attr-defined]
+        assert sorted(healthy[u] for u in (B, C)) == [False, True] and healthy[A] is True
+
+    run(plan_dict([A], [B, C], weight=100), t, scenario)
+
+
+def test_probes_need_three_failures_in_a_row() -> None:
+    t = FakeTransport()
+
+    async def scenario(router: Router, client: httpx.AsyncClient) -> None:
+        a = endpoint(router, A)
+        t.health[address(A)] = 503
+        for expected in (True, True, False):
+            await probe_all(router.table.endpoints.values(), router.upstream, 1.0, 3)
+            assert a.healthy is expected  # type: ignore[attr-defined]
+        t.health[address(A)] = 200
+        await probe_all(router.table.endpoints.values(), router.upstream, 1.0, 3)
+        assert a.healthy is True  # type: ignore[attr-defined]
+        t.health[address(A)] = 503  # a miss between answers starts the count again
+        await probe_all(router.table.endpoints.values(), router.upstream, 1.0, 3)
+        t.health[address(A)] = 200
+        await probe_all(router.table.endpoints.values(), router.upstream, 1.0, 3)
+        t.health[address(A)] = 503
+        for _ in range(2):
+            await probe_all(router.table.endpoints.values(), router.upstream, 1.0, 3)
+        assert a.healthy is True  # type: ignore[attr-defined]
+
+    run(plan_dict([A, B]), t, scenario)
+
+
+def test_an_endpoint_that_never_answered_is_down_at_the_first_failed_probe() -> None:
+    t = FakeTransport()
+    t.health[address(A)] = 503
+
+    async def scenario(router: Router, client: httpx.AsyncClient) -> None:
+        assert endpoint(router, A).healthy is False  # type: ignore[attr-defined]  # the start-up round
 
     run(plan_dict([A, B]), t, scenario)
 
@@ -248,15 +334,45 @@ def test_backpressure_is_retried_elsewhere_and_never_a_fault() -> None:
     run(plan_dict([A, B]), t, scenario)
 
 
-def test_the_last_endpoints_5xx_is_answered_not_retried() -> None:
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (500, b"Internal Server Error", "The upstream server answered 500 Internal Server Error."),
+        (400, b'{"error": {"message": "bad prompt", "type": "BadRequestError", "code": 400}}', "bad prompt"),
+        (400, b'{"object": "error", "message": "too long", "type": "BadRequestError"}', "too long"),
+        (422, b'{"detail": "no such field"}', "no such field"),
+    ],
+)
+def test_the_last_endpoints_error_is_answered_in_openais_shape(
+    status: int, body: bytes, message: str
+) -> None:
     t = FakeTransport()
-    t.script(address(A), Reply(status=500))
+    t.script(
+        address(A),
+        Reply(status=status, chunks=(body[:5], body[5:]), headers=((b"content-type", b"text/plain"),)),
+    )
 
     async def scenario(router: Router, client: httpx.AsyncClient) -> None:
-        assert (await client.post(CHAT, json=BODY)).status_code == 500
+        r = await client.post(CHAT, json=BODY)
+        assert r.status_code == status and r.headers["content-type"] == "application/json"
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["message"] == message
+        assert r.headers["x-kvplan-pool"] == "short-bf16"
         assert len(t.sent) == 1
 
     run(plan_dict([A]), t, scenario)
+
+
+def test_a_candidates_5xx_is_retried_on_the_baseline() -> None:
+    t = FakeTransport()
+    t.script(address(B), Reply(status=500))
+
+    async def scenario(router: Router, client: httpx.AsyncClient) -> None:
+        r = await client.post(CHAT, json=BODY)
+        assert r.status_code == 200 and r.headers["x-kvplan-pool"] == "short-bf16"
+        assert [a for a, _ in t.sent] == [address(B), address(A)]
+
+    run(plan_dict([A], [B], weight=100), t, scenario)
 
 
 def test_a_first_byte_timeout_is_retried_elsewhere() -> None:

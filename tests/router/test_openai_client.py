@@ -128,6 +128,6 @@ def test_too_long_is_400_context_length_exceeded(oai: openai.OpenAI) -> None:
 def test_admin_token_is_not_needed_for_inference_but_for_admin(sim_router: RouterProc) -> None:
     import httpx
 
-    assert httpx.get(f"{sim_router.url}/admin/state").status_code == 401
-    ok = httpx.get(f"{sim_router.url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert httpx.get(f"{sim_router.admin_url}/admin/state").status_code == 401
+    ok = httpx.get(f"{sim_router.admin_url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["buckets"]["short"]["weight"] == 50

@@ -42,7 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RouterProc
 def _post(r: RouterProc, path: str, body: Any = None, token: str | None = TOKEN) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     kw: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-    return httpx.post(r.url + path, headers=headers, timeout=10, **kw)
+    return httpx.post(r.admin_url + path, headers=headers, timeout=10, **kw)
 
 
 def _error(resp: httpx.Response, status: int) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def test_rollout_calls_need_the_admin_token(
 ) -> None:
     r, _ = stack
     _error(_post(r, f"/admin/buckets/short/rollout/{op}", {}, token=token), 401)
-    state = httpx.get(r.url + "/admin/state", headers=r.admin, timeout=5).json()
+    state = httpx.get(r.admin_url + "/admin/state", headers=r.admin, timeout=5).json()
     assert state["buckets"]["short"]["rollout"] == "idle"  # nothing happened
 
 
@@ -81,7 +81,7 @@ def test_start_pause_resume_abort_through_the_admin_api(stack: tuple[RouterProc,
     aborted = _post(r, url + "abort", {"actor": "ops", "reason": "looks wrong"}).json()["after"]
     assert (aborted["rollout"], aborted["weight"], aborted["killed"]) == ("aborted", 0, True)
 
-    hist = httpx.get(r.url + "/admin/history?bucket=long", headers=r.admin, timeout=5).json()["entries"]
+    hist = httpx.get(r.admin_url + "/admin/history?bucket=long", headers=r.admin, timeout=5).json()["entries"]
     assert [e["action"] for e in hist] == [f"rollout:{op}" for op in ("start", "pause", "resume", "abort")]
     assert hist[-1]["reason"] == "looks wrong" and hist[-1]["actor"] == "ops"
     log = r.log()
@@ -118,7 +118,7 @@ def test_bad_rollout_calls_get_a_clear_error(
     r, _ = stack
     err = _error(_post(r, f"/admin/buckets/{path}", body), status)
     assert needle in err["message"], err["message"]
-    state = httpx.get(r.url + "/admin/state", headers=r.admin, timeout=5).json()
+    state = httpx.get(r.admin_url + "/admin/state", headers=r.admin, timeout=5).json()
     assert state["buckets"]["short"]["rollout"] == "idle"
 
 
@@ -127,7 +127,7 @@ def test_the_rollout_cli_speaks_to_the_router(stack: tuple[RouterProc, Path], tm
     r, _ = stack
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    common = ["--bucket", "short", "--router", r.url, "--admin-token-file", str(token)]
+    common = ["--bucket", "short", "--router", r.admin_url, "--admin-token-file", str(token)]
 
     def kvplan(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -156,7 +156,7 @@ def test_the_rollout_cli_speaks_to_the_router(stack: tuple[RouterProc, Path], tm
 
 def _itl(r: RouterProc) -> dict[str, dict[str, float]]:
     """pool -> {le: cumulative count} of the ITL histogram in bucket 'short', and the sums."""
-    text = httpx.get(r.url + "/metrics", timeout=5).text
+    text = httpx.get(r.admin_url + "/metrics", timeout=5).text
     out: dict[str, dict[str, float]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

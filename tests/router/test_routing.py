@@ -30,7 +30,7 @@ def _pools(base: str, n: int = 60) -> Counter[str]:
 
 
 def _state(r: RouterProc) -> dict[str, object]:
-    s = httpx.get(r.url + "/admin/state", headers=r.admin, timeout=5)
+    s = httpx.get(r.admin_url + "/admin/state", headers=r.admin, timeout=5)
     assert s.status_code == 200
     data: dict[str, object] = s.json()
     return data
@@ -44,7 +44,7 @@ def test_admin_weight_kill_unkill_history_and_logs(
     assert set(_pools(r.url, 20)) == {"short-bf16"}
 
     w = httpx.post(
-        r.url + "/admin/buckets/short/weight",
+        r.admin_url + "/admin/buckets/short/weight",
         json={"weight": 100, "reason": "ramp"},
         headers=r.admin,
         timeout=5,
@@ -52,21 +52,27 @@ def test_admin_weight_kill_unkill_history_and_logs(
     assert w.status_code == 200 and w.json()["after"]["weight"] == 100
     assert set(_pools(r.url, 20)) == {"short-int8"}
 
-    assert httpx.post(r.url + "/admin/buckets/short/kill", headers=r.admin, timeout=5).status_code == 200
+    assert (
+        httpx.post(r.admin_url + "/admin/buckets/short/kill", headers=r.admin, timeout=5).status_code == 200
+    )
     assert set(_pools(r.url, 20)) == {"short-bf16"}
     state = _state(r)
     assert state["buckets"]["short"]["killed"] is True and state["version"] == 2  # type: ignore[index]
 
-    assert httpx.post(r.url + "/admin/buckets/short/unkill", headers=r.admin, timeout=5).status_code == 200
+    assert (
+        httpx.post(r.admin_url + "/admin/buckets/short/unkill", headers=r.admin, timeout=5).status_code == 200
+    )
     assert set(_pools(r.url, 20)) == {"short-int8"}
 
-    hist = httpx.get(r.url + "/admin/history", headers=r.admin, timeout=5).json()["entries"]
+    hist = httpx.get(r.admin_url + "/admin/history", headers=r.admin, timeout=5).json()["entries"]
     assert [e["action"] for e in hist] == ["set-weight", "kill", "unkill"]
-    bad = httpx.post(r.url + "/admin/buckets/short/weight", json={"weight": 101}, headers=r.admin, timeout=5)
+    bad = httpx.post(
+        r.admin_url + "/admin/buckets/short/weight", json={"weight": 101}, headers=r.admin, timeout=5
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "weight"
-    unknown = httpx.post(r.url + "/admin/buckets/huge/kill", headers=r.admin, timeout=5)
+    unknown = httpx.post(r.admin_url + "/admin/buckets/huge/kill", headers=r.admin, timeout=5)
     assert unknown.status_code == 404
-    plan = httpx.get(r.url + "/admin/plan", headers=r.admin, timeout=5).json()
+    plan = httpx.get(r.admin_url + "/admin/plan", headers=r.admin, timeout=5).json()
     assert plan["buckets"][0]["name"] == "short"
     log = r.log()
     assert (log.count("admin ") == 3 and "set-weight" not in log) or "admin weight" in log
@@ -108,7 +114,7 @@ def test_unhealthy_or_saturated_candidate_falls_back_to_baseline(
     assert set(_pools(r.url, 10)) == {"short-bf16"}
     b.control(health_status=200)
     poll(lambda: set(_pools(r.url, 5)) == {"short-int8"}, what="candidate recovered")
-    metrics = httpx.get(r.url + "/metrics", timeout=5).text
+    metrics = httpx.get(r.admin_url + "/metrics", timeout=5).text
     assert 'kvplan_router_decisions_total{bucket="short",pool="short-bf16",reason="fallback"}' in metrics
 
 
@@ -126,7 +132,7 @@ def test_4xx_is_the_clients_and_5xx_retries_elsewhere(
     b.control(status=200)
     backends_seen = Counter(_chat(r.url).headers.get("x-backend") for _ in range(20))
     assert backends_seen == {"b": 20}  # every request that hit a's 500 was retried on b
-    metrics = httpx.get(r.url + "/metrics", timeout=5).text
+    metrics = httpx.get(r.admin_url + "/metrics", timeout=5).text
     assert 'kvplan_router_upstream_errors_total{kind="http_5xx",pool="short-bf16"}' in metrics
 
 
@@ -246,7 +252,7 @@ def test_first_byte_timeout_retries_on_another_endpoint(
     served = Counter(_chat(r.url, user=f"u{i}").headers.get("x-backend") for i in range(6))
     assert served == {"b": 6}
     assert time.monotonic() - started < 5  # nobody waited for a's 5 s
-    metrics = httpx.get(r.url + "/metrics", timeout=5).text
+    metrics = httpx.get(r.admin_url + "/metrics", timeout=5).text
     assert (
         'kvplan_router_upstream_errors_total{kind="first_byte_timeout",pool="short-bf16"} 0.0' not in metrics
     )

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kvplan.procs import ROUTER_READY, ready_url
+from kvplan.procs import router_urls
 from support import ROOT
 from support.procs import stop
 
@@ -22,7 +22,8 @@ class RouterProcess:
         name = name or plan_path.stem
         self.plan_path = plan_path
         self.log_path = plan_path.parent / f"{name}.log"
-        cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(plan_path), "--port", "0", *args]
+        cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(plan_path), "--port", "0"]
+        cmd += ["--admin-port", "0", *args]
         self.admin: dict[str, str] = {}
         if token is not None:
             token_file = plan_path.parent / f"{name}.token"
@@ -39,7 +40,10 @@ class RouterProcess:
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         try:
-            self.url = ready_url(self.proc, ROUTER_READY, timeout)
+            urls = router_urls(self.proc, timeout)
+            self.url = urls["api"]  # the OpenAI API
+            self.admin_url = urls["admin"]  # the admin API and /metrics
+            self.metrics_url = urls.get("metrics", self.admin_url)
         except BaseException:
             stop(self.proc)
             raise

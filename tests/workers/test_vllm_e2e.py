@@ -139,11 +139,11 @@ def test_greedy_agreement_int8_vs_baseline(stack: Stack, capsys: pytest.CaptureF
 def test_router_and_vllm_metrics_show_the_traffic(stack: Stack) -> None:
     endpoints = stack.workers.endpoints()
     before = {p: _vllm_successes(endpoints[p][0]) for p in (BASELINE, CANDIDATE)}
-    router_before = httpx.get(f"{stack.router.url}/metrics").text
+    router_before = httpx.get(f"{stack.router.admin_url}/metrics").text
     for pool in (BASELINE, CANDIDATE):
         for _ in range(2):
             chat(stack, pool, "Say hello.", max_tokens=4)
-    router_after = httpx.get(f"{stack.router.url}/metrics").text
+    router_after = httpx.get(f"{stack.router.admin_url}/metrics").text
     for pool in (BASELINE, CANDIDATE):
         name = "kvplan_router_requests_total"
         sent = metric_sum(router_after, name, pool=pool, outcome="ok") - metric_sum(

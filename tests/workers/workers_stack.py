@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from kvplan.procs import router_urls
+
 REPO = Path(__file__).resolve().parents[2]
 KVPLAN = str(Path(sys.executable).with_name("kvplan"))
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -152,20 +154,22 @@ class Workers:
 @dataclass
 class Router:
     proc: subprocess.Popen[str]
-    url: str
+    url: str  # the OpenAI API
+    admin_url: str  # the admin API and /metrics
 
     @classmethod
     def serve(cls, plan: Path) -> Router:
         proc = subprocess.Popen(
-            [KVPLAN, "serve", "--plan", str(plan), "--port", "0", "--log-level", "warning"],
+            [KVPLAN, "serve", "--plan", str(plan), "--port", "0", "--admin-port", "0",
+             "--log-level", "warning"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # "kvplan router listening on http://host:port"
-        if "listening on" not in line:
+        try:
+            urls = router_urls(proc, 60)
+        except (RuntimeError, TimeoutError) as exc:
             stop_group(proc, 5)
-            raise AssertionError(f"router did not start: {line}{proc.stdout.read()}")
-        return cls(proc, line.rsplit(" ", 1)[-1].strip())
+            raise AssertionError(f"router did not start: {exc}") from exc
+        return cls(proc, urls["api"], urls["admin"])
 
     def stop(self) -> None:
         stop_group(self.proc, 10)
