@@ -34,14 +34,15 @@ def flags(router_url: str, tmp_path: Path, *args: str, **kw: Any) -> subprocess.
 
 
 def history(router: Router) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = httpx.get(f"{router.url}/admin/history", headers=ADMIN).json()["entries"]
+    resp = httpx.get(f"{router.admin_url}/admin/history", headers=ADMIN)
+    entries: list[dict[str, Any]] = resp.json()["entries"]
     return entries
 
 
 def test_a_write_whose_answer_is_lost_is_reported_from_the_audit_trail(
     router: Router, tmp_path: Path
 ) -> None:
-    proxy = LossyProxy(int(router.url.rsplit(":", 1)[1]))
+    proxy = LossyProxy(int(router.admin_url.rsplit(":", 1)[1]))
     try:
         proxy.lose_reply_to(b"POST /admin/buckets/8k/weight")
         run = flags(proxy.url, tmp_path, "set-weight", "--bucket", "8k", "--weight", "30", "--reason", "step")
@@ -63,9 +64,9 @@ def test_a_write_whose_answer_is_lost_is_reported_from_the_audit_trail(
     ],
 )
 def test_a_reason_is_one_bounded_line(router: Router, tmp_path: Path, reason: str, refusal: str) -> None:
-    run = flags(router.url, tmp_path, "kill", "--bucket", "8k", "--reason", reason)
+    run = flags(router.admin_url, tmp_path, "kill", "--bucket", "8k", "--reason", reason)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and refusal in run.stderr, run.stderr
-    api = httpx.post(f"{router.url}/admin/buckets/8k/kill", json={"reason": reason}, headers=ADMIN)
+    api = httpx.post(f"{router.admin_url}/admin/buckets/8k/kill", json={"reason": reason}, headers=ADMIN)
     assert api.status_code == 400 and refusal in api.json()["error"]["message"], api.text
     assert history(router) == []  # nothing was written
 
@@ -79,7 +80,7 @@ def test_history_prints_a_stored_control_character_as_an_escape() -> None:
 
 @pytest.mark.parametrize("limit", ["-5", "0", "abc", "10001"])
 def test_a_bad_history_limit_is_a_400_in_openai_shape(router: Router, limit: str) -> None:
-    resp = httpx.get(f"{router.url}/admin/history", params={"limit": limit}, headers=ADMIN)
+    resp = httpx.get(f"{router.admin_url}/admin/history", params={"limit": limit}, headers=ADMIN)
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
     assert (

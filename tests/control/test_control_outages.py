@@ -33,7 +33,7 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def admin_state(router: Router) -> dict[str, Any]:
-    state: dict[str, Any] = httpx.get(f"{router.url}/admin/state", headers=ADMIN, timeout=5).json()
+    state: dict[str, Any] = httpx.get(f"{router.admin_url}/admin/state", headers=ADMIN, timeout=5).json()
     return state
 
 
@@ -54,7 +54,9 @@ def test_redis_restarted_empty_under_paused_routers_keeps_the_kill(
     fleet: list[Router], redis_server: RedisServer, plan_file: Path
 ) -> None:
     kill = httpx.post(
-        f"{fleet[0].url}/admin/buckets/32k/kill", json={"actor": "oncall", "reason": "bad"}, headers=ADMIN
+        f"{fleet[0].admin_url}/admin/buckets/32k/kill",
+        json={"actor": "oncall", "reason": "bad"},
+        headers=ADMIN,
     )
     assert kill.status_code == 200, kill.text
     poll(lambda: all(admin_state(r)["buckets"]["32k"]["killed"] for r in fleet), 10, "the kill everywhere")
@@ -89,7 +91,7 @@ def test_redis_restarted_empty_under_paused_routers_keeps_the_kill(
     redis_server.cli("CLIENT", "KILL", "TYPE", "normal")
     for i, r in enumerate(fleet):
         resp = httpx.post(
-            f"{r.url}/admin/buckets/8k/weight", json={"weight": i + 1, "actor": "t"}, headers=ADMIN
+            f"{r.admin_url}/admin/buckets/8k/weight", json={"weight": i + 1, "actor": "t"}, headers=ADMIN
         )
         assert resp.status_code == 200, (r.name, resp.text)
 
