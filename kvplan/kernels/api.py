@@ -230,6 +230,22 @@ def write_kv(
     if not _use_triton(key, fmt, backend):
         reference.write_kv(key, value, cache, slot_mapping, fmt, block_size, k_scale, v_scale, kivi_stage)
         return
+    _write_triton(key, value, cache, slot_mapping, fmt, block_size, k_scale, v_scale, key.is_cuda)
+
+
+def _write_triton(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    fmt: KVFormat,
+    block_size: int,
+    k_scale: torch.Tensor | float | None,
+    v_scale: torch.Tensor | float | None,
+    cuda: bool,
+) -> None:
+    """The write kernel's launch (`cuda`: as on the GPU; bench/kernels_compile.py compiles it
+    from CPU tensors)."""
     from kvplan.kernels import triton_kernels as tk
 
     t, hkv, d = key.shape
@@ -247,7 +263,8 @@ def write_kv(
         HKV=hkv, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
         K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD,
         K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
-        BLOCK_T=block_t, DOT_PREC=_rot_prec(key), num_warps=TUNING_WRITE["num_warps"],
+        BLOCK_T=block_t, DOT_PREC=str(TUNING["rot_prec"]) if cuda else "ieee",
+        num_warps=TUNING_WRITE["num_warps"],
     )  # fmt: skip
 
 
@@ -433,10 +450,6 @@ def _choose_splits(programs: int, max_seq_len: int, sms: int, tune: dict[str, ob
     per_sm, min_tokens = int(str(tune["programs_per_sm"])), int(str(tune["min_tokens_per_split"]))
     want = -(-per_sm * sms // programs)
     return max(1, min(want, max_seq_len // min_tokens))
-
-
-def _rot_prec(t: torch.Tensor) -> str:
-    return str(TUNING["rot_prec"]) if t.is_cuda else "ieee"
 
 
 # query dtype -> (dot dtype, int4 magic-number bits, the value they add); fp32 converts plainly
