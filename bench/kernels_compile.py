@@ -126,7 +126,9 @@ def warm_one(job: tuple[str, dict[str, Any], dict[str, object]]) -> tuple[str, f
         return kind, time.time() - t0, f"{type(e).__name__}: {e}"[:300]
 
 
-def warm(jobs: list[tuple[str, dict[str, Any], dict[str, object]]], procs: int) -> list[tuple[str, float, str]]:
+def warm(
+    jobs: list[tuple[str, dict[str, Any], dict[str, object]]], procs: int
+) -> list[tuple[str, float, str]]:
     """Compile every job in `procs` processes (spawned: no CUDA context is inherited)."""
     import multiprocessing as mp
 

@@ -1,52 +1,81 @@
 """Decode-attention and cache-write benchmark for kvplan's quantized-KV kernels (needs a CUDA GPU).
 
 Single layer, Llama-3-8B shapes (32 q heads, 8 KV heads, head_dim 128), page 16, bf16 queries.
-Every timed call is captured in a CUDA graph (as vLLM decodes) and replayed over several rotated
-caches (> L2) back to back; time = median over repeats of (elapsed / replays).
+Every timed call is captured in a CUDA graph (as vLLM decodes) and replayed over 2-6 rotated
+caches (> L2) back to back; time = median over 7 replays of (elapsed / calls). Effective
+bandwidth = bytes read (codes + scales from formats.py, page table, query) + output written.
 
-Effective bandwidth = bytes read (codes + scales from formats.py, page table, query) + output
-written, over time; compared with a device-to-device copy measured in the same run.
-Baselines in the same run: kvplan's bf16 kernel, torch SDPA (flash backend, GQA) on a gathered
-contiguous cache, FlexAttention (compiled) on the same contiguous cache.
+Sections (one call runs any set of them, the JSON is rewritten after each):
+- check:  every kernel path vs an fp64 reference on the dequantized cache, small shapes
+          (8 formats x head_dim 64/128/256 x pages 16-128 x 1/4/8 queries, split and not,
+          NaN-poisoned outputs); the Gluon path for the 6 formats it serves.
+- sweep:  every format x VARIANT at the GRID shapes, side by side with kvplan's bf16 kernel and
+          torch SDPA in the same run. Every timed launch is also checked (4 sequences of the
+          batch vs fp64 on its own dequantized cache; bound 5e-3): the grid-shape check.
+- realkv: SmolLM2-135M's real K/V/queries (data/kv) through every format and variant.
+- write:  the cache write of a 2,048-token chunk vs the device copy bandwidth.
+Before the sections, every kernel they launch is compiled in parallel processes (--jobs) into
+Triton's cache (bench/kernels_compile.py), so compile time stays out of the device budget.
 
-    PYTHONPATH=. python bench/kernels_decode.py --out bench/results/kernels_h100.json
+    PYTHONPATH=. python bench/kernels_decode.py --sections check,sweep,realkv,write --out r.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernels_compile as kc
 
 from kvplan.formats import get_format
 from kvplan.kernels import api, reference
 
-HQ, HKV, D, PAGE = 32, 8, 128, 16
-DEV = (
-    "cuda" if torch.cuda.is_available() else "cpu"
-)  # cpu: a dry run of --sections check under TRITON_INTERPRET=1
-QDT = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter's bf16 dot is broken
+HQ, HKV, D, PAGE = kc.HQ, kc.HKV, kc.D, kc.PAGE
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 FORMATS = ["bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
-GRID = [(1, 32768), (8, 32768), (32, 4096), (32, 32768), (64, 1024), (1, 131072)]
+QUANT = FORMATS[1:]
+GRID = [(32, 32768), (8, 32768), (1, 32768), (1, 131072), (32, 4096), (64, 1024)]
+# name -> api.TUNING_GLUON overrides. "triton" is the Triton kernel (bench/results/kernels_h100.md);
+# the rest the Gluon kernel (kvplan/kernels/gluon_decode.py) with one setting changed each
+VARIANTS: dict[str, dict[str, object]] = {
+    "triton": {"gluon": False},
+    "gluon": {"gluon": True},
+    "g_eager": {"gluon": True, "lazy": False},
+    "g_unroll1": {"gluon": True, "unroll": 1},
+    "g_unroll4": {"gluon": True, "unroll": 4},
+    "g_pps8": {"gluon": True, "programs_per_sm": 8},
+    "g_pps32": {"gluon": True, "programs_per_sm": 32},
+    "g_pps64": {"gluon": True, "programs_per_sm": 64},
+}
 CHECK_SHAPES = [
     (64, 16, 1),
     (128, 16, 1),
     (256, 16, 1),
     (128, 32, 1),
-    (128, 64, 1),
     (128, 128, 1),
     (128, 16, 4),
     (64, 64, 8),
-]  # (head_dim, page, queries per sequence)
-ROTATE_BYTES = 400e6  # rotate among caches totalling at least this (L2 is 50 MB)
+]
+CHECK_LENS = [700, 2049, 33]  # + q_len: a one-page sequence
+CHECK_HKV, CHECK_G = 2, 4
+BOUND = 5e-3
+ROTATE_BYTES = 400e6  # rotate among caches totalling at least this (L2 is 50-60 MB)
+REALKV = Path(__file__).resolve().parent.parent / "data" / "kv" / "smollm2_135m_kv.pt"
+REALKV_VARIANTS = ["triton", "gluon"]  # accuracy: the two kernels, not every launch setting
 
 
 def timed(fns: list[Callable[[], object]], repeats: int = 7, calls: int = 24) -> float:
@@ -81,8 +110,38 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     """Device-to-device copy, bytes read + written per second."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=DEV).normal_()
     dst = torch.empty_like(src)
-    t = timed([lambda: dst.copy_(src)], calls=8)
-    return 2 * nbytes / t
+    return 2 * nbytes / timed([lambda: dst.copy_(src)], calls=8)
+
+
+@triton.jit
+def _read_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    base = tl.program_id(0).to(tl.int64) * BLOCK * ITERS
+    acc = tl.zeros([BLOCK], tl.float32)
+    for i in range(ITERS):
+        acc += tl.load(x_ptr + base + i * BLOCK + tl.arange(0, BLOCK))
+    tl.store(out_ptr + tl.program_id(0), tl.sum(acc))
+
+
+def read_bandwidth(nbytes: int = 2 << 30) -> float:
+    """A Triton read stream (16-byte loads, one value written per 64 KB): bytes read per second."""
+    x = torch.empty(nbytes // 4, dtype=torch.float32, device=DEV).normal_()
+    block, iters = 1024, 16
+    out = torch.empty(x.numel() // (block * iters), dtype=torch.float32, device=DEV)
+    grid = (out.numel(),)
+    return nbytes / timed(
+        [lambda: _read_kernel[grid](x, out, BLOCK=block, ITERS=iters, num_warps=4)], calls=8
+    )
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    with kc.gluon_tuning(VARIANTS[name]):
+        yield
+
+
+def variants_for(fmt_name: str, names: list[str]) -> list[str]:
+    """bf16/fp16 pages have one kernel (the Triton one): time it once."""
+    return names if fmt_name in QUANT else [n for n in names if n == "triton"][:1] or names[:1]
 
 
 class Case:
@@ -90,7 +149,7 @@ class Case:
 
     def __init__(self, fmt_name: str, batch: int, ctx: int, q_len: int = 1, rotate: int | None = None):
         self.fmt = get_format(fmt_name)
-        self.batch, self.ctx, self.q_len = batch, ctx, q_len
+        self.name, self.batch, self.ctx, self.q_len = fmt_name, batch, ctx, q_len
         blocks_per_seq = math.ceil(ctx / PAGE)
         nblocks = batch * blocks_per_seq
         page = self.fmt.head_page(D, PAGE).nbytes
@@ -108,9 +167,10 @@ class Case:
         self.qsl = torch.arange(0, batch + 1, dtype=torch.int32, device=DEV) * q_len
         self.query = torch.randn(batch * q_len, HQ, D, dtype=torch.bfloat16, device=DEV)
         self.out = torch.empty_like(self.query)
+        self._refs: dict[int, torch.Tensor] = {}
 
     def _fill(self, cache: torch.Tensor, perm: torch.Tensor) -> None:
-        """Write random K/V (outlier key channel included) through the write kernel."""
+        """Write random K/V (an outlier key channel included) through the write kernel."""
         tokens = cache.shape[0] * PAGE
         chunk = 65536
         slots_all = (perm.long()[:, None] * PAGE + torch.arange(PAGE, device=DEV)).flatten()
@@ -131,10 +191,28 @@ class Case:
 
         return f
 
+    def check(self, seqs: int = 4) -> float:
+        """The batch's launch (poisoned output) vs fp64 on the dequantized cache 0, for `seqs`
+        sequences of the batch (first, last, between): relative error over them."""
+        self.out.fill_(float("nan"))
+        self.call(0)()
+        picked = sorted({0, self.batch - 1, self.batch // 3, 2 * self.batch // 3})[:seqs]
+        num = den = 0.0
+        for j in picked:
+            if j not in self._refs:
+                self._refs[j] = reference.paged_attention(
+                    self.query[j * self.q_len : (j + 1) * self.q_len].double(), self.caches[0],
+                    self.tables[0][j : j + 1], self.seq_lens[j : j + 1], self.qsl[:2], self.fmt, PAGE,
+                    D**-0.5, self.k_scale, self.k_scale, compute_dtype=torch.float64,
+                )  # fmt: skip
+            got = self.out[j * self.q_len : (j + 1) * self.q_len].double()
+            num += float((got - self._refs[j]).norm() ** 2)
+            den += float(self._refs[j].norm() ** 2)
+        return math.sqrt(num / den) if math.isfinite(num) else float("nan")
+
     def bytes_moved(self) -> float:
         table = self.batch * math.ceil(self.ctx / PAGE) * 4
-        qo = 2 * self.query.numel() * 2
-        return self.cache_bytes + table + qo
+        return self.cache_bytes + table + 2 * self.query.numel() * 2
 
     def time(self, num_splits: int | None = None) -> float:
         return timed([self.call(i, num_splits) for i in range(len(self.caches))])
@@ -142,94 +220,141 @@ class Case:
     def free(self) -> None:
         self.caches.clear()
         self.tables.clear()
+        self._refs.clear()
         torch.cuda.empty_cache()
 
 
-def check_correctness(log: list[str], formats: list[str] | None = None) -> list[dict[str, object]]:
-    """GPU kernels vs an fp64 reference on the dequantized cache: every format, head_dim, page."""
+# ---------------------------------------------------------------------------------------------
+# check: small shapes
+
+
+def check_cases(formats: list[str]) -> list[tuple[str, str, int, int, int, int | None]]:
+    """(format, variant, head_dim, page, queries per sequence, splits) of the check section."""
+    out = []
+    for name in [*formats, "fp16"] if "bf16" in formats else formats:
+        for vname in ["triton", "gluon"] if name in QUANT else ["triton"]:
+            for d, page, q_len in CHECK_SHAPES:
+                for splits in (None, 1):
+                    out.append((name, vname, d, page, q_len, splits))
+    return out
+
+
+def check_one(name: str, vname: str, d: int, page: int, q_len: int, splits: int | None) -> dict[str, object]:
+    fmt = get_format(name)
+    lens = [q_len, *CHECK_LENS]
+    b, hkv, g = len(lens), CHECK_HKV, CHECK_G
+    nb = sum(math.ceil(n / page) for n in lens) + 3
+    cache = reference.new_cache(fmt, nb, hkv, d, page, DEV)  # poisoned 0xFF: unwritten rows
+    perm = torch.randperm(nb, device=DEV)
+    table = torch.zeros(b, max(math.ceil(n / page) for n in lens), dtype=torch.int32, device=DEV)
+    at, slots = 0, []
+    for i, n in enumerate(lens):
+        nblk = math.ceil(n / page)
+        table[i, :nblk] = perm[at : at + nblk].int()
+        at += nblk
+        pos = torch.arange(n, device=DEV)
+        slots.append(table[i, pos // page].long() * page + pos % page)
+    slot = torch.cat(slots)
+    qdt = torch.float16 if name == "fp16" else torch.bfloat16
+    k = torch.randn(len(slot), hkv, d, device=DEV, dtype=qdt)
+    k[:, :, 5] *= 10
+    v = torch.randn_like(k)
+    ks = torch.tensor([0.03, 0.05], device=DEV) if "fp8" in name else None
+    api.write_kv(k, v, cache, slot, fmt, page, ks, ks)
+    qsl = torch.arange(b + 1, device=DEV, dtype=torch.int32) * q_len
+    q = torch.randn(b * q_len, hkv * g, d, device=DEV, dtype=qdt)
+    sl = torch.tensor(lens, device=DEV, dtype=torch.int32)
+    ref = reference.paged_attention(
+        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, compute_dtype=torch.float64
+    )
+    out = torch.full_like(q, float("nan"))
+    with variant(vname):
+        api.paged_attention(q, cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, num_splits=splits, out=out)
+    err = float((out.double() - ref).norm() / ref.norm())
+    return {"format": name, "variant": vname, "d": d, "page": page, "q_len": q_len,
+            "splits": splits, "rel_err": err, "ok": err <= BOUND}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# real K/V
+
+
+def realkv(formats: list[str], vnames: list[str], log: list[str]) -> list[dict[str, object]]:
+    """SmolLM2-135M's K/V of 3 layers (2048 tokens, 3 KV heads, d 64) into pages of each format;
+    its last 16 queries decode as 1 query and as 16 (speculative-style) against them. Errors vs
+    fp64 on the kernel's own dequantized cache (the bound) and vs the unquantized K/V (what the
+    format costs, for reference)."""
+    rec = torch.load(REALKV, map_location=DEV, weights_only=False)
     rows = []
-    torch.manual_seed(0)
-    for name in formats or [*FORMATS, "fp16"]:
-        fmt = get_format(name)
-        for d, page, q_len in CHECK_SHAPES:
-            if True:
-                if True:
-                    lens = [max(q_len, 1), 700, 2049, 33] if DEV == DEV else [q_len, 40, 17]
-                    b = len(lens)
-                    nb = sum(math.ceil(n / page) for n in lens) + 3
-                    hkv, g = 2, 4
-                    cache = reference.new_cache(fmt, nb, hkv, d, page, DEV)
-                    perm = torch.randperm(nb, device=DEV)
-                    maxb = max(math.ceil(n / page) for n in lens)
-                    table = torch.zeros(b, maxb, dtype=torch.int32, device=DEV)
-                    at, slots = 0, []
-                    for i, n in enumerate(lens):
-                        nblk = math.ceil(n / page)
-                        table[i, :nblk] = perm[at : at + nblk].int()
-                        at += nblk
-                        pos = torch.arange(n, device=DEV)
-                        slots.append(table[i, pos // page].long() * page + pos % page)
-                    slot = torch.cat(slots)
-                    qdt = torch.float16 if name == "fp16" else QDT
-                    k = torch.randn(len(slot), hkv, d, device=DEV, dtype=qdt)
-                    k[:, :, 5] *= 10
-                    v = torch.randn_like(k)
-                    ks = torch.tensor([0.03, 0.05], device=DEV) if "fp8" in name else None
-                    api.write_kv(k, v, cache, slot, fmt, page, ks, ks)
-                    ref_cache = reference.new_cache(fmt, nb, hkv, d, page, DEV)
-                    reference.write_kv(k, v, ref_cache, slot, fmt, page, ks, ks)
-                    kd, vd = reference.dequantize_pages(cache, fmt, d, page, ks, ks)
-                    kr, vr = reference.dequantize_pages(ref_cache, fmt, d, page, ks, ks)
-                    bl, of = slot // page, slot % page
-                    w_err = float(
-                        (kd[bl, :, of] - kr[bl, :, of]).norm() / kr[bl, :, of].norm()
-                        + (vd[bl, :, of] - vr[bl, :, of]).norm() / vr[bl, :, of].norm()
-                    )
-                    qsl = torch.arange(b + 1, device=DEV, dtype=torch.int32) * q_len
-                    q = torch.randn(b * q_len, hkv * g, d, device=DEV, dtype=qdt)
-                    sl = torch.tensor(lens, device=DEV, dtype=torch.int32)
-                    ref = reference.paged_attention(
-                        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks,
-                        compute_dtype=torch.float64,
-                    )  # fmt: skip
-                    errs = []
-                    for splits in (None, 1):
-                        out = torch.full_like(q, float("nan"))
-                        api.paged_attention(
-                            q, cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks,
-                            num_splits=splits, out=out,
-                        )  # fmt: skip
-                        errs.append(float((out.double() - ref).norm() / ref.norm()))
-                    rows.append(
-                        {"format": name, "d": d, "page": page, "q_len": q_len,
-                         "attn_rel_err": max(errs), "write_vs_ref": w_err}
-                    )  # fmt: skip
-    worst = max(r["attn_rel_err"] for r in rows)  # type: ignore[type-var]
-    worst_w = max(r["write_vs_ref"] for r in rows)  # type: ignore[type-var]
-    log.append(f"correctness: {len(rows)} cases, worst attention rel err {worst:.2e}, "
-               f"worst write-vs-reference dequant diff {worst_w:.2e}")  # fmt: skip
+    for li in rec["layers"]:
+        k, v, q = rec[f"k{li}"], rec[f"v{li}"], rec[f"q{li}"]  # [T, 3, 64], [16, 9, 64]
+        t, hkv, d = k.shape
+        page = 16
+        nb = math.ceil(t / page)
+        table = torch.randperm(nb, device=DEV).int()[None]
+        slot = (table[0].long()[:, None] * page + torch.arange(page, device=DEV)).flatten()[:t]
+        sl = torch.tensor([t], device=DEV, dtype=torch.int32)
+        exact = reference.new_cache(get_format("bf16"), nb, hkv, d, page, DEV)
+        reference.write_kv(k.float(), v.float(), exact, slot, get_format("bf16"), page)
+        for name in formats:
+            fmt = get_format(name)
+            ks = (
+                (torch.stack([k.abs().amax((0, 2)), v.abs().amax((0, 2))]).float() / 448.0)
+                if "fp8" in name
+                else None
+            )
+            kss, vss = (ks[0], ks[1]) if ks is not None else (None, None)
+            cache = reference.new_cache(fmt, nb, hkv, d, page, DEV)
+            api.write_kv(k.bfloat16(), v.bfloat16(), cache, slot, fmt, page, kss, vss)
+            for q_len in (1, 16):
+                qq = q[-q_len:].bfloat16()
+                qsl = torch.tensor([0, q_len], device=DEV, dtype=torch.int32)
+                ref = reference.paged_attention(
+                    qq.double(),
+                    cache,
+                    table,
+                    sl,
+                    qsl,
+                    fmt,
+                    page,
+                    d**-0.5,
+                    kss,
+                    vss,
+                    compute_dtype=torch.float64,
+                )
+                unq = reference.paged_attention(
+                    qq.double(), exact, table, sl, qsl, get_format("bf16"), page, d**-0.5,
+                    compute_dtype=torch.float64,
+                )  # fmt: skip
+                for vname in variants_for(name, vnames):
+                    out = torch.full_like(qq, float("nan"))
+                    with variant(vname):
+                        api.paged_attention(qq, cache, table, sl, qsl, fmt, page, d**-0.5, kss, vss, out=out)
+                    err = float((out.double() - ref).norm() / ref.norm())
+                    q_err = float((out.double() - unq).norm() / unq.norm())
+                    rows.append({"layer": li, "format": name, "variant": vname, "q_len": q_len,
+                                 "rel_err": err, "vs_unquantized": q_err, "ok": err <= BOUND})  # fmt: skip
+    worst = max(rows, key=lambda r: float(str(r["rel_err"])))
+    log.append(
+        f"realkv: {len(rows)} cases (layers {rec['layers']}, {t} tokens), worst {worst['rel_err']:.2e} "
+        f"({worst['format']}, {worst['variant']}), {sum(not r['ok'] for r in rows)} over {BOUND}"
+    )
     return rows
 
 
-def contiguous_bf16(batch: int, ctx: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The torch baselines' inputs: a decode query and 2-6 rotated contiguous BF16 K/V caches."""
-    n = max(2, min(6, math.ceil(ROTATE_BYTES / (batch * ctx * HKV * 512))))
-    q = torch.randn(batch, HQ, 1, D, dtype=torch.bfloat16, device=DEV)
-    kvs = [
-        (
-            torch.randn(batch, HKV, ctx, D, dtype=torch.bfloat16, device=DEV),
-            torch.randn(batch, HKV, ctx, D, dtype=torch.bfloat16, device=DEV),
-        )
-        for _ in range(n)
-    ]
-    return q, kvs
+# ---------------------------------------------------------------------------------------------
+# baselines and write
 
 
 def sdpa_time(batch: int, ctx: int) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    q, kvs = contiguous_bf16(batch, ctx)
+    n = max(2, min(6, math.ceil(ROTATE_BYTES / (batch * ctx * HKV * 512))))
+    q = torch.randn(batch, HQ, 1, D, dtype=torch.bfloat16, device=DEV)
+    kvs = [
+        (torch.randn(batch, HKV, ctx, D, dtype=torch.bfloat16, device=DEV),) * 2 for _ in range(n)
+    ]  # K = V: the same bytes read
 
     def mk(k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
         def f() -> object:
@@ -244,22 +369,10 @@ def sdpa_time(batch: int, ctx: int) -> float:
     return t
 
 
-def flex_time(batch: int, ctx: int) -> float:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    flex = torch.compile(flex_attention, dynamic=False)
-    q, kvs = contiguous_bf16(batch, ctx)
-    t = timed([lambda k=k, v=v: flex(q, k, v, enable_gqa=True) for k, v in kvs])
-    del kvs
-    torch.cuda.empty_cache()
-    return t
-
-
 def write_bench(copy_bw: float, log: list[str]) -> list[dict[str, object]]:
     """2048-token prefill chunk into the pages vs a same-size copy and the big-copy bandwidth."""
     rows = []
-    t_tok = 2048
-    n = 24  # rotated (key, value, cache) sets, ~400 MB in all
+    t_tok, n = 2048, 24  # rotated (key, value, cache) sets, ~400 MB in all
     for name in FORMATS:
         fmt = get_format(name)
         nblocks = t_tok // PAGE
@@ -280,142 +393,181 @@ def write_bench(copy_bw: float, log: list[str]) -> list[dict[str, object]]:
         src = [torch.empty(int(nbytes) // 2, dtype=torch.uint8, device=DEV) for _ in range(n)]
         dst = [torch.empty_like(x) for x in src]
         tc = timed([lambda a=a, b=b: b.copy_(a) for a, b in zip(src, dst, strict=True)])
-        rows.append(
-            {"format": name, "us": t * 1e6, "GBps": nbytes / t / 1e9,
-             "frac_of_copy_bw": nbytes / t / copy_bw, "same_size_copy_GBps": nbytes / tc / 1e9,
-             "frac_of_same_size_copy": tc / t}
-        )  # fmt: skip
-        log.append(f"write {name:14s} {t * 1e6:7.1f} us {nbytes / t / 1e9:7.0f} GB/s = "
-                   f"{nbytes / t / copy_bw:5.1%} of copy bw, {tc / t:5.1%} of a same-size copy")  # fmt: skip
+        rows.append({"format": name, "us": t * 1e6, "GBps": nbytes / t / 1e9,
+                     "frac_of_copy_bw": nbytes / t / copy_bw,
+                     "same_size_copy_GBps": nbytes / tc / 1e9, "frac_of_same_size_copy": tc / t})  # fmt: skip
+        log.append(f"write {name:14s} {t * 1e6:7.1f} us {nbytes / t / 1e9:6.0f} GB/s = "
+                   f"{nbytes / t / copy_bw:5.1%} "
+                   f"of copy bw, {tc / t:5.1%} of a same-size copy")  # fmt: skip
         del sets, src, dst
         torch.cuda.empty_cache()
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# warm-up: every launch of the planned sections, compiled in parallel
+
+
+def warm_jobs(sections: set[str], formats: list[str], vnames: list[str], grid: list[tuple[int, int]]) -> list:
+    jobs: list[tuple[str, dict[str, Any], dict[str, object]]] = []
+    for b, ctx in grid if "sweep" in sections else []:
+        for name in formats:
+            for vn in variants_for(name, vnames):
+                jobs.append(
+                    (
+                        "decode",
+                        {"fmt_name": name, "batch": b, "ctx": ctx, "q_len": 1, "sms": SMS},
+                        VARIANTS[vn],
+                    )
+                )
+            jobs.append(("write", {"fmt_name": name, "tokens": min(65536, b * ctx)}, {}))
+    if "check" in sections:
+        for name, vn, d, page, q_len, splits in check_cases(formats):
+            lens = [q_len, *CHECK_LENS]
+            jobs.append(("decode", {"fmt_name": name, "batch": len(lens), "ctx": 0, "q_len": q_len,
+                                    "sms": SMS, "hq": CHECK_HKV * CHECK_G, "hkv": CHECK_HKV, "d": d,
+                                    "page": page, "lens": lens,
+                                    "splits": splits}, VARIANTS[vn]))  # fmt: skip
+    if "realkv" in sections:
+        for name in formats:
+            for vn in variants_for(name, [v for v in vnames if v in REALKV_VARIANTS]):
+                for q_len in (1, 16):
+                    jobs.append(("decode", {"fmt_name": name, "batch": 1, "ctx": 2048, "q_len": q_len,
+                                            "sms": SMS,
+                                            "hq": 9, "hkv": 3, "d": 64}, VARIANTS[vn]))  # fmt: skip
+    if "write" in sections:
+        jobs += [("write", {"fmt_name": name, "tokens": 2048}, {}) for name in formats]
+    return jobs
+
+
+SMS = 132
+
+
 def main() -> None:
+    global SMS
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--sections", default="check,grid,bytes,write,flex")
+    ap.add_argument("--sections", default="check,sweep,realkv,write")
     ap.add_argument("--formats", default=",".join(FORMATS))
-    ap.add_argument("--splits", default="", help="comma list of forced split counts to sweep")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument(
+        "--variants-json", default="", help='{"name": {TUNING_GLUON key: value}} replaces VARIANTS'
+    )
+    ap.add_argument("--shapes", default=",".join(f"{b}x{c}" for b, c in GRID))
+    ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: no warm-up)")
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds; later sections are skipped past it")
     args = ap.parse_args()
+    t0 = time.time()
     sections = set(args.sections.split(","))
     formats = args.formats.split(",")
-    if DEV == "cpu":
-        log0: list[str] = []
-        check_correctness(log0)
-        print(log0[-1])
-        return
+    if args.variants_json:
+        VARIANTS.clear()
+        VARIANTS.update(json.loads(args.variants_json))
+        args.variants = ",".join(VARIANTS)
+    vnames = args.variants.split(",")
+    grid = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     props = torch.cuda.get_device_properties(0)
-    res: dict[str, object] = {
-        "device": props.name,
-        "sms": props.multi_processor_count,
+    SMS = props.multi_processor_count
+    res: dict[str, Any] = {
+        "device": props.name, "sms": SMS, "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-    }
-    log: list[str] = [f"{props.name}, torch {torch.__version__}, triton {triton.__version__}"]
-    t0 = time.time()
+        "torch": torch.__version__, "triton": triton.__version__, "variants": VARIANTS, "bound": BOUND,
+    }  # fmt: skip
+    log: list[str] = [f"{props.name} ({SMS} SMs), torch {torch.__version__}, triton {triton.__version__}"]
+    print(log[-1], flush=True)
 
     def save() -> None:
         res["log"] = log
+        res["elapsed_s"] = time.time() - t0
         if args.out:
             with open(args.out, "w") as f:
-                json.dump(res, f, indent=1)
+                json.dump(res, f, indent=1, default=str)
 
-    if "check" in sections:
-        res["correctness"] = check_correctness(log, formats if args.formats != ",".join(FORMATS) else None)
-        print(log[-1], f"({time.time() - t0:.0f}s)", flush=True)
-    copy_bw = copy_bandwidth()
-    res["copy_GBps"] = copy_bw / 1e9
-    log.append(f"device copy {copy_bw / 1e9:.0f} GB/s (read + write)")
+    def over_budget(section: str) -> bool:
+        if time.time() - t0 > args.budget:
+            log.append(f"{section}: skipped, past the {args.budget:.0f} s budget")
+            print(log[-1], flush=True)
+            return True
+        return False
+
+    if args.jobs:
+        jobs = warm_jobs(sections, formats, vnames, grid)  # type: ignore[arg-type]
+        tw = time.time()
+        done = kc.warm(jobs, args.jobs)
+        failed = [(j, d) for j, d in zip(jobs, done, strict=True) if d[2]]
+        res["warm"] = {"jobs": len(jobs), "seconds": time.time() - tw, "cpu_seconds": sum(d[1] for d in done),
+                       "failed": [f"{j[0]} {j[1].get('fmt_name')} {j[2]}: {d[2]}"
+                                  for j, d in failed][:20]}  # fmt: skip
+        log.append(f"warm-up: {len(jobs)} launches compiled in {time.time() - tw:.0f} s "
+                   f"({args.jobs} processes, "
+                   f"{sum(d[1] for d in done):.0f} CPU-s), {len(failed)} failed")  # fmt: skip
+        print(log[-1], *res["warm"]["failed"][:5], sep="\n  ", flush=True)
+        save()
+    res["copy_GBps"] = copy_bandwidth() / 1e9
+    res["read_GBps"] = read_bandwidth() / 1e9
+    log.append(
+        f"device copy {res['copy_GBps']:.0f} GB/s (read + write), "
+        f"Triton read stream {res['read_GBps']:.0f} GB/s"
+    )
     print(log[-1], flush=True)
-    if "grid" in sections:
-        grid = []
-        for batch, ctx in GRID:
-            base = {"sdpa": sdpa_time(batch, ctx)}
-            if "flex" in sections:
-                try:
-                    base["flex"] = flex_time(batch, ctx)
-                except Exception as e:  # a missing baseline is reported, not fatal
-                    log.append(f"flex {batch}x{ctx} failed: {type(e).__name__}: {e}"[:200])
-            row: dict[str, object] = {"batch": batch, "ctx": ctx, **{k: v * 1e6 for k, v in base.items()}}
-            for name in formats:
-                c = Case(name, batch, ctx)
-                t = c.time()
-                row[name] = t * 1e6
-                row[name + "_GBps"] = c.bytes_moved() / t / 1e9
-                if args.splits:
-                    for s in args.splits.split(","):
-                        row[f"{name}_s{s}"] = c.time(int(s)) * 1e6
-                c.free()
-            best_bf16 = min(v for k, v in row.items() if k in ("sdpa", "flex", "bf16"))
-            row["best_bf16_us"] = best_bf16
-            grid.append(row)
-            line = f"{batch:>3}x{ctx:<6} sdpa {row['sdpa']:8.1f}" + (
-                f" flex {row['flex']:8.1f}" if "flex" in row else ""
-            )
-            for name in formats:
-                speedup = best_bf16 / row[name]
-                line += f" | {name} {row[name]:8.1f}us {speedup:4.2f}x {row[name + '_GBps']:5.0f}GB/s"
-            log.append(line)
-            print(line, flush=True)
-            res["grid"] = grid
-            save()
-    if "sweep" in sections:
-        configs = [
-            {"block_n": 64, "num_warps": 4, "num_stages": 2, "programs_per_sm": 2},
-            {"block_n": 64, "num_warps": 4, "num_stages": 2, "programs_per_sm": 8},
-            {"block_n": 128, "num_warps": 4, "num_stages": 3, "programs_per_sm": 8},
-            {"block_n": 128, "num_warps": 4, "num_stages": 3, "programs_per_sm": 8, "swap_qk": True},
-            {"block_n": 64, "num_warps": 4, "num_stages": 2, "programs_per_sm": 8, "swap_qk": True},
-            {"block_n": 128, "num_warps": 4, "num_stages": 3, "programs_per_sm": 8, "rot_prec": "tf32x3"},
-        ]
-        sweep = []
-        for batch, ctx in [(1, 32768), (32, 32768)]:
-            for name in formats:
-                c = Case(name, batch, ctx)
-                for i, cfg in enumerate(configs):
-                    if "rot_prec" in cfg and "hadamard" not in name:
-                        continue
-                    saved, saved_fmt = dict(api.TUNING), dict(api.TUNING_BY_FORMAT)
-                    api.TUNING_BY_FORMAT.clear()
-                    api.TUNING.update({"small_grid_per_sm": 0.0, **cfg})
-                    try:
-                        t = c.time()
-                    except Exception as e:
-                        log.append(f"sweep {name} cfg{i} failed: {type(e).__name__}"[:200])
-                        t = float("nan")
-                    api.TUNING.clear()
-                    api.TUNING.update(saved)
-                    api.TUNING_BY_FORMAT.update(saved_fmt)
-                    sweep.append({"batch": batch, "ctx": ctx, "format": name, "cfg": i, **cfg, "us": t * 1e6})
-                c.free()
-                line = f"sweep {batch}x{ctx} {name:14s} " + " ".join(
-                    f"c{r['cfg']}:{r['us']:7.1f}"
-                    for r in sweep
-                    if r["format"] == name and r["batch"] == batch
-                )
-                log.append(line)
-                print(line, flush=True)
-        res["sweep"] = sweep
-    if "bytes" in sections:
+
+    if "check" in sections and not over_budget("check"):
         rows = []
-        for name in ("bf16", "fp8_e4m3", "int8", "int4_hadamard"):
-            for ctx in (4096, 8192, 16384, 32768, 65536, 131072):
-                c = Case(name, 8, ctx)
-                t = c.time()
-                rows.append({"format": name, "batch": 8, "ctx": ctx, "us": t * 1e6,
-                             "bytes": c.bytes_moved(), "GBps": c.bytes_moved() / t / 1e9})  # fmt: skip
+        for case in check_cases(formats):
+            try:
+                rows.append(check_one(*case))
+            except Exception as e:  # a failing path is a result, not the end of the run
+                rows.append({"case": case, "error": f"{type(e).__name__}: {e}"[:300], "ok": False})
+        res["check"] = rows
+        bad = [r for r in rows if not r["ok"]]
+        for vn in ("triton", "gluon"):
+            errs = [float(str(r["rel_err"])) for r in rows if r.get("variant") == vn and "rel_err" in r]
+            if errs:
+                log.append(f"check {vn}: {len(errs)} cases, worst {max(errs):.2e}")
+        log.append(f"check: {len(rows)} cases, {len(bad)} over {BOUND} or failed")
+        for r in bad[:8]:
+            log.append(f"  FAIL {r}")
+        print("\n".join(log[-3 - min(8, len(bad)) :]), flush=True)
+        save()
+
+    if "sweep" in sections:
+        res["sweep"] = []
+        for b, ctx in grid:
+            if over_budget(f"sweep {b}x{ctx}"):
+                break
+            row: dict[str, Any] = {"batch": b, "ctx": ctx, "sdpa_us": sdpa_time(b, ctx) * 1e6}
+            for name in formats:
+                c = Case(name, b, ctx)
+                for vn in variants_for(name, vnames):
+                    with variant(vn):
+                        try:
+                            t = c.time()
+                            err = c.check()
+                        except Exception as e:
+                            log.append(f"sweep {b}x{ctx} {name} {vn} failed: {type(e).__name__}: {e}"[:300])
+                            t, err = float("nan"), float("nan")
+                    row[f"{name}/{vn}"] = {"us": t * 1e6, "GBps": c.bytes_moved() / t / 1e9, "rel_err": err}
                 c.free()
-            line = f"bytes {name:14s} " + " ".join(f"{r['us']:8.1f}" for r in rows if r["format"] == name)
+            base = row.get("bf16/triton", {}).get("us", float("nan"))
+            line = f"{b:>3}x{ctx:<6} sdpa {row['sdpa_us']:7.1f} bf16 {base:7.1f}us"
+            for name in formats[1:] if formats[0] == "bf16" else formats:
+                cells = {vn: row[f"{name}/{vn}"] for vn in variants_for(name, vnames)}
+                best = min(cells, key=lambda vn: cells[vn]["us"] if math.isfinite(cells[vn]["us"]) else 1e99)
+                worst_err = max(cells[vn]["rel_err"] for vn in cells)
+                tri = cells.get("triton", {"us": math.nan})["us"]
+                line += f" | {name} {base / cells[best]['us']:4.2f}x {best}"
+                line += f" (triton {base / tri:4.2f}x) err {worst_err:.1e}"
             log.append(line)
             print(line, flush=True)
-            res["time_follows_bytes"] = rows
+            res["sweep"].append(row)
             save()
-    if "write" in sections:
-        res["write"] = write_bench(copy_bw, log)
+
+    if "realkv" in sections and not over_budget("realkv"):
+        res["realkv"] = realkv(formats, [v for v in vnames if v in REALKV_VARIANTS], log)
+        print(log[-1], flush=True)
+        save()
+    if "write" in sections and not over_budget("write"):
+        res["write"] = write_bench(res["copy_GBps"] * 1e9, log)
         print("\n".join(log[-len(FORMATS) :]), flush=True)
     save()
     print(f"done in {time.time() - t0:.0f}s")

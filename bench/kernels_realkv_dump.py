@@ -45,7 +45,11 @@ def dump() -> dict[str, Any]:
     finally:
         modeling_llama.apply_rotary_pos_emb = orig
     layers = list(out.past_key_values.layers)
-    rec: dict[str, Any] = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "tokens": TOKENS, "layers": list(LAYERS)}
+    rec: dict[str, Any] = {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "tokens": TOKENS,
+        "layers": list(LAYERS),
+    }
     for li in LAYERS:
         q, k = seen[li]
         assert torch.equal(k, layers[li].keys), "captured keys differ from the cache's"

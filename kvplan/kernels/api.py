@@ -23,8 +23,8 @@ from kvplan.kernels.reference import KiviStage
 
 _LOG2E = 1.4426950408889634
 
-# Launch parameters, chosen by the sweeps in bench/kernels_decode.py and bench/kernels_variants.py
-# on an H100 (bench/results/kernels_h100.md, 2026-11-23). TUNING holds the defaults;
+# Launch parameters, chosen by the sweeps of bench/kernels_decode.py (--sections sweep; on the H100
+# also the retired bench/kernels_variants.py: bench/results/kernels_h100.md). TUNING holds the defaults;
 # TUNING_BY_FORMAT what each format's sweep preferred when the grid fills the GPU, and
 # TUNING_SMALL_GRID what every quantized format preferred when it does not (batch 1-8 decode, where
 # the context is split finely): one-warp programs over 32-token tiles.

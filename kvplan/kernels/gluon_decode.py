@@ -316,6 +316,21 @@ def _load(
 
 
 @gluon.jit
+def _fetch(
+    bt_row, n0, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV: gl.constexpr, PAGE: gl.constexpr,
+    PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr,
+    V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr, HALF: gl.constexpr,
+    KROW: gl.constexpr, VROW: gl.constexpr, BN: gl.constexpr,
+):  # fmt: skip
+    """A full tile's loads: its page from the block table, then _load."""
+    page = (gl.load(bt_row + n0 // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
+    return _load(
+        c_u8, c_i32, page, n0 % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND, K_CODE, V_CODE,
+        K_META, V_META, HALF, KROW, VROW, False,
+    )  # fmt: skip
+
+
+@gluon.jit
 def _rotate(q_lo, q_hi, rot_ptr, MM: gl.constexpr, HALF: gl.constexpr, layout: gl.constexpr):
     """[q_lo, q_hi] @ H_d / sqrt(d) as in triton_kernels._rotate_halves: H_d = [[H', H'], [H', -H']]
     with H' the +-1 block at rot_ptr (in q's dtype, exact), as MMAs with fp32 accumulation."""
@@ -480,31 +495,49 @@ def attention_kernel(
     l_el = gl.zeros([M, BN], gl.float32, layout=ls)
     z_el = gl.zeros([M, BN], gl.float32, layout=ls)
     acc = gl.zeros([D, M], gl.float32, layout=mma)
-    # full tiles, UNROLL (1 or 2) at a time: all their loads first, then their math (int8 tiles carried
+    # full tiles, UNROLL (1, 2 or 4) at a time: all their loads first, then their math (int8 tiles carried
     # across iterations cost a byte repack each, so nothing is carried but the accumulators)
     full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
     for n0 in range(start, full_u, UNROLL * BN):
-        page = (gl.load(bt_row + n0 // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
-        t0 = _load(
-            c_u8, c_i32, page, n0 % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND, K_CODE,
-            V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+        t0 = _fetch(
+            bt_row, n0, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES, K_KIND,
+            V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
         )  # fmt: skip
-        if UNROLL == 2:
-            page = (gl.load(bt_row + (n0 + BN) // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
-            t1 = _load(
-                c_u8, c_i32, page, (n0 + BN) % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND,
-                K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+        if UNROLL >= 2:
+            t1 = _fetch(
+                bt_row, n0 + BN, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
+                K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
+            )  # fmt: skip
+        if UNROLL == 4:
+            t2 = _fetch(
+                bt_row, n0 + 2 * BN, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
+                PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
+            )  # fmt: skip
+            t3 = _fetch(
+                bt_row, n0 + 3 * BN, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
+                PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
             )  # fmt: skip
         m_i, l_el, z_el, acc = _tile(
             n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t0[0], t0[1], t0[2], t0[3],
-            t0[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM, D, HALF, CB,
-            VB, mma, kb_l, va_l, pb_l,
+            t0[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM, D,
+            HALF, CB, VB, mma, kb_l, va_l, pb_l,
         )  # fmt: skip
-        if UNROLL == 2:
+        if UNROLL >= 2:
             m_i, l_el, z_el, acc = _tile(
                 n0 + BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t1[0], t1[1], t1[2],
-                t1[3], t1[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM, D,
-                HALF, CB, VB, mma, kb_l, va_l, pb_l,
+                t1[3], t1[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M,
+                MM, D, HALF, CB, VB, mma, kb_l, va_l, pb_l,
+            )  # fmt: skip
+        if UNROLL == 4:
+            m_i, l_el, z_el, acc = _tile(
+                n0 + 2 * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t2[0], t2[1],
+                t2[2], t2[3], t2[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY,
+                BN, M, MM, D, HALF, CB, VB, mma, kb_l, va_l, pb_l,
+            )  # fmt: skip
+            m_i, l_el, z_el, acc = _tile(
+                n0 + 3 * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t3[0], t3[1],
+                t3[2], t3[3], t3[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY,
+                BN, M, MM, D, HALF, CB, VB, mma, kb_l, va_l, pb_l,
             )  # fmt: skip
     # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
     # see (masked loads and scores)

@@ -114,3 +114,14 @@ def test_which_kernel_runs(monkeypatch) -> None:
     assert not api.gluon_applies(i4, torch.bfloat16, 16, 8)  # more than 64 rows in a group
     monkeypatch.setitem(api.TUNING_GLUON, "gluon", False)
     assert not api.gluon_applies(i4, torch.bfloat16, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "unroll", "lazy"), [("int4", 1, True), ("k8v4", 4, True), ("fp8_e4m3", 2, False)]
+)
+def test_launch_variants_the_benchmark_sweeps(
+    emulated, monkeypatch, name: str, unroll: int, lazy: bool
+) -> None:
+    monkeypatch.setitem(api.TUNING_GLUON, "unroll", unroll)
+    monkeypatch.setitem(api.TUNING_GLUON, "lazy", lazy)
+    assert _run(emulated, name, 128, 16, [1, 2], [300, 37], splits=2) <= 5e-3
