@@ -186,7 +186,11 @@ def _llama4(cfg: dict[str, Any], n: int, source: str) -> tuple[Layer, ...]:
                                           for i in range(n)]  # fmt: skip
     if len(nope) < n:
         raise InputError(f"{source}: 'no_rope_layers' lists {len(nope)} layers, num_hidden_layers is {n}")
-    return tuple(_attention(cfg, source, chunk=chunk if nope[i] and chunk else None) for i in range(n))
+    layers = tuple(_attention(cfg, source, chunk=chunk if nope[i] and chunk else None) for i in range(n))
+    types = _layer_types(cfg, n, source)  # transformers 5 also writes them; vLLM reads no_rope_layers
+    if types is not None and types != ["chunked_attention" if x.chunk else "full_attention" for x in layers]:
+        raise InputError(f"{source}: 'layer_types' disagree with 'no_rope_layers' / 'attention_chunk_size'")
+    return layers
 
 
 def _mla(cfg: dict[str, Any], n: int, source: str) -> tuple[Layer, ...]:
@@ -427,8 +431,8 @@ FAMILIES: dict[str, tuple[Rule, tuple[str, ...]]] = {
     "gemma3_text": (_gemma3, (*_DECODER_FIELDS, "sliding_window_pattern")),
     "gemma3n": (_gemma3n, (*_DECODER_FIELDS, "num_kv_shared_layers")),
     "gemma3n_text": (_gemma3n, (*_DECODER_FIELDS, "num_kv_shared_layers")),
-    "llama4": (_llama4, ("attention_chunk_size", "no_rope_layers")),
-    "llama4_text": (_llama4, ("attention_chunk_size", "no_rope_layers")),
+    "llama4": (_llama4, ("attention_chunk_size", "no_rope_layers", "layer_types")),
+    "llama4_text": (_llama4, ("attention_chunk_size", "no_rope_layers", "layer_types")),
     **{
         t: (_mla, ("kv_lora_rank", "index_topk"))
         for t in ("deepseek_v2", "deepseek_v3", "kimi_k2", "deepseek")

@@ -10,7 +10,13 @@ from kvplan.planner.gpus import GPUS
 from kvplan.planner.memory import kv_capacity
 from kvplan.planner.models import get_model
 
-models = st.sampled_from(sorted(CATALOG))
+UNMODELLED = ("deepseek-v3.2-exp", "llama-3.2-11b-vision")  # exit 2 (test_catalog.py)
+SIZED = sorted(n for n in CATALOG if n not in UNMODELLED)
+models = st.sampled_from(SIZED)
+# In hybrid attention/Mamba models vLLM grows attention blocks until a page holds a state page, so
+# a format with fewer bytes per token gets larger blocks and can round to slightly fewer tokens
+# (e.g. Nemotron-Nano at 512 tokens: k8v4 20,805 vs int4_kivi 20,782): monotone only without states.
+attention_only = st.sampled_from([n for n in SIZED if not get_model(n).is_hybrid])
 gpus = st.sampled_from(sorted(GPUS))
 lengths = st.sampled_from([512, 2048, 8192, 32768, 131072])
 blocks = st.sampled_from([16, 32, 128])
@@ -24,7 +30,7 @@ def _cap(model: str, gpu: str, fmt: str, length: int, block: int = 16, tp: int =
 
 
 @settings(max_examples=150, deadline=None)
-@given(model=models, gpu=gpus, length=lengths, block=blocks)
+@given(model=attention_only, gpu=gpus, length=lengths, block=blocks)
 def test_fewer_bytes_per_token_never_fit_fewer_tokens(model: str, gpu: str, length: int, block: int) -> None:
     m = get_model(model)
     head = m.mla_latent_dim or m.head_dim
@@ -42,7 +48,7 @@ def test_fewer_bytes_per_token_never_fit_fewer_tokens(model: str, gpu: str, leng
 
 
 @settings(max_examples=60, deadline=None)
-@given(model=models, gpu=gpus, length=lengths)
+@given(model=attention_only, gpu=gpus, length=lengths)
 def test_fewer_element_bits_never_fit_fewer_tokens(model: str, gpu: str, length: int) -> None:
     tokens = [_cap(model, gpu, f, length).kv_tokens for f in ("bf16", "int8", "int4")]
     assert tokens == sorted(tokens)
@@ -72,7 +78,7 @@ def test_logged_figures_follow_the_blocks(model: str, fmt: str, length: int, blo
     assert cap.kv_tokens == int(cap.num_blocks / cap.blocks_per_request * length)
     assert cap.guaranteed_concurrency == (cap.num_blocks - 1) // cap.blocks_per_request
     m = get_model(model)
-    if set(m.layer_windows) == {None}:
+    if set(m.layer_windows) == {None} and not m.is_hybrid:
         # Full attention: one page per layer, bytes per token = page / tokens per page.
         assert cap.page_bytes == cap.bytes_per_token * block
         assert cap.blocks_per_request == -(-length // block)
