@@ -40,35 +40,20 @@ class Check:
     verdict: str
 
 
-def _version_before(version: str | None, major_minor: tuple[int, int]) -> bool:
-    """Whether a vLLM version string names a release older than `major_minor` (unknown: False)."""
-    if not version:
-        return False
-    head = version.replace("~", " ").replace("V1, ", "").split()[0].strip("(,")
-    parts = head.split(".")
-    try:
-        return (int(parts[0]), int(parts[1])) < major_minor
-    except (ValueError, IndexError):
-        return "0.6" in version
-
-
 def _capacity(row: dict[str, Any], **kw: Any) -> Capacity:
+    """kvplan for a row, as `kvplan size --vllm-version <row's release>` would size it."""
     model = get_model(row["model"])
     gpu, _ = get_gpu(row.get("gpu") or "h100")
     args: dict[str, Any] = dict(
         max_model_len=row.get("max_model_len") or 8192,
         tensor_parallel=row.get("tensor_parallel", 1),
-        gpu_memory_utilization=row.get("gpu_memory_utilization") or 0.9,
+        gpu_memory_utilization=row.get("gpu_memory_utilization"),
         weight_dtype=row.get("weight_dtype", "auto"),
+        vllm_version=row["version"],
+        max_num_batched_tokens=row.get("max_num_batched_tokens"),
     )
     if row.get("gpu_memory_gib"):
         args["gpu_memory_bytes"] = round(row["gpu_memory_gib"] * GIB)
-    if row.get("engine") == "v0":
-        # V0 profiled one batch of max(max_model_len, 2048) tokens and 256 sequences.
-        args["max_num_batched_tokens"] = max(args["max_model_len"], 2048)
-        args["max_num_seqs"] = 256
-    if _version_before(row.get("vllm_version"), (0, 21)):
-        args["cuda_graph_bytes"] = 0  # CUDA graph memory was subtracted only from vLLM 0.21 on
     args.update(kw)
     return kv_capacity(model, gpu, get_format(KV_FORMAT[row["kv_dtype"]]), **args)
 
@@ -76,6 +61,8 @@ def _capacity(row: dict[str, Any], **kw: Any) -> Capacity:
 def _given_available(row: dict[str, Any]) -> list[Check]:
     logged = row["logged"]
     gib = logged["available_kv_gib"]
+    if gib <= 0:  # nothing left for KV: only the model-alone estimate says anything
+        return []
     at = _capacity(row, kv_memory_bytes=round(gib * GIB))
     lo = _capacity(row, kv_memory_bytes=round((gib - 0.005) * GIB))
     hi = _capacity(row, kv_memory_bytes=round((gib + 0.005) * GIB) - 1)
@@ -88,9 +75,10 @@ def _given_available(row: dict[str, Any]) -> list[Check]:
         rng = "" if exact else f" (range {fmt.format(lo_v)}..{fmt.format(hi_v)})"
         checks.append(Check(row["id"], what, fmt.format(want), fmt.format(got) + rng, verdict))
 
-    if "kv_tokens" in logged and row.get("engine") != "v0":
+    v0 = row["version"] == "0.6"
+    if "kv_tokens" in logged and not v0:
         add("KV cache size (tokens)", logged["kv_tokens"], at.kv_tokens, lo.kv_tokens, hi.kv_tokens)
-    if "kv_tokens" in logged and row.get("engine") == "v0":
+    if "kv_tokens" in logged and v0:
         add("max tokens in KV (blocks x 16)", logged["kv_tokens"], at.num_blocks * 16, lo.num_blocks * 16,
             hi.num_blocks * 16)  # fmt: skip
     if "kv_tokens_approx" in logged:
@@ -116,12 +104,12 @@ def _given_available(row: dict[str, Any]) -> list[Check]:
 
 
 def _model_only(row: dict[str, Any]) -> Check | None:
-    if not row.get("gpu") or not row.get("gpu_memory_utilization"):
+    if not row.get("gpu"):
         return None
     cap = _capacity(row)
     want = row["logged"]["available_kv_gib"]
     got = cap.available_kv_bytes / GIB
-    err = (got - want) / want
+    err = (got - want) / abs(want)
     logged = row["logged"]
     terms = (
         f"weights {cap.weights_bytes / GIB:.2f}"
@@ -129,6 +117,7 @@ def _model_only(row: dict[str, Any]) -> Check | None:
         + f", activation {cap.activation_bytes / GIB:.2f}"
         + (f" (logged {logged['activation_gib']:.2f})" if "activation_gib" in logged else "")
         + f", non-torch {cap.non_torch_bytes / GIB:.2f}, graphs {cap.cuda_graph_bytes / GIB:.2f}"
+        + f"; --vllm-version {row['version']}"
     )
     verdict = ("within 5%" if abs(err) <= 0.05 else "MISS") + (" (calibration row)" if "calibrated" in
                                                                  row.get("notes", "") else "")  # fmt: skip
@@ -173,6 +162,10 @@ def main() -> None:
             f"| {c.row} | {c.what.split('[', 1)[1].rstrip(']')} | {c.logged} | {c.kvplan} | {c.verdict} |"
             for c in alone
         ),
+        "",
+        "## Misses and their causes",
+        "",
+        *(f"- {r['id']}: {r['miss_cause']}" for r in data["rows"] if r.get("miss_cause")),
         "",
         "## Sources",
         "",
