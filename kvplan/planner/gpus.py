@@ -29,6 +29,7 @@ class GpuSpec:
     # "facts.md" (a measured figure, docs/facts.md §2), "user log" (vLLM's logged total), "estimated".
     memory_source: str = "estimated"
     description: str = ""
+    note: str = ""  # what kvplan cannot know about this GPU, shown with every size on it
 
     @property
     def visible_memory_gib(self) -> float:
@@ -65,6 +66,63 @@ GPUS: dict[str, GpuSpec] = {
             "rtx-4090", _gib(23.64), 1.008 * TB, 165e12, 330e12, True, 0.69, "estimated", "RTX 4090 24GB"
         ),
         GpuSpec("mi300x", _gib(191.98), 5.3 * TB, 1307e12, 2615e12, True, 3.49, "estimated", "MI300X 192GB"),
+        # Workstation and datacenter cards users run vLLM on. "estimated": nvidia-smi's total less the
+        # ~450 MiB the CUDA context keeps (H100: 81,559 MiB -> 81,078; RTX 3090: 24,576 -> 24,146).
+        GpuSpec(
+            "rtx-a5000", _gib(23.55), 0.768 * TB, 111e12, 0.0, False, 0.29, "estimated", "RTX A5000 24GB"
+        ),
+        GpuSpec(
+            "rtx-a6000", _gib(47.55), 0.768 * TB, 155e12, 0.0, False, 0.49, "estimated", "RTX A6000 48GB"
+        ),
+        GpuSpec(
+            "rtx-6000-ada",
+            _gib(47.55),
+            0.96 * TB,
+            364e12,
+            728e12,
+            True,
+            0.79,
+            "estimated",
+            "RTX 6000 Ada 48GB",
+        ),
+        GpuSpec("rtx-4080", _gib(15.55), 0.717 * TB, 97e12, 195e12, True, 0.29, "estimated", "RTX 4080 16GB"),
+        GpuSpec(
+            "rtx-5090", _gib(31.40), 1.792 * TB, 209e12, 419e12, True, 0.89, "estimated", "RTX 5090 32GB"
+        ),
+        # 46,068 MiB in nvidia-smi with ECC on (the A40 in guqiong96/Lvllm#35's log)
+        GpuSpec("a40", _gib(44.55), 0.696 * TB, 150e12, 0.0, False, 0.49, "estimated", "A40 48GB"),
+        GpuSpec(
+            "a40-48q",
+            _gib(44.55),
+            0.696 * TB,
+            150e12,
+            0.0,
+            False,
+            0.49,
+            "estimated",
+            "A40-48Q vGPU profile",
+            "vGPU profiles keep several GiB outside torch that kvplan does not model: pass --non-torch-gib "
+            "with the figure vLLM logs (DEBUG: total consumed minus weights and torch peak)",
+        ),
+        GpuSpec("l20", _gib(44.55), 0.864 * TB, 119.5e12, 239e12, True, 0.79, "estimated", "L20 48GB"),
+        GpuSpec("gh200", _gib(95.14), 4.0 * TB, 989e12, 1979e12, True, 3.49, "estimated", "GH200 96GB HBM3"),
+        # 121.69 GiB: CUDA's total on a DGX Spark (MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks#47)
+        GpuSpec(
+            "gb10",
+            _gib(121.69),
+            0.273 * TB,
+            62e12,
+            125e12,
+            True,
+            0.0,
+            "user log",
+            "GB10 (DGX Spark) 128GB unified",
+            "unified memory: page cache and other processes share it, so vLLM's profile can count them as "
+            "non-torch memory; --kv-cache-memory-gib is the reliable input here",
+        ),
+        GpuSpec("b300", _gib(286.4), 8.0 * TB, 2250e12, 4500e12, True, 7.99, "estimated", "B300 288GB"),
+        GpuSpec("mi325x", _gib(255.98), 6.0 * TB, 1307e12, 2615e12, True, 3.99, "estimated", "MI325X 256GB"),
+        GpuSpec("mi355x", _gib(287.98), 8.0 * TB, 2300e12, 4600e12, True, 4.99, "estimated", "MI355X 288GB"),
     )
 }
 
@@ -77,6 +135,12 @@ GPU_ALIASES: dict[str, str] = {
     "a100-sxm": "a100-80gb",
     "4090": "rtx-4090",
     "3090": "rtx-3090",
+    "a5000": "rtx-a5000",
+    "a6000": "rtx-a6000",
+    "rtx6000-ada": "rtx-6000-ada",
+    "5090": "rtx-5090",
+    "4080": "rtx-4080",
+    "dgx-spark": "gb10",
 }
 
 

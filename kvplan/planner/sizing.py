@@ -339,6 +339,8 @@ def size(req: SizeRequest) -> SizeReport:
         notes.append(
             "weights, activation and overheads exceed the requested memory: nothing is left for KV cache"
         )
+    if req.gpu.note:
+        notes.append(f"{req.gpu.name}: {req.gpu.note}")
     if req.traffic_lengths is None:
         notes.append("expected concurrency needs a traffic mix: pass --traffic FILE or --context-mix")
     if req.model.is_mla:
