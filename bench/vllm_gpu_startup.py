@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "vllm_gpu_startup.md"
 VLLM_VERSION = "0.33"
 UTILIZATION = 0.92
+DRY_RUN = False
+# GPU case -> the CPU recording's config of the same architecture (for --cpu-dry-run)
+CPU_TWIN = {"llama-8b-auto": "llama-full", "qwen3-next-8l": "qwen3-next-gdn", "jamba-mini-8l": "jamba-mamba1"}
 
 # vLLM architecture class per model_type (the text-only class for multimodal checkpoints).
 ARCH = {
@@ -114,12 +117,14 @@ t0 = time.time()
 from vllm import LLM
 import vllm
 print("VLLM_VERSION", vllm.__version__, flush=True)
-kw = dict(model=spec["dir"], load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+kw = dict(model=spec["dir"], load_format="dummy", skip_tokenizer_init=True, dtype=spec["dtype"],
           enforce_eager=True,
           compilation_config={"custom_ops": ["none"]}, max_model_len=spec["max_model_len"],
           kv_cache_dtype=spec["kv_cache_dtype"], gpu_memory_utilization=spec["util"],
           attention_backend=spec["backend"],
           ir_op_priority={"rms_norm": ["native"], "fused_add_rms_norm": ["native"]})
+if spec.get("kv_memory"):  # CPU dry run: the CPU backend needs a fixed KV memory
+    kw["kv_cache_memory_bytes"] = spec["kv_memory"]
 try:
     llm = LLM(**kw)
 except ValueError as exc:
@@ -152,10 +157,12 @@ def run_case(case: tuple[Any, ...], gpu: str, timeout: int, logs: Path) -> dict[
         (Path(tmp) / "config.json").write_text(json.dumps(cfg))
         spec = {
             "dir": tmp,
-            "max_model_len": length,
+            "max_model_len": 2048 if DRY_RUN else length,
             "kv_cache_dtype": kv_dtype,
             "util": UTILIZATION,
             "backend": backend,
+            "dtype": "float32" if DRY_RUN else "bfloat16",
+            "kv_memory": 64 << 20 if DRY_RUN else None,
         }
         env = {
             **os.environ,
@@ -168,7 +175,12 @@ def run_case(case: tuple[Any, ...], gpu: str, timeout: int, logs: Path) -> dict[
         t0 = time.time()
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", CHILD, json.dumps(spec)],
+                [
+                    str(ROOT / ".venv-vllm" / "bin" / "python") if DRY_RUN else sys.executable,
+                    "-c",
+                    CHILD,
+                    json.dumps(spec),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -205,15 +217,30 @@ def cmd_run(args: argparse.Namespace) -> None:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     configs = json.loads((ROOT / "bench" / "data" / "vllm_gpu_startup_configs.json").read_text())
+    if args.cpu_dry_run:
+        # The same runner on this CPU machine with the small configs of the CPU recording (same
+        # architectures): checks the processes, parsing and outputs, not the GPU figures.
+        global DRY_RUN
+        DRY_RUN = True
+        cpu = {
+            r["id"]: r["config"]
+            for r in json.loads((ROOT / "bench" / "data" / "vllm_cpu_startup.json").read_text())["runs"]
+        }
+        configs = {cid: cpu[src] for cid, src in CPU_TWIN.items() if src in cpu}
     for cid, cfg in configs.items():
         (logs / f"{cid}.config.json").write_text(json.dumps(cfg))
-    gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g] or [
-        str(i)
-        for i in range(
-            int(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU "))
-        )
-    ]
-    cases = [c for c in CASES if not args.only or c[0] in args.only.split(",")]
+    gpus = (
+        ["cpu"]
+        if args.cpu_dry_run
+        else [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        or [
+            str(i)
+            for i in range(
+                int(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU "))
+            )
+        ]
+    )
+    cases = [c for c in CASES if (not args.only or c[0] in args.only.split(",")) and c[0] in configs]
     deadline = time.time() + args.deadline_s
     results: list[dict[str, Any]] = []
     queue = list(cases)
@@ -313,26 +340,31 @@ def cmd_compare(args: argparse.Namespace) -> None:
     doc = json.loads(Path(args.result).read_text())
     by_id = {c[0]: c for c in CASES}
     rows = [
-        "| case | vLLM avail GiB | kvplan from memory: tokens / conc (logged) "
-        "| model+GPU alone avail | verdict |",
-        "|---|---|---|---|---|",
+        "| case | vLLM avail GiB | kvplan from memory: tokens / conc (logged) | block (logged) "
+        "| model+GPU alone avail | weights GiB kvplan (logged) | activation GiB kvplan (torch peak) "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         lg = r.get("logged", {})
         why = (r.get("errors") or [r.get("skipped", "")])[-1]
         if not r.get("started") or "available_kv_gib" not in lg:
-            rows.append(f"| {r['id']} | - | did not start: {why[:80]} | - | - |")
+            rows.append(f"| {r['id']} | - | did not start: {why[:80]} | - | - | - | - | - |")
             continue
         gib = float(lg["available_kv_gib"])
         given = [predict(by_id[r["id"]], round((gib + d) * 2**30)) for d in (-0.005, 0.0, 0.005)]
         tokens, conc = int(lg["kv_tokens"].replace(",", "")), float(lg["concurrency"])
-        hit = any(c.kv_tokens == tokens or f"{c.max_concurrency:.2f}" == f"{conc:.2f}" for c in given)
+        hit = given[1].kv_tokens == tokens and f"{given[1].max_concurrency:.2f}" == f"{conc:.2f}"
         span = min(c.kv_tokens for c in given) <= tokens <= max(c.kv_tokens for c in given)
-        alone = predict(by_id[r["id"]]).available_kv_bytes / 2**30
+        model_alone = predict(by_id[r["id"]])
+        alone = model_alone.available_kv_bytes / 2**30
         err = (alone - gib) / gib
+        block = lg.get("attention_block_size", "16")
         rows.append(
             f"| {r['id']} | {gib:.2f} | {given[1].kv_tokens:,} / {given[1].max_concurrency:.2f}x "
-            f"({tokens:,} / {conc:.2f}x) | {alone:.2f} ({err:+.1%}) | "
+            f"({tokens:,} / {conc:.2f}x) | {given[1].block_size} ({block}) | {alone:.2f} ({err:+.1%}) | "
+            f"{model_alone.weights_bytes / 2**30:.2f} ({lg.get('model_load_gib', '-')}) | "
+            f"{model_alone.activation_bytes / 2**30:.2f} ({lg.get('torch_peak_gib', '-')}) | "
             f"{'exact' if hit else 'within GiB rounding' if span else 'MISS'}; "
             f"{'within 5%' if abs(err) <= 0.05 else 'MISS 5%'} |"
         )
@@ -359,6 +391,9 @@ def main() -> None:
     r.add_argument("--deadline-s", type=int, default=270)
     r.add_argument("--timeout", type=int, default=150, help="per engine")
     r.add_argument("--only", help="comma-separated case ids")
+    r.add_argument(
+        "--cpu-dry-run", action="store_true", help="here, on vLLM CPU, with the CPU recording's configs"
+    )
     sub.add_parser("predict", help="write the case configs (bench/data) and print kvplan's predictions")
     c = sub.add_parser("compare", help="kvplan against a run's JSON -> bench/results/vllm_gpu_startup.md")
     c.add_argument("result")
