@@ -127,13 +127,19 @@ def warm_one(job: tuple[str, dict[str, Any], dict[str, object]]) -> tuple[str, f
 
 
 def warm(
-    jobs: list[tuple[str, dict[str, Any], dict[str, object]]], procs: int
+    jobs: list[tuple[str, dict[str, Any], dict[str, object]]], procs: int, timeout: float = 1e9
 ) -> list[tuple[str, float, str]]:
-    """Compile every job in `procs` processes (spawned: no CUDA context is inherited)."""
+    """Compile every job in `procs` processes (spawned: no CUDA context is inherited); past
+    `timeout` seconds the rest is left to compile on first launch."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(procs) as pool:
-        return pool.map(warm_one, jobs, chunksize=1)
+        pending = pool.map_async(warm_one, jobs, chunksize=1)
+        try:
+            return pending.get(timeout)
+        except mp.TimeoutError:
+            pool.terminate()
+            return [("?", 0.0, f"not compiled: warm-up past {timeout:.0f} s") for _ in jobs]
 
 
 # ---------------------------------------------------------------------------------------------

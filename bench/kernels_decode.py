@@ -28,6 +28,7 @@ import datetime
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +49,7 @@ HQ, HKV, D, PAGE = kc.HQ, kc.HKV, kc.D, kc.PAGE
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 FORMATS = ["bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
 QUANT = FORMATS[1:]
-GRID = [(32, 32768), (8, 32768), (1, 32768), (1, 131072), (32, 4096), (64, 1024)]
+GRID = [(32, 32768), (1, 32768), (1, 131072), (64, 1024), (8, 32768), (32, 4096)]  # priority order
 # name -> api.TUNING_GLUON overrides. "triton" is the Triton kernel (bench/results/kernels_h100.md);
 # the rest the Gluon kernel (kvplan/kernels/gluon_decode.py) with one setting changed each
 VARIANTS: dict[str, dict[str, object]] = {
@@ -228,11 +229,15 @@ class Case:
 # check: small shapes
 
 
-def check_cases(formats: list[str]) -> list[tuple[str, str, int, int, int, int | None]]:
-    """(format, variant, head_dim, page, queries per sequence, splits) of the check section."""
+def check_cases(formats: list[str], vnames: list[str]) -> list[tuple[str, str, int, int, int, int | None]]:
+    """(format, variant, head_dim, page, queries per sequence, splits) of the check section: the
+    Triton kernel and the Gluon one (the launch settings of the other variants are checked by
+    the sweep at the grid shapes)."""
     out = []
     for name in [*formats, "fp16"] if "bf16" in formats else formats:
-        for vname in ["triton", "gluon"] if name in QUANT else ["triton"]:
+        for vname in [v for v in ("triton", "gluon") if v in vnames or name not in QUANT][
+            : 2 if name in QUANT else 1
+        ]:
             for d, page, q_len in CHECK_SHAPES:
                 for splits in (None, 1):
                     out.append((name, vname, d, page, q_len, splits))
@@ -422,7 +427,7 @@ def warm_jobs(sections: set[str], formats: list[str], vnames: list[str], grid: l
                 )
             jobs.append(("write", {"fmt_name": name, "tokens": min(65536, b * ctx)}, {}))
     if "check" in sections:
-        for name, vn, d, page, q_len, splits in check_cases(formats):
+        for name, vn, d, page, q_len, splits in check_cases(formats, vnames):
             lens = [q_len, *CHECK_LENS]
             jobs.append(("decode", {"fmt_name": name, "batch": len(lens), "ctx": 0, "q_len": q_len,
                                     "sms": SMS, "hq": CHECK_HKV * CHECK_G, "hkv": CHECK_HKV, "d": d,
@@ -456,6 +461,8 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(f"{b}x{c}" for b, c in GRID))
     ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: no warm-up)")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; later sections are skipped past it")
+    ap.add_argument("--warm-timeout", type=float, default=120, help="seconds for the warm-up")
+    ap.add_argument("--smoke", type=int, default=1, help="first run the Gluon path in a child process")
     args = ap.parse_args()
     t0 = time.time()
     sections = set(args.sections.split(","))
@@ -493,7 +500,7 @@ def main() -> None:
     if args.jobs:
         jobs = warm_jobs(sections, formats, vnames, grid)  # type: ignore[arg-type]
         tw = time.time()
-        done = kc.warm(jobs, args.jobs)
+        done = kc.warm(jobs, args.jobs, args.warm_timeout)
         failed = [(j, d) for j, d in zip(jobs, done, strict=True) if d[2]]
         res["warm"] = {"jobs": len(jobs), "seconds": time.time() - tw, "cpu_seconds": sum(d[1] for d in done),
                        "failed": [f"{j[0]} {j[1].get('fmt_name')} {j[2]}: {d[2]}"
@@ -503,6 +510,27 @@ def main() -> None:
                    f"{sum(d[1] for d in done):.0f} CPU-s), {len(failed)} failed")  # fmt: skip
         print(log[-1], *res["warm"]["failed"][:5], sep="\n  ", flush=True)
         save()
+    gluon_vns = [vn for vn in vnames if VARIANTS[vn].get("gluon")]
+    if args.smoke and gluon_vns:  # a crash (illegal address) would end this process's CUDA context
+        cmd = [sys.executable, __file__, "--sections", "smoke", "--jobs", "0", "--smoke", "0"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        res["smoke"] = {"rc": r.returncode, "tail": (r.stdout + r.stderr)[-2000:]}
+        log.append(f"smoke (Gluon path, child process): rc {r.returncode}; {r.stdout.strip()[-300:]}")
+        print(log[-1], flush=True)
+        if r.returncode != 0:
+            vnames = [vn for vn in vnames if vn not in gluon_vns]
+            log.append(f"Gluon variants dropped: {gluon_vns}\n{r.stderr[-1500:]}")
+            print(log[-1], flush=True)
+        save()
+    if sections == {"smoke"}:  # the child: a few Gluon launches, errors printed
+        worst = 0.0
+        for name in QUANT:
+            for d, page, q_len in CHECK_SHAPES[1:2] + CHECK_SHAPES[-1:]:
+                r2 = check_one(name, "gluon", d, page, q_len, None)
+                worst = max(worst, float(str(r2["rel_err"])))
+        torch.cuda.synchronize()
+        print(f"smoke ok: {2 * len(QUANT)} Gluon launches, worst rel err {worst:.2e}")
+        return
     res["copy_GBps"] = copy_bandwidth() / 1e9
     res["read_GBps"] = read_bandwidth() / 1e9
     log.append(
@@ -513,7 +541,7 @@ def main() -> None:
 
     if "check" in sections and not over_budget("check"):
         rows = []
-        for case in check_cases(formats):
+        for case in check_cases(formats, vnames):
             try:
                 rows.append(check_one(*case))
             except Exception as e:  # a failing path is a result, not the end of the run
