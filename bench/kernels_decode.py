@@ -5,7 +5,8 @@ Every timed call is captured in a CUDA graph (as vLLM decodes) and replayed over
 caches (> L2) back to back; time = median over 7 replays of (elapsed / calls). Effective
 bandwidth = bytes read (codes + scales from formats.py, page table, query) + output written.
 
-Sections (one call runs any set of them, the JSON is rewritten after each):
+Sections (one call runs any set of them, in this order: check, realkv, write, sweep; the JSON is
+rewritten after each):
 - check:  every kernel path vs an fp64 reference on the dequantized cache, small shapes
           (8 formats x head_dim 64/128/256 x pages 16-128 x 1/4/8 queries, split and not,
           NaN-poisoned outputs); the Gluon path for the 6 formats it serves.
@@ -558,6 +559,13 @@ def main() -> None:
         print("\n".join(log[-3 - min(8, len(bad)) :]), flush=True)
         save()
 
+    if "realkv" in sections and not over_budget("realkv"):
+        res["realkv"] = realkv(formats, [v for v in vnames if v in REALKV_VARIANTS], log)
+        print(log[-1], flush=True)
+        save()
+    if "write" in sections and not over_budget("write"):
+        res["write"] = write_bench(res["copy_GBps"] * 1e9, log)
+        print("\n".join(log[-len(FORMATS) :]), flush=True)
     if "sweep" in sections:
         res["sweep"] = []
         for b, ctx in grid:
@@ -590,13 +598,6 @@ def main() -> None:
             res["sweep"].append(row)
             save()
 
-    if "realkv" in sections and not over_budget("realkv"):
-        res["realkv"] = realkv(formats, [v for v in vnames if v in REALKV_VARIANTS], log)
-        print(log[-1], flush=True)
-        save()
-    if "write" in sections and not over_budget("write"):
-        res["write"] = write_bench(res["copy_GBps"] * 1e9, log)
-        print("\n".join(log[-len(FORMATS) :]), flush=True)
     save()
     print(f"done in {time.time() - t0:.0f}s")
 
