@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kvplan.errors import InputError
+from kvplan.errors import InputError, Unsupported
 from kvplan.formats import Element, KVFormat
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.layers import (
@@ -91,6 +91,8 @@ def weight_bytes(model: ModelSpec, weight_dtype: str = "auto", *, text_only: boo
     if weight_dtype.strip().lower() in ("auto", "", model.native_weight_dtype):
         if model.weight_bytes is not None:
             return model.weight_bytes - (2 * vision if text_only else 0)
+        if model.quant.method == "unknown":
+            raise Unsupported(model.quant.detail)
         quant = model.quant
     else:
         quant = override(weight_dtype)
@@ -112,6 +114,15 @@ def estimate_activation_bytes(
     forward = max_num_batched_tokens * per_token
     sampler = max_num_seqs * model.vocab_size * 4 * SAMPLER_FP32_COPIES
     return round(forward + sampler)
+
+
+def encoder_profile_bytes(model: ModelSpec, max_num_batched_tokens: int) -> int:
+    """A multimodal model's profile run also encodes dummy images up to the encoder budget
+    (max_num_batched_tokens) and keeps their embeddings in the encoder cache while the decoder runs:
+    about budget x hidden x 2 bytes on top of the decoder's peak (an estimate; 0 text-only)."""
+    if not model.param_counts.vision:
+        return 0
+    return max_num_batched_tokens * model.hidden_size * 2
 
 
 def estimate_cuda_graph_bytes(model: ModelSpec, tensor_parallel: int) -> int:
@@ -331,6 +342,7 @@ def kv_capacity(
     weights = math.ceil(weight_bytes(model, weight_dtype, text_only=text_only) / ranks)
     act = (
         estimate_activation_bytes(model, tensor_parallel, batched, seqs)
+        + (0 if text_only else encoder_profile_bytes(model, batched))
         if activation_bytes is None
         else activation_bytes
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kvplan.errors import InputError, NotFound, closest
+from kvplan.errors import InputError, NotFound, Unsupported, closest
 from kvplan.planner.architectures import layer_specs, normalize_config
 from kvplan.planner.catalog import ALIASES, CATALOG
 from kvplan.planner.layers import Attention, LatentAttention, Layer, LayerKind, RecurrentState
@@ -252,7 +252,10 @@ def spec_from_config(
     kind, kv_heads, head_dim = _attention_kind(layers, heads)
     experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0)
     inter = _widest_mlp(cfg, hidden, source)
-    quant = quant_of(cfg, source)
+    try:
+        quant = quant_of(cfg, source)
+    except Unsupported as exc:  # refused when the weights are needed, unless --weight-dtype or files say
+        quant = WeightQuant("unknown", 0.0, (), str(exc))
     counts = count_params(cfg, layers, vision_params(cfg))
     published = int(cfg["params"]) if cfg.get("params") else None
     assumptions = (

@@ -395,8 +395,8 @@ def quant_of(cfg: dict[str, Any], source: str, vllm_minor: int = 33) -> WeightQu
         per = 0.5 + (1 / 64 + 4 / (64 * 256) if double else 4 / 64)
         return WeightQuant("nf4", per, parts, "bitsandbytes 4-bit" + (" (double quant)" if double else ""))
     raise Unsupported(
-        f"{source}: quantization method {method or q!r} is not modelled by kvplan; pass --weight-gib with "
-        "the checkpoint's size (or a model directory with safetensors files) to proceed"
+        f"{source}: quantization method {method or q!r} is not modelled by kvplan; size the model directory "
+        "with its safetensors files (exact weights) or pass --weight-dtype to price it at your own risk"
     )
 
 

@@ -176,3 +176,31 @@ def test_gpt_oss_120b_weights_follow_mxfp4_and_vllm_padding() -> None:
     assert abs(weight_bytes(get_model("gpt-oss-120b")) / 2**30 - 65.97) < 0.3
     # As BF16 it would not fit one H100 at all (the old reading of its config).
     assert weight_bytes(get_model("gpt-oss-120b"), "bf16") / 2**30 > 200
+
+
+def test_vision_towers_count_in_weights_and_profile_unless_text_only() -> None:
+    from kvplan.planner.memory import weight_bytes
+
+    m = get_model("mistral-small-3.1-24b")
+    assert m.param_counts.vision > 0.4e9  # Pixtral: 24 layers of width 1024
+    assert weight_bytes(m) - weight_bytes(m, text_only=True) == 2 * m.param_counts.vision
+    full = kv_capacity(m, GPUS["h100"], BF16, max_model_len=8192)
+    text = kv_capacity(m, GPUS["h100"], BF16, max_model_len=8192, text_only=True)
+    assert text.weights_bytes < full.weights_bytes and text.activation_bytes < full.activation_bytes
+
+
+def test_an_unmodelled_quantization_exits_2_unless_the_weights_are_priced_otherwise(tmp_path: Path) -> None:
+    from kvplan.planner.memory import weight_bytes
+
+    cfg = {**CATALOG["qwen3-4b"], "quantization_config": {"quant_method": "hqq", "nbits": 3}}
+    m = spec_from_config(cfg, "hqq-model")
+    with pytest.raises(Unsupported, match=r"'hqq' is not modelled.*--weight-dtype"):
+        weight_bytes(m)
+    assert weight_bytes(m, "int4") < weight_bytes(m, "bf16")
+    kvplan = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "kvplan"
+    (tmp_path / "config.json").write_text(__import__("json").dumps(cfg))
+    run = subprocess.run([str(kvplan), "size", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "hqq" in run.stderr
+    ok = subprocess.run([str(kvplan), "size", str(tmp_path), "--weight-dtype", "int4"], capture_output=True,
+                        text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
