@@ -36,6 +36,7 @@ COMMANDS = {
     "workers": "kvplan.workers.cli",
     "worker": "kvplan.workers.sim.cli",
     "kernels": "kvplan.kernels.cli",
+    "eval": "kvplan.quality.cli",
     "dashboards": "kvplan.dashboards.cli",
     "deploy": "kvplan.deploy.cli",
 }

@@ -42,6 +42,8 @@ class RejectReason(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     NOT_FOUND = "not_found"  # unknown path
     NO_HEALTHY_ENDPOINT = "no_healthy_endpoint"
+    FORBIDDEN = "forbidden"  # X-Kvplan-Force-Pool without the admin token
+    POOL_NOT_FOUND = "pool_not_found"  # X-Kvplan-Force-Pool naming no pool of the model
 
 
 class ErrorKind(StrEnum):
@@ -64,6 +66,33 @@ class DecisionReason(StrEnum):
     STALE = "stale"  # candidate's scraped load is stale: baseline
     NO_CANDIDATE = "no_candidate"  # the bucket has no candidate pool
     RETRY = "retry"  # re-routed to baseline after the candidate failed before the first byte
+    FORCED = "forced"  # an authorised caller named the pool (X-Kvplan-Force-Pool; kvplan eval)
+    PRECISION_HEADER = "precision_header"  # kept off the candidate: X-KV-Precision: high (policy precision)
+    PRECISION_RULE = "precision_rule"  # kept off the candidate: the plan's rule for the bucket (tools, JSON)
+    PRECISION_PROMPT = "precision_prompt"  # kept off the candidate: a long prompt citing many sources
+
+
+class ShadowDrop(StrEnum):
+    """Why a shadow copy was never compared: `kvplan_router_shadow_dropped{reason}`."""
+
+    QUEUE_FULL = "queue_full"  # the bounded shadow queue was full: dropped at once, the client never waits
+    CANDIDATE_FAILED = "candidate_failed"  # the candidate answered an error, timed out or was unreachable
+    BASELINE_FAILED = "baseline_failed"  # no baseline answer to pair with (client error, failed replay)
+    TOKENIZE_FAILED = "tokenize_failed"  # the pool's /tokenize did not answer
+
+
+class AgreementMeasure(StrEnum):
+    """How a candidate's answer agrees with the baseline's: `kvplan_router_shadow_agreement{measure}`
+    (computed in kvplan.quality.compare)."""
+
+    EXACT = "exact"
+    PREFIX = "prefix"
+    TOKENS = "tokens"
+    LENGTH = "length"
+
+
+# The measure the rollout's quality gate and the quality alert read.
+GATED_MEASURE = AgreementMeasure.TOKENS
 
 
 class EndpointChoiceReason(StrEnum):
@@ -200,6 +229,11 @@ class router:
     PLAN_RELOADS = f"{PREFIX}_plan_reloads"  # counter {result}
     CLIENT_REFUSALS = f"{PREFIX}_client_refusals"  # counter {reason}: the HTTP layer's refusals
     ADMIN_AUTH_FAILURES = f"{PREFIX}_admin_auth_failures"  # counter {reason}: refused admin calls
+    # Shadow traffic (kvplan/router/shadow.py); `pool` is the candidate the copy went to.
+    SHADOW_SAMPLED = f"{PREFIX}_shadow_sampled"  # counter {bucket, pool}: baseline requests picked
+    SHADOW_PAIRS = f"{PREFIX}_shadow_pairs"  # counter {bucket, pool}: answer pairs compared
+    SHADOW_DROPPED = f"{PREFIX}_shadow_dropped"  # counter {bucket, pool, reason}: picked, never compared
+    SHADOW_AGREEMENT = f"{PREFIX}_shadow_agreement"  # histogram {bucket, pool, measure}: 0-1 per pair
 
     # label values
     OUTCOMES = tuple(Outcome)
@@ -210,6 +244,8 @@ class router:
     RELOAD_RESULTS = tuple(ReloadResult)
     REFUSAL_REASONS = tuple(RefusalReason)
     AUTH_FAILURES = tuple(AuthFailure)
+    SHADOW_DROP_REASONS = tuple(ShadowDrop)
+    SHADOW_MEASURES = tuple(AgreementMeasure)
 
     # label names
     REQUEST_LABELS = ("bucket", "pool", "regime", "outcome")

@@ -20,10 +20,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kvplan"
 # cli.py: argument parsing, lazy imports, output) is on the top floor.
 GROUND = (
     "errors", "formats", "plan", "procs", "metric_names", "kernel_speeds", "vllm_command", "checkpoint",
+    "headers",
 )  # fmt: skip
 FLOORS: tuple[tuple[str, ...], ...] = (
     GROUND,
-    ("planner", "kernels", "control"),
+    ("planner", "kernels", "control", "quality"),
     ("workers", "router", "deploy"),
     ("dashboards",),
     ("demo",),
