@@ -113,6 +113,24 @@ class Rollout(_Strict):
 
     weight: int = Field(0, ge=0, le=100)
     killed: bool = False
+    shadow: int = Field(0, ge=0, le=100, description="percent of baseline requests mirrored to the candidate")
+
+
+class Precision(_Strict):
+    """Which requests the `precision` policy keeps off a lossy candidate, even inside the weight.
+
+    A request is risky when it asks (`X-KV-Precision: high`, if `header`), when the plan's rule
+    says so (`structured`: it offers tools or asks for JSON, where one flipped token breaks the
+    call), or by the prompt heuristic: at least `min_sources` distinct cited sources ([1], [S3],
+    [doc-4], <document ...>) in a prompt of at least `min_prompt_tokens` tokens, the long
+    retrieval prompts where quantized attention drops or invents citations.
+    """
+
+    to: str | None = Field(None, description="pool of this bucket that serves them (default: the baseline)")
+    header: bool = True
+    structured: bool = False
+    min_sources: int | None = Field(None, gt=0)
+    min_prompt_tokens: int = Field(0, ge=0)
 
 
 PREFIX_LOAD_BOUND = 8.0  # requests of load over the least-loaded replica (see EndpointChoice)
@@ -166,6 +184,7 @@ class Bucket(_Strict):
     rollout: Rollout = Rollout()
     policy: str = "length-bucket"
     endpoint_choice: EndpointChoice = EndpointChoice()
+    precision: Precision = Precision()
 
     @property
     def pools(self) -> tuple[Pool, ...]:
@@ -179,6 +198,11 @@ class Bucket(_Strict):
                     f"pool {pool.name!r} max_model_len {pool.max_model_len} is below the "
                     f"bucket's max_tokens {self.max_tokens}"
                 )
+        names = [p.name for p in self.pools]
+        if self.precision.to is not None and self.precision.to not in names:
+            raise ValueError(
+                f"precision.to {self.precision.to!r} is not a pool of this bucket; pools: {', '.join(names)}"
+            )
         return self
 
 

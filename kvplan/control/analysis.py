@@ -6,6 +6,11 @@ inter-token latency is under its bound. Shares under an exact histogram edge sho
 that percentiles on coarse buckets hide (docs/facts.md §6). A pool with too few requests in the window
 is "no data", which fails (Flagger's rule: silence is not health).
 
+A fourth, quality, when `min_agreement` is set: the candidate's mean shadow agreement with the
+baseline over the window (kvplan.quality.compare, the gated measure) must be at least that bound,
+over at least `min_pairs` shadow pairs; fewer pairs is "no data", a failure like the others. Fast
+and error-free is not enough: an INT4 pool that drifts from its baseline's answers fails here.
+
 Why a noise margin: at 200 requests a 1% error ratio has a standard error of 0.7 points, so a
 bare 1-point tolerance fails healthy candidates about one window in six. Each check therefore
 allows tolerance + z * standard error of the difference of the two shares.
@@ -28,6 +33,8 @@ class PoolWindow:
     ttft_fast: float  # of those, at or under the TTFT bound
     itl_total: float | None = None  # inter-token gaps observed; None when the source has none
     itl_fast: float | None = None
+    shadow_pairs: float | None = None  # shadow answer pairs compared (a candidate's); None: no source
+    shadow_agreement_sum: float | None = None  # sum of their agreement (mean = sum / pairs)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class Thresholds:
     max_ttft_share_drop: float = 0.05  # share under the TTFT bound may be this much lower
     max_itl_share_drop: float = 0.05
     z: float = 2.0  # noise margin in standard errors
+    min_agreement: float = 0.0  # mean shadow agreement the candidate must keep; 0 = no quality check
+    min_pairs: float = 20  # shadow pairs per window for the quality check; fewer is "no data"
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -82,6 +91,16 @@ def _worse(
     return Check(name, worse_by <= allowed, pc, pb, allowed)
 
 
+def _quality(candidate: PoolWindow, th: Thresholds) -> Check | str:
+    """The quality check, or the "no data" reason."""
+    pairs, total = candidate.shadow_pairs or 0.0, candidate.shadow_agreement_sum or 0.0
+    if pairs < th.min_pairs:
+        return f"no data: shadow_agreement has {pairs:g} pairs (< {th.min_pairs:g}; is the shadow share 0?)"
+    mean = total / pairs
+    # the baseline agrees with itself: 1; allowed is the largest tolerated distance from it
+    return Check("shadow_agreement", mean >= th.min_agreement, mean, 1.0, 1.0 - th.min_agreement)
+
+
 def analyse(candidate: PoolWindow | None, baseline: PoolWindow | None, th: Thresholds) -> Verdict:
     for label, w in (("candidate", candidate), ("baseline", baseline)):
         if w is None or w.requests < th.min_requests:
@@ -119,6 +138,11 @@ def analyse(candidate: PoolWindow | None, baseline: PoolWindow | None, th: Thres
         if not c[1] or not b[1] or c[0] is None or b[0] is None:
             return Verdict(False, f"no data: {name} has no observations", tuple(checks))
         checks.append(_worse(name, (c[0], c[1]), (b[0], b[1]), tol, th.z, higher_is_worse=False))
+    if th.min_agreement > 0:
+        quality = _quality(candidate, th)
+        if isinstance(quality, str):
+            return Verdict(False, quality, tuple(checks))
+        checks.append(quality)
     failed = [c for c in checks if not c.passed]
     if failed:
         reason = "; ".join(

@@ -68,6 +68,8 @@ def _write(
         return
     a = result["after"]
     state = "KILLED (everyone on baseline)" if a["killed"] else f"weight {a['weight']}"
+    if op == "shadow":
+        state = f"shadow {a.get('shadow', 0)}% of baseline requests mirrored to the candidate"
     typer.echo(f"{bucket}: {state}  [version {result['version']}]")
 
 
@@ -108,6 +110,22 @@ def set_weight(
 ) -> None:
     """Set the share of cohorts sent to the bucket's candidate pool."""
     _write("weight", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json, weight)
+
+
+@flags_app.command("set-shadow")
+def set_shadow(
+    bucket: BucketOpt,
+    share: Annotated[int, typer.Option("--share", help="percent of baseline requests mirrored, 0..100")],
+    reason: ReasonOpt = "",
+    actor: ActorOpt = None,
+    plan: PlanOpt = None,
+    flag_store: StoreOpt = None,
+    router: RouterOpt = None,
+    admin_token_file: TokenOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Mirror a share of the bucket's baseline requests to its candidate (shadow traffic, compared)."""
+    _write("shadow", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json, share)
 
 
 @flags_app.command("show")
@@ -155,6 +173,10 @@ def rollout_start(
     max_ttft_share_drop: Annotated[float, typer.Option(help="drop tolerated in share under TTFT SLO")] = 0.05,
     max_itl_share_drop: Annotated[float, typer.Option(help="drop tolerated in share under ITL SLO")] = 0.05,
     min_requests: Annotated[int, typer.Option(help="requests per pool and window, else no data")] = 20,
+    min_agreement: Annotated[
+        float, typer.Option(help="quality gate: mean shadow agreement the candidate keeps, 0..1 (0: off)")
+    ] = 0.0,
+    min_pairs: Annotated[int, typer.Option(help="shadow pairs per window for the quality gate")] = 20,
     reason: ReasonOpt = "",
     actor: ActorOpt = None,
     plan: PlanOpt = None,
@@ -165,8 +187,18 @@ def rollout_start(
     """Start a rollout at the first step; the controller (`kvplan rollout run`) advances it."""
     from kvplan.control.analysis import Thresholds
     from kvplan.control.commands import rollout_op
+    from kvplan.errors import InputError
 
-    th = Thresholds(min_requests, max_error_increase, max_ttft_share_drop, max_itl_share_drop)
+    if not 0 <= min_agreement <= 1:
+        raise InputError(f"--min-agreement is a share within 0..1, got {min_agreement}")
+    th = Thresholds(
+        min_requests=min_requests,
+        max_error_increase=max_error_increase,
+        max_ttft_share_drop=max_ttft_share_drop,
+        max_itl_share_drop=max_itl_share_drop,
+        min_agreement=min_agreement,
+        min_pairs=min_pairs,
+    )
     where = _where(plan, flag_store, router, admin_token_file)
     after = _run(
         rollout_op(

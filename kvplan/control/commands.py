@@ -150,13 +150,16 @@ async def admin_call(where: Where, method: str, path: str, body: Mapping[str, An
 async def flag_write(
     where: Where, bucket: str, op: str, actor: str, reason: str, weight: int = 0
 ) -> dict[str, Any]:
-    """op: kill, unkill, weight. Returns {bucket, before, after, version}: what the store or the
-    router answered, or, when the answer was lost, what the audit trail proves was written."""
+    """op: kill, unkill, weight, shadow (`weight` is then the share). Returns {bucket, before, after,
+    version}: what the store or the router answered, or, when the answer was lost, what the audit
+    trail proves was written."""
     write_id = uuid.uuid4().hex
     if where.router_url:
         body: dict[str, Any] = {"actor": actor, "reason": reason, "write_id": write_id}
         if op == "weight":
             body["weight"] = weight
+        elif op == "shadow":
+            body["share"] = weight
         try:
             result: dict[str, Any] = await admin_call(where, "POST", f"/admin/buckets/{bucket}/{op}", body)
         except Unconfirmed as exc:
@@ -170,6 +173,8 @@ async def flag_write(
             after = await store.kill(bucket, actor, reason, write_id)
         elif op == "unkill":
             after = await store.unkill(bucket, actor, reason, write_id)
+        elif op == "shadow":
+            after = await store.set_shadow(bucket, weight, actor, reason, write_id)
         else:
             after = await store.set_weight(bucket, weight, actor, reason, write_id)
         snap = store.snapshot()
@@ -220,17 +225,19 @@ async def history(where: Where, bucket: str | None, limit: int) -> list[dict[str
 
 def format_state(data: Mapping[str, Any]) -> str:
     lines = [f"version {data.get('version')}  epoch {data.get('epoch')}  source {data.get('source')}"]
-    lines.append(f"{'bucket':<8} {'baseline':<14} {'candidate':<14} {'weight':>6} {'killed':>6}  rollout")
+    lines.append(
+        f"{'bucket':<8} {'baseline':<14} {'candidate':<14} {'weight':>6} {'shadow':>6} {'killed':>6}  rollout"
+    )
     for name, b in data["buckets"].items():
         killed = "KILLED" if b.get("killed") else "-"
         lines.append(
-            f"{name:<8} {b['baseline']:<14} {b.get('candidate') or '-':<14} {b['weight']:>6} {killed:>6}  "
-            f"{b.get('rollout', 'idle')}"
+            f"{name:<8} {b['baseline']:<14} {b.get('candidate') or '-':<14} {b['weight']:>6} "
+            f"{b.get('shadow', 0):>6} {killed:>6}  {b.get('rollout', 'idle')}"
         )
     return "\n".join(lines)
 
 
-_SHOWN = ("weight", "killed", "rollout")
+_SHOWN = ("weight", "shadow", "killed", "rollout")
 
 
 def _diff(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str:

@@ -50,6 +50,8 @@ def _thresholds(value: Any) -> Thresholds:
     for name, v in value.items():
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise InputError(f"threshold {name} must be a non-negative number, got {v!r}")
+    if value.get("min_agreement", 0) > 1:
+        raise InputError(f"threshold min_agreement is a share within 0..1, got {value['min_agreement']!r}")
     return Thresholds.from_dict(value)
 
 

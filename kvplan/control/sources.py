@@ -17,12 +17,13 @@ from typing import Any, Protocol
 import httpx
 
 from kvplan.control.analysis import PoolWindow
-from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES
+from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES, GATED_MEASURE
 from kvplan.metric_names import router as rm
 from kvplan.metric_names import vllm as vm
 from kvplan.plan import Slo
 
 ROUTER_ITL = rm.ITL_SECONDS  # the router's own inter-token histogram (embedded mode)
+SHADOW = rm.SHADOW_AGREEMENT  # histogram; its _count is the pairs, _sum the agreement
 
 
 class CounterFamily(Protocol):
@@ -51,6 +52,9 @@ class RouterCounters(Protocol):
     @property
     def itl(self) -> HistogramFamily: ...  # {bucket, pool, regime}
 
+    @property
+    def shadow_agreement(self) -> HistogramFamily: ...  # {bucket, pool, measure}: `.counts`, `.sum`
+
 
 def _edge_count(buckets: Mapping[float, float], bound: float) -> float | None:
     """Observations <= bound, when bound is an exact edge."""
@@ -73,6 +77,8 @@ class Queries:
     ttft: str = "sum by (le) (increase(" + rm.TTFT_SECONDS + "_bucket{{{sel}}}[{w}s]))"
     # vLLM's own histogram; Prometheus labels each scraped vLLM target with its pool
     itl: str = "sum by (le) (increase(" + vm.INTER_TOKEN_LATENCY + '_bucket{{pool="{pool}"}}[{w}s]))'
+    shadow_pairs: str = "sum(increase(" + SHADOW + '_count{{{sel},measure="' + GATED_MEASURE + '"}}[{w}s]))'
+    shadow_sum: str = "sum(increase(" + SHADOW + '_sum{{{sel},measure="' + GATED_MEASURE + '"}}[{w}s]))'
 
 
 class PrometheusSource:
@@ -113,6 +119,8 @@ class PrometheusSource:
         errors = await self._scalar(self.q.errors.format(sel=sel, w=w), end) or 0.0
         ttft = await self._histogram(self.q.ttft.format(sel=sel, w=w), end)
         itl = await self._histogram(self.q.itl.format(pool=pool, w=w), end)
+        pairs = await self._scalar(self.q.shadow_pairs.format(sel=sel, w=w), end)
+        agreement = await self._scalar(self.q.shadow_sum.format(sel=sel, w=w), end)
         return PoolWindow(
             requests=requests,
             errors=errors,
@@ -120,6 +128,8 @@ class PrometheusSource:
             ttft_fast=_edge_count(ttft, self.slo.ttft_seconds) or 0.0,
             itl_total=itl.get(math.inf) if itl else None,
             itl_fast=_edge_count(itl, self.slo.itl_seconds) if itl else None,
+            shadow_pairs=pairs,
+            shadow_agreement_sum=agreement,
         )
 
 
@@ -133,10 +143,13 @@ def totals_from_text(text: str, slo: Slo) -> Totals:
     req: dict[tuple[str, str], list[float]] = {}
     ttft: dict[tuple[str, str], dict[float, float]] = {}
     itl: dict[tuple[str, str], dict[float, float]] = {}
+    shadow: dict[tuple[str, str], list[float]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             key = (s.labels.get("bucket", ""), s.labels.get("pool", ""))
-            if s.name == f"{rm.REQUESTS}_total":
+            if s.name in (f"{SHADOW}_count", f"{SHADOW}_sum") and s.labels.get("measure") == GATED_MEASURE:
+                shadow.setdefault(key, [0.0, 0.0])[s.name.endswith("_sum")] += s.value
+            elif s.name == f"{rm.REQUESTS}_total":
                 outcome = s.labels.get("outcome", "")
                 if outcome in EXCLUDED_OUTCOMES:
                     continue
@@ -151,6 +164,7 @@ def totals_from_text(text: str, slo: Slo) -> Totals:
     out: Totals = {}
     for key, (n, errors) in req.items():
         t, i = ttft.get(key, {}), itl.get(key)
+        pairs, agreement = shadow.get(key, (None, None))
         out[key] = PoolWindow(
             requests=n,
             errors=errors,
@@ -158,6 +172,8 @@ def totals_from_text(text: str, slo: Slo) -> Totals:
             ttft_fast=_edge_count(t, slo.ttft_seconds) or 0.0,
             itl_total=i.get(math.inf) if i else None,
             itl_fast=_edge_count(i, slo.itl_seconds) if i else None,
+            shadow_pairs=pairs,
+            shadow_agreement_sum=agreement,
         )
     return out
 
@@ -174,10 +190,16 @@ def totals_from_router(m: RouterCounters, slo: Slo) -> Totals:
         r[0] += value
         r[1] += value if outcome in ERROR_OUTCOMES else 0.0
     ttft, itl = _shares(m.ttft, slo.ttft_seconds), _shares(m.itl, slo.itl_seconds)
+    shadow = {
+        (bucket, pool): child
+        for (bucket, pool, measure), child in m.shadow_agreement.children.items()
+        if measure == GATED_MEASURE
+    }
     out: Totals = {}
     for key, (n, errors) in req.items():
         t_total, t_fast = ttft.get(key, (0.0, None))
         i_total, i_fast = itl.get(key, (None, None))
+        pairs = shadow.get(key)
         out[key] = PoolWindow(
             requests=n,
             errors=errors,
@@ -185,6 +207,8 @@ def totals_from_router(m: RouterCounters, slo: Slo) -> Totals:
             ttft_fast=t_fast or 0.0,
             itl_total=i_total,
             itl_fast=i_fast,
+            shadow_pairs=float(sum(pairs.counts)) if pairs else None,
+            shadow_agreement_sum=pairs.sum if pairs else None,
         )
     return out
 
@@ -214,6 +238,8 @@ def _minus(a: PoolWindow, b: PoolWindow) -> PoolWindow:
         ttft_fast=max(0.0, a.ttft_fast - b.ttft_fast),
         itl_total=d(a.itl_total, b.itl_total),
         itl_fast=d(a.itl_fast, b.itl_fast),
+        shadow_pairs=d(a.shadow_pairs, b.shadow_pairs),
+        shadow_agreement_sum=d(a.shadow_agreement_sum, b.shadow_agreement_sum),
     )
 
 

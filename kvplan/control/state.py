@@ -103,10 +103,18 @@ class BucketFlags:
     killed: bool = False  # overrides weight: everyone goes to baseline
     rollout: RolloutPhase = RolloutPhase.IDLE
     progress: RolloutProgress | None = None  # the rollout's details, None when none ever ran
+    shadow: int = 0  # percent of the baseline's requests also sent to the candidate, 0..100
 
     def __post_init__(self) -> None:
         if not 0 <= self.weight <= 100:
             raise ValueError(f"weight must be within 0..100, got {self.weight}")
+        if not 0 <= self.shadow <= 100:
+            raise ValueError(f"shadow share must be within 0..100, got {self.shadow}")
+
+    @property
+    def effective_shadow(self) -> int:
+        """Shadowing stops with the kill switch: a killed candidate gets no traffic at all."""
+        return 0 if self.killed or self.candidate is None else self.shadow
 
     @property
     def effective_weight(self) -> int:
@@ -123,6 +131,7 @@ def flags_to_record(flags: BucketFlags) -> dict[str, Any]:
         "killed": flags.killed,
         "rollout": flags.rollout.value,
         "progress": flags.progress.encode() if flags.progress else None,
+        "shadow": flags.shadow,
     }
 
 
@@ -136,6 +145,7 @@ def flags_from_record(rec: Mapping[str, Any]) -> BucketFlags:
         killed=bool(rec.get("killed", False)),
         rollout=RolloutPhase(rec.get("rollout", RolloutPhase.IDLE)),
         progress=_progress(progress),
+        shadow=int(rec.get("shadow", 0)),
     )
 
 
@@ -182,11 +192,15 @@ class FlagChange:
     killed: bool | None = None
     rollout: RolloutPhase | None = None
     progress: RolloutProgress | None = None
+    shadow: int | None = None  # percent of the baseline's requests mirrored to the candidate
 
     def __post_init__(self) -> None:
         w = self.weight
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100):
             raise InvalidWeight(f"weight must be an integer within 0..100, got {w!r}")
+        v = self.shadow
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100):
+            raise InvalidWeight(f"shadow share must be an integer within 0..100, got {v!r}")
         if self.killed is not None and not isinstance(self.killed, bool):
             raise InputError(f"killed must be true or false, got {self.killed!r}")
         if self.rollout is not None and not isinstance(self.rollout, RolloutPhase):
@@ -203,6 +217,8 @@ class FlagChange:
             out["rollout"] = self.rollout.value
         if self.progress is not None:
             out["progress"] = self.progress.encode()
+        if self.shadow is not None:
+            out["shadow"] = self.shadow
         return out
 
 
@@ -268,6 +284,7 @@ def defaults_from_plan(plan: Plan) -> dict[str, BucketFlags]:
             candidate=b.candidates[0].name if b.candidates else None,
             weight=b.rollout.weight if b.candidates else 0,
             killed=b.rollout.killed,
+            shadow=b.rollout.shadow if b.candidates else 0,
         )
         for b in plan.buckets
     }
@@ -310,6 +327,10 @@ class FlagStore(Protocol):
 
     async def kill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags: ...
 
+    async def set_shadow(
+        self, bucket: str, share: int, actor: str, reason: str = "", write_id: str = ""
+    ) -> BucketFlags: ...
+
     async def unkill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags: ...
 
     async def history(self, bucket: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
@@ -342,6 +363,14 @@ class StoreWrites:
     async def kill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags:
         change = FlagChange(killed=True)
         return await self.update(bucket, change, action="kill", actor=actor, reason=reason, write_id=write_id)
+
+    async def set_shadow(
+        self, bucket: str, share: int, actor: str, reason: str = "", write_id: str = ""
+    ) -> BucketFlags:
+        change = FlagChange(shadow=share)
+        return await self.update(
+            bucket, change, action="set-shadow", actor=actor, reason=reason, write_id=write_id
+        )
 
     async def unkill(self, bucket: str, actor: str, reason: str = "", write_id: str = "") -> BucketFlags:
         change = FlagChange(killed=False)
