@@ -1,5 +1,6 @@
 """The admin API under /admin: read the plan and the flag state, set weights, kill and unkill,
-and start, pause, resume or abort a rollout (POST /admin/buckets/<bucket>/rollout/<op>).
+and start, pause, resume or abort a rollout (POST /admin/buckets/<bucket>/rollout/<op>), and set the
+share of baseline requests shadowed to the candidate (POST /admin/buckets/<bucket>/shadow).
 
 Every call needs `Authorization: Bearer <token>` (compared in constant time); without a
 configured token the API refuses everything. Every mutation goes through the flag store (which
@@ -203,16 +204,20 @@ async def _mutate(view: AdminView, req: Request, bucket: str, action: str) -> di
     reason = _text(data, "reason", "")
     _known_bucket(view, bucket)
     before = view.table().flags(view.store.snapshot(), bucket)
-    weight = data.get("weight")
-    if action == "weight" and (
-        isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100
+    field = "share" if action == "shadow" else "weight"
+    value = data.get(field)
+    if action in ("weight", "shadow") and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100
     ):
-        raise invalid(f"'weight' must be an integer within 0..100, got {weight!r}", param="weight")
+        raise invalid(f"'{field}' must be an integer within 0..100, got {value!r}", param=field)
     write_id = _text(data, "write_id", "")  # the caller's, to find its write if the reply is lost
     try:
         if action == "weight":
-            assert isinstance(weight, int)
-            after = await view.store.set_weight(bucket, weight, actor, reason, write_id)
+            assert isinstance(value, int)
+            after = await view.store.set_weight(bucket, value, actor, reason, write_id)
+        elif action == "shadow":
+            assert isinstance(value, int)
+            after = await view.store.set_shadow(bucket, value, actor, reason, write_id)
         elif action == "kill":
             after = await view.store.kill(bucket, actor, reason, write_id)
         else:
@@ -284,7 +289,7 @@ def _call(parts: list[str]) -> tuple[bytes, str] | None:
         return b"GET", parts[1]
     if parts == ["admin", "reload"]:
         return b"POST", "reload"
-    if len(parts) == 4 and parts[1] == "buckets" and parts[3] in ("weight", "kill", "unkill"):
+    if len(parts) == 4 and parts[1] == "buckets" and parts[3] in ("weight", "shadow", "kill", "unkill"):
         return b"POST", "mutate"
     if len(parts) == 5 and parts[1] == "buckets" and parts[3] == "rollout":
         return b"POST", "rollout"

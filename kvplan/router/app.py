@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 from prometheus_client import REGISTRY, generate_latest
 
+from kvplan import headers
 from kvplan.control.state import FlagStore, MemoryFlagStore
 from kvplan.metric_names import AuthFailure, RefusalReason
 from kvplan.plan import Plan, load_plan
@@ -29,9 +31,10 @@ from kvplan.router.metrics import RouterMetrics
 from kvplan.router.monitor import probe_all
 from kvplan.router.provenance import ProvenanceLog
 from kvplan.router.proxy import Proxy, Tee
-from kvplan.router.routes import RouteTable
+from kvplan.router.routes import RouteTable, forced_pool
 from kvplan.router.server import Connection, Listener, Request, serve
 from kvplan.router.settings import Listen, Settings
+from kvplan.router.shadow import ShadowSender
 from kvplan.router.transport import Transport
 
 if TYPE_CHECKING:
@@ -74,6 +77,7 @@ class Router:
         *,
         transport: Transport,
         tees: Sequence[Tee] = (),
+        shadow_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.plan_path = plan_path
         self.settings = settings
@@ -86,6 +90,14 @@ class Router:
         )
         self.upstream = transport
         self.provenance = ProvenanceLog(settings.provenance_path)
+        self.shadow = ShadowSender(
+            self.metrics,
+            settings.shadow,
+            snapshot=store.snapshot,
+            table=lambda: self.table,
+            transport=shadow_transport,
+        )
+        tees = (*tees, self.shadow.tee)
         self.proxy = Proxy(transport, self.metrics, self.limits, self.sat, self.provenance, tees=tees)
         auth_failures = {f: self.metrics.admin_auth_failures.labels(f) for f in AuthFailure}
         self.admin = AdminView(
@@ -135,6 +147,7 @@ class Router:
         await start_store(self.store)
         await self._probe_round()
         self.provenance.start()
+        self.shadow.start()
         for coro in (self._probe_loop(), self._sweep_loop(), self._reload_loop()):
             self._tasks.append(self._loop.create_task(coro))
         if isinstance(self.store, MemoryFlagStore):
@@ -178,6 +191,7 @@ class Router:
             task.cancel()
         self.upstream.close()
         self.provenance.close()
+        await self.shadow.close()
         await close_store(self.store)
 
     async def _probe_round(self) -> None:
@@ -338,6 +352,11 @@ class Router:
         table = self.table
         cohort = self._cohort_key(req, comp.user, request_id)
         now_ = asyncio.get_running_loop().time()
-        route = table.decide(comp, cohort, self.store.snapshot(), now_, self.sat)
-        baseline = table.pools[route.bucket.bucket.baseline.name]
+        high = req.headers.get(headers.PRECISION, b"").lower() == headers.PRECISION_HIGH
+        force = forced_pool(req.headers, self.settings.admin_token)
+        route = table.decide(
+            comp, cohort, self.store.snapshot(), now_, self.sat, precision_high=high, force=force
+        )
+        # a forced pool answers itself or fails: it is its own fallback
+        baseline = route.pool if force is not None else table.pools[route.bucket.bucket.baseline.name]
         await self.proxy.forward(req, conn, route, baseline, comp.stream, request_id)

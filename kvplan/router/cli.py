@@ -54,9 +54,24 @@ def serve(
         float, typer.Option(help="seconds an idle client connection is kept open")
     ] = 75.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    shadow_log: Annotated[
+        str | None, typer.Option(help="file for sampled shadow pairs, both answers redacted ('-': stderr)")
+    ] = None,
+    shadow_record_share: Annotated[
+        float, typer.Option(help="percent of compared shadow pairs written to --shadow-log")
+    ] = 10.0,
+    shadow_queue: Annotated[
+        int, typer.Option(help="shadow copies waiting; beyond: dropped and counted")
+    ] = 64,
+    shadow_concurrency: Annotated[int, typer.Option(help="shadow copies in flight at once")] = 2,
+    shadow_timeout: Annotated[float, typer.Option(help="seconds per upstream call of a shadow copy")] = 120.0,
+    shadow_redact: Annotated[
+        str | None,
+        typer.Option(help="redaction hook module:function (str -> str) applied before a pair is stored"),
+    ] = None,
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the plan's pools."""
-    from kvplan.router.run import ServeOptions, run
+    from kvplan.router.run import ServeOptions, run, shadow_settings
     from kvplan.router.settings import Listen
 
     run(
@@ -78,6 +93,14 @@ def serve(
             body_timeout=body_timeout,
             keepalive_timeout=keepalive_timeout,
             log_level=log_level,
+            shadow=shadow_settings(
+                shadow_log,
+                shadow_record_share,
+                shadow_queue,
+                shadow_concurrency,
+                shadow_timeout,
+                shadow_redact,
+            ),
         )
     )
 

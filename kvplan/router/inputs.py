@@ -24,6 +24,8 @@ class Completion:
     user: str | None
     messages: list[dict[str, Any]] | None
     prompt: Any
+    structured: bool = False  # offers tools or asks for JSON output (kvplan.router.policy.precision)
+    greedy: bool = False  # temperature 0 and one choice: the answer is deterministic (shadow pairing)
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -117,4 +119,9 @@ def parse(kind: str, body: bytes) -> Completion:
         raise invalid("'user' must be a string", param="user")
     messages = _messages(data) if kind == CHAT else None
     prompt = _prompt(data) if kind == COMPLETION else None
-    return Completion(kind, model, stream, max_tokens, user, messages, prompt)
+    fmt = data.get("response_format")
+    structured = bool(data.get("tools")) or (
+        isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+    )
+    greedy = data.get("temperature") == 0 and data.get("n", 1) == 1
+    return Completion(kind, model, stream, max_tokens, user, messages, prompt, structured, greedy)

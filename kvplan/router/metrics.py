@@ -23,6 +23,8 @@ _ITL_EDGES = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LATENCY_EDGES = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _OVERHEAD_EDGES = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _TOKEN_EDGES = tuple(float(2**k) for k in range(6, 18))  # 64 .. 131072
+# agreement 0-1: fine near 1, where a good candidate lives (0.99 separates "all but one token")
+AGREEMENT_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 
 def with_edges(base: Iterable[float], *bounds: float) -> tuple[float, ...]:
@@ -111,6 +113,21 @@ class RouterMetrics:
         self.admin_auth_failures = Counter(
             rm.ADMIN_AUTH_FAILURES, "Admin calls refused for their token", ("reason",), registry=r
         )
+        shadow = ("bucket", "pool")
+        self.shadow_sampled = Counter(
+            rm.SHADOW_SAMPLED, "Baseline requests picked for shadowing", shadow, registry=r
+        )
+        self.shadow_pairs = Counter(rm.SHADOW_PAIRS, "Shadow answer pairs compared", shadow, registry=r)
+        self.shadow_dropped = Counter(
+            rm.SHADOW_DROPPED, "Shadow copies dropped before comparison", (*shadow, "reason"), registry=r
+        )
+        self.shadow_agreement = Histogram(
+            rm.SHADOW_AGREEMENT,
+            "Agreement of the candidate's shadow answer with the baseline's (1 = same)",
+            (*shadow, "measure"),
+            buckets=AGREEMENT_EDGES,
+            registry=r,
+        )
         for reason in rm.REJECT_REASONS:
             self.rejected.labels(reason)
         for result in rm.RELOAD_RESULTS:
@@ -141,6 +158,13 @@ class RouterMetrics:
                 for choice in rm.ENDPOINT_CHOICE_REASONS:
                     self.endpoint_choices.labels(pool.name, bucket.endpoint_choice.policy, choice)
                 self.prefix_table_blocks.labels(pool.name)
+            for cand in bucket.candidates:
+                self.shadow_sampled.labels(bucket.name, cand.name)
+                self.shadow_pairs.labels(bucket.name, cand.name)
+                for drop in rm.SHADOW_DROP_REASONS:
+                    self.shadow_dropped.labels(bucket.name, cand.name, drop)
+                for measure in rm.SHADOW_MEASURES:
+                    self.shadow_agreement.labels(bucket.name, cand.name, measure)
         for pool in plan.pools:
             self.in_flight.labels(pool.name)
             for kind in rm.ERROR_KINDS:

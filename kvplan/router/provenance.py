@@ -36,8 +36,15 @@ Record = tuple[object, ...]
 
 
 class ProvenanceLog:
-    def __init__(self, path: str | None, capacity: int = 100_000, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        capacity: int = 100_000,
+        interval: float = 0.5,
+        fields: tuple[str, ...] = FIELDS,
+    ) -> None:
         self.path = path
+        self.fields = fields
         self.interval = interval
         self._records: deque[Record] = deque(maxlen=capacity)
         self.written = 0
@@ -65,7 +72,7 @@ class ProvenanceLog:
             self._out = sys.stderr if self.path == "-" else open(self.path, "a", buffering=1 << 16)  # noqa: SIM115
         lines = []
         for _ in range(n):
-            lines.append(json.dumps(dict(zip(FIELDS, records.popleft(), strict=True))))
+            lines.append(json.dumps(dict(zip(self.fields, records.popleft(), strict=True))))
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
         self.written += n

@@ -8,6 +8,8 @@ only before the first response byte reaches the client.
 
 Tees see every routed request before its first try (for instance to mirror it to another pool
 off the client's path); they get the request bytes and the route, never the client connection.
+A tee may hand back a `TeeCopy` to follow that one response: the body bytes of a 1xx-3xx answer
+as they pass to the client, and how the request ended. No copy: nothing extra happens per chunk.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from kvplan import headers as kv_headers
 from kvplan.metric_names import DecisionReason, ErrorKind, Outcome
 from kvplan.metric_names import router as rm
 from kvplan.router.api_errors import ApiError, upstream_error
@@ -113,7 +116,7 @@ class TokenGaps:
 class Outgoing:
     """The upstream request, built once per client request; only the host header differs per endpoint."""
 
-    __slots__ = ("head", "path", "request_id", "stream", "tail")
+    __slots__ = ("body", "head", "path", "request_id", "stream", "tail")
 
     def __init__(self, req: Request, request_id: bytes, stream: bool) -> None:
         headers = [b"x-request-id: %s\r\n" % request_id]
@@ -122,6 +125,7 @@ class Outgoing:
             if value is not None:
                 headers.append(b"%s: %s\r\n" % (name, value))
         self.path = req.raw_path
+        self.body = req.body
         self.head = b"POST %s HTTP/1.1\r\nhost: " % req.raw_path
         self.tail = b"content-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
             len(req.body),
@@ -135,15 +139,43 @@ class Outgoing:
         return self.head + ep.host_header + b"\r\n" + self.tail
 
 
-Tee = Callable[[Route, Outgoing], None]
+class TeeCopy(Protocol):
+    """A tee's follower of one response (kvplan.router.shadow keeps the client's greedy answer)."""
+
+    def write(self, data: bytes) -> None: ...  # a body chunk of a forwarded 1xx-3xx response
+
+    def reset(self) -> None: ...  # the chunks so far were held back and discarded: a retry follows
+
+    def finished(self, route: Route, status: int, outcome: Outcome) -> None: ...
+
+
+Tee = Callable[[Route, Outgoing], TeeCopy | None]
+
+
+class _Copied:
+    """Body sink that hands each chunk to the tees' copies, then to the client."""
+
+    __slots__ = ("copies", "sink")
+
+    def __init__(self, sink: Callable[[bytes], None], copies: list[TeeCopy]) -> None:
+        self.sink = sink
+        self.copies = copies
+
+    def __call__(self, data: bytes) -> None:
+        for c in self.copies:
+            c.write(data)
+        self.sink(data)
 
 
 class _Flight:
     """The mutable state of one proxied request."""
 
-    __slots__ = ("ep", "error", "failover", "held", "obs", "outcome", "route", "status", "ttft", "up")
+    __slots__ = (
+        "copies", "ep", "error", "failover", "held", "obs", "outcome", "route", "status", "ttft", "up",
+    )  # fmt: skip
 
-    def __init__(self, route: Route, obs: Observed, failover: Failover) -> None:
+    def __init__(self, route: Route, obs: Observed, failover: Failover, copies: list[TeeCopy]) -> None:
+        self.copies = copies
         self.route = route
         self.obs = obs
         self.failover = failover
@@ -220,8 +252,8 @@ class _Forward:
             return False
         obs = self.f.obs
         out = up.forward_headers()
-        out.append((b"x-kvplan-pool", obs.pool_header))
-        out.append((b"x-kv-regime", obs.regime_header))
+        out.append((kv_headers.POOL, obs.pool_header))
+        out.append((kv_headers.REGIME, obs.regime_header))
         if not any(h[0] == b"x-request-id" for h in out):
             out.append((b"x-request-id", self.out.request_id))
         if status >= 400:
@@ -231,10 +263,12 @@ class _Forward:
         conn = self.conn
         conn.start(status, out, up.content_length)
         conn.upstream = up
+        sink: Callable[[bytes], None] = conn.write
         if self.out.stream:
-            up.attach(TokenGaps(conn.write, obs.itl, asyncio.get_running_loop().time))
-        else:
-            up.attach(conn.write)
+            sink = TokenGaps(conn.write, obs.itl, asyncio.get_running_loop().time)
+        if self.f.copies:
+            sink = _Copied(sink, self.f.copies)
+        up.attach(sink)
         return True
 
 
@@ -267,14 +301,12 @@ class Proxy:
         request_id: bytes,
     ) -> None:
         lim = self.limits
-        f = _Flight(
-            route, self.observed.get(route), Failover(route.pool, baseline, lim.max_attempts, lim.retry_after)
-        )
+        out = Outgoing(req, request_id, stream)
+        copies = [c for tee in self.tees if (c := tee(route, out)) is not None]
+        failover = Failover(route.pool, baseline, lim.max_attempts, lim.retry_after)
+        f = _Flight(route, self.observed.get(route), failover, copies)
         f.obs.decisions[route.reason].inc()
         f.obs.prompt_tokens.observe(route.prompt_tokens)
-        out = Outgoing(req, request_id, stream)
-        for tee in self.tees:
-            tee(route, out)
         try:
             await self._serve(req, conn, f, out)
         except asyncio.CancelledError:
@@ -283,6 +315,8 @@ class Proxy:
         finally:
             self._settle(conn, f)
             self._record(req, f, stream, request_id)
+            for c in f.copies:
+                c.finished(f.route, f.status, f.outcome)
 
     async def _serve(self, req: Request, conn: Connection, f: _Flight, out: Outgoing) -> None:
         loop = asyncio.get_running_loop()
@@ -339,6 +373,8 @@ class Proxy:
                 conn.abandon()
                 return True
             conn.reset_response()  # the head was held back with no body yet: still retryable
+            for c in f.copies:
+                c.reset()
         f.drop(self.transport)
         if exc.reused:  # a stale keep-alive connection: try again, not the endpoint's fault
             f.failover.stale()

@@ -8,7 +8,8 @@ import os
 import resource
 import signal
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvplan.errors import InputError
@@ -17,7 +18,7 @@ from kvplan.procs import ROUTER_READY
 from kvplan.router.app import Router
 from kvplan.router.flags import open_flag_store
 from kvplan.router.server import HttpLimits
-from kvplan.router.settings import MIN_ADMIN_TOKEN, Limits, Listen, Settings
+from kvplan.router.settings import MIN_ADMIN_TOKEN, Limits, Listen, Settings, ShadowSettings
 from kvplan.router.upstream import UpstreamPool
 
 log = logging.getLogger("kvplan.router")
@@ -44,6 +45,7 @@ class ServeOptions:
     body_timeout: float
     keepalive_timeout: float
     log_level: str
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
 
 
 def read_admin_token(path: Path | None) -> str | None:
@@ -92,7 +94,37 @@ def settings_of(o: ServeOptions) -> Settings:
         cohort_header=o.cohort_header.lower().encode() if o.cohort_header else None,
         admin_token=read_admin_token(o.admin_token_file),
         provenance_path=o.provenance_log,
+        shadow=o.shadow,
     )
+
+
+def load_redactor(spec: str | None) -> Callable[[str], str] | None:
+    """`module:function` -> that function (None: the router's default redaction)."""
+    if spec is None:
+        return None
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name) if module and name else None
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"--shadow-redact {spec}: cannot load it ({exc})") from exc
+    if not callable(fn):
+        raise InputError(f"--shadow-redact {spec}: give module:function, a function from str to str")
+    text = fn("probe a@b.io")
+    if not isinstance(text, str):
+        raise InputError(f"--shadow-redact {spec}: returned {type(text).__name__}, not str")
+    return fn  # type: ignore[no-any-return]
+
+
+def shadow_settings(
+    log_path: str | None, record_share: float, queue: int, concurrency: int, timeout: float, hook: str | None
+) -> ShadowSettings:
+    if not 0 <= record_share <= 100:
+        raise InputError(f"--shadow-record-share is a percent within 0..100, got {record_share}")
+    if queue < 1 or concurrency < 1 or timeout <= 0:
+        raise InputError("--shadow-queue, --shadow-concurrency and --shadow-timeout must be positive")
+    return ShadowSettings(queue, concurrency, timeout, record_share, log_path, load_redactor(hook))
 
 
 def _raise_fd_limit() -> None:

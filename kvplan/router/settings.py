@@ -1,8 +1,9 @@
 """The router's settings: limits and timeouts, saturation bounds, identity of cohorts, admin token,
-and where it listens."""
+where it listens, shadow traffic."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,6 +36,18 @@ class Listen(NamedTuple):
 MIN_ADMIN_TOKEN = 16  # characters; a shorter admin token is refused at start
 
 
+@dataclass(frozen=True)
+class ShadowSettings:
+    """Shadow traffic (kvplan.router.shadow); the share per bucket lives in the flag store."""
+
+    queue: int = 64  # copies waiting to be sent; beyond this they are dropped (queue_full)
+    concurrency: int = 2  # copies in flight at once
+    timeout: float = 120.0  # seconds per upstream call of a copy
+    record_share: float = 10.0  # percent of compared pairs written as records (with a log path)
+    log_path: str | None = None  # JSON lines of sampled pairs ('-': stderr)
+    redact: Callable[[str], str] | None = None  # applied before a record is stored; None: the default
+
+
 @dataclass
 class Settings:
     limits: Limits = field(default_factory=Limits)
@@ -43,3 +56,4 @@ class Settings:
     cohort_header: bytes | None = None  # lower-case header name whose value is the cohort key
     admin_token: str | None = None
     provenance_path: str | None = None
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)

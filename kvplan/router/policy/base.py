@@ -13,11 +13,25 @@ from kvplan.metric_names import DecisionReason
 from kvplan.router.endpoints import Availability
 
 
+def _no_text() -> str:
+    return ""
+
+
+class RequestSignals(NamedTuple):
+    """What a request says about itself that a policy may weigh (all cheap; the text is lazy)."""
+
+    precision_high: bool = False  # the client sent X-KV-Precision: high
+    structured: bool = False  # it offers tools or asks for a JSON response format
+    prompt_tokens: int = 0
+    text: Callable[[], str] = _no_text  # the prompt's text, built only if a policy asks
+
+
 class PolicyInput(NamedTuple):
     bucket: str
     flags: BucketFlags
     percentile: int  # the cohort's stable 1..100 percentile within this bucket (docs/facts.md §6)
     availability: Callable[[str], Availability]  # pool name -> how that pool looks right now
+    request: RequestSignals = RequestSignals()
 
 
 class Decision(NamedTuple):
@@ -26,7 +40,8 @@ class Decision(NamedTuple):
 
 
 class Policy(Protocol):
-    """One required method. Policies are registered by name in kvplan.router.policy."""
+    """One required method. Policies are registered by name in kvplan.router.policy and built
+    once per bucket as `cls(bucket)` (the bucket's plan section; most policies ignore it)."""
 
     name: str
 

@@ -8,6 +8,7 @@ saturated, or its load data is stale), in which case the baseline serves it.
 from __future__ import annotations
 
 from kvplan.metric_names import DecisionReason
+from kvplan.plan import Bucket
 from kvplan.router.endpoints import Availability
 from kvplan.router.policy.base import Decision, PolicyInput
 
@@ -20,6 +21,9 @@ _FALLBACK_REASON = {
 
 class LengthBucketPolicy:
     name = "length-bucket"
+
+    def __init__(self, bucket: Bucket | None = None) -> None:
+        """Stateless: the flags carry everything it needs."""
 
     def select(self, inp: PolicyInput) -> Decision:
         flags = inp.flags
