@@ -496,6 +496,56 @@ def rollout(slo: Slo) -> Dashboard:
             ),
         ),
     )
+    shadow = f"{rm.SHADOW_AGREEMENT}_sum{{{ROUTER}}}", f"{rm.SHADOW_AGREEMENT}_count{{{ROUTER}}}"
+    quality = Row(
+        "Quality (shadow traffic)",
+        (
+            Panel(
+                "Shadow agreement with the baseline",
+                "percentunit",
+                (
+                    Query(
+                        f"sum by (bucket, pool, measure) (rate({shadow[0]}[{RATE}]))\n/\n"
+                        f"sum by (bucket, pool, measure) (rate({shadow[1]}[{RATE}]))",
+                        "{{bucket}} {{pool}} {{measure}}",
+                    ),
+                ),
+                "Mean agreement of the candidate's greedy answers with the baseline's on shadowed requests "
+                "(1 = the same answer): exact, common prefix, tokens, length. The rollout's quality gate "
+                f"reads `tokens`; alert below {rules.QUALITY_BOUND:.0%}.",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Shadow pairs and drops",
+                "reqps",
+                (
+                    Query(
+                        _rate(f"{rm.SHADOW_PAIRS}_total", ROUTER, "bucket, pool"), "{{bucket}} {{pool}} pairs"
+                    ),
+                    Query(
+                        _rate(f"{rm.SHADOW_DROPPED}_total", ROUTER, "bucket, pool, reason"),
+                        "{{bucket}} {{pool}} dropped: {{reason}}",
+                    ),
+                ),
+                "Copies compared per second, and copies dropped (queue full, candidate or baseline failed, "
+                "tokenizer down). A drop never touches the client's request.",
+            ),
+            Panel(
+                "Requests kept off the candidate (precision)",
+                "reqps",
+                (
+                    Query(
+                        _rate(f"{rm.DECISIONS}_total", f'{ROUTER}, reason=~"precision_.*"', "bucket, reason"),
+                        "{{bucket}} {{reason}}",
+                    ),
+                ),
+                "Risky requests the precision policy served from the safe pool: X-KV-Precision header, "
+                "the plan's rule (tools, JSON), long prompts citing many sources.",
+                stack=True,
+            ),
+        ),
+    )
     controller = Row(
         "Rollout controller",
         (
@@ -548,7 +598,7 @@ def rollout(slo: Slo) -> Dashboard:
         "kvplan / Rollout",
         "Weights and kill switches per bucket over time, candidate against baseline, the controller's steps "
         "and aborts, audited flag changes.",
-        (flags, analysis, controller),
+        (flags, analysis, quality, controller),
         variables(slo),
         annotations=(
             Annotation(

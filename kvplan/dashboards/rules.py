@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.utils import floatToGoString
 
 from kvplan.deploy import labels
-from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES
+from kvplan.metric_names import ERROR_OUTCOMES, EXCLUDED_OUTCOMES, GATED_MEASURE
 from kvplan.metric_names import control as cm
 from kvplan.metric_names import router as rm
 from kvplan.metric_names import vllm as vm
@@ -35,6 +35,9 @@ STALE_FLAG_SECONDS = 60
 ERROR_MARGIN = 0.01
 TTFT_SHARE_MARGIN = 0.05
 MIN_CANDIDATE_RPS = 0.05
+# Candidate quality: mean shadow agreement (the rollout gate's measure) and enough pairs to judge.
+QUALITY_BOUND = 0.85
+MIN_SHADOW_PAIRS = 20  # per 30 min
 
 WINDOWS = ("5m", "30m", "1h", "6h")
 
@@ -58,6 +61,14 @@ def error_ratio(window: str) -> str:
 
 def ttft_bad_ratio(window: str) -> str:
     return f"pool:kvplan_router_ttft_over_slo:ratio_rate{window}"
+
+
+def shadow_agreement(window: str) -> str:
+    return f"pool:kvplan_router_shadow_agreement:mean{window}"
+
+
+SHADOW_SUM = f'{rm.SHADOW_AGREEMENT}_sum{{measure="{GATED_MEASURE}"}}'
+SHADOW_COUNT = f'{rm.SHADOW_AGREEMENT}_count{{measure="{GATED_MEASURE}"}}'
 
 
 def recording_rules(slo: Slo) -> list[dict[str, Any]]:
@@ -89,6 +100,16 @@ def recording_rules(slo: Slo) -> list[dict[str, Any]]:
                     f"1 - (\n  sum by (bucket, pool) (rate({ttft_bucket}"
                     f'{{le="{le(slo.ttft_seconds)}"}}[{w}]))\n'
                     f"  /\n  sum by (bucket, pool) (rate({ttft_count}[{w}]))\n)"
+                ),
+            }
+        )
+    for w in ("5m", "30m"):
+        rules.append(
+            {
+                "record": shadow_agreement(w),
+                "expr": (
+                    f"sum by (bucket, pool) (rate({SHADOW_SUM}[{w}]))\n/\n"
+                    f"sum by (bucket, pool) (rate({SHADOW_COUNT}[{w}]))"
                 ),
             }
         )
@@ -161,6 +182,26 @@ def _candidate_vs_baseline() -> list[dict[str, Any]]:
                 f"{TTFT_SHARE_MARGIN:.0%} above the baseline's; {common}",
             },
         },
+    ]
+
+
+def _quality_alerts() -> list[dict[str, Any]]:
+    return [
+        {
+            "alert": "CandidateQualityBelowBound",
+            "expr": (
+                f"{shadow_agreement('30m')} < {QUALITY_BOUND:g}\nand on (bucket, pool)\n"
+                f"sum by (bucket, pool) (increase({SHADOW_COUNT}[30m])) >= {MIN_SHADOW_PAIRS}"
+            ),
+            "for": "10m",
+            "labels": {"severity": "ticket"},
+            "annotations": {
+                "summary": "Candidate {{ $labels.pool }} answers unlike the baseline of "
+                "bucket {{ $labels.bucket }}",
+                "description": f"Mean shadow agreement {{{{ $value | humanizePercentage }}}} over 30 min, "
+                f"below {QUALITY_BOUND:.0%}: its KV format changes the answers; hold or abort the rollout.",
+            },
+        }
     ]
 
 
@@ -275,6 +316,7 @@ def rule_groups(slo: Slo) -> list[Group]:
             "rules": [
                 *_burn_alerts(slo),
                 *_candidate_vs_baseline(),
+                *_quality_alerts(),
                 *_pool_alerts(),
                 *_control_alerts(),
                 *_endpoint_alerts(),

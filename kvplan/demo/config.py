@@ -27,6 +27,7 @@ POOLS = (
     DemoPool("32k", 32768, "demo-32k-int4", "int4"),
 )
 WEIGHTS = {"8k": 50, "32k": 20}  # initial candidate weights (the flag store owns them afterwards)
+SHADOW = 10  # percent of each bucket's baseline requests mirrored to its candidate and compared
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def demo_plan(endpoints: dict[str, str]) -> Plan:
                 max_tokens=members[0].max_tokens,
                 baseline=pools[0],
                 candidates=tuple(pools[1:]),
-                rollout=Rollout(weight=WEIGHTS[name]),
+                rollout=Rollout(weight=WEIGHTS[name], shadow=SHADOW),
             )
         )
     return Plan(buckets=tuple(buckets), generated_by="kvplan demo")

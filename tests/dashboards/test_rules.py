@@ -56,6 +56,18 @@ def test_unit_tests_catch_a_wrong_threshold(tmp_path: Path, monkeypatch: pytest.
     assert "alertname: KVCacheNearlyFull" in run.stdout + run.stderr
 
 
+def test_unit_tests_catch_a_lax_quality_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: a bound of 0.45 would let a candidate agreeing 50% with its baseline pass."""
+    monkeypatch.setattr(rules, "QUALITY_BOUND", 0.45)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules/kvplan.rules.yml").write_text(build.rules_text(Slo()))
+    (tmp_path / "tests").mkdir()
+    shutil.copy(TESTS, tmp_path / "tests" / TESTS.name)
+    run = promtool("test", "rules", TESTS.name, cwd=tmp_path / "tests")
+    assert run.returncode != 0
+    assert "alertname: CandidateQualityBelowBound" in run.stdout + run.stderr
+
+
 def test_ttft_burn_selects_the_slo_bound_as_an_exact_bucket_edge() -> None:
     text = build.rules_text(Slo(ttft_seconds=0.5))
     assert 'kvplan_router_ttft_seconds_bucket{le="0.5"}' in text
