@@ -104,13 +104,13 @@ class Workers:
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def up(cls, plan: Path, run_dir: Path, pools: Sequence[str]) -> Workers:
+    def up(cls, plan: Path, run_dir: Path, pools: Sequence[str], *extra: str) -> Workers:
         log = run_dir / "up.log"
         run_dir.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [KVPLAN, "workers", "up", "--plan", str(plan), "--device", "cpu", "--kv-memory", KV_MEMORY,
-                 "--port-base", "0", "--run-dir", str(run_dir), "--python", str(VLLM_PYTHON)],
+                 "--port-base", "0", "--run-dir", str(run_dir), "--python", str(VLLM_PYTHON), *extra],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         return cls(run_dir, proc, log, tuple(pools))

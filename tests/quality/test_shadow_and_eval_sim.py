@@ -1,0 +1,198 @@
+"""Shadow traffic and `kvplan eval` through a real `kvplan serve` over simulated vLLM workers
+(`kvplan worker sim`): a shadow candidate that is 10x slower or down fails no client request and
+its dropped copies are counted; pool forcing needs the admin token; eval's exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from quality_stack import TOKEN, admin, serve, shadow_counts, shadow_settled
+from support import ROOT
+from support.waiting import poll
+
+from kvplan.procs import free_port
+from kvplan.workers.sim.launch import sim_worker_process
+
+BUCKET, BASE, CAND = "short", "sim-bf16", "sim-int4"
+EXAMPLE = ROOT / "kvplan/quality/data/example_prompts.jsonl"  # any valid set: the errors come first
+
+
+def _sim(fmt: str, speed: float, seed: int = 0) -> Any:
+    return sim_worker_process(["--model", "llama-3.1-8b", "--gpu", "h100", "--kv-format", fmt,
+                               "--served-model-name", "m", "--max-model-len", "8192", "--speed-factor",
+                               str(speed), "--mean-output-tokens", "0", "--seed", str(seed)])  # fmt: skip
+
+
+def _plan(
+    base: str, cand: str, shadow: int, candidates: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
+    def pool(name: str, fmt: str, url: str) -> dict[str, Any]:
+        return {"name": name, "model": "llama-3.1-8b", "served_model_name": "m", "kv_format": fmt,
+                "max_model_len": 8192, "endpoints": [url]}  # fmt: skip
+
+    cands = [pool(n, "int4", u) for n, u in (candidates or [(CAND, cand)])]
+    return {"default_max_tokens": 16, "buckets": [{"name": BUCKET, "max_tokens": 8192,
+            "baseline": pool(BASE, "bf16", base), "candidates": cands,
+            "rollout": {"weight": 0, "shadow": shadow}}]}  # fmt: skip
+
+
+def _chat(url: str, i: int, **extra: Any) -> httpx.Response:
+    body = {"model": "m", "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 32,
+            "temperature": 0}  # fmt: skip
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=60, **extra)
+
+
+def _load(url: str, n: int) -> list[httpx.Response]:
+    with ThreadPoolExecutor(8) as ex:
+        return list(ex.map(lambda i: _chat(url, i), range(n)))
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Iterator[str]:
+    with _sim("bf16", 1.0) as url:
+        yield url
+
+
+def test_a_10x_slower_shadow_candidate_fails_no_client_and_its_drops_are_counted(
+    baseline: str, tmp_path: Path
+) -> None:
+    small_queue = ("--shadow-queue", "4", "--shadow-concurrency", "1")
+    with _sim("int4", 10.0) as slow, serve(tmp_path, _plan(baseline, slow, shadow=100), *small_queue) as url:
+        answers = _load(url, 60)
+        assert [r.status_code for r in answers] == [200] * 60
+        assert {r.headers["x-kvplan-pool"] for r in answers} == {BASE}
+        assert all("x-kvplan-shadow" not in r.headers for r in answers)
+        poll(shadow_settled(url, BUCKET, CAND), 60, "every shadow copy compared or dropped", 0.2)
+        c = shadow_counts(url, BUCKET, CAND)
+    assert c["sampled"] == 60
+    assert c["queue_full"] >= 40  # the slow candidate takes one copy per ~1.6 s; the queue holds 4
+    assert c["pairs"] >= 1 and c["candidate_failed"] == 0
+
+
+def test_a_shadow_candidate_that_is_down_fails_no_client_and_counts_every_copy(
+    baseline: str, tmp_path: Path
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"  # a local port nobody listens on
+    with serve(tmp_path, _plan(baseline, down, shadow=100)) as url:
+        answers = _load(url, 30)
+        assert [r.status_code for r in answers] == [200] * 30
+        poll(shadow_settled(url, BUCKET, CAND), 30, "every shadow copy dropped", 0.2)
+        c = shadow_counts(url, BUCKET, CAND)
+    assert (c["sampled"], c["candidate_failed"], c["pairs"]) == (30, 30, 0)
+
+
+def test_shadow_share_follows_the_flag_store_and_agreement_is_exported(baseline: str, tmp_path: Path) -> None:
+    with _sim("int4", 0.0) as same, serve(tmp_path, _plan(baseline, same, shadow=0)) as url:
+        _load(url, 10)
+        assert shadow_counts(url, BUCKET, CAND)["sampled"] == 0  # plan default 0: no shadow
+        after = admin(url, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": 100, "reason": "watch int4"})
+        assert after["after"]["shadow"] == 100
+        _load(url, 10)
+        poll(shadow_settled(url, BUCKET, CAND), 30, "shadow copies compared", 0.2)
+        text = httpx.get(url + "/metrics").text
+        history = admin(url, "GET", f"/admin/history?bucket={BUCKET}")["entries"]
+    # the same seed and prompt: the simulated candidate answers exactly like the baseline
+    assert (
+        f'kvplan_router_shadow_agreement_sum{{bucket="{BUCKET}",measure="exact",pool="{CAND}"}} 10.0' in text
+    )
+    assert f'kvplan_router_shadow_pairs_total{{bucket="{BUCKET}",pool="{CAND}"}} 10.0' in text
+    assert history[-1]["action"] == "set-shadow" and history[-1]["reason"] == "watch int4"
+
+
+def test_forcing_a_pool_needs_the_admin_token_and_never_falls_back(baseline: str, tmp_path: Path) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    with (
+        _sim("int4", 0.0) as cand,
+        serve(tmp_path, _plan(baseline, cand, 0, [(CAND, cand), ("sim-down", down)])) as url,
+    ):
+        forced = {"X-Kvplan-Force-Pool": CAND}
+        r = _chat(url, 1, headers=forced)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "pool_forcing_forbidden"
+        r = _chat(url, 1, headers={**forced, "X-Kvplan-Token": "wrong"})
+        assert r.status_code == 403
+        r = _chat(url, 1, headers={**forced, "X-Kvplan-Token": TOKEN})
+        assert r.status_code == 200 and r.headers["x-kvplan-pool"] == CAND  # at weight 0
+        r = _chat(url, 1, headers={"X-Kvplan-Force-Pool": "nope", "X-Kvplan-Token": TOKEN})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "pool_not_found"
+        r = _chat(url, 1, headers={"X-Kvplan-Force-Pool": "sim-down", "X-Kvplan-Token": TOKEN})
+        assert r.status_code == 503 and "x-kvplan-pool" not in r.headers  # not silently the baseline
+        r = _chat(url, 1, headers={"X-KV-Precision": "high"})
+        assert r.status_code == 200 and r.headers["x-kvplan-pool"] == BASE
+
+
+def _eval(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KVPLAN_ADMIN_TOKEN": TOKEN}
+    cmd = [sys.executable, "-m", "kvplan.cli", "eval", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+
+
+def test_eval_ranks_a_faithful_candidate_above_a_drifting_one(baseline: str, tmp_path: Path) -> None:
+    """Same seed as the baseline: the same answers; another seed: other answers. Without
+    references every prompt is scored against the baseline's answer."""
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(8)]
+    lines.append({"id": "cite", "task": "citation", "messages": [{"role": "user", "content": "[S1] a"}],
+                  "sources": ["S1"]})  # fmt: skip
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    pools = [("sim-int8", "same"), ("sim-int4", "other")]
+    with _sim("int8", 0.0) as same, _sim("int4", 0.0, seed=7) as other:
+        urls = {"same": same, "other": other}
+        with serve(tmp_path, _plan(baseline, same, 0, [(n, urls[u]) for n, u in pools])) as url:
+            out = _eval(str(prompts), "--router", url, "--json", "--max-tokens", "16")
+            md = _eval(
+                str(prompts), "--router", url, "--markdown", "--pool", "sim-int4", "--max-regression", "0.5"
+            )
+            rich = _eval(str(prompts), "--router", url, "--pool", "sim-int8", "--max-regression", "0")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["ranking"] == ["sim-int8", "sim-int4"]
+    tasks = {t["task"]: t for t in report["tasks"]}
+    assert tasks["exact"]["scores"] == {BASE: 1.0, "sim-int8": 1.0, "sim-int4": 0.0}
+    assert tasks["exact"]["differences"]["sim-int4"] == {"mean": -1.0, "low": -1.0, "high": -1.0}
+    assert tasks["citation"]["scores"][BASE] == 0.0  # pseudo-text cites nothing: scored, not assumed
+    assert tasks["all"]["differences"]["sim-int4"]["high"] < 0  # worse, and the interval says so
+    worst = report["worst_regressions"]["sim-int4"]
+    assert len(worst) == 5 and worst[0]["baseline_answer"] != worst[0]["candidate_answer"]
+    assert md.returncode == 1, md.stderr
+    assert md.stdout.startswith("## kvplan eval: bucket short") and "| all | 9 |" in md.stdout
+    last = md.stderr.strip().splitlines()[-1]
+    assert last.startswith("regression: sim-int4 below the baseline by more than 0.5")
+    assert rich.returncode == 0, rich.stderr
+    assert "Ranking (overall score): sim-int8" in rich.stdout and "Worst regressions" not in rich.stdout
+
+
+def test_eval_bad_input_exits_2_with_one_line(baseline: str, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('{"messages": [{"role": "user", "content": "ok"}]}\nthis is not json\n')
+    nobody = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
+    cases = {
+        "garbage": ([str(garbage), "--router", nobody], f"error: {garbage}:2: not a JSON object"),
+        "unreachable": ([str(EXAMPLE), "--router", nobody], f"error: cannot reach the router at {nobody}"),
+    }
+    with serve(tmp_path, _plan(baseline, down, 0)) as url:
+        cases["missing pool"] = (
+            [str(EXAMPLE), "--router", url, "--pool", "sim-int9"],
+            "error: pool 'sim-int9' is not a candidate of bucket 'short'; candidates: sim-int4",
+        )
+        cases["pool down"] = ([str(EXAMPLE), "--router", url], "error: pool sim-int4, prompt ")
+        cases["bucket"] = (
+            [str(EXAMPLE), "--router", url, "--bucket", "long"],
+            "error: unknown bucket 'long'",
+        )
+        runs = {name: _eval(*args) for name, (args, _) in cases.items()}
+    for name, (_, message) in cases.items():
+        run = runs[name]
+        assert run.returncode == 2, (name, run.stdout, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), (name, run.stderr)
+    assert "No healthy endpoint in pool sim-int4" in runs["pool down"].stderr
