@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "workers"), str(REPO / "tests" / "quality")]
 
 from quality_stack import TOKEN, admin, serve, shadow_counts, shadow_settled  # noqa: E402
+from support.router import RouterProcess  # noqa: E402
 from support.waiting import poll  # noqa: E402
 from workers_stack import BUCKET, PROMPTS, SERVED_NAME, Workers, write_plan  # noqa: E402
 
@@ -73,37 +74,37 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latency(url: str, rounds: int) -> dict[str, Any]:
+def latency(router: RouterProcess, rounds: int) -> dict[str, Any]:
     shares = [0, 10, 10, 0] * rounds + [100] * (rounds * 2)
     lat: dict[int, list[float]] = {0: [], 10: [], 100: []}
     answers: dict[int, dict[str, set[str]]] = {0: {}, 10: {}, 100: {}}
     current = -1
     for i, share in enumerate(shares):
         if share != current:
-            admin(url, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": share})
+            admin(router, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": share})
             current = share
         prompt = PROMPTS[i % len(PROMPTS)]
-        seconds, text = chat(url, prompt, 4)
+        seconds, text = chat(router.url, prompt, 4)
         lat[share].append(seconds)
         answers[share].setdefault(prompt, set()).add(text)
-    poll(shadow_settled(url, BUCKET, INT8), 600, "shadow copies compared", 0.5)
+    poll(shadow_settled(router, BUCKET, INT8), 600, "shadow copies compared", 0.5)
     changed = sum(answers[s][p] != answers[0][p] for s in (10, 100) for p in answers[s] if p in answers[0])
     rows = {
         s: {"n": len(v), "p50": round(pct(v, 0.5), 3), "p90": round(pct(v, 0.9), 3),
             "p99": round(pct(v, 0.99), 3), "mean": round(statistics.fmean(v), 3)}
         for s, v in lat.items()
     }  # fmt: skip
-    return {"shares": rows, "answers_changed": changed, "shadow": shadow_counts(url, BUCKET, INT8)}
+    return {"shares": rows, "answers_changed": changed, "shadow": shadow_counts(router, BUCKET, INT8)}
 
 
-def agreement(url: str, candidate: str) -> dict[str, Any]:
+def agreement(router: RouterProcess, candidate: str) -> dict[str, Any]:
     with ThreadPoolExecutor(4) as ex:
-        list(ex.map(lambda p: chat(url, p, 24), PROMPTS))
-    poll(shadow_settled(url, BUCKET, candidate), 900, "shadow copies compared", 0.5)
+        list(ex.map(lambda p: chat(router.url, p, 24), PROMPTS))
+    poll(shadow_settled(router, BUCKET, candidate), 900, "shadow copies compared", 0.5)
     from quality_stack import metric
 
-    text = httpx.get(f"{url}/metrics").text
-    out: dict[str, Any] = {"pairs": shadow_counts(url, BUCKET, candidate)["pairs"]}
+    text = httpx.get(f"{router.metrics_url}/metrics").text
+    out: dict[str, Any] = {"pairs": shadow_counts(router, BUCKET, candidate)["pairs"]}
     for m in AgreementMeasure:
         labels = {"bucket": BUCKET, "pool": candidate, "measure": m.value}
         total = metric(text, f"{rm.SHADOW_AGREEMENT}_sum", **labels)
@@ -112,8 +113,19 @@ def agreement(url: str, candidate: str) -> dict[str, Any]:
     return out
 
 
-def evaluate(url: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "kvplan.cli", "eval", str(EXAMPLE), "--router", url, "--json"]
+def evaluate(router: RouterProcess) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kvplan.cli",
+        "eval",
+        str(EXAMPLE),
+        "--router",
+        router.url,
+        "--admin",
+        router.admin_url,
+        "--json",
+    ]
     env = {**os.environ, "KVPLAN_ADMIN_TOKEN": TOKEN}
     run = subprocess.run(
         [*cmd, "--concurrency", "4"], capture_output=True, text=True, timeout=3600, cwd=REPO, env=env
@@ -173,14 +185,14 @@ def main() -> None:
         try:
             workers.wait_ready()
             runtime = yaml.safe_load(workers.runtime_plan.read_text())
-            with serve(root / "shadow", plan_for(runtime, [INT8], 0)) as url:
-                lat = latency(url, args.rounds)
+            with serve(root / "shadow", plan_for(runtime, [INT8], 0)) as router:
+                lat = latency(router, args.rounds)
             ag = {}
             for cand in (INT8, INT4):
-                with serve(root / f"agree-{cand}", plan_for(runtime, [cand], 100)) as url:
-                    ag[cand] = agreement(url, cand)
-            with serve(root / "eval", plan_for(runtime, [INT8, INT4], 0)) as url:
-                ev = evaluate(url)
+                with serve(root / f"agree-{cand}", plan_for(runtime, [cand], 100)) as router:
+                    ag[cand] = agreement(router, cand)
+            with serve(root / "eval", plan_for(runtime, [INT8, INT4], 0)) as router:
+                ev = evaluate(router)
         finally:
             workers.stop()
     res = {

@@ -61,7 +61,10 @@ def _print_rich(report: EvalReport) -> None:
 
 def eval_command(
     prompts: Annotated[Path, typer.Argument(help="prompt set, JSONL (see kvplan/quality/prompts.py)")],
-    router: Annotated[str, typer.Option("--router", envvar="KVPLAN_ROUTER", help="the router's base URL")],
+    router: Annotated[str, typer.Option("--router", help="the router's OpenAI API base URL")],
+    admin: Annotated[
+        str, typer.Option("--admin", envvar="KVPLAN_ROUTER", help="the router's admin API URL (for its plan)")
+    ],
     bucket: Annotated[
         str | None, typer.Option("--bucket", help="bucket (default: the plan's only one)")
     ] = None,
@@ -107,7 +110,8 @@ def eval_command(
 
     async def main() -> tuple[Target, Answers]:
         async with httpx.AsyncClient(timeout=timeout) as client:
-            target = pick_target(await fetch_plan(client, router, token), router, token, bucket, pool or [])
+            plan = await fetch_plan(client, admin, token)
+            target = pick_target(plan, router, token, bucket, pool or [])
             progress = Progress(
                 TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 console=Console(stderr=True), transient=True,

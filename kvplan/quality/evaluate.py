@@ -1,7 +1,8 @@
 """Run an eval prompt set through a running router against a bucket's baseline and candidates.
 
-Each prompt goes to every pool with greedy decoding; the pool is forced with X-Kvplan-Force-Pool,
-which the router honours only with its admin token (X-Kvplan-Token). The router's own
+The bucket's pools come from the router's plan (its admin API, `GET /admin/plan`). Each prompt goes
+to every pool through the OpenAI API with greedy decoding; the pool is forced with
+X-Kvplan-Force-Pool, which the router honours only with its admin token (X-Kvplan-Token). The router's own
 X-Kvplan-Pool answer header is checked, so an answer is never silently from another pool.
 """
 
@@ -71,25 +72,23 @@ def _error_message(resp: httpx.Response) -> str:
         return resp.text[:200] or resp.reason_phrase
 
 
-async def fetch_plan(client: httpx.AsyncClient, router: str, token: str) -> Plan:
+async def fetch_plan(client: httpx.AsyncClient, admin: str, token: str) -> Plan:
+    """The plan the router serves, from its admin API."""
+    where = f"the router's admin API at {admin}"
     try:
         resp = await client.get(
-            f"{router.rstrip('/')}/admin/plan", headers={"Authorization": f"Bearer {token}"}
+            f"{admin.rstrip('/')}/admin/plan", headers={"Authorization": f"Bearer {token}"}
         )
     except httpx.HTTPError as exc:
-        raise EvalError(f"cannot reach the router at {router}: {exc or type(exc).__name__}") from exc
+        raise EvalError(f"cannot reach {where}: {exc or type(exc).__name__}") from exc
     if resp.status_code == 401:
-        raise EvalError(f"the router at {router} refused the admin token: {_error_message(resp)}")
+        raise EvalError(f"{where} refused the admin token: {_error_message(resp)}")
     if resp.status_code != 200:
-        raise EvalError(
-            f"the router at {router} answered {resp.status_code} for its plan: {_error_message(resp)}"
-        )
+        raise EvalError(f"{where} answered {resp.status_code} for its plan: {_error_message(resp)}")
     try:
         return Plan.model_validate(resp.json())
     except ValueError as exc:  # pydantic's ValidationError and JSON errors are ValueErrors
-        raise EvalError(
-            f"the router at {router} sent no kvplan plan from /admin/plan ({type(exc).__name__})"
-        ) from exc
+        raise EvalError(f"{where} sent no kvplan plan from /admin/plan ({type(exc).__name__})") from exc
 
 
 def request_body(target: Target, prompt: EvalPrompt, max_tokens: int) -> dict[str, Any]:

@@ -16,20 +16,21 @@ TOKEN = "quality-test-token"
 
 
 @contextmanager
-def serve(workdir: Path, plan: dict[str, Any], *extra: str) -> Iterator[str]:
-    """`kvplan serve` on a free port (admin token TOKEN); yields its URL, stops it on exit."""
+def serve(workdir: Path, plan: dict[str, Any], *extra: str) -> Iterator[RouterProcess]:
+    """`kvplan serve` on free ports (admin token TOKEN): `.url` its OpenAI API, `.admin_url` its
+    admin API and /metrics; stopped on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "pools.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     router = RouterProcess(path, "--log-level", "warning", *extra, name="router", token=TOKEN)
     try:
-        yield router.url
+        yield router
     finally:
         router.stop()
 
 
-def admin(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    r = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+def admin(router: RouterProcess, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    r = httpx.request(method, router.admin_url + path, json=body, headers=router.admin, timeout=10)
     r.raise_for_status()
     return r.json()
 
@@ -46,10 +47,10 @@ def metric(text: str, name: str, **labels: str) -> float:
     )
 
 
-def shadow_counts(url: str, bucket: str, pool: str) -> dict[str, float]:
+def shadow_counts(router: RouterProcess, bucket: str, pool: str) -> dict[str, float]:
     from kvplan.metric_names import router as rm
 
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(router.metrics_url + "/metrics", timeout=10).text
     out = {
         "sampled": metric(text, f"{rm.SHADOW_SAMPLED}_total", bucket=bucket, pool=pool),
         "pairs": metric(text, f"{rm.SHADOW_PAIRS}_total", bucket=bucket, pool=pool),
@@ -60,11 +61,11 @@ def shadow_counts(url: str, bucket: str, pool: str) -> dict[str, float]:
     return out
 
 
-def shadow_settled(url: str, bucket: str, pool: str) -> Callable[[], bool]:
+def shadow_settled(router: RouterProcess, bucket: str, pool: str) -> Callable[[], bool]:
     """Every sampled copy was compared or dropped (none queued or in flight)."""
 
     def done() -> bool:
-        c = shadow_counts(url, bucket, pool)
+        c = shadow_counts(router, bucket, pool)
         return c["sampled"] > 0 and c["pairs"] + c["dropped"] == c["sampled"]
 
     return done

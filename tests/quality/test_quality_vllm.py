@@ -34,6 +34,7 @@ from control_services import Prometheus, RedisServer
 from openai import OpenAI
 from quality_stack import TOKEN, admin, serve, shadow_counts, shadow_settled
 from support import ROOT
+from support.router import RouterProcess
 from support.waiting import poll
 from workers_stack import BUCKET, PROMPTS, SERVED_NAME, Workers, write_plan
 
@@ -100,11 +101,11 @@ def _p(values: list[float], q: float) -> float:
 def test_shadowing_changes_no_answer_adds_no_latency_and_prometheus_sees_it(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with serve(stack.root / "shadow", stack.plan([INT8])) as url:
+    with serve(stack.root / "shadow", stack.plan([INT8])) as router:
         (stack.root / "prom").mkdir()
-        prom = Prometheus(stack.root / "prom", {"kvplan-router": [(url, {})]})
+        prom = Prometheus(stack.root / "prom", {"kvplan-router": [(router.metrics_url, {})]})
         try:
-            client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+            client = OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0, timeout=300)
             latency: dict[int, list[float]] = {0: [], 10: [], 100: []}
             answers: dict[int, dict[str, str]] = {0: {}, 10: {}, 100: {}}
             # ABBA per request pair: a loaded machine's drift falls on both shares alike
@@ -112,7 +113,7 @@ def test_shadowing_changes_no_answer_adds_no_latency_and_prometheus_sees_it(
             current = -1
             for i, share in enumerate(shares):
                 if share != current:
-                    admin(url, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": share})
+                    admin(router, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": share})
                     current = share
                 prompt = PROMPTS[i % len(PROMPTS)]
                 t = time.perf_counter()
@@ -126,8 +127,8 @@ def test_shadowing_changes_no_answer_adds_no_latency_and_prometheus_sees_it(
                 assert raw.headers.get("x-kvplan-pool") == BASELINE
                 text = raw.parse().choices[0].message.content or ""
                 assert answers[share].setdefault(prompt, text) == text
-            poll(shadow_settled(url, BUCKET, INT8), 300, "every shadow copy compared", 0.5)
-            counts = shadow_counts(url, BUCKET, INT8)
+            poll(shadow_settled(router, BUCKET, INT8), 300, "every shadow copy compared", 0.5)
+            counts = shadow_counts(router, BUCKET, INT8)
             query = f'sum({rm.SHADOW_AGREEMENT}_count{{bucket="{BUCKET}",pool="{INT8}",measure="tokens"}})'
 
             def scraped() -> float:
@@ -180,9 +181,9 @@ async def _until(check: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _bucket_state(url: str) -> dict[str, Any]:
+async def _bucket_state(router: RouterProcess) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.get(f"{url}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"})
+        r = await client.get(f"{router.admin_url}/admin/state", headers=router.admin)
         return dict(r.json()["buckets"][BUCKET])
 
 
@@ -192,23 +193,23 @@ def test_a_rollout_with_the_quality_gate_aborts_int4_and_promotes_int8(
 ) -> None:
     plan = stack.plan([candidate], shadow=100)
     store_url = stack.redis.url.rsplit("/", 1)[0] + f"/{db}"
-    with serve(stack.root / f"rollout-{candidate}", plan, "--flag-store", store_url) as url:
-        asyncio.run(_rollout(url, store_url, Plan.model_validate(plan), candidate, phase))
+    with serve(stack.root / f"rollout-{candidate}", plan, "--flag-store", store_url) as router:
+        asyncio.run(_rollout(router, store_url, Plan.model_validate(plan), candidate, phase))
 
 
-async def _rollout(url: str, store_url: str, plan: Plan, candidate: str, phase: str) -> None:
+async def _rollout(router: RouterProcess, store_url: str, plan: Plan, candidate: str, phase: str) -> None:
     now = [1_000_000.0]
     store = RedisFlagStore(store_url, plan)
     await store.start()
     try:
-        source = RouterCounterSource.from_url(f"{url}/metrics", plan.slo, clock=lambda: now[0])
+        source = RouterCounterSource.from_url(f"{router.metrics_url}/metrics", plan.slo, clock=lambda: now[0])
         ctl = rollout.RolloutController(store, source, clock=lambda: now[0])
         flags = store.snapshot().buckets[BUCKET]
         start = rollout.start(flags, (50, 100), 60.0, 0, GATE, now[0])
         await rollout.apply(store, flags, start, "quality-test")
 
         async def routed() -> bool:
-            b = await _bucket_state(url)
+            b = await _bucket_state(router)
             return bool(b["weight"] == 50 and b["shadow"] == 100)
 
         await _until(routed, 30, "the router following the rollout's first step")
@@ -217,10 +218,10 @@ async def _rollout(url: str, store_url: str, plan: Plan, candidate: str, phase: 
         sent = [(u, PROMPTS[i]) for i, u in enumerate(base_users)] + [
             (u, PROMPTS[i]) for i, u in enumerate(cand_users)
         ]
-        answers = await _traffic(url, sent)
+        answers = await _traffic(router.url, sent)
         assert [s for s, _ in answers] == [200] * len(sent)
         assert [p for _, p in answers].count(candidate) == len(cand_users)
-        settled = shadow_settled(url, BUCKET, candidate)
+        settled = shadow_settled(router, BUCKET, candidate)
         await _until(lambda: asyncio.to_thread(settled), 600, "every shadow copy compared")
         now[0] += 60.0
         (decided,) = await ctl.tick()
@@ -238,7 +239,7 @@ async def _rollout(url: str, store_url: str, plan: Plan, candidate: str, phase: 
         assert history[-1].action == "rollout:complete" and "shadow_agreement" in history[-1].reason
 
     async def applied() -> bool:  # every router follows the store: the kill switch reaches them
-        b = await _bucket_state(url)
+        b = await _bucket_state(router)
         return bool(b["rollout"] == phase and b["killed"] == (phase == "aborted"))
 
     await _until(applied, 30, "the router applying the rollout's outcome")
@@ -247,9 +248,10 @@ async def _rollout(url: str, store_url: str, plan: Plan, candidate: str, phase: 
 def test_kvplan_eval_ranks_int8_above_int4_against_bf16(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with serve(stack.root / "eval", stack.plan([INT8, INT4])) as url:
+    with serve(stack.root / "eval", stack.plan([INT8, INT4])) as router:
         run = subprocess.run(
-            [sys.executable, "-m", "kvplan.cli", "eval", str(EXAMPLE), "--router", url, "--json",
+            [sys.executable, "-m", "kvplan.cli", "eval", str(EXAMPLE), "--router", router.url,
+             "--admin", router.admin_url, "--json",
              "--concurrency", "4", "--max-regression", "0.2"],
             capture_output=True, text=True, timeout=1200, cwd=ROOT,
             env={**os.environ, "KVPLAN_ADMIN_TOKEN": TOKEN},

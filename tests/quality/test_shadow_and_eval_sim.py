@@ -66,13 +66,16 @@ def test_a_10x_slower_shadow_candidate_fails_no_client_and_its_drops_are_counted
     baseline: str, tmp_path: Path
 ) -> None:
     small_queue = ("--shadow-queue", "4", "--shadow-concurrency", "1")
-    with _sim("int4", 10.0) as slow, serve(tmp_path, _plan(baseline, slow, shadow=100), *small_queue) as url:
-        answers = _load(url, 60)
+    with (
+        _sim("int4", 10.0) as slow,
+        serve(tmp_path, _plan(baseline, slow, shadow=100), *small_queue) as router,
+    ):
+        answers = _load(router.url, 60)
         assert [r.status_code for r in answers] == [200] * 60
         assert {r.headers["x-kvplan-pool"] for r in answers} == {BASE}
         assert all("x-kvplan-shadow" not in r.headers for r in answers)
-        poll(shadow_settled(url, BUCKET, CAND), 60, "every shadow copy compared or dropped", 0.2)
-        c = shadow_counts(url, BUCKET, CAND)
+        poll(shadow_settled(router, BUCKET, CAND), 60, "every shadow copy compared or dropped", 0.2)
+        c = shadow_counts(router, BUCKET, CAND)
     assert c["sampled"] == 60
     assert c["queue_full"] >= 40  # the slow candidate takes one copy per ~1.6 s; the queue holds 4
     assert c["pairs"] >= 1 and c["candidate_failed"] == 0
@@ -82,24 +85,26 @@ def test_a_shadow_candidate_that_is_down_fails_no_client_and_counts_every_copy(
     baseline: str, tmp_path: Path
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}"  # a local port nobody listens on
-    with serve(tmp_path, _plan(baseline, down, shadow=100)) as url:
-        answers = _load(url, 30)
+    with serve(tmp_path, _plan(baseline, down, shadow=100)) as router:
+        answers = _load(router.url, 30)
         assert [r.status_code for r in answers] == [200] * 30
-        poll(shadow_settled(url, BUCKET, CAND), 30, "every shadow copy dropped", 0.2)
-        c = shadow_counts(url, BUCKET, CAND)
+        poll(shadow_settled(router, BUCKET, CAND), 30, "every shadow copy dropped", 0.2)
+        c = shadow_counts(router, BUCKET, CAND)
     assert (c["sampled"], c["candidate_failed"], c["pairs"]) == (30, 30, 0)
 
 
 def test_shadow_share_follows_the_flag_store_and_agreement_is_exported(baseline: str, tmp_path: Path) -> None:
-    with _sim("int4", 0.0) as same, serve(tmp_path, _plan(baseline, same, shadow=0)) as url:
-        _load(url, 10)
-        assert shadow_counts(url, BUCKET, CAND)["sampled"] == 0  # plan default 0: no shadow
-        after = admin(url, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": 100, "reason": "watch int4"})
+    with _sim("int4", 0.0) as same, serve(tmp_path, _plan(baseline, same, shadow=0)) as router:
+        _load(router.url, 10)
+        assert shadow_counts(router, BUCKET, CAND)["sampled"] == 0  # plan default 0: no shadow
+        after = admin(
+            router, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": 100, "reason": "watch int4"}
+        )
         assert after["after"]["shadow"] == 100
-        _load(url, 10)
-        poll(shadow_settled(url, BUCKET, CAND), 30, "shadow copies compared", 0.2)
-        text = httpx.get(url + "/metrics").text
-        history = admin(url, "GET", f"/admin/history?bucket={BUCKET}")["entries"]
+        _load(router.url, 10)
+        poll(shadow_settled(router, BUCKET, CAND), 30, "shadow copies compared", 0.2)
+        text = httpx.get(router.metrics_url + "/metrics").text
+        history = admin(router, "GET", f"/admin/history?bucket={BUCKET}")["entries"]
     # the same seed and prompt: the simulated candidate answers exactly like the baseline
     assert (
         f'kvplan_router_shadow_agreement_sum{{bucket="{BUCKET}",measure="exact",pool="{CAND}"}} 10.0' in text
@@ -112,20 +117,20 @@ def test_forcing_a_pool_needs_the_admin_token_and_never_falls_back(baseline: str
     down = f"http://127.0.0.1:{free_port()}"
     with (
         _sim("int4", 0.0) as cand,
-        serve(tmp_path, _plan(baseline, cand, 0, [(CAND, cand), ("sim-down", down)])) as url,
+        serve(tmp_path, _plan(baseline, cand, 0, [(CAND, cand), ("sim-down", down)])) as router,
     ):
         forced = {"X-Kvplan-Force-Pool": CAND}
-        r = _chat(url, 1, headers=forced)
+        r = _chat(router.url, 1, headers=forced)
         assert r.status_code == 403 and r.json()["error"]["code"] == "pool_forcing_forbidden"
-        r = _chat(url, 1, headers={**forced, "X-Kvplan-Token": "wrong"})
+        r = _chat(router.url, 1, headers={**forced, "X-Kvplan-Token": "wrong"})
         assert r.status_code == 403
-        r = _chat(url, 1, headers={**forced, "X-Kvplan-Token": TOKEN})
+        r = _chat(router.url, 1, headers={**forced, "X-Kvplan-Token": TOKEN})
         assert r.status_code == 200 and r.headers["x-kvplan-pool"] == CAND  # at weight 0
-        r = _chat(url, 1, headers={"X-Kvplan-Force-Pool": "nope", "X-Kvplan-Token": TOKEN})
+        r = _chat(router.url, 1, headers={"X-Kvplan-Force-Pool": "nope", "X-Kvplan-Token": TOKEN})
         assert r.status_code == 404 and r.json()["error"]["code"] == "pool_not_found"
-        r = _chat(url, 1, headers={"X-Kvplan-Force-Pool": "sim-down", "X-Kvplan-Token": TOKEN})
+        r = _chat(router.url, 1, headers={"X-Kvplan-Force-Pool": "sim-down", "X-Kvplan-Token": TOKEN})
         assert r.status_code == 503 and "x-kvplan-pool" not in r.headers  # not silently the baseline
-        r = _chat(url, 1, headers={"X-KV-Precision": "high"})
+        r = _chat(router.url, 1, headers={"X-KV-Precision": "high"})
         assert r.status_code == 200 and r.headers["x-kvplan-pool"] == BASE
 
 
@@ -146,12 +151,11 @@ def test_eval_ranks_a_faithful_candidate_above_a_drifting_one(baseline: str, tmp
     pools = [("sim-int8", "same"), ("sim-int4", "other")]
     with _sim("int8", 0.0) as same, _sim("int4", 0.0, seed=7) as other:
         urls = {"same": same, "other": other}
-        with serve(tmp_path, _plan(baseline, same, 0, [(n, urls[u]) for n, u in pools])) as url:
-            out = _eval(str(prompts), "--router", url, "--json", "--max-tokens", "16")
-            md = _eval(
-                str(prompts), "--router", url, "--markdown", "--pool", "sim-int4", "--max-regression", "0.5"
-            )
-            rich = _eval(str(prompts), "--router", url, "--pool", "sim-int8", "--max-regression", "0")
+        with serve(tmp_path, _plan(baseline, same, 0, [(n, urls[u]) for n, u in pools])) as router:
+            where = ("--router", router.url, "--admin", router.admin_url)
+            out = _eval(str(prompts), *where, "--json", "--max-tokens", "16")
+            md = _eval(str(prompts), *where, "--markdown", "--pool", "sim-int4", "--max-regression", "0.5")
+            rich = _eval(str(prompts), *where, "--pool", "sim-int8", "--max-regression", "0")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["ranking"] == ["sim-int8", "sim-int4"]
@@ -176,17 +180,24 @@ def test_eval_bad_input_exits_2_with_one_line(baseline: str, tmp_path: Path) -> 
     nobody = f"http://127.0.0.1:{free_port()}"
     down = f"http://127.0.0.1:{free_port()}"
     cases = {
-        "garbage": ([str(garbage), "--router", nobody], f"error: {garbage}:2: not a JSON object"),
-        "unreachable": ([str(EXAMPLE), "--router", nobody], f"error: cannot reach the router at {nobody}"),
+        "garbage": (
+            [str(garbage), "--router", nobody, "--admin", nobody],
+            f"error: {garbage}:2: not a JSON object",
+        ),
+        "unreachable": (
+            [str(EXAMPLE), "--router", nobody, "--admin", nobody],
+            f"error: cannot reach the router's admin API at {nobody}",
+        ),
     }
-    with serve(tmp_path, _plan(baseline, down, 0)) as url:
+    with serve(tmp_path, _plan(baseline, down, 0)) as router:
+        where = ("--router", router.url, "--admin", router.admin_url)
         cases["missing pool"] = (
-            [str(EXAMPLE), "--router", url, "--pool", "sim-int9"],
+            [str(EXAMPLE), *where, "--pool", "sim-int9"],
             "error: pool 'sim-int9' is not a candidate of bucket 'short'; candidates: sim-int4",
         )
-        cases["pool down"] = ([str(EXAMPLE), "--router", url], "error: pool sim-int4, prompt ")
+        cases["pool down"] = ([str(EXAMPLE), *where], "error: pool sim-int4, prompt ")
         cases["bucket"] = (
-            [str(EXAMPLE), "--router", url, "--bucket", "long"],
+            [str(EXAMPLE), *where, "--bucket", "long"],
             "error: unknown bucket 'long'",
         )
         runs = {name: _eval(*args) for name, (args, _) in cases.items()}

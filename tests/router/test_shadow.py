@@ -220,7 +220,7 @@ def _through_router(bodies: list[dict[str, object]], baseline: object, shadow: i
 
     from kvplan.control.state import MemoryFlagStore
     from kvplan.router.app import Router
-    from kvplan.router.settings import Settings
+    from kvplan.router.settings import Listen, Settings
 
     upstream = FakeTransport()
     upstream.script(address(BASE_URL), baseline)  # type: ignore[arg-type]
@@ -232,7 +232,7 @@ def _through_router(bodies: list[dict[str, object]], baseline: object, shadow: i
         router = Router(
             p, MemoryFlagStore(p), settings, transport=upstream, shadow_transport=httpx.MockTransport(pools)
         )
-        await router.start("127.0.0.1", 0)
+        await router.start(Listen("127.0.0.1", 0))
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{router.port}", timeout=10) as client:
                 answers = [await client.post("/v1/chat/completions", json=b) for b in bodies]
