@@ -13,6 +13,7 @@ runs the decode kernels on them. The model's weights are Apache-2.0 (data/kv/NOT
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def dump() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     rec = dump()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     torch.save(rec, OUT)
