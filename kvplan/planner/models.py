@@ -18,6 +18,7 @@ from typing import Any
 from kvplan.errors import InputError, NotFound, Unsupported, closest
 from kvplan.planner.architectures import layer_specs, normalize_config
 from kvplan.planner.catalog import ALIASES, CATALOG
+from kvplan.planner.config_fields import check_config_types
 from kvplan.planner.layers import Attention, LatentAttention, Layer, LayerKind, RecurrentState
 from kvplan.planner.weights import (
     ParamCounts,
@@ -244,7 +245,14 @@ def spec_from_config(
     cfg: dict[str, Any], name: str, source: str = "catalog", *, assume_full_attention: bool = False
 ) -> ModelSpec:
     """Build a ModelSpec from config.json fields; a missing or malformed field is named."""
-    cfg = normalize_config(_text_config(cfg))
+    for nested in ("text_config", "llm_config"):
+        if cfg.get(nested) is not None and not isinstance(cfg[nested], dict):
+            raise InputError(
+                f"{source}: config.json field {nested!r} must be an object, got {cfg[nested]!r:.60}"
+            )
+    cfg = _text_config(cfg)
+    check_config_types(cfg, source)
+    cfg = normalize_config(cfg)
     for key in _REQUIRED:
         _positive(cfg, key, source)
     hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])

@@ -310,7 +310,7 @@ def _compressed_tensors(q: dict[str, Any], source: str) -> tuple[str, float]:
         raise Unsupported(
             f"{source}: compressed-tensors quantization_config without config_groups is not modelled"
         )
-    g = next(iter(groups.values()))
+    g = next(iter(groups.values())) or {}
     w = g.get("weights") or {}
     bits, typ = int(w.get("num_bits") or 8), str(w.get("type") or "int")
     fmt = str(q.get("format") or "")
@@ -341,7 +341,8 @@ def _mxfp4_padding(cfg: dict[str, Any]) -> float:
     gpt-oss-120b: 2880 x 2880 -> 3072 x 2944, 9% more expert bytes (vLLM logs 65.97 GiB loaded on an
     H100, vllm-project/vllm#23278, against 60.7 GiB in the checkpoint)."""
     h = int(cfg.get("hidden_size") or 0)
-    i = int(cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0)
+    raw = cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0
+    i = int(max(raw) if isinstance(raw, list) else raw)  # a list per layer (Gemma-3n style)
     if not h or not i:
         return 1.0
     return _round_up(h, 256) * _round_up(i, 128) / (h * i)
