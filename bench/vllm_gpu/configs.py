@@ -173,6 +173,29 @@ def measure2() -> list[EngineConfig]:
     ]
 
 
+def measure() -> list[EngineConfig]:
+    """Every format's speed and capacity on the 8B shapes in priority order, decode only (the
+    logits are checked on the same attention shapes by `discovery`): a call's deadline cuts the
+    tail, and the next call runs what was cut with --only. Prefill and a profiled step for the
+    headline pair (vLLM bf16, kvplan INT4)."""
+    decode = dict(phases=("decode",))
+    headline = dict(phases=("prefill", "decode"), profile_point="a")
+    return [
+        vllm_config("auto", **headline),
+        kvplan_config("int4_hadamard", **headline),
+        vllm_config("int4_per_token_head", **decode),
+        kvplan_config("bf16", **decode),
+        kvplan_config("int8", **decode),
+        vllm_config("int8_per_token_head", **decode),
+        vllm_config("fp8", **decode),
+        kvplan_config("fp8_e4m3", **decode),
+        kvplan_config("k8v4", **decode),
+        kvplan_config("int8_hadamard", **decode),
+        with_graphs(kvplan_config("int4_hadamard", **decode)),
+        with_graphs(vllm_config("auto", **decode)),
+    ]
+
+
 def smollm2() -> list[EngineConfig]:
     """SmolLM2-135M-Instruct (real weights, converted on the GPU machine): teacher-forced greedy
     agreement of kvplan's formats with vLLM's own bf16, on the project's chat prompts."""
@@ -210,6 +233,7 @@ SETS: dict[str, tuple[Callable[[], list[EngineConfig]], int]] = {
     "discovery": (discovery, 4),
     "measure1": (measure1, 1),
     "measure2": (measure2, 1),
+    "measure": (measure, 1),
     "smollm2": (smollm2, 1),
     "cpu": (cpu, 1),
     "cpu-source": (cpu_source, 1),
