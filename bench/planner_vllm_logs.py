@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from kvplan.errors import Unsupported
 from kvplan.formats import get_format
 from kvplan.planner.gpus import GIB, get_gpu
 from kvplan.planner.memory import Capacity, kv_capacity
@@ -47,6 +48,9 @@ def _capacity(row: dict[str, Any], **kw: Any) -> Capacity:
     args: dict[str, Any] = dict(
         max_model_len=row.get("max_model_len") or 8192,
         tensor_parallel=row.get("tensor_parallel", 1),
+        pipeline_parallel=row.get("pipeline_parallel", 1),
+        max_num_seqs=row.get("max_num_seqs"),
+        enforce_eager=bool(row.get("enforce_eager", False)),
         gpu_memory_utilization=row.get("gpu_memory_utilization"),
         weight_dtype=row.get("weight_dtype", "auto"),
         vllm_version=row["version"],
@@ -58,11 +62,23 @@ def _capacity(row: dict[str, Any], **kw: Any) -> Capacity:
     return kv_capacity(model, gpu, get_format(KV_FORMAT[row["kv_dtype"]]), **args)
 
 
+def _refused(row: dict[str, Any]) -> str | None:
+    """kvplan's one-line refusal (exit 2) for a row's model, or None when it sizes it."""
+    try:
+        get_model(row["model"])
+    except Unsupported as exc:
+        return str(exc).split(";")[0]
+    return None
+
+
 def _given_available(row: dict[str, Any]) -> list[Check]:
     logged = row["logged"]
     gib = logged["available_kv_gib"]
     if gib <= 0:  # nothing left for KV: only the model-alone estimate says anything
         return []
+    refused = _refused(row)
+    if refused:
+        return [Check(row["id"], "any figure", "logged", f"exit 2: {refused}", "MISS (kvplan refuses)")]
     at = _capacity(row, kv_memory_bytes=round(gib * GIB))
     lo = _capacity(row, kv_memory_bytes=round((gib - 0.005) * GIB))
     hi = _capacity(row, kv_memory_bytes=round((gib + 0.005) * GIB) - 1)
@@ -106,6 +122,11 @@ def _given_available(row: dict[str, Any]) -> list[Check]:
 def _model_only(row: dict[str, Any]) -> Check | None:
     if not row.get("gpu"):
         return None
+    refused = _refused(row)
+    if refused:
+        want = row["logged"]["available_kv_gib"]
+        return Check(row["id"], f"available KV from model + GPU alone [exit 2: {refused}]",
+                     f"{want:.2f} GiB", "none", "MISS (kvplan refuses)")  # fmt: skip
     cap = _capacity(row)
     want = row["logged"]["available_kv_gib"]
     got = cap.available_kv_bytes / GIB
@@ -172,8 +193,31 @@ def main() -> None:
         *(f"- {k}: {v}" for k, v in sources.items()),
         "",
     ]
-    misses_given = sum(c.verdict == "MISS" for c in given)
+    misses_given = sum(c.verdict.startswith("MISS") for c in given)
     misses_alone = sum(c.verdict.startswith("MISS") for c in alone)
+    rows_given = {c.row for c in given}
+    rows_exact = rows_given - {c.row for c in given if c.verdict.startswith("MISS")}
+    n_rows, n_gpu = len(data["rows"]), len(alone)
+    share = (len(alone) - misses_alone) / n_gpu if n_gpu else 0.0
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    target = [
+        "## Targets",
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
+        f"| collected public logs >= 20 | {n_rows} rows ({n_gpu} name their GPU) | {met(n_rows >= 20)} |",
+        "| given the logged KV memory, tokens / concurrency / blocks / fit exact (within the GiB rounding) "
+        f"on every log | {len(given) - misses_given}/{len(given)} figures; "
+        f"{len(rows_exact)}/{len(rows_given)} rows with every figure right | {met(misses_given == 0)} |",
+        f"| from model + GPU alone, available KV within 5% on >= 85% of logs (each at its --vllm-version) | "
+        f"{n_gpu - misses_alone}/{n_gpu} rows with a GPU ({share:.0%}) | {met(share >= 0.85)} |",
+        "",
+    ]
+    at = lines.index("## 1. Given vLLM's logged available KV memory")
+    lines[at:at] = target
     lines.append(
         f"Summary: given the logged memory, {len(given) - misses_given}/{len(given)} figures match (exact or "
         f"within the log's GiB rounding); from model + GPU alone, "
