@@ -51,6 +51,7 @@ def _capacity(row: dict[str, Any], **kw: Any) -> Capacity:
         pipeline_parallel=row.get("pipeline_parallel", 1),
         max_num_seqs=row.get("max_num_seqs"),
         enforce_eager=bool(row.get("enforce_eager", False)),
+        flashinfer_sampler=row.get("sampler") == "flashinfer",
         gpu_memory_utilization=row.get("gpu_memory_utilization"),
         weight_dtype=row.get("weight_dtype", "auto"),
         vllm_version=row["version"],
@@ -139,6 +140,7 @@ def _model_only(row: dict[str, Any]) -> Check | None:
         + (f" (logged {logged['activation_gib']:.2f})" if "activation_gib" in logged else "")
         + f", non-torch {cap.non_torch_bytes / GIB:.2f}, graphs {cap.cuda_graph_bytes / GIB:.2f}"
         + f"; --vllm-version {row['version']}"
+        + (" --flashinfer-sampler" if row.get("sampler") == "flashinfer" else "")
     )
     verdict = ("within 5%" if abs(err) <= 0.05 else "MISS") + (" (calibration row)" if "calibrated" in
                                                                  row.get("notes", "") else "")  # fmt: skip

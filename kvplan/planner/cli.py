@@ -84,6 +84,12 @@ def size(
     allow_long_max_model_len: Annotated[
         bool, typer.Option(help="size a max_model_len above the model's (VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
     ] = False,
+    flashinfer_sampler: Annotated[
+        bool,
+        typer.Option(
+            help="the server samples with FlashInfer (logs 'Using FlashInfer for top-p & top-k sampling')"
+        ),
+    ] = False,
     activation_gib: Annotated[
         float | None, typer.Option(help="measured peak activation (vLLM: torch peak memory increase)")
     ] = None,
@@ -184,6 +190,7 @@ def size(
         prefix_caching=not no_prefix_caching,
         text_only=text_only,
         allow_long_max_model_len=allow_long_max_model_len,
+        flashinfer_sampler=flashinfer_sampler,
     )
     if traffic is not None or context_mix is not None:
         req = with_lengths(req, _traffic_lengths(traffic, context_mix))

@@ -50,6 +50,11 @@ NON_TORCH_BYTES_TP_EXTRA = round(0.6 * GIB)
 # (logits, probabilities, sorted copies for top-k/top-p). Calibrated so that Llama-3.1-8B on an
 # H100 gives llm-d's measured 4.76 GiB peak activation.
 SAMPLER_FP32_COPIES = 8.5
+# With FlashInfer's sampler (vLLM logs "Using FlashInfer for top-p & top-k sampling": 0.10 and
+# earlier use it whenever flashinfer is installed) the dummy run samples without sorting: vLLM's
+# flashinfer_sample calls top_k_top_p_sampling_from_logits, which keeps the logits, the top-k-masked
+# logits and their softmax (v1/sample/ops/topk_topp_sampler.py; flashinfer sampling.py).
+FLASHINFER_SAMPLER_FP32_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -101,18 +106,24 @@ def weight_bytes(model: ModelSpec, weight_dtype: str = "auto", *, text_only: boo
 
 
 def estimate_activation_bytes(
-    model: ModelSpec, tensor_parallel: int, max_num_batched_tokens: int, max_num_seqs: int
+    model: ModelSpec,
+    tensor_parallel: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    *,
+    flashinfer_sampler: bool = False,
 ) -> int:
     """Peak activation of vLLM's profile run (a forward of max_num_batched_tokens tokens, then
-    a sampler run over max_num_seqs rows). An estimate: pass a measured value when you have one
-    (vLLM logs it as "torch peak memory increase")."""
+    a sampler run over max_num_seqs rows; FlashInfer's sampler keeps fewer rows). An estimate: pass
+    a measured value when you have one (vLLM logs it as "torch peak memory increase")."""
     mlp = model.intermediate_size
     if model.is_moe:
         mlp = max(mlp, model.experts_per_token * model.moe_intermediate_size)
     qkv = (model.num_attention_heads + 2 * model.num_kv_heads) * model.head_dim
     per_token = 2 * (model.hidden_size + (2 * mlp + qkv) / tensor_parallel)
     forward = max_num_batched_tokens * per_token
-    sampler = max_num_seqs * model.vocab_size * 4 * SAMPLER_FP32_COPIES
+    copies = FLASHINFER_SAMPLER_FP32_COPIES if flashinfer_sampler else SAMPLER_FP32_COPIES
+    sampler = max_num_seqs * model.vocab_size * 4 * copies
     return round(forward + sampler)
 
 
@@ -307,13 +318,15 @@ def kv_capacity(
     prefix_caching: bool = True,
     offline: bool = False,
     text_only: bool = False,
+    flashinfer_sampler: bool = False,
 ) -> Capacity:
     """KV capacity of one replica of `model` on `tensor_parallel x pipeline_parallel` GPUs.
 
     `kv_memory_bytes` is vLLM's `--kv-cache-memory-bytes` (or a logged "Available KV cache
     memory"): it bypasses the memory budget. `gpu_memory_bytes` overrides the visible memory.
     `hybrid_allocator=False` is `--disable-hybrid-kv-cache-manager`; `prefix_caching=False`
-    keeps one Mamba state block per request; `offline` uses the `LLM` class's batch defaults.
+    keeps one Mamba state block per request; `offline` uses the `LLM` class's batch defaults;
+    `flashinfer_sampler` is a server that logs "Using FlashInfer for top-p & top-k sampling".
     """
     v = vllm_version if isinstance(vllm_version, VllmVersion) else get_version(vllm_version)
     _budget_args(
@@ -341,7 +354,9 @@ def kv_capacity(
     ranks = tensor_parallel * pipeline_parallel
     weights = math.ceil(weight_bytes(model, weight_dtype, text_only=text_only) / ranks)
     act = (
-        estimate_activation_bytes(model, tensor_parallel, batched, seqs)
+        estimate_activation_bytes(
+            model, tensor_parallel, batched, seqs, flashinfer_sampler=flashinfer_sampler
+        )
         + (0 if text_only else encoder_profile_bytes(model, batched))
         if activation_bytes is None
         else activation_bytes
@@ -410,7 +425,8 @@ def kv_capacity(
             if isinstance(x, RecurrentState) and i in first
         ),
         vllm_version=v.name,
-        assumptions=tuple(v.assumptions()),
+        assumptions=tuple(v.assumptions())
+        + (("profile-run sampler: FlashInfer (no sort)",) if flashinfer_sampler else ()),
     )
 
 

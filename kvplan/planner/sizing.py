@@ -54,6 +54,7 @@ class SizeRequest:
     hybrid_allocator: bool = True  # False: --disable-hybrid-kv-cache-manager
     prefix_caching: bool = True  # False: --no-enable-prefix-caching (one Mamba state block)
     text_only: bool = False  # multimodal model served without its vision tower
+    flashinfer_sampler: bool = False  # the server logs "Using FlashInfer for top-p & top-k sampling"
     allow_long_max_model_len: bool = False  # VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
 
     def resolved_max_model_len(self) -> int:
@@ -96,6 +97,7 @@ class SizeRequest:
             hybrid_allocator=self.hybrid_allocator,
             prefix_caching=self.prefix_caching,
             text_only=self.text_only,
+            flashinfer_sampler=self.flashinfer_sampler,
         )
         args.update(changes)
         return kv_capacity(self.model, self.gpu, fmt, **args)

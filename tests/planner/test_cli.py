@@ -264,3 +264,13 @@ def test_measured_efficiency_is_the_h100_speedup_over_the_byte_ratio() -> None:
     assert kv_read_efficiency("kvplan") == {}
     with pytest.raises(ValueError, match="kvplan, measured or vllm"):
         kv_read_efficiency("fast")
+
+
+def test_size_flashinfer_sampler_frees_activation_and_says_so() -> None:
+    args = ("size", "qwen2.5-7b", "--gpu", "a100-80gb", "-k", "bf16", "--max-model-len", "16384",
+            "--gpu-memory-utilization", "0.25", "--vllm-version", "0.10", "--json")  # fmt: skip
+    plain = json.loads(run(*args).stdout)
+    flash = json.loads(run(*args, "--flashinfer-sampler").stdout)
+    assert flash["formats"][0]["kv_tokens"] > plain["formats"][0]["kv_tokens"]
+    assert any("FlashInfer" in a for a in flash["assumptions"])
+    assert not any("FlashInfer" in a for a in plain["assumptions"])

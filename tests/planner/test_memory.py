@@ -4,6 +4,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,30 @@ def test_model_dir_reads_exact_weight_bytes_from_safetensors_headers(tmp_path: P
     for f in tmp_path.glob("*.safetensors"):
         f.unlink()
     assert get_model(str(tmp_path)).weight_bytes == 123
+
+
+def test_the_flashinfer_sampler_keeps_three_vocab_rows_not_the_sorted_copies() -> None:
+    """vLLM 0.10 samples the profile run with FlashInfer when it is installed (the log says "Using
+    FlashInfer for top-p & top-k sampling"): no sort, so the sampler's rows shrink to 3 fp32 copies.
+    Against dennislee22/vLLM-benchmarking's A100 log: Qwen2-7B (Qwen2.5-7B's shapes), utilisation
+    0.25, 16,384 tokens, vLLM 0.10.1.1: "Available KV cache memory: 5.01 GiB"."""
+    from kvplan.planner.memory import (
+        FLASHINFER_SAMPLER_FP32_COPIES,
+        SAMPLER_FP32_COPIES,
+        estimate_activation_bytes,
+    )
+
+    m = get_model("qwen2.5-7b")
+    native = estimate_activation_bytes(m, 1, 2048, 256)
+    flash = estimate_activation_bytes(m, 1, 2048, 256, flashinfer_sampler=True)
+    rows = 256 * m.vocab_size * 4
+    assert abs((native - flash) - rows * (SAMPLER_FP32_COPIES - FLASHINFER_SAMPLER_FP32_COPIES)) <= 1
+    a100, _ = get_gpu("a100-80gb")
+    args: dict[str, Any] = dict(
+        max_model_len=16384, gpu_memory_utilization=0.25, vllm_version="0.10", max_num_batched_tokens=2048
+    )
+    with_flash = kv_capacity(m, a100, BF16, flashinfer_sampler=True, **args)
+    without = kv_capacity(m, a100, BF16, **args)
+    assert abs(with_flash.available_kv_bytes / GIB - 5.01) / 5.01 < 0.05
+    assert without.available_kv_bytes < with_flash.available_kv_bytes
+    assert "FlashInfer" in " ".join(with_flash.assumptions)
