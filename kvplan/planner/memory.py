@@ -88,9 +88,12 @@ def normalize_weight_dtype(weight_dtype: str, model: ModelSpec) -> str:
     return OVERRIDE_ALIASES.get(key, key)
 
 
-def weight_bytes(model: ModelSpec, weight_dtype: str = "auto", *, text_only: bool = False) -> int:
-    """All weights vLLM loads: the checkpoint's exact bytes when known, else the parameters of each
-    part priced by its quantization (embeddings and LM head stay 16-bit)."""
+def weight_bytes(
+    model: ModelSpec, weight_dtype: str = "auto", *, text_only: bool = False, tensor_parallel: int = 1
+) -> int:
+    """All weights vLLM loads, over all TP ranks: the checkpoint's exact bytes when known, else the
+    parameters of each part priced by its quantization (embeddings and LM head stay 16-bit; a
+    padded MoE layout pads each rank's shard)."""
     counts = model.param_counts
     vision = counts.vision
     if weight_dtype.strip().lower() in ("auto", "", model.native_weight_dtype):
@@ -101,7 +104,7 @@ def weight_bytes(model: ModelSpec, weight_dtype: str = "auto", *, text_only: boo
         quant = model.quant
     else:
         quant = override(weight_dtype)
-    total = quant.bytes_of(counts)
+    total = quant.bytes_of(counts, tensor_parallel=tensor_parallel)
     return total - (2 * vision if text_only else 0)
 
 
@@ -352,7 +355,9 @@ def kv_capacity(
     total = gpu_memory_bytes or gpu.visible_memory_bytes
     requested = math.ceil(total * util)
     ranks = tensor_parallel * pipeline_parallel
-    weights = math.ceil(weight_bytes(model, weight_dtype, text_only=text_only) / ranks)
+    weights = math.ceil(
+        weight_bytes(model, weight_dtype, text_only=text_only, tensor_parallel=tensor_parallel) / ranks
+    )
     act = (
         estimate_activation_bytes(
             model, tensor_parallel, batched, seqs, flashinfer_sampler=flashinfer_sampler

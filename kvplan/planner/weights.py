@@ -236,12 +236,26 @@ class WeightQuant:
     bytes_per_param: float  # of a quantized linear weight, scales included
     parts: tuple[str, ...] = LINEAR_PARTS  # which parts it applies to; the rest stay 16-bit
     detail: str = ""  # what was read from quantization_config
-    expert_padding: float = 1.0  # MoE kernels that pad expert matrices store this many times more
+    # (hidden, intermediate) of each expert when the MoE kernel pads them (MXFP4), else None
+    padded_experts: tuple[int, int] | None = None
 
-    def bytes_of(self, counts: ParamCounts, unquantized: float = 2.0) -> int:
+    def expert_padding(self, tensor_parallel: int = 1) -> float:
+        """How many times its expert bytes the kernel stores. vLLM rounds each rank's shard up
+        (`maybe_roundup_sizes` gets intermediate_size_per_partition): hidden to a multiple of 256,
+        the rank's intermediate to 128 (fused_moe/oracle/mxfp4.py
+        mxfp4_round_up_hidden_size_and_intermediate_size, Marlin and TRT-LLM backends)."""
+        if self.padded_experts is None:
+            return 1.0
+        h, i = self.padded_experts
+        shard = -(-i // tensor_parallel)
+        return _round_up(h, 256) * _round_up(shard, 128) * tensor_parallel / (h * i)
+
+    def bytes_of(self, counts: ParamCounts, unquantized: float = 2.0, *, tensor_parallel: int = 1) -> int:
+        """Bytes of all ranks together (a padded expert layout pads every rank's shard)."""
+        padding = self.expert_padding(tensor_parallel)
         total = 0.0
         for part in PARTS:
-            n = getattr(counts, part) * (self.expert_padding if part == "experts" else 1.0)
+            n = getattr(counts, part) * (padding if part == "experts" else 1.0)
             total += n * (self.bytes_per_param if part in self.parts else unquantized)
         return round(total)
 
@@ -335,17 +349,16 @@ def _round_up(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _mxfp4_padding(cfg: dict[str, Any]) -> float:
-    """vLLM's Marlin and TRT-LLM MXFP4 MoE kernels pad the expert matrices: hidden to a multiple of
-    256, intermediate to 128 (fused_moe/oracle/mxfp4.py mxfp4_round_up_hidden_size_and_intermediate_size).
-    gpt-oss-120b: 2880 x 2880 -> 3072 x 2944, 9% more expert bytes (vLLM logs 65.97 GiB loaded on an
-    H100, vllm-project/vllm#23278, against 60.7 GiB in the checkpoint)."""
+def _mxfp4_experts(cfg: dict[str, Any]) -> tuple[int, int] | None:
+    """(hidden, intermediate) of gpt-oss's MXFP4 experts, which vLLM's MoE kernels pad
+    (`WeightQuant.expert_padding`). gpt-oss-120b at TP 1: 2880 x 2880 -> 3072 x 2944, 9% more expert
+    bytes (vLLM logs 65.97 GiB loaded on an H100, vllm-project/vllm#23278, against 60.7 GiB in the
+    checkpoint); at TP 4 each rank's 720 rows become 768 (17.22 GiB per A100 logged,
+    dennislee22/vLLM-benchmarking)."""
     h = int(cfg.get("hidden_size") or 0)
     raw = cfg.get("moe_intermediate_size") or cfg.get("intermediate_size") or 0
     i = int(max(raw) if isinstance(raw, list) else raw)  # a list per layer (Gemma-3n style)
-    if not h or not i:
-        return 1.0
-    return _round_up(h, 256) * _round_up(i, 128) / (h * i)
+    return (h, i) if h and i else None
 
 
 def quant_of(cfg: dict[str, Any], source: str, vllm_minor: int = 33) -> WeightQuant:
@@ -370,7 +383,7 @@ def quant_of(cfg: dict[str, Any], source: str, vllm_minor: int = 33) -> WeightQu
         return WeightQuant("fp8", 1.0, parts, "fp8")
     if method == "mxfp4":
         parts = tuple(p for p in ("experts",) if p in parts) or ("experts",)
-        return WeightQuant("mxfp4", 0.5 + 1 / 32, parts, "MXFP4 (E8M0 scale per 32)", _mxfp4_padding(cfg))
+        return WeightQuant("mxfp4", 0.5 + 1 / 32, parts, "MXFP4 (E8M0 scale per 32)", _mxfp4_experts(cfg))
     if (
         method in ("modelopt_fp4", "modelopt")
         or "nvfp4" in method

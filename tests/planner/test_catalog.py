@@ -204,3 +204,20 @@ def test_an_unmodelled_quantization_exits_2_unless_the_weights_are_priced_otherw
     ok = subprocess.run([str(kvplan), "size", str(tmp_path), "--weight-dtype", "int4"], capture_output=True,
                         text=True, timeout=120)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+
+
+def test_mxfp4_expert_padding_is_per_tensor_parallel_shard() -> None:
+    """vLLM pads each rank's expert shard (maybe_roundup_sizes gets intermediate_size_per_partition):
+    gpt-oss-120b at TP 4 has 720 rows per rank, padded to 768 (Marlin/TRT-LLM: multiples of 128);
+    dennislee22/vLLM-benchmarking's 4x A100 log says "Model loading took 17.2217 GiB" per rank."""
+    from kvplan.planner.memory import weight_bytes
+
+    m = get_model("gpt-oss-120b")
+    assert m.quant.expert_padding(1) == 3072 * 2944 / (2880 * 2880)
+    assert m.quant.expert_padding(4) == 3072 * 768 * 4 / (2880 * 2880)
+    per_rank = weight_bytes(m, tensor_parallel=4) / 4 / 2**30
+    assert abs(per_rank - 17.22) < 0.15, per_rank
+    assert weight_bytes(m, tensor_parallel=4) > weight_bytes(m)
+    assert weight_bytes(get_model("llama-3.1-8b"), tensor_parallel=4) == weight_bytes(
+        get_model("llama-3.1-8b")
+    )

@@ -85,7 +85,8 @@ def engine_capacity(
 ) -> EnginePoolCapacity | None:
     """One replica on `engine` (None when it cannot be sized at this TP: the fleet tries another)."""
     try:
-        replica = Replica(max_model_len, weight_bytes(model, weight_dtype), tensor_parallel, budget=budget)
+        weights = weight_bytes(model, weight_dtype, tensor_parallel=tensor_parallel)
+        replica = Replica(max_model_len, weights, tensor_parallel, budget=budget)
         report = run(EngineRequest(model, gpu, engine_name(engine), (dtype,), replica))
     except Unsupported:
         raise  # what the engine cannot do (a dtype, a GPU feature) is the user's to fix, not a TP to skip
