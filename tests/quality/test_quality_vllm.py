@@ -32,18 +32,12 @@ import pytest
 import yaml
 from control_services import Prometheus, RedisServer
 from openai import OpenAI
-from quality_stack import TOKEN, admin, serve, shadow_counts, shadow_settled
+from quality_stack import GATE, TOKEN, admin, gated_rollout, serve, shadow_counts, shadow_settled
 from support import ROOT
-from support.router import RouterProcess
 from support.waiting import poll
 from workers_stack import BUCKET, PROMPTS, SERVED_NAME, Workers, write_plan
 
 from kvplan.checkpoint import ensure_smollm2_checkpoint
-from kvplan.control import rollout
-from kvplan.control.analysis import Thresholds
-from kvplan.control.cohort import percentile
-from kvplan.control.redis_store import RedisFlagStore
-from kvplan.control.sources import RouterCounterSource
 from kvplan.metric_names import router as rm
 from kvplan.plan import Plan
 
@@ -52,9 +46,6 @@ pytestmark = pytest.mark.vllm
 BASELINE, INT8, INT4 = "smol-bf16", "smol-int8", "smol-int4h"
 SLO = {"ttft_seconds": 120.0, "e2e_seconds": 300.0}
 EXAMPLE = ROOT / "kvplan/quality/data/example_prompts.jsonl"
-# The quality gate: mean shadow token agreement. Measured on these pools with the 16 prompts at
-# 24 tokens: INT8 0.90 (13/16 identical), INT4 (Hadamard) 0.55 (3/16).
-GATE = Thresholds(min_requests=4, min_agreement=0.75, min_pairs=12)
 
 
 @dataclass
@@ -153,40 +144,6 @@ def test_shadowing_changes_no_answer_adds_no_latency_and_prometheus_sees_it(
     assert statistics.median(every) <= 1.5 * statistics.median(off)
 
 
-def _users(bucket: str, weight: int, n_base: int, n_cand: int) -> tuple[list[str], list[str]]:
-    keys = [f"user-{i}" for i in range(2000)]
-    base = [k for k in keys if percentile(k, bucket) > weight][:n_base]
-    cand = [k for k in keys if percentile(k, bucket) <= weight][:n_cand]
-    return base, cand
-
-
-async def _traffic(url: str, users: list[tuple[str, str]]) -> list[tuple[int, str]]:
-    gate = asyncio.Semaphore(4)
-
-    async def one(client: httpx.AsyncClient, user: str, prompt: str) -> tuple[int, str]:
-        body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24,
-                "temperature": 0, "user": user}  # fmt: skip
-        async with gate:
-            r = await client.post(f"{url}/v1/chat/completions", json=body)
-        return r.status_code, r.headers.get("x-kvplan-pool", "")
-
-    async with httpx.AsyncClient(timeout=600) as client:
-        return list(await asyncio.gather(*(one(client, u, p) for u, p in users)))
-
-
-async def _until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
-async def _bucket_state(router: RouterProcess) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.get(f"{router.admin_url}/admin/state", headers=router.admin)
-        return dict(r.json()["buckets"][BUCKET])
-
-
 @pytest.mark.parametrize(("candidate", "db", "phase"), [(INT4, 1, "aborted"), (INT8, 2, "succeeded")])
 def test_a_rollout_with_the_quality_gate_aborts_int4_and_promotes_int8(
     stack: Stack, candidate: str, db: int, phase: str
@@ -194,55 +151,20 @@ def test_a_rollout_with_the_quality_gate_aborts_int4_and_promotes_int8(
     plan = stack.plan([candidate], shadow=100)
     store_url = stack.redis.url.rsplit("/", 1)[0] + f"/{db}"
     with serve(stack.root / f"rollout-{candidate}", plan, "--flag-store", store_url) as router:
-        asyncio.run(_rollout(router, store_url, Plan.model_validate(plan), candidate, phase))
-
-
-async def _rollout(router: RouterProcess, store_url: str, plan: Plan, candidate: str, phase: str) -> None:
-    now = [1_000_000.0]
-    store = RedisFlagStore(store_url, plan)
-    await store.start()
-    try:
-        source = RouterCounterSource.from_url(f"{router.metrics_url}/metrics", plan.slo, clock=lambda: now[0])
-        ctl = rollout.RolloutController(store, source, clock=lambda: now[0])
-        flags = store.snapshot().buckets[BUCKET]
-        start = rollout.start(flags, (50, 100), 60.0, 0, GATE, now[0])
-        await rollout.apply(store, flags, start, "quality-test")
-
-        async def routed() -> bool:
-            b = await _bucket_state(router)
-            return bool(b["weight"] == 50 and b["shadow"] == 100)
-
-        await _until(routed, 30, "the router following the rollout's first step")
-        await ctl.tick()  # the window's first reading; nothing is due yet
-        base_users, cand_users = _users(BUCKET, 50, len(PROMPTS), 6)
-        sent = [(u, PROMPTS[i]) for i, u in enumerate(base_users)] + [
-            (u, PROMPTS[i]) for i, u in enumerate(cand_users)
-        ]
-        answers = await _traffic(router.url, sent)
-        assert [s for s, _ in answers] == [200] * len(sent)
-        assert [p for _, p in answers].count(candidate) == len(cand_users)
-        settled = shadow_settled(router, BUCKET, candidate)
-        await _until(lambda: asyncio.to_thread(settled), 600, "every shadow copy compared")
-        now[0] += 60.0
-        (decided,) = await ctl.tick()
-        after = store.snapshot().buckets[BUCKET]
-        history = await store.history(BUCKET)
-    finally:
-        await store.close()
-    print(f"\n{candidate}: {decided[1].action} {decided[1].reason}")
-    assert after.rollout == phase
+        out = asyncio.run(
+            gated_rollout(router, store_url, Plan.model_validate(plan), candidate, GATE, PROMPTS, SERVED_NAME)
+        )
+    print(f"\n{candidate}: {out.action} {out.reason}")
+    assert out.statuses == [200] * len(out.statuses)
+    assert out.pools.count(candidate) == out.candidate_requests == 6
+    assert out.shadow["pairs"] == len(PROMPTS) and out.shadow["dropped"] == 0
+    assert out.rollout == phase
     if phase == "aborted":
-        assert (after.weight, after.killed) == (0, True)
-        assert history[-1].action == "rollout:abort" and "shadow_agreement candidate" in history[-1].reason
+        assert (out.weight, out.killed) == (0, True)
+        assert out.audit_action == "rollout:abort" and "shadow_agreement candidate" in out.audit_reason
     else:
-        assert (after.weight, after.killed) == (100, False)
-        assert history[-1].action == "rollout:complete" and "shadow_agreement" in history[-1].reason
-
-    async def applied() -> bool:  # every router follows the store: the kill switch reaches them
-        b = await _bucket_state(router)
-        return bool(b["rollout"] == phase and b["killed"] == (phase == "aborted"))
-
-    await _until(applied, 30, "the router applying the rollout's outcome")
+        assert (out.weight, out.killed) == (100, False)
+        assert out.audit_action == "rollout:complete" and "shadow_agreement" in out.audit_reason
 
 
 def test_kvplan_eval_ranks_int8_above_int4_against_bf16(
