@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from quality_stack import TOKEN, admin, serve, shadow_counts, shadow_settled
+from quality_stack import TOKEN, admin, metric, serve, shadow_counts, shadow_settled
 from support import ROOT
 from support.waiting import poll
 
@@ -207,3 +207,39 @@ def test_eval_bad_input_exits_2_with_one_line(baseline: str, tmp_path: Path) -> 
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(message), (name, run.stderr)
     assert "No healthy endpoint in pool sim-int4" in runs["pool down"].stderr
+
+
+def test_risky_requests_fall_back_inside_the_weight_and_are_counted_with_their_reason(
+    baseline: str, tmp_path: Path
+) -> None:
+    """At weight 100 every request would go to the INT4 candidate; the precision policy sends the
+    header, the plan's rule (tools) and the heuristic (a long prompt citing many sources) to INT8."""
+    with _sim("int4", 0.0) as int4, _sim("int8", 0.0) as int8:
+        plan = _plan(baseline, int4, 0, [(CAND, int4), ("sim-int8", int8)])
+        (bucket,) = plan["buckets"]
+        bucket.update(policy="precision", rollout={"weight": 100},
+                      precision={"to": "sim-int8", "structured": True, "min_sources": 4,
+                                 "min_prompt_tokens": 200})  # fmt: skip
+        retrieval = " ".join(f"[S{i}] Passage {i} says something about the topic." for i in range(1, 9)) * 4
+        tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+        cases = [
+            ("weight", CAND, {}, {}),
+            ("precision_header", "sim-int8", {}, {"X-KV-Precision": "high"}),
+            ("precision_rule", "sim-int8", {"tools": [tool]}, {}),
+            ("precision_prompt", "sim-int8", {"messages": [{"role": "user", "content": retrieval}]}, {}),
+        ]
+        with serve(tmp_path, plan) as router:
+            served = []
+            for _, _, extra, hdrs in cases:
+                body = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
+                        "user": "someone", **extra}  # fmt: skip
+                r = httpx.post(router.url + "/v1/chat/completions", json=body, headers=hdrs, timeout=60)
+                assert r.status_code == 200, r.text
+                served.append(r.headers["x-kvplan-pool"])
+            text = httpx.get(router.metrics_url + "/metrics").text
+    assert served == [pool for _, pool, _, _ in cases]
+    for reason, pool, _, _ in cases:
+        assert metric(text, "kvplan_router_decisions_total", bucket=BUCKET, pool=pool, reason=reason) == 1.0
+    # nothing else was counted as a fallback
+    for reason in ("precision_header", "precision_rule", "precision_prompt"):
+        assert metric(text, "kvplan_router_decisions_total", reason=reason) == 1.0
