@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 TOKEN = "quality-test-token"
 # The quality gate of the real-vLLM rollouts: mean shadow token agreement. Measured on these pools
-# with the 16 prompts at 24 tokens: INT8 0.90 (13/16 identical), INT4 (Hadamard) 0.55 (3/16).
+# with the 16 prompts at 24 tokens: INT8 0.90 (13/16 identical), INT4 (Hadamard) 0.55 (3/16); in
+# bench/results/quality_vllm_cpu.md INT8 0.816 (12/16), INT4 0.504 (1/16).
 GATE = Thresholds(min_requests=4, min_agreement=0.75, min_pairs=12)
 
 
