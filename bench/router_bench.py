@@ -107,6 +107,20 @@ def source_of(rev: str, tmp: Path) -> Path:
     return dest
 
 
+def kvplan_at(src: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run `kvplan` from the source tree `src`. `-P`: without it,
+    `python -m` puts the working directory (this checkout) first on sys.path, and a --compare
+    router would silently run this tree's code; checked here, once per tree."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    where = subprocess.run(
+        [sys.executable, "-P", "-c", "import kvplan; print(kvplan.__file__)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if not Path(where).is_relative_to(src):
+        raise RuntimeError(f"kvplan from {src} imports {where} instead")
+    return [sys.executable, "-P", "-m", "kvplan.cli"], env
+
+
 def kvplan_router(
     procs: Procs, tmp: Path, urls: list[str], tag: str, *extra: str, src: Path = ROOT
 ) -> tuple[str, int]:
@@ -128,11 +142,12 @@ def kvplan_router(
     path = tmp / f"plan-{tag}.json"  # JSON is YAML
     path.write_text(json.dumps(plan))
     port = free_port()
-    cmd = [sys.executable, "-m", "kvplan.cli", "serve", "--plan", str(path), "--port", str(port)]
+    kvplan, env = kvplan_at(src)
+    cmd = [*kvplan, "serve", "--plan", str(path), "--port", str(port)]
     if "admin_port" in (src / "kvplan" / "router" / "cli.py").read_text():  # not before the admin listener
         cmd += ["--admin-port", "0"]
     cmd += ["--log-level", "warning", "--provenance-log", str(tmp / f"provenance-{tag}.jsonl"), *extra]
-    p = procs.start(cmd, port, tmp / f"kvplan-{tag}.log", env={**os.environ, "PYTHONPATH": str(src)})
+    p = procs.start(cmd, port, tmp / f"kvplan-{tag}.log", env=env)
     return f"http://127.0.0.1:{port}", p.pid
 
 
