@@ -22,6 +22,9 @@ from typing import Any
 from kvplan.metric_names import vllm as vm
 
 ECHO = (b"x-request-id", b"traceparent", b"tracestate", b"x-session-id", b"authorization")
+# A prompt holding this text makes the worker fail with a 500 and a text traceback naming its own
+# address, as vLLM does for an input its engine chokes on: a 5xx the request alone provokes.
+PROVOKE_500 = "kvplan-provoke-500"
 
 
 class FakeVllm:
@@ -153,6 +156,10 @@ class FakeVllm:
         if req.get("model") != self.model:
             msg = {"error": {"message": f"The model `{req.get('model')}` does not exist.", "code": 404}}
             await _reply(send, 404, json.dumps(msg).encode())
+            return
+        if PROVOKE_500.encode() in body:
+            trace = f"Traceback (most recent call last):\n  engine at {self.name}: ValueError\n"
+            await _reply(send, 500, trace.encode(), b"text/plain; charset=utf-8")
             return
         if self.delay:
             await asyncio.sleep(self.delay)
