@@ -9,7 +9,7 @@ every completion with a 200, so whatever the router answers is the request's doi
 - no 5xx: nothing a request alone sends makes the router fail;
 - every 4xx is in OpenAI's error shape (JSON `{"error": {message, type, param, code}}`).
 
-Bounded for CI: a fixed number of examples per test (about a minute in all on a 2-core machine).
+Bounded for CI: a fixed number of examples per test (about 30 s in all on a 2-core machine).
 """
 
 from __future__ import annotations
