@@ -10,6 +10,7 @@ sampled after warm-up and at the end, and 1,000 concurrent streaming clients.
     .venv/bin/python bench/router_bench.py          # writes bench/results/router-<date>-<HHMM>.{md,json}
     .venv/bin/python bench/router_bench.py --quick  # shorter runs, no result files
     .venv/bin/python bench/router_bench.py --compare REV  # also kvplan's router as of git REV
+                                                          # (repeatable: several revisions at once)
 """
 
 from __future__ import annotations
@@ -281,7 +282,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000, help="for the memory test")
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument(
-        "--compare", metavar="REV", help="also run kvplan's router as of git revision REV (interleaved)"
+        "--compare",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also run kvplan's router as of git revision REV (interleaved; repeatable)",
     )
     args = ap.parse_args()
     if args.quick:
@@ -304,10 +309,10 @@ def main() -> None:
         vr_url = vr[0] if vr else None
         targets = {"direct": a, "kvplan": kv_url}
         pids = {"kvplan": kv_pid}
-        if args.compare:
-            old = source_of(args.compare, tmp)
-            name = f"kvplan@{args.compare}"
-            targets[name], pids[name] = kvplan_router(procs, tmp, [a, b], "compare", src=old)
+        for rev in args.compare:
+            old = source_of(rev, tmp)
+            name = f"kvplan@{rev}"
+            targets[name], pids[name] = kvplan_router(procs, tmp, [a, b], f"compare-{rev}", src=old)
         if vr:
             targets["vllm-router"], pids["vllm-router"] = vr
         script = lua_script(tmp)
@@ -350,26 +355,7 @@ def main() -> None:
             v = summary["vllm-router"]
             result["vllm_router_added_p50_ms"] = v["1"]["p50_ms"] - d["1"]["p50_ms"]
             result["ratio_vs_vllm_router"] = {c: k[c]["rps"] / v[c]["rps"] for c in ("16", "64")}
-        if args.compare:
-            o = summary[f"kvplan@{args.compare}"]
-            result["compare"] = {
-                "rev": args.compare,
-                "rps_ratio_new_over_old": {c: k[c]["rps"] / o[c]["rps"] for c in ("1", "16", "64")},
-                # round by round (the two ran back to back): robust to the machine's load drifting
-                "rps_ratio_paired_median": {
-                    str(c): statistics.median(
-                        n["rps"] / p["rps"]
-                        for n, p in zip(raw["kvplan"][c], raw[f"kvplan@{args.compare}"][c], strict=True)
-                    )
-                    for c in (1, 16, 64)
-                },
-                "p50_ms_c1_new_minus_old": k["1"]["p50_ms"] - o["1"]["p50_ms"],
-                "cpu_us_per_req": {
-                    c: (k[c]["cpu_us_per_req_median"], o[c]["cpu_us_per_req_median"])
-                    for c in ("1", "16", "64")
-                },
-                "ttfb_ms_new_minus_old": ttfb["kvplan"] - ttfb[f"kvplan@{args.compare}"],
-            }
+        result["compares"] = [compare(rev, summary, raw, ttfb) for rev in args.compare]
         result["ratio_vs_python_router_110"] = {c: k[c]["rps"] / PY_ROUTER_RPS for c in ("16", "64")}
         result["load_after_throughput"] = loadavg()
 
@@ -410,6 +396,32 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if not args.quick:
         write_results(result)
+
+
+def compare(
+    rev: str,
+    summary: dict[str, Any],
+    raw: dict[str, dict[int, list[dict[str, float]]]],
+    ttfb: dict[str, float],
+) -> dict[str, Any]:
+    """This tree's router against the router as of `rev`, from the same interleaved rounds."""
+    k, o, old = summary["kvplan"], summary[f"kvplan@{rev}"], f"kvplan@{rev}"
+    return {
+        "rev": rev,
+        "rps_ratio_new_over_old": {c: k[c]["rps"] / o[c]["rps"] for c in ("1", "16", "64")},
+        # round by round (the two ran back to back): robust to the machine's load drifting
+        "rps_ratio_paired_median": {
+            str(c): statistics.median(
+                n["rps"] / p["rps"] for n, p in zip(raw["kvplan"][c], raw[old][c], strict=True)
+            )
+            for c in (1, 16, 64)
+        },
+        "p50_ms_c1_new_minus_old": k["1"]["p50_ms"] - o["1"]["p50_ms"],
+        "cpu_us_per_req": {
+            c: (k[c]["cpu_us_per_req_median"], o[c]["cpu_us_per_req_median"]) for c in ("1", "16", "64")
+        },
+        "ttfb_ms_new_minus_old": ttfb["kvplan"] - ttfb[old],
+    }
 
 
 def write_results(r: dict[str, Any]) -> None:
@@ -453,8 +465,7 @@ def write_results(r: dict[str, Any]) -> None:
             f"- kvplan / vllm-router req/s: c=16 {rv['16']:.2f}x, c=64 {rv['64']:.2f}x (target >= 0.9x); "
             f"vllm-router added p50 at c=1: {r['vllm_router_added_p50_ms']:.3f} ms"
         )
-    if "compare" in r:
-        c = r["compare"]
+    for c in r.get("compares", [r["compare"]] if "compare" in r else []):
         rr, pr = c["rps_ratio_new_over_old"], c["rps_ratio_paired_median"]
         lines.append(
             f"- kvplan / kvplan@{c['rev']} req/s (medians): c=1 {rr['1']:.3f}x, c=16 {rr['16']:.3f}x, "
