@@ -11,6 +11,13 @@ sampled after warm-up and at the end, and 1,000 concurrent streaming clients.
     .venv/bin/python bench/router_bench.py --quick  # shorter runs, no result files
     .venv/bin/python bench/router_bench.py --compare REV  # also kvplan's router as of git REV
                                                           # (repeatable: several revisions at once)
+    .venv/bin/python bench/router_bench.py --policy-overhead  # prefix-cache vs P2C only (JSON on stdout)
+
+--policy-overhead: two kvplan routers over the same two backends, one choosing endpoints by power
+of two choices, one by prefix-cache affinity, interleaved round by round at c=1 (p50 added
+latency) and c=16 (CPU per request). Every request carries a ~2,000-token system prompt and a
+user message of its own (a counter), so the prefix policy hashes ~17 keys (a key per 128 tokens),
+walks the shared head and records new tail keys each time, as with real conversations.
 """
 
 from __future__ import annotations
@@ -123,9 +130,15 @@ def kvplan_at(src: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def kvplan_router(
-    procs: Procs, tmp: Path, urls: list[str], tag: str, *extra: str, src: Path = ROOT
+    procs: Procs,
+    tmp: Path,
+    urls: list[str],
+    tag: str,
+    *extra: str,
+    src: Path = ROOT,
+    endpoint_choice: str | None = None,
 ) -> tuple[str, int]:
-    plan = {
+    plan: dict[str, Any] = {
         "buckets": [
             {
                 "name": "short",
@@ -140,6 +153,8 @@ def kvplan_router(
             }
         ]
     }
+    if endpoint_choice is not None:
+        plan["buckets"][0]["endpoint_choice"] = {"policy": endpoint_choice}
     path = tmp / f"plan-{tag}.json"  # JSON is YAML
     path.write_text(json.dumps(plan))
     port = free_port()
@@ -211,6 +226,68 @@ def lua_script(tmp: Path) -> Path:
         'wrk.headers["Authorization"] = "Bearer sk-bench"\n'
     )
     return path
+
+
+def conversation_script(tmp: Path) -> Path:
+    """wrk: a shared ~2,000-token system prompt, then a user message of each request's own."""
+    system = " ".join(f"rule{i} keep answers short and cite the source" for i in range(140))
+    head = json.dumps({"model": MODEL, "max_tokens": 16, "messages": [{"role": "system", "content": system}]})
+    head = head[: -len("]}")] + ', {"role": "user", "content": "question number '
+    tail = ' about the cache and the router, please answer briefly"}]}'
+    path = tmp / "conversation.lua"
+    path.write_text(
+        "local n = 0\n"
+        f"local head = {json.dumps(head)}\n"
+        f"local tail = {json.dumps(tail)}\n"
+        'local hdrs = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer sk-bench"}\n'
+        "request = function()\n"
+        "  n = n + 1\n"
+        '  return wrk.format("POST", nil, hdrs, head .. n .. tail)\n'
+        "end\n"
+    )
+    return path
+
+
+def policy_overhead(rounds: int, seconds: float) -> dict[str, Any]:
+    """kvplan with prefix-cache vs kvplan with power of two choices, same backends, interleaved."""
+    tmp = Path(tempfile.mkdtemp(prefix="router-policy-"))
+    procs = Procs()
+    try:
+        a, b = backend(procs, tmp, "a"), backend(procs, tmp, "b")
+        targets = {
+            name: kvplan_router(procs, tmp, [a, b], name, endpoint_choice=name)
+            for name in ("power-of-two", "prefix-cache")
+        }
+        script = conversation_script(tmp)
+        for url, _ in targets.values():
+            wrk(url, 16, 1, script)
+        runs: dict[str, dict[int, list[dict[str, float]]]] = {n: {1: [], 16: []} for n in targets}
+        names = list(targets)
+        for i in range(rounds):
+            for conns in (1, 16):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    url, pid = targets[name]
+                    cpu0 = cpu_seconds(pid)
+                    run = wrk(url, conns, seconds, script)
+                    run["cpu_us_per_req"] = (cpu_seconds(pid) - cpu0) / max(run["requests"], 1) * 1e6
+                    runs[name][conns].append(run)
+    finally:
+        procs.stop()
+    p2c, prefix = runs["power-of-two"], runs["prefix-cache"]
+    bad = sum(r["non_2xx"] + r["socket_errors"] for by_c in runs.values() for rs in by_c.values() for r in rs)
+    return {
+        "rounds": rounds,
+        "seconds": seconds,
+        "errors": bad,
+        "p50_ms_c1": {n: statistics.median(r["p50_ms"] for r in runs[n][1]) for n in runs},
+        # paired round by round: the two ran back to back, so machine load drifts out
+        "p50_ms_prefix_minus_p2c": statistics.median(
+            x["p50_ms"] - y["p50_ms"] for x, y in zip(prefix[1], p2c[1], strict=True)
+        ),
+        "cpu_us_per_req_c16": {n: statistics.median(r["cpu_us_per_req"] for r in runs[n][16]) for n in runs},
+        "rps_c16": {n: statistics.median(r["rps"] for r in runs[n][16]) for n in runs},
+        "load_after": loadavg(),
+    }
 
 
 # -- streaming time to first byte (raw socket, one request at a time) --
@@ -288,7 +365,15 @@ def main() -> None:
         default=[],
         help="also run kvplan's router as of git revision REV (interleaved; repeatable)",
     )
+    ap.add_argument(
+        "--policy-overhead", action="store_true", help="only prefix-cache vs P2C (JSON on stdout, no files)"
+    )
     args = ap.parse_args()
+    if args.policy_overhead:
+        if shutil.which("wrk") is None:
+            sys.exit("error: wrk is not installed (apt-get install wrk)")
+        print(json.dumps(policy_overhead(args.rounds, args.seconds), indent=2))
+        return
     if args.quick:
         args.seconds, args.rounds, args.requests, args.streams = 2.0, 1, 20_000, 300
     if shutil.which("wrk") is None:

@@ -98,7 +98,7 @@ GATED_MEASURE = AgreementMeasure.TOKENS
 class EndpointChoiceReason(StrEnum):
     """How a pool's endpoint policy picked: `kvplan_router_endpoint_choices{reason}`."""
 
-    LOAD = "load"  # power of two choices (or prefix-cache with a prompt shorter than one block)
+    LOAD = "load"  # power of two choices (or prefix-cache with a prompt shorter than one prefix key)
     ROTATION = "rotation"  # round robin
     PREFIX = "prefix"  # prefix-cache: an endpoint holding leading blocks of the prompt, within the load bound
     NEW_PREFIX = "new_prefix"  # prefix-cache: nobody holds its first block; rendezvous hash within the bound
@@ -222,7 +222,7 @@ class router:
     ENDPOINT_KV_USAGE = f"{PREFIX}_endpoint_kv_cache_usage"  # gauge {pool, endpoint}: scraped, 0-1
     DECISIONS = f"{PREFIX}_decisions"  # counter {bucket, pool, reason}
     ENDPOINT_CHOICES = f"{PREFIX}_endpoint_choices"  # counter {pool, policy, reason}: endpoint policy picks
-    PREFIX_TABLE_BLOCKS = f"{PREFIX}_prefix_table_blocks"  # gauge {pool}: (block, endpoint) pairs remembered
+    PREFIX_TABLE_BLOCKS = f"{PREFIX}_prefix_table_blocks"  # gauge {pool}: (key, endpoint) pairs remembered
     FLAG_VERSION = f"{PREFIX}_flag_version"  # gauge: version of the flag snapshot in use
     BUCKET_WEIGHT = f"{PREFIX}_bucket_weight"  # gauge {bucket}: effective candidate weight, 0-100
     BUCKET_KILLED = f"{PREFIX}_bucket_killed"  # gauge {bucket}: 1 when the kill switch is on

@@ -15,7 +15,13 @@ A costs 10 - 6 = 4 < 5, A wins; at load 12 A costs 6 > 5, B serves and now holds
 A prompt nobody holds goes by rendezvous hashing of its first block over the endpoints within
 the bound, so a new prefix lands on the same endpoint from any router replica or after a router
 restart, and removing or adding an endpoint moves only the prefixes that hashed to it.
-Prompts shorter than one block have no identity: power of two choices.
+Prompts shorter than one key have no identity: power of two choices.
+
+Keys are chained hashes of the prompt cut at multiples of the pool's block size, one key per
+`key_blocks(block_size)` blocks (at least KEY_TOKENS tokens): vLLM caches whole blocks, so a key
+held means those blocks were sent there, and a 2,000-token prompt costs 16 keys, not 125 (the
+per-request cost stays within a few microseconds of power of two; the depth is known to 128
+tokens, a rounding that moves no routing decision of prompts that share thousands of tokens).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from kvplan.router.endpoint_policy.prefix_table import PrefixTable
 from kvplan.router.endpoints import Endpoint, eligible
 
 DEFAULT_BLOCK_SIZE = 16  # vLLM's --block-size on GPUs, until the endpoints report theirs
+KEY_TOKENS = 128  # tokens per prefix key at least (a whole number of the pool's blocks)
 
 
 _M64 = (1 << 64) - 1
@@ -54,6 +61,11 @@ def pool_block_size(endpoints: Sequence[Endpoint]) -> int:
     return next((e.block_size for e in endpoints if e.block_size), DEFAULT_BLOCK_SIZE)
 
 
+def key_blocks(block_size: int) -> int:
+    """Pool blocks per prefix key: KEY_TOKENS tokens or one block, whichever is more."""
+    return max(1, KEY_TOKENS // block_size)
+
+
 class PrefixCachePolicy:
     name = "prefix-cache"
 
@@ -69,8 +81,8 @@ class PrefixCachePolicy:
         if not candidates:
             return None
         now, sat = pick.now, pick.sat
-        block_size = pool_block_size(endpoints)
-        keys = pick.tokens.block_keys(block_size)
+        key_tokens = pool_block_size(endpoints) * key_blocks(pool_block_size(endpoints))
+        keys = pick.tokens.block_keys(key_tokens)
         if not keys:
             return Choice(two_choices(candidates, now, sat, self.rng), "load")
         loads = [e.score(now, sat) for e in candidates]
@@ -90,8 +102,8 @@ class PrefixCachePolicy:
             chosen = tied[0] if len(tied) == 1 else rendezvous(tied, keys[min(deepest, len(keys) - 1)])
             reason = "prefix" if depths[candidates.index(chosen)] else "over_bound"
         limit = self.table.capacity
-        if chosen.cache_blocks:
-            limit = chosen.cache_blocks * (chosen.block_size or block_size) // block_size
+        if chosen.cache_blocks:  # its prefix cache holds this many keys' worth of tokens
+            limit = chosen.cache_blocks * (chosen.block_size or key_tokens) // key_tokens
         self.table.record(chosen, keys, limit)
         return Choice(chosen, reason)
 
