@@ -152,8 +152,8 @@ class EndpointChoice(_Strict):
     its prompt while that replica's load stays within `load_bound` of the pool's least-loaded one
     (load: the router's in-flight count plus twice the scraped `vllm:num_requests_waiting`, +8 at
     `kv_usage` saturation); beyond it, to the least loaded. It remembers at most `table_blocks`
-    (prefix key, replica) pairs per pool (a key per 128 prompt tokens), about 200 bytes each
-    (262,144: ~50 MB). Both apply to
+    (prefix key, replica) pairs per pool (a key per 128 prompt tokens), about 256 bytes each
+    (262,144: 64 MiB, bench/results/prefix_replay.md). Both apply to
     `prefix-cache` only (unset otherwise).
     """
 

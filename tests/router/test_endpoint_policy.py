@@ -12,7 +12,7 @@ from kvplan.errors import PlanError
 from kvplan.plan import EndpointChoice, EndpointPolicyName, parse_plan
 from kvplan.router.endpoint_policy import ENDPOINT_POLICIES, Pick, endpoint_policy
 from kvplan.router.endpoint_policy.power_of_two import PowerOfTwoPolicy
-from kvplan.router.endpoint_policy.prefix_cache import PrefixCachePolicy, rendezvous
+from kvplan.router.endpoint_policy.prefix_cache import PrefixCachePolicy, key_blocks, rendezvous
 from kvplan.router.endpoint_policy.prefix_table import PrefixTable
 from kvplan.router.endpoint_policy.round_robin import RoundRobinPolicy
 from kvplan.router.endpoints import Endpoint, Saturation
@@ -127,6 +127,50 @@ def test_the_chosen_endpoint_is_never_beyond_the_bound(
         least = min(e.score(NOW, SAT) for e in eps)
         assert choice.endpoint.score(NOW, SAT) <= least + bound
         choice.endpoint.in_flight += 1  # the request is now in flight there
+
+
+def test_a_holder_at_kv_cache_saturation_counts_as_beyond_the_bound() -> None:
+    eps = _endpoints(3)
+    policy = PrefixCachePolicy(load_bound=4, table_blocks=100_000)
+    conv = _prompt("a", "b")
+    holder = policy.select(eps, _pick(conv)).endpoint  # type: ignore[union-attr]
+    holder.kv_usage = 0.5  # scraped vllm:kv_cache_usage_perc below saturation: no extra load
+    again = policy.select(eps, _pick(conv))
+    assert again is not None and (again.endpoint, again.reason) == (holder, "prefix")
+    holder.kv_usage = 0.97  # saturated: +8 of load, beyond the bound of 4 over the idle others
+    spill = policy.select(eps, _pick(conv))
+    assert spill is not None and spill.endpoint is not holder and spill.reason == "over_bound"
+    holder.kv_usage, holder.waiting = 0.5, 3  # its scraped queue (2 x 3 = 6) is beyond it too
+    spill = policy.select(eps, _pick(_prompt("a", "b", "c")))
+    assert spill is not None and spill.endpoint is not holder
+
+
+def test_an_added_endpoint_keeps_held_prefixes_in_place_and_takes_only_new_ones() -> None:
+    eps = _endpoints(5)
+    four, policy = eps[:4], PrefixCachePolicy(load_bound=8, table_blocks=100_000)
+    first = [policy.select(four, _pick(_prompt(f"conv {i}"))) for i in range(200)]
+    holders = [c.endpoint for c in first if c is not None]
+    policy.endpoints_changed(eps)  # scaled out: a fifth replica
+    later = [policy.select(eps, _pick(_prompt(f"conv {i}", "next turn"))) for i in range(200)]
+    assert [(c.endpoint, c.reason) for c in later if c] == [(h, "prefix") for h in holders]
+    # conversations the table has not seen: those that move all move to the new replica
+    before = [PrefixCachePolicy(8, 100_000).select(four, _pick(_prompt(f"new {i}"))) for i in range(400)]
+    after = [PrefixCachePolicy(8, 100_000).select(eps, _pick(_prompt(f"new {i}"))) for i in range(400)]
+    moved = [
+        a.endpoint for b, a in zip(before, after, strict=True) if a and b and a.endpoint is not b.endpoint
+    ]
+    assert set(moved) == {eps[4]} and 40 < len(moved) < 130  # about a fifth
+
+
+def test_prefix_keys_cover_whole_pool_blocks_of_at_least_128_tokens() -> None:
+    assert [key_blocks(b) for b in (1, 16, 32, 128, 256)] == [128, 8, 4, 1, 1]
+    eps = _endpoints(2)
+    policy = PrefixCachePolicy(load_bound=8, table_blocks=100_000)
+    policy.select(eps, _pick(_prompt("a", "b")))  # 1 + 960 estimated tokens: 7 keys of 128
+    assert policy.table_size() == 7
+    eps[0].block_size = eps[1].block_size = 256  # a pool of 256-token blocks: one block a key
+    policy.select(eps, _pick(_prompt("c", "d")))
+    assert policy.table_size() == 7 + 3
 
 
 def test_a_prompt_shorter_than_a_block_is_balanced_by_load() -> None:
