@@ -19,7 +19,7 @@ campaign ran on), one after the other so they never share the CPU:
   parts through the openai client; 204 KB of pipelined GET /metrics never read (RSS); HEAD,
   methods, 431; admin and /metrics on the API listener, deep JSON and a forged actor.
 
-    .venv/bin/python bench/robustness.py      # about 6 min; bench/results/robustness.{json,md}
+    .venv/bin/python bench/robustness.py      # about 5 min; bench/results/robustness.{json,md}
     .venv/bin/python bench/robustness.py --bad-seconds 10 --idle-seconds 3 --attack-seconds 5 --no-before
 """
 
