@@ -15,8 +15,8 @@ sampled after warm-up and at the end, and 1,000 concurrent streaming clients.
 
 --policy-overhead: two kvplan routers over the same two backends, one choosing endpoints by power
 of two choices, one by prefix-cache affinity, interleaved round by round at c=1 (p50 added
-latency) and c=16 (CPU per request). Every request carries a ~2,000-token system prompt and a
-user message of its own (a counter), so the prefix policy hashes ~17 keys (a key per 128 tokens),
+latency) and c=16 (CPU per request). Every request carries a ~1,500-token system prompt and a
+~600-token user message of its own (its number first), so the prefix policy hashes 12 keys,
 walks the shared head and records new tail keys each time, as with real conversations.
 """
 
@@ -229,11 +229,12 @@ def lua_script(tmp: Path) -> Path:
 
 
 def conversation_script(tmp: Path) -> Path:
-    """wrk: a shared ~2,000-token system prompt, then a user message of each request's own."""
-    system = " ".join(f"rule{i} keep answers short and cite the source" for i in range(140))
+    """wrk: a shared ~1,500-token system prompt, then a ~600-token user message of each
+    request's own (its number first), so every request shares a head and brings new tail keys."""
+    system = " ".join(f"rule{i} keep answers short and cite the source" for i in range(100))
     head = json.dumps({"model": MODEL, "max_tokens": 16, "messages": [{"role": "system", "content": system}]})
     head = head[: -len("]}")] + ', {"role": "user", "content": "question number '
-    tail = ' about the cache and the router, please answer briefly"}]}'
+    tail = " about the cache and the router" * 60 + ', please answer briefly"}]}'
     path = tmp / "conversation.lua"
     path.write_text(
         "local n = 0\n"

@@ -18,11 +18,14 @@ from __future__ import annotations
 import zlib
 from array import array
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Protocol
 
 MESSAGE_OVERHEAD = 5  # template tokens around each chat message
 REQUEST_OVERHEAD = 4  # generation prompt + BOS
 BYTES_PER_TOKEN_ESTIMATE = 3
+KEYS_PER_SPACING = 8  # prefix keys at each spacing before the spacing doubles (see key_ends)
+MAX_KEYED_TOKENS = 1 << 24
 ID_UNIT = 4  # bytes per token id in PromptTokens.data (array "I")
 _MARK = b"\xff"  # never in UTF-8 text; as a token-id byte it makes an id beyond any vocabulary
 
@@ -63,6 +66,23 @@ class TokenizerCounter:
         return array("I", self._tok.encode(text, add_special_tokens=False).ids).tobytes()
 
 
+@cache
+def key_ends(first: int) -> tuple[int, ...]:
+    """Token positions where prefix keys end: `first` apart for KEYS_PER_SPACING keys, then twice
+    as far apart for as many, and so on (128 tokens: 128, 256, ... 1024, 1280, ... 3072, 3584,
+    ...). Fixed positions, whatever the prompt's length, so every prompt sharing a head has the
+    same keys for it; a prompt of T tokens has about 8 x log2(T / 512) keys, and the end of its
+    cached part is known to within an eighth of it."""
+    ends: list[int] = []
+    end, step = 0, first
+    while end + step <= MAX_KEYED_TOKENS:
+        end += step
+        ends.append(end)
+        if len(ends) % KEYS_PER_SPACING == 0:
+            step *= 2
+    return tuple(ends)
+
+
 @dataclass(frozen=True, slots=True)
 class PromptTokens:
     """A prompt as the router tokenized it: its token count, and its tokens as `unit`-byte units."""
@@ -86,6 +106,22 @@ class PromptTokens:
         for index, start in enumerate(range(0, len(self.data) - step + 1, step)):
             crc = zlib.crc32(view[start : start + step], crc)
             keys.append(index << 32 | crc)
+        return keys
+
+    def prefix_keys(self, first: int) -> list[int]:
+        """Chained keys ending at `key_ends(first)` (whole tokens only): key i identifies the
+        prompt up to its end, like `block_keys` with blocks growing along the prompt."""
+        unit = self.unit
+        tokens = len(self.data) // unit
+        view = memoryview(self.data)
+        keys: list[int] = []
+        crc = start = 0
+        for index, end in enumerate(key_ends(first)):
+            if end > tokens:
+                break
+            crc = zlib.crc32(view[start * unit : end * unit], crc)
+            keys.append(index << 32 | crc)
+            start = end
         return keys
 
 

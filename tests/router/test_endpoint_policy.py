@@ -18,7 +18,7 @@ from kvplan.router.endpoint_policy.round_robin import RoundRobinPolicy
 from kvplan.router.endpoints import Endpoint, Saturation
 from kvplan.router.inputs import CHAT, parse
 from kvplan.router.routes import RouteTable
-from kvplan.router.tokens import EstimateCounter, PromptTokens, chat_prompt, completion_prompt
+from kvplan.router.tokens import EstimateCounter, PromptTokens, chat_prompt, completion_prompt, key_ends
 
 SAT = Saturation()
 NOW = 1000.0
@@ -235,6 +235,30 @@ def test_the_table_is_bounded_and_forgets_tails_before_heads() -> None:
     assert table.depths([47 * 1000], ["a"]) == [0]
     table.record("a", [1, 2, 3], limit=2)  # its replica's cache holds only two blocks
     assert table.depths([1, 2, 3], ["a"]) == [2]
+
+
+def test_keys_end_at_fixed_positions_that_spread_out_along_the_prompt() -> None:
+    ends = key_ends(128)
+    assert ends[:10] == (128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536)
+    assert ends[15:18] == (3072, 3584, 4096)  # 8 keys at each spacing, then twice as far apart
+    assert all(e % 128 == 0 for e in ends)  # whole pool blocks
+    long = completion_prompt(EST, "x" * 3 * 12_000)  # 12,001 estimated tokens
+    keys = long.prefix_keys(128)
+    assert len(keys) == sum(e <= 12_001 for e in ends) == 28
+    short = completion_prompt(EST, "x" * 3 * 5_000)
+    assert short.prefix_keys(128) == keys[: len(short.prefix_keys(128))]  # same head, same keys
+
+
+def test_the_table_weighs_keys_by_the_tokens_they_cover() -> None:
+    table: PrefixTable[str] = PrefixTable(capacity=1000)
+    spans = (100, 100, 200, 400)
+    table.record("a", [1, 2, 3, 4], limit=10**9, spans=spans)
+    assert table.depths([1, 2, 3, 4], ["a"]) == [4]
+    table.record("a", [9, 8], limit=700, spans=spans)  # its cache holds 700 tokens: the oldest go
+    assert table.depths([9, 8], ["a"]) == [2]
+    assert table.depths([1, 2, 3, 4], ["a"]) == [3]  # the tail (400 tokens) went first
+    table.record("a", [9, 8], limit=250, spans=spans)
+    assert len(table) == 2 and table.depths([1], ["a"]) == [0]
 
 
 def test_the_table_keeps_each_endpoint_to_its_share_when_one_joins() -> None:

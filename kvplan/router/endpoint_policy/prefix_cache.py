@@ -17,11 +17,13 @@ the bound, so a new prefix lands on the same endpoint from any router replica or
 restart, and removing or adding an endpoint moves only the prefixes that hashed to it.
 Prompts shorter than one key have no identity: power of two choices.
 
-Keys are chained hashes of the prompt cut at multiples of the pool's block size, one key per
-`key_blocks(block_size)` blocks (at least KEY_TOKENS tokens): vLLM caches whole blocks, so a key
-held means those blocks were sent there, and a 2,000-token prompt costs 16 keys, not 125 (the
-per-request cost stays within a few microseconds of power of two; the depth is known to 128
-tokens, a rounding that moves no routing decision of prompts that share thousands of tokens).
+Keys are chained hashes of the prompt cut at multiples of the pool's block size: every
+KEY_TOKENS tokens (at least one block) for the first 8 keys, then twice as far apart every 8 keys
+(`kvplan.router.tokens.key_ends`). vLLM caches whole blocks, so a key held means those blocks
+were sent there; a 2,000-token prompt is 12 keys and a 12,000-token one 28 (not 125 and 750
+blocks), which keeps the per-request cost near power of two's, and the cached share of a prompt
+is known to within an eighth of it. The table weighs each key by the tokens it covers, so an
+endpoint's entries stay within the tokens its prefix cache holds.
 """
 
 from __future__ import annotations
@@ -29,14 +31,17 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Sequence
+from functools import cache
 
 from kvplan.router.endpoint_policy.base import Choice, Pick
 from kvplan.router.endpoint_policy.power_of_two import two_choices
 from kvplan.router.endpoint_policy.prefix_table import PrefixTable
 from kvplan.router.endpoints import Endpoint, eligible
+from kvplan.router.tokens import key_ends
 
 DEFAULT_BLOCK_SIZE = 16  # vLLM's --block-size on GPUs, until the endpoints report theirs
 KEY_TOKENS = 128  # tokens per prefix key at least (a whole number of the pool's blocks)
+UNKNOWN_CACHE_TOKENS = 1 << 62  # an endpoint that has not reported its cache: only the table's bound
 
 
 _M64 = (1 << 64) - 1
@@ -61,6 +66,13 @@ def pool_block_size(endpoints: Sequence[Endpoint]) -> int:
     return next((e.block_size for e in endpoints if e.block_size), DEFAULT_BLOCK_SIZE)
 
 
+@cache
+def key_spans(first: int) -> tuple[int, ...]:
+    """Tokens each prefix key covers (its end minus the previous key's)."""
+    ends = key_ends(first)
+    return tuple(e - s for s, e in zip((0, *ends), ends, strict=False))
+
+
 def key_blocks(block_size: int) -> int:
     """Pool blocks per prefix key: KEY_TOKENS tokens or one block, whichever is more."""
     return max(1, KEY_TOKENS // block_size)
@@ -81,8 +93,9 @@ class PrefixCachePolicy:
         if not candidates:
             return None
         now, sat = pick.now, pick.sat
-        key_tokens = pool_block_size(endpoints) * key_blocks(pool_block_size(endpoints))
-        keys = pick.tokens.block_keys(key_tokens)
+        block_size = pool_block_size(endpoints)
+        first = block_size * key_blocks(block_size)
+        keys = pick.tokens.prefix_keys(first)
         if not keys:
             return Choice(two_choices(candidates, now, sat, self.rng), "load")
         loads = [e.score(now, sat) for e in candidates]
@@ -93,18 +106,19 @@ class PrefixCachePolicy:
             within = [e for e, load in zip(candidates, loads, strict=True) if load <= bound]
             chosen, reason = rendezvous(within, keys[0]), "new_prefix"
         else:
-            scale = self.load_bound / len(keys)
-            costs = [load - scale * d for load, d in zip(loads, depths, strict=True)]
+            ends = key_ends(first)  # tokens covered by the first d keys: ends[d - 1]
+            scale = self.load_bound / ends[len(keys) - 1]
+            costs = [load - scale * ends[d - 1] if d else load for load, d in zip(loads, depths, strict=True)]
             best = min(costs)
             tied = [e for e, c in zip(candidates, costs, strict=True) if c == best]
             # among equals, a hash of the first block nobody holds: distinct prompts that share
             # a common head (a system prompt) spread instead of piling on one endpoint
             chosen = tied[0] if len(tied) == 1 else rendezvous(tied, keys[min(deepest, len(keys) - 1)])
             reason = "prefix" if depths[candidates.index(chosen)] else "over_bound"
-        limit = self.table.capacity
-        if chosen.cache_blocks:  # its prefix cache holds this many keys' worth of tokens
-            limit = chosen.cache_blocks * (chosen.block_size or key_tokens) // key_tokens
-        self.table.record(chosen, keys, limit)
+        limit = UNKNOWN_CACHE_TOKENS  # its prefix cache's size in tokens, once scraped
+        if chosen.cache_blocks:
+            limit = chosen.cache_blocks * (chosen.block_size or block_size)
+        self.table.record(chosen, keys, limit, key_spans(first))
         return Choice(chosen, reason)
 
     def endpoints_changed(self, endpoints: Sequence[Endpoint]) -> None:

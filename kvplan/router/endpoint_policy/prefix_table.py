@@ -1,12 +1,14 @@
-"""Which endpoint of a pool holds which prompt blocks, as far as the router has sent them.
+"""Which endpoint of a pool holds which prompt prefixes, as far as the router has sent them.
 
 vLLM keeps a request's full prompt blocks in its prefix cache after the request, until it needs
 the space (least recently used first, a prompt's tail before its head). The table assumes every
-block sent to an endpoint is cached there, and forgets it in the same order once that endpoint's
-share of the table is full. Memory is bounded by `capacity` (block, endpoint) pairs in all.
+prefix key sent to an endpoint is cached there, and forgets it in the same order once that
+endpoint's share of the table is full or its keys cover more tokens than its cache holds.
+Memory is bounded by `capacity` (key, endpoint) pairs in all.
 
-    _holders: block key -> bit mask of the endpoints holding it (one dict for lookups)
-    _blocks:  endpoint -> its block keys, least recently sent first (its eviction order)
+    _holders: key -> bit mask of the endpoints holding it (one dict for lookups)
+    _blocks:  endpoint -> its keys with the tokens each covers, least recently sent first
+    _tokens:  endpoint -> tokens its keys cover in all
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class PrefixTable(Generic[E]):
             raise ValueError("a prefix table needs room for at least one block")
         self.capacity = capacity
         self._holders: dict[int, int] = {}
-        self._blocks: dict[E, OrderedDict[int, None]] = {}
+        self._blocks: dict[E, OrderedDict[int, int]] = {}
+        self._tokens: dict[E, int] = {}
         self._bit: dict[E, int] = {}
 
     def __len__(self) -> int:
@@ -41,10 +44,10 @@ class PrefixTable(Generic[E]):
             bit = (used + 1) & ~used  # the lowest free bit: a mask stays small while the pool does
             self._bit[endpoint] = bit
             self._blocks[endpoint] = OrderedDict()
+            self._tokens[endpoint] = 0
             share = self.capacity // len(self._blocks)
-            for other, blocks in self._blocks.items():  # a smaller share each: the total stays bounded
-                while len(blocks) > share:
-                    self._drop(blocks.popitem(last=False)[0], self._bit[other])
+            for other in self._blocks:  # a smaller share each: the total stays bounded
+                self._evict(other, share, self._tokens[other])
         return bit
 
     def depths(self, keys: Sequence[int], endpoints: Sequence[E]) -> list[int]:
@@ -77,26 +80,44 @@ class PrefixTable(Generic[E]):
             out.append(d)
         return out
 
-    def record(self, endpoint: E, keys: Sequence[int], limit: int) -> None:
-        """`endpoint` now holds `keys`; it keeps at most `limit` blocks (and its share of the capacity)."""
+    def record(self, endpoint: E, keys: Sequence[int], limit: int, spans: Sequence[int] = ()) -> None:
+        """`endpoint` now holds `keys`, key i covering `spans[i]` tokens (1 each without spans);
+        it keeps keys covering at most `limit` tokens (and its share of the capacity)."""
         bit = self.bit(endpoint)
         blocks = self._blocks[endpoint]
         holders = self._holders
-        # Deepest block first, so that the head of the prompt is the most recently used and is
+        added = 0
+        # Deepest key first, so that the head of the prompt is the most recently used and is
         # forgotten last, as vLLM evicts a prompt's tail before its head.
-        for key in reversed(keys):
+        for i in range(len(keys) - 1, -1, -1):
+            key = keys[i]
+            if key in blocks:
+                blocks.move_to_end(key)
+                continue
+            span = spans[i] if spans else 1
             holders[key] = holders.get(key, 0) | bit
-            blocks[key] = None
-            blocks.move_to_end(key)
-        limit = min(limit, self.capacity // len(self._blocks))
-        while len(blocks) > limit:
-            self._drop(blocks.popitem(last=False)[0], bit)
+            blocks[key] = span
+            added += span
+        self._tokens[endpoint] += added
+        self._evict(endpoint, self.capacity // len(self._blocks), limit)
+
+    def _evict(self, endpoint: E, entries: int, tokens: int) -> None:
+        """Forget `endpoint`'s least recently sent keys until it has at most `entries` of them
+        covering at most `tokens`."""
+        blocks, bit = self._blocks[endpoint], self._bit[endpoint]
+        total = self._tokens[endpoint]
+        while blocks and (len(blocks) > entries or total > tokens):
+            key, span = blocks.popitem(last=False)
+            total -= span
+            self._drop(key, bit)
+        self._tokens[endpoint] = total
 
     def retain(self, endpoints: Iterable[E]) -> None:
         """Forget every endpoint not in `endpoints` (removed from the pool), freeing its bit."""
         keep = set(endpoints)
         for endpoint in [e for e in self._bit if e not in keep]:
             bit = self._bit.pop(endpoint)
+            del self._tokens[endpoint]
             for key in self._blocks.pop(endpoint):
                 self._drop(key, bit)
 
