@@ -152,7 +152,7 @@ class EndpointChoice(_Strict):
     its prompt while that replica's load stays within `load_bound` of the pool's least-loaded one
     (load: the router's in-flight count plus twice the scraped `vllm:num_requests_waiting`, +8 at
     `kv_usage` saturation); beyond it, to the least loaded. It remembers at most `table_blocks`
-    (prefix key, replica) pairs per pool (a key per 128 prompt tokens), about 256 bytes each
+    (prefix key, replica) pairs per pool (12 keys for a 2,000-token prompt), about 256 bytes each
     (262,144: 64 MiB, bench/results/prefix_replay.md). Both apply to
     `prefix-cache` only (unset otherwise).
     """
