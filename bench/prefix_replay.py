@@ -726,7 +726,8 @@ def write(r: dict[str, Any]) -> None:
             "- select() µs per request: "
             + json.dumps({k: round(v, 1) for k, v in t["select_us_per_request"].items()}),
         ]
-    lines += ["", "## Reading it", "", *(f"- {n}" for n in NOTES)]
+    distinct = s["requests"] * s["mean_input_tokens"] * (1 - s["ideal_hit_rate"]) / 1e6
+    lines += ["", "## Reading it", "", *(f"- {n.format(distinct=distinct)}" for n in NOTES)]
     (out / "prefix_replay.md").write_text("\n".join(lines) + "\n")
 
 
@@ -734,10 +735,11 @@ NOTES = (
     "Every Mooncake prompt starts with the same trace block (hash id 0), so the oracle (longest "
     "cached prefix, nothing else) sends every request to the first worker: it is the ceiling of "
     "the hit rate (one cache holding everything), not a latency reference.",
-    "Each worker's cache holds ~430K tokens (26,914 blocks of 16) against ~0.76M distinct "
-    "prompt tokens in the sample, so little that is reused gets evicted: prefix-cache, "
-    "vllm-router and the oracle all sit near the ideal hit rate, and what separates the "
-    "policies is latency under load (the sweep, the skewed run), where the load bound counts.",
+    "Each worker's cache holds ~430K tokens (26,914 blocks of 16, the planner's for the H100) "
+    "against {distinct:.2f}M distinct prompt tokens in the sample, so little that is reused gets "
+    "evicted: prefix-cache, vllm-router and the oracle all sit near the ideal hit rate, and what "
+    "separates the policies is latency under load (the sweep, the skewed run), where the load "
+    "bound counts.",
     "vllm-router is 0.1.17 (make setup-bench) with --policy cache_aware at its defaults "
     "(cache threshold 0.3, balance thresholds 64 requests and 1.5x); kvplan's prefix-cache runs "
     "with the plan's default load_bound (8) and table_blocks (262,144).",
