@@ -73,14 +73,21 @@ def compile_only(arch: int = 90) -> Iterator[None]:
 
 @contextlib.contextmanager
 def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
-    """TUNING_GLUON with `over` applied (a benchmark variant)."""
-    saved = dict(api.TUNING_GLUON)
+    """TUNING_GLUON with `over` applied (a benchmark variant). The shipped per-format settings
+    (TUNING_GLUON_BY_FORMAT) are set aside unless `over` says "per_format": True (variant
+    `shipped`), so each variant changes one setting of the same base."""
+    saved, saved_by = dict(api.TUNING_GLUON), dict(api.TUNING_GLUON_BY_FORMAT)
+    over = dict(over)
+    if not over.pop("per_format", False):
+        api.TUNING_GLUON_BY_FORMAT.clear()
     api.TUNING_GLUON.update(over)
     try:
         yield
     finally:
         api.TUNING_GLUON.clear()
         api.TUNING_GLUON.update(saved)
+        api.TUNING_GLUON_BY_FORMAT.clear()
+        api.TUNING_GLUON_BY_FORMAT.update(saved_by)
 
 
 def decode_launch(

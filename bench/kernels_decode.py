@@ -55,6 +55,7 @@ GRID = [(32, 32768), (1, 32768), (1, 131072), (64, 1024), (8, 32768), (32, 4096)
 # the rest the Gluon kernel (kvplan/kernels/gluon_decode.py) with one setting changed each
 VARIANTS: dict[str, dict[str, object]] = {
     "triton": {"gluon": False},
+    "shipped": {"gluon": True, "per_format": True},  # api's settings as shipped (per format)
     "gluon": {"gluon": True},
     "g_eager": {"gluon": True, "lazy": False},
     "g_unroll1": {"gluon": True, "unroll": 1},

@@ -70,14 +70,23 @@ TUNING_SMALL_GRID: dict[str, object] = {"num_warps": 1, "block_n": 32, "num_stag
 # tile (a divisor of the page), `unroll` tiles' loads issued together.
 GLUON_VERSION = "3.6."
 TUNING_GLUON: dict[str, object] = {
-    "gluon": False,  # on once bench/kernels_decode.py --sections check has passed on the GPU
+    "gluon": True,  # on: bench/kernels_decode.py's check passed on the H200 (kernels_h200.md)
     "block_n": 16,
     "unroll": 2,
     "lazy": True,  # rescale the output accumulator only when a row max grows past 2^8
     "programs_per_sm": 16,
     "min_tokens_per_split": 128,
 }
-TUNING_GLUON_BY_FORMAT: dict[str, dict[str, object]] = {}
+# Per format, the sweep's best setting over its six grid shapes (geometric mean of the speed-up
+# over BF16, H200, bench/results/kernels_h200_call1.json): one setting changed from the base.
+TUNING_GLUON_BY_FORMAT: dict[str, dict[str, object]] = {
+    "fp8_e4m3": {"programs_per_sm": 8},
+    "int8": {"unroll": 4},
+    "int8_hadamard": {"programs_per_sm": 8},
+    "k8v4": {"programs_per_sm": 8},
+    "int4": {"programs_per_sm": 8},
+    "int4_hadamard": {"programs_per_sm": 8},
+}
 
 
 def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:

@@ -179,15 +179,17 @@ _PTX_NIB_BF16 = tl.constexpr(
         " lop3.b32 ${k4}, u, 0x000F000F, 0x43004300, 0xEA;",
     )
 )
-# values: the nibble n becomes n - 8 exactly (centred codes, see _nib_words): the low nibble as
-# 128 + n minus 136, the high one as 128 + 16 n (no shift) times 1/16 minus 16, in one fma
+# values: the nibble n becomes n - 8 exactly (centred codes, see _nib_words): each nibble in
+# bf16's low mantissa bits as 128 + n, minus 136. (The high nibble cannot stay in place as
+# 128 + 16 n: its top bit is the exponent's lowest, so codes 9..15 doubled; the GPU check caught
+# it, tests/kernels/test_ptx.py now runs every conversion's PTX on all byte values.)
 _PTX_NIB_BF16_CENTRED = tl.constexpr(
     _per_byte_ptx(
-        ".reg .b32 t, c, s, m;",
-        "prmt.b32 t, $8, $9, {sel}; lop3.b32 ${k}, t, 0x000F000F, 0x43004300, 0xEA;"
-        " sub.bf16x2 ${k}, ${k}, c; lop3.b32 ${k4}, t, 0x00F000F0, 0x43004300, 0xEA;"
-        " fma.rn.bf16x2 ${k4}, ${k4}, s, m;",
-        head="mov.b32 c, 0x43084308; mov.b32 s, 0x3D803D80; mov.b32 m, 0xC180C180;",
+        ".reg .b32 t, u, c;",
+        "prmt.b32 t, $8, $9, {sel}; shr.b32 u, t, 4; lop3.b32 ${k}, t, 0x000F000F, 0x43004300, 0xEA;"
+        " sub.bf16x2 ${k}, ${k}, c; lop3.b32 ${k4}, u, 0x000F000F, 0x43004300, 0xEA;"
+        " sub.bf16x2 ${k4}, ${k4}, c;",
+        head="mov.b32 c, 0x43084308;",
     )
 )
 _PTX_E4M3_F16 = tl.constexpr(

@@ -448,6 +448,17 @@ def _pack_f16x2(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     )
 
 
+def _bf16x2(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(r, np.uint32)
+    return ((r & 0xFFFF) << 16).view(np.float32), (r & 0xFFFF0000).view(np.float32)
+
+
+def _pack_bf16x2(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """float64 results rounded once to bf16 (nearest even), packed."""
+    lo32, hi32 = (_bf16_round(np.asarray(x, np.float64).astype(np.float32)).view(np.uint32) for x in (lo, hi))
+    return (lo32 >> 16) | (hi32 & 0xFFFF0000)
+
+
 def _e4m3(b: np.ndarray) -> np.ndarray:
     return torch.from_numpy(b.astype(np.uint8)).view(torch.float8_e4m3fn).float().numpy().astype(np.float16)
 
@@ -511,6 +522,12 @@ def run_ptx(asm: str, regs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             (al, ah), (bl, bh), (cl, ch) = (_f16x2(np.asarray(val(o), np.uint32)) for o in ops[1:4])
             f = lambda x, y, z: (x.astype(np.float64) * y + z).astype(np.float16)  # noqa: E731 (one rounding)
             env[d] = _pack_f16x2(f(al, bl, cl), f(ah, bh, ch))
+        elif opc in ("sub.bf16x2", "mul.rn.bf16x2", "fma.rn.bf16x2"):  # the Triton kernel's (sm_90)
+            args = [tuple(x.astype(np.float64) for x in _bf16x2(val(o))) for o in ops[1:]]
+            f = {"sub.bf16x2": lambda x, y: x - y, "mul.rn.bf16x2": lambda x, y: x * y}.get(
+                opc, lambda x, y, z: x * y + z
+            )
+            env[d] = _pack_bf16x2(f(*(a[0] for a in args)), f(*(a[1] for a in args)))
         elif opc == "cvt.rn.f16x2.e4m3x2":
             h = val(ops[1])
             env[d] = _pack_f16x2(_e4m3(h & 0xFF), _e4m3((h >> 8) & 0xFF))
