@@ -69,6 +69,11 @@ TUNING_SMALL_GRID: dict[str, object] = {"num_warps": 1, "block_n": 32, "num_stag
 # queries, or "gluon": False run the Triton kernel above). One-warp programs; block_n tokens a
 # tile (a divisor of the page), `unroll` tiles' loads issued together.
 GLUON_VERSION = "3.6."
+# Decode and speculative rows only (1-8 query tokens a sequence, what it is written, checked and
+# timed for): prefill chunks keep the Triton kernel. Inside vLLM on the H200, 4 x 16K-token
+# prefills ran 7x slower through the one-warp Gluon programs (1,232 against 8,918 tokens/s,
+# bench/results/vllm_gpu_h200.md).
+GLUON_MAX_BLOCK_Q = 8
 TUNING_GLUON: dict[str, object] = {
     "gluon": True,  # on: bench/kernels_decode.py's check passed on the H200 (kernels_h200.md)
     "block_n": 16,
@@ -113,6 +118,7 @@ def gluon_applies(fmt: KVFormat, query_dtype: torch.dtype, group: int, block_q: 
         and _kind(fmt.v) in kinds
         and query_dtype in (torch.bfloat16, torch.float16)
         and group * block_q <= 64
+        and block_q <= GLUON_MAX_BLOCK_Q
     )
 
 

@@ -112,6 +112,7 @@ def test_which_kernel_runs(monkeypatch) -> None:
     assert not api.gluon_applies(i4, torch.float32, 4, 1)  # fp32 queries: the Triton kernel
     assert not api.gluon_applies(bf16, torch.bfloat16, 4, 1)  # bf16 pages: the Triton kernel
     assert not api.gluon_applies(i4, torch.bfloat16, 16, 8)  # more than 64 rows in a group
+    assert not api.gluon_applies(i4, torch.bfloat16, 2, 16)  # prefill chunks: the Triton kernel
     monkeypatch.setitem(api.TUNING_GLUON, "gluon", False)
     assert not api.gluon_applies(i4, torch.bfloat16, 4, 1)
 
