@@ -1,5 +1,6 @@
 """The client-side HTTP layer alone: kvplan's hand-written server (kvplan/router/server.py, with
-every limit of issue 14) against uvicorn's httptools protocol, same handler, same run.
+every limit of issue 14) against uvicorn's httptools protocol (and, with --compare REV, against
+kvplan's server as of REV: what the limits cost), same handler, same run.
 
 Both serve one trivial answer (200, a 200-byte JSON body) to POSTs, on uvloop, one process each;
 wrk (one thread, keep-alive, a 150-byte JSON body) loads them in interleaved rounds, and each
@@ -8,7 +9,7 @@ that decides per-core throughput on a 2-core machine where wrk shares the cores.
 campaign's client-side probes against each (bench/robustness.py's): a header sent one byte a
 second, an idle connection, a 64 MB request line, 204 KB of pipelined requests never read.
 
-    .venv/bin/python bench/http_layer.py            # writes bench/results/http_layer.{json,md}
+    .venv/bin/python bench/http_layer.py --compare eaae030  # bench/results/http_layer.{json,md}
     .venv/bin/python bench/http_layer.py --rounds 1 --seconds 2 --no-write
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from robustness import held_seconds, huge_line
-from router_bench import Procs, cpu_seconds, loadavg, rss_mib, wrk
+from router_bench import Procs, cpu_seconds, kvplan_at, loadavg, rss_mib, source_of, wrk
 
 from kvplan.procs import free_port
 
@@ -38,13 +39,16 @@ ANSWER = json.dumps({"id": "x", "object": "chat.completion", "choices": [{"text"
 def serve_kvplan(port: int) -> None:
     import uvloop
 
-    from kvplan.router.server import HttpLimits, serve
+    from kvplan.router import server
 
     async def handler(req: Any, conn: Any) -> None:
         conn.respond(200, [(b"content-type", b"application/json")], ANSWER)
 
     async def main() -> None:
-        listener = await serve(handler, "127.0.0.1", port, HttpLimits())
+        if not hasattr(server, "HttpLimits"):  # a tree from before issue 14's limits (--compare)
+            await server.serve(handler, "127.0.0.1", port, 4 * 1024 * 1024)
+            await asyncio.Event().wait()
+        listener = await server.serve(handler, "127.0.0.1", port, server.HttpLimits())
         loop = asyncio.get_running_loop()
 
         def sweep() -> None:  # the router's deadline sweep, as kvplan serve runs it
@@ -114,6 +118,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="wrk duration per server and round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conns", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument(
+        "--compare", metavar="REV", action="append", default=[], help="also kvplan's server as of git REV"
+    )
     ap.add_argument("--probe-cap", type=float, default=20.0, help="longest a slow connection is timed")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
@@ -135,20 +142,26 @@ def main() -> None:
         "command": " ".join([".venv/bin/python", "bench/http_layer.py", *sys.argv[1:]]),
         "load_before": loadavg(),
     }
-    runs: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in SERVERS}
+    names = [*SERVERS, *(f"kvplan@{rev}" for rev in a.compare)]
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in names}
     try:
         urls, pids = {}, {}
-        for name in SERVERS:
+        for name in names:
             port = free_port()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", name, "--port", str(port)]
-            p = procs.start(cmd, port, tmp / f"{name}.log", health="/")
+            role = name.partition("@")[0]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", role, "--port", str(port)]
+            env = None
+            if "@" in name:  # the server from another tree: -P keeps this checkout off sys.path
+                python, env = kvplan_at(source_of(name.partition("@")[2], tmp))
+                env["PYTHONPATH"] += os.pathsep + str(ROOT / "bench")
+                cmd = [python[0], "-P", *cmd[1:]]
+            p = procs.start(cmd, port, tmp / f"{name}.log", health="/", env=env)
             urls[name], pids[name] = f"http://127.0.0.1:{port}", p.pid
         for url in urls.values():
             wrk(url, 16, 1, script)  # warm up
-        names = list(SERVERS)
         for i in range(a.rounds):
             for conns in a.conns:
-                for name in names[i % 2 :] + names[: i % 2]:  # no server always first
+                for name in names[i % len(names) :] + names[: i % len(names)]:  # no server always first
                     cpu0 = cpu_seconds(pids[name])
                     run = wrk(urls[name], conns, a.seconds, script)
                     run["cpu_us_per_req"] = (cpu_seconds(pids[name]) - cpu0) / max(run["requests"], 1) * 1e6
@@ -156,7 +169,7 @@ def main() -> None:
         result["load_after"] = loadavg()
         result["probes"] = {
             name: asyncio.run(probes(urls[name].removeprefix("http://"), pids[name], a.probe_cap))
-            for name in SERVERS
+            for name in names
         }
     finally:
         procs.stop()
@@ -172,13 +185,16 @@ def main() -> None:
             for c, rs in by_c.items()
         }
     result["summary"] = summary
-    k, u = summary["kvplan"], summary["uvicorn-httptools"]
-    result["kvplan_over_uvicorn"] = {
-        c: {
-            "rps": k[c]["rps_median"] / u[c]["rps_median"],
-            "cpu_per_req": k[c]["cpu_us_per_req_median"] / u[c]["cpu_us_per_req_median"],
+    k = summary["kvplan"]
+    result["ratios"] = {
+        f"kvplan / {other}": {
+            c: {
+                "rps": k[c]["rps_median"] / summary[other][c]["rps_median"],
+                "cpu_per_req": k[c]["cpu_us_per_req_median"] / summary[other][c]["cpu_us_per_req_median"],
+            }
+            for c in k
         }
-        for c in k
+        for other in names[1:]
     }
     result["raw"] = {name: {str(c): rs for c, rs in by_c.items()} for name, by_c in runs.items()}
     print(json.dumps({key: v for key, v in result.items() if key != "raw"}, indent=2))
@@ -208,10 +224,13 @@ def report(r: dict[str, Any]) -> str:
                 f"{s['p50_ms_median']:.3f} |"
             )
     lines.append("")
-    for c, ratio in r["kvplan_over_uvicorn"].items():
+    for label, by_c in r["ratios"].items():
         lines.append(
-            f"- c={c}: kvplan / uvicorn req/s {ratio['rps']:.2f}x, "
-            f"CPU per request {ratio['cpu_per_req']:.2f}x"
+            f"- {label}: "
+            + "; ".join(
+                f"c={c} req/s {x['rps']:.2f}x, CPU per request {x['cpu_per_req']:.2f}x"
+                for c, x in by_c.items()
+            )
         )
     lines += ["", "Probes (bench/robustness.py's clients, against the server alone):", ""]
     lines += ["| server | 1 byte/s header | idle connection | 64 MB request line | RSS before -> after |"]
