@@ -25,6 +25,18 @@ def _answer_false(*_: Any, **__: Any) -> bool:
     return False
 
 
+def _strong_ref(t: torch.Tensor) -> torch.Tensor:
+    """`weak_ref_tensor` (vLLM's CUDA-graph wrapper keeps its graphs' outputs through it): the
+    compiled op returns a view that does not own the storage; here the tensor itself, which keeps
+    the graph pool's output alive a little longer (more memory, same values). The H200 run of
+    2026-12-03 stopped at this op; with this stand-in capture has not run yet."""
+    return t
+
+
+# compiled ops with a torch-level stand-in (same results)
+_STAND_INS: dict[str, Callable[..., Any]] = {"weak_ref_tensor": _strong_ref}
+
+
 def _absent_op(namespace: str, op: str) -> Callable[..., Any]:
     def call(*_: Any, **__: Any) -> Any:
         raise NotImplementedError(f"torch.ops.{namespace}.{op} is compiled vLLM code, absent here")
@@ -44,6 +56,8 @@ class AbsentOps:
             return getattr(self._real, op)
         except (AttributeError, RuntimeError):
             pass
+        if op in _STAND_INS:
+            return _STAND_INS[op]
         if "support" in op:
             return _answer_false
         if _BOUND_AT_INIT.search(op):
