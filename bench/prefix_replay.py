@@ -726,6 +726,11 @@ def write(r: dict[str, Any]) -> None:
             "- select() µs per request: "
             + json.dumps({k: round(v, 1) for k, v in t["select_us_per_request"].items()}),
         ]
+    for run in r.get("earlier_runs", []):  # the same bench, earlier the same day (kept by hand)
+        lines += ["", f"## Earlier run: {run['date']}, `{run['command']}` ({run['code']})", ""]
+        lines += [
+            f"- {t['target']}: {t['measured']} ({'met' if t['met'] else 'NOT met'})" for t in run["targets"]
+        ]
     distinct = s["requests"] * s["mean_input_tokens"] * (1 - s["ideal_hit_rate"]) / 1e6
     lines += ["", "## Reading it", "", *(f"- {n.format(distinct=distinct)}" for n in NOTES)]
     (out / "prefix_replay.md").write_text("\n".join(lines) + "\n")
