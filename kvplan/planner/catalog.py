@@ -26,6 +26,12 @@ def _alternate(n: int, a: str, b: str) -> list[str]:
 
 
 # gpt-oss keeps attention, router, embeddings and LM head in BF16; only experts are MXFP4.
+# RoPE scaling as the checkpoints' config.json has it: no KV effect, but vLLM refuses a config
+# without the YaRN betas / llama3 frequency factors (seen starting the reduced configs on the H200)
+_GPT_OSS_YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                 "original_max_position_embeddings": 4096, "truncate": False}  # fmt: skip
+_LLAMA4_ROPE = {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                "original_max_position_embeddings": 8192}  # fmt: skip
 _GPT_OSS_MXFP4 = {
     "quant_method": "mxfp4",
     "modules_to_not_convert": [
@@ -502,7 +508,7 @@ CATALOG: dict[str, dict[str, Any]] = {
         layer_types=_alternate(24, "sliding_attention", "full_attention"),
         attention_bias=True,
         tie_word_embeddings=False,
-        rope_scaling={"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096},
+        rope_scaling=_GPT_OSS_YARN,
         quantization_config=_GPT_OSS_MXFP4,
         params=20.9e9,
     ),
@@ -523,7 +529,7 @@ CATALOG: dict[str, dict[str, Any]] = {
         layer_types=_alternate(36, "sliding_attention", "full_attention"),
         attention_bias=True,
         tie_word_embeddings=False,
-        rope_scaling={"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096},
+        rope_scaling=_GPT_OSS_YARN,
         quantization_config=_GPT_OSS_MXFP4,
         params=116.8e9,
     ),
@@ -632,7 +638,7 @@ CATALOG: dict[str, dict[str, Any]] = {
         attention_chunk_size=8192,
         vocab_size=202048,
         max_position_embeddings=10485760,
-        rope_scaling={"rope_type": "llama3", "factor": 16.0, "original_max_position_embeddings": 8192},
+        rope_scaling=_LLAMA4_ROPE,
         tie_word_embeddings=False,
         vision_config=_LLAMA4_VISION,
         params=109e9,
