@@ -3,9 +3,11 @@ cores from registers.
 
 Written against Triton 3.6's `triton.experimental.gluon` (the GPU machine's version; Gluon's API
 moves between minors) and used only there: `api` falls back to the Triton kernel
-(`triton_kernels.attention_kernel`) on any other version, for fp32 queries, and where
-`api.TUNING["gluon"]` is off. Gluon has no interpreter, so CI covers this kernel only through the
-reference; `bench/kernels_decode.py --sections check` runs it on the GPU.
+(`triton_kernels.attention_kernel`) on any other version, for fp32 queries, for prefill chunks
+(more than 8 query tokens a sequence) and where `api.TUNING_GLUON["gluon"]` is off. Gluon has no
+interpreter: CI runs this kernel's source under a numpy emulation (tests/kernels/gluon_emu.py)
+and its PTX through the emulator's PTX interpreter; `bench/kernels_decode.py --sections check`
+runs the compiled kernel on the GPU.
 
 Why: the Triton kernel moves every dequantized 8-/4-bit tile register -> shared memory -> MMA
 operand, 2-4x the bytes of the codes, and that round trip, not the HBM bytes, set its time. Here

@@ -45,12 +45,13 @@ def _e4m3(b: np.ndarray) -> np.ndarray:
     return torch.from_numpy(b.astype(np.uint8)).view(torch.float8_e4m3fn).double().numpy()
 
 
-def _check_pairs(out: list[np.ndarray], want: list, bf16: bool) -> None:
+def _check_pairs(out: list[np.ndarray], want: list, bf16: bool, e4m3: bool = False) -> None:
     """out[j] holds byte k of word 1 (low half) and of word 2 (high half); want[j] = (k, f)."""
     for j, (k, f) in enumerate(want):
         for hi, w in ((False, W1), (True, W2)):
             b = _byte(w, k)
-            ok = b & 0x7F != 0x7F  # e4m3 NaN codes: never written (the writes saturate)
+            # e4m3's NaN codes (0x7F, 0xFF) are never written (the writes saturate)
+            ok = (b & 0x7F) != 0x7F if e4m3 else np.ones_like(b, dtype=bool)
             got, exp = _half(out[j], hi, bf16), f(b)
             bad = np.flatnonzero(ok & (got != exp))
             assert bad.size == 0, (j, k, hi, b[bad[:4]], got[bad[:4]], exp[bad[:4]])
@@ -75,7 +76,7 @@ def test_triton_int4_value_codes_are_centred() -> None:
 
 
 def test_triton_e4m3_to_bf16_is_exact() -> None:
-    _check_pairs(_run(tk._PTX_E4M3_BF16.value, 2, 4), [(k, _e4m3) for k in range(4)], bf16=True)
+    _check_pairs(_run(tk._PTX_E4M3_BF16.value, 2, 4), [(k, _e4m3) for k in range(4)], bf16=True, e4m3=True)
 
 
 def test_gluon_value_pairs() -> None:
@@ -85,6 +86,20 @@ def test_gluon_value_pairs() -> None:
         (k, lambda b: (b >> 4) - 8.0) for k in range(4)
     ]
     _check_pairs(_run(gd._PTX_V_S4.value, 2, 8), want, bf16=False)
+    _check_pairs(_run(gd._PTX_V_E4M3.value, 2, 4), [(k, _e4m3) for k in range(4)], bf16=False, e4m3=True)
+
+
+def test_gluon_key_conversions() -> None:
+    """Keys: one word's four int4 bytes to low and high nibbles as bytes; four e4m3 to f16 in order."""
+    lo, hi = (run_ptx(gd._PTX_NIBBLES.value, {"$2": W1})[r] for r in ("$0", "$1"))
+    for k in range(4):
+        assert np.array_equal(_byte(lo, k), _byte(W1, k) & 15)
+        assert np.array_equal(_byte(hi, k), _byte(W1, k) >> 4)
+    env = run_ptx(gd._PTX_E4M3.value, {"$2": W1})
+    for k in range(4):
+        got, want = _half(env["$0" if k < 2 else "$1"], k % 2 == 1, False), _e4m3(_byte(W1, k))
+        ok = (_byte(W1, k) & 0x7F) != 0x7F
+        assert np.array_equal(got[ok], want[ok]), k
 
 
 def test_the_old_centred_int4_trick_is_caught() -> None:
