@@ -450,6 +450,29 @@ def warm_jobs(sections: set[str], formats: list[str], vnames: list[str], grid: l
 SMS = 132
 
 
+SECTIONS = {"check", "sweep", "realkv", "write", "smoke"}
+
+
+def _arguments_or_exit(
+    ap: argparse.ArgumentParser, sections: set[str], formats: list[str], vnames: list[str], shapes: str
+) -> list[tuple[int, int]]:
+    """Check the names and shapes before anything starts; a one-line usage error (exit 2) else."""
+    for what, given, known in (("section", sections, SECTIONS), ("format", formats, FORMATS),
+                               ("variant", vnames, VARIANTS)):  # fmt: skip
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            ap.error(f"unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        grid = [(int(b), int(c)) for b, c in (s.split("x") for s in shapes.split(","))]
+    except ValueError:
+        ap.error(f"--shapes takes BATCHxCONTEXT,... (e.g. 32x32768), got {shapes!r}")
+    if any(b < 1 or c < 1 for b, c in grid):
+        ap.error(f"--shapes: batch and context must be positive, got {shapes!r}")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (this benchmark times the kernels on the device)")
+    return grid
+
+
 def main() -> None:
     global SMS
     ap = argparse.ArgumentParser()
@@ -474,7 +497,7 @@ def main() -> None:
         VARIANTS.update(json.loads(args.variants_json))
         args.variants = ",".join(VARIANTS)
     vnames = args.variants.split(",")
-    grid = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    grid = _arguments_or_exit(ap, sections, formats, vnames, args.shapes)
     props = torch.cuda.get_device_properties(0)
     SMS = props.multi_processor_count
     res: dict[str, Any] = {

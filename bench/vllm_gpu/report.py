@@ -366,7 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--md", type=Path, required=True)
     ap.add_argument("--note", default="", help="what else to say about the device run (load, clocks)")
     args = ap.parse_args(argv)
-    results = load(args.results)
+    missing = [str(p) for p in args.results if not p.is_file()]
+    if missing:
+        ap.error(f"no such result file: {', '.join(missing)}")
+    try:
+        results = load(args.results)
+    except (ValueError, KeyError) as exc:  # not a SET.json of bench.vllm_gpu.run
+        ap.error(f"not a GPU harness result ({type(exc).__name__}: {exc})")
     text = markdown(results, args.note)
     args.md.write_text(text)
     print(text)
