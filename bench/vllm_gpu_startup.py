@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -398,6 +399,13 @@ def main() -> None:
     c = sub.add_parser("compare", help="kvplan against a run's JSON -> bench/results/vllm_gpu_startup.md")
     c.add_argument("result")
     args = ap.parse_args()
+    known = {c[0] for c in CASES}
+    if args.cmd == "run" and args.only and (unknown := sorted(set(args.only.split(",")) - known)):
+        ap.error(f"--only: unknown case {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if args.cmd == "run" and not args.cpu_dry_run and shutil.which("nvidia-smi") is None:
+        ap.error("run needs the GPU machine (no nvidia-smi here); --cpu-dry-run runs it on vLLM CPU")
+    if args.cmd == "compare" and not Path(args.result).is_file():
+        ap.error(f"no such result file: {args.result}")
     {"run": cmd_run, "predict": cmd_predict, "compare": cmd_compare}[args.cmd](args)
 
 

@@ -45,3 +45,16 @@ def test_gpu_report_refuses_missing_and_foreign_files(tmp_path: Path) -> None:
         run = _run("-m", "bench.vllm_gpu.report", str(path), "--md", str(tmp_path / "r.md"))
         assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-800:]
         assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["compare", "absent.json"], "no such result file"),
+        (["run", "--out", "o", "--only", "nosuch"], "unknown case nosuch"),
+        (["run", "--out", "o"], "run needs the GPU machine"),  # no nvidia-smi on this machine
+    ],
+)
+def test_gpu_startup_refuses_bad_arguments(args: list[str], says: str) -> None:
+    run = _run("bench/vllm_gpu_startup.py", *args)
+    assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, run.stderr[-800:]
