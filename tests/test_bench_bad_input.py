@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "PATH": "/usr/bin:/bin",
+        "CUDA_VISIBLE_DEVICES": "",
+    }  # no GPU, even on one
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+    )
 
 
 @pytest.mark.parametrize(
@@ -25,7 +31,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         (["--formats", "int3"], "unknown format int3"),
         (["--shapes", "32x"], "--shapes takes BATCHxCONTEXT"),
         (["--shapes", "0x1024"], "must be positive"),
-        ([], "needs a CUDA GPU"),  # this machine has none: refused, not a traceback
+        ([], "needs a CUDA GPU"),  # none visible: refused, not a traceback
     ],
 )
 def test_kernels_decode_refuses_bad_arguments(args: list[str], says: str, tmp_path: Path) -> None:
@@ -52,7 +58,7 @@ def test_gpu_report_refuses_missing_and_foreign_files(tmp_path: Path) -> None:
     [
         (["compare", "absent.json"], "no such result file"),
         (["run", "--out", "o", "--only", "nosuch"], "unknown case nosuch"),
-        (["run", "--out", "o"], "run needs the GPU machine"),  # no nvidia-smi on this machine
+        (["run", "--out", "o"], "run needs the GPU machine"),  # no GPU visible
     ],
 )
 def test_gpu_startup_refuses_bad_arguments(args: list[str], says: str) -> None:
