@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the harness's configs (no vLLM or torch import)
+from bench.vllm_gpu.configs import VLLM_SAME_BYTES  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "vllm_gpu_startup.md"
 VLLM_VERSION = "0.33"
 UTILIZATION = 0.92
@@ -59,8 +62,6 @@ ARCH = {
     "phi3": "Phi3ForCausalLM",
     "glm4_moe": "Glm4MoeForCausalLM",
 }
-# kvplan's format for vLLM's --kv-cache-dtype (same bytes per token: formats.py, triton_attn.py)
-KV_FORMAT = {"auto": "bf16", "fp8": "fp8_e4m3", "int8_per_token_head": "int8", "int4_per_token_head": "int4"}
 
 # (id, catalog model, layers, config overrides, kv dtype, max_model_len, attention backend)
 CASES: list[tuple[str, str, int, dict[str, Any], str, int, str]] = [
@@ -313,7 +314,7 @@ def predict(case: tuple[Any, ...], available_bytes: int | None = None) -> Any:
     return kv_capacity(
         spec,
         gpu,
-        get_format(KV_FORMAT[kv_dtype]),
+        get_format(VLLM_SAME_BYTES[kv_dtype]),
         max_model_len=length,
         gpu_memory_utilization=UTILIZATION,
         enforce_eager=True,

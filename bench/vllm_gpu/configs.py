@@ -127,6 +127,10 @@ def with_graphs(cfg: EngineConfig) -> EngineConfig:
 
 KVPLAN_FORMATS = ("bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4_hadamard")
 VLLM_DTYPES = ("auto", "fp8", "int8_per_token_head", "int4_per_token_head")
+# the kvplan format with the same bytes as each of vLLM's --kv-cache-dtype values (vLLM 0.33's
+# triton_attn.py: int8/int4_per_token_head keep one fp16 scale per token-head, as kvplan's do)
+VLLM_SAME_BYTES = {"auto": "bf16", "bfloat16": "bf16", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3",
+                   "int8_per_token_head": "int8", "int4_per_token_head": "int4"}  # fmt: skip
 
 
 def discovery() -> list[EngineConfig]:

@@ -23,17 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.vllm_gpu.configs import BATCH_A, CONTEXT_A, MODELS, EngineConfig
+from bench.vllm_gpu.configs import BATCH_A, CONTEXT_A, MODELS, VLLM_SAME_BYTES, EngineConfig
 from bench.vllm_gpu.run import summarize
 
 KVPLAN = str(Path(sys.executable).with_name("kvplan"))
-SAME_BYTES = {"auto": "bf16", "bfloat16": "bf16", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3",
-              "int8_per_token_head": "int8", "int4_per_token_head": "int4"}  # fmt: skip
 GIB = 2**30
 
 
 def kvplan_format(cfg: EngineConfig) -> str | None:
-    return cfg.kv_format if cfg.attention == "kvplan" else SAME_BYTES.get(cfg.kv_cache_dtype)
+    return cfg.kv_format if cfg.attention == "kvplan" else VLLM_SAME_BYTES.get(cfg.kv_cache_dtype)
 
 
 def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None) -> dict[str, Any]:
