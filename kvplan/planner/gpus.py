@@ -8,7 +8,7 @@ FLOP rates are dense (no 2:4 sparsity). Prices live in the dated price file, not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kvplan.errors import InputError, NotFound, closest
 
@@ -36,14 +36,16 @@ class GpuSpec:
         return self.visible_memory_bytes / GIB
 
     def with_memory(self, nbytes: int) -> GpuSpec:
-        from dataclasses import replace
-
         return replace(self, visible_memory_bytes=nbytes, memory_source="override")
 
 
 def _gib(x: float) -> int:
     return round(x * GIB)
 
+
+# 46,068 MiB in nvidia-smi with ECC on (the A40 in guqiong96/Lvllm#35's log); its vGPU profile is the
+# same card
+_A40 = GpuSpec("a40", _gib(44.55), 0.696 * TB, 150e12, 0.0, False, 0.49, "estimated", "A40 48GB")
 
 GPUS: dict[str, GpuSpec] = {
     g.name: g
@@ -89,20 +91,13 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec(
             "rtx-5090", _gib(31.40), 1.792 * TB, 209e12, 419e12, True, 0.89, "estimated", "RTX 5090 32GB"
         ),
-        # 46,068 MiB in nvidia-smi with ECC on (the A40 in guqiong96/Lvllm#35's log)
-        GpuSpec("a40", _gib(44.55), 0.696 * TB, 150e12, 0.0, False, 0.49, "estimated", "A40 48GB"),
-        GpuSpec(
-            "a40-48q",
-            _gib(44.55),
-            0.696 * TB,
-            150e12,
-            0.0,
-            False,
-            0.49,
-            "estimated",
-            "A40-48Q vGPU profile",
-            "vGPU profiles keep several GiB outside torch that kvplan does not model: pass --non-torch-gib "
-            "with the figure vLLM logs (DEBUG: total consumed minus weights and torch peak)",
+        _A40,
+        replace(
+            _A40,
+            name="a40-48q",
+            description="A40-48Q vGPU profile",
+            note="vGPU profiles keep several GiB outside torch that kvplan does not model: pass "
+            "--non-torch-gib with the figure vLLM logs (DEBUG: total consumed minus weights and torch peak)",
         ),
         GpuSpec("l20", _gib(44.55), 0.864 * TB, 119.5e12, 239e12, True, 0.79, "estimated", "L20 48GB"),
         GpuSpec("gh200", _gib(95.14), 4.0 * TB, 989e12, 1979e12, True, 3.49, "estimated", "GH200 96GB HBM3"),
