@@ -108,6 +108,10 @@ def test_size_plot_writes_a_png(tmp_path: Path) -> None:
         (("plan", "llama-3.1-8b", "--context-mix", "8k:100", "--rps", "-1"), "--rps"),
         (("plan", "llama-3.1-8b"), "exactly one of --traffic"),
         (("plan", "llama-3.1-8b", "--traffic", "/nonexistent.csv"), "does not exist"),
+        (("size", "llama-3.1-8b", "--flashinfer-sampler=yes"), "--flashinfer-sampler"),
+        (("size", "llama-3.1-8b", "--text-only=maybe"), "--text-only"),
+        (("size", "llama-3.1-8b", "--weight-dtype", "int3"), "unknown weight dtype 'int3'; known: auto"),
+        (("size", "llama-3.1-8b", "--vllm-version", "newest"), "bad --vllm-version 'newest': use a release"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: tuple[str, ...], expect: str) -> None:
