@@ -30,7 +30,6 @@ from workers_stack import (
     Router,
     Workers,
     cohort_users,
-    common_prefix,
     metric_sum,
     write_plan,
 )
@@ -38,6 +37,7 @@ from workers_stack import PROMPTS as ALL_PROMPTS
 
 from kvplan.checkpoint import ensure_smollm2_checkpoint
 from kvplan.metric_names import vllm as vm
+from kvplan.quality.compare import common_prefix
 
 pytestmark = pytest.mark.vllm
 

@@ -18,12 +18,12 @@ from workers_stack import (
     VLLM_PYTHON,
     Router,
     Workers,
-    common_prefix,
     write_plan,
 )
 from workers_stack import PROMPTS as ALL_PROMPTS
 
 from kvplan.checkpoint import ensure_smollm2_checkpoint
+from kvplan.quality.compare import common_prefix
 
 pytestmark = pytest.mark.vllm
 

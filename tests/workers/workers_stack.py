@@ -50,16 +50,6 @@ PROMPTS = (
 )
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common leading run of two token sequences."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def write_plan(path: Path, model_dir: Path, pools: Sequence[tuple[str, str]], weight: int = 50) -> Path:
     """One bucket: the first (name, kv_format) is the baseline, the rest are candidates."""
 
