@@ -45,6 +45,20 @@ def test_kill_show_history_through_the_cli(seeded_redis: RedisServer, plan_file:
             "error: steps must be strictly",
         ),
         (["rollout", "start", "--bucket", "16k", "--interval", "soon"], "error: interval must look like"),
+        (
+            ["flags", "set-shadow", "--bucket", "16k", "--share", "101"],
+            "error: shadow share must be an integer within 0..100",
+        ),
+        (["flags", "set-shadow", "--bucket", "16k", "--share", "ten"], "error: "),
+        (["flags", "set-shadow", "--bucket", "16k"], "error: "),
+        (
+            ["rollout", "start", "--bucket", "16k", "--min-agreement", "85"],
+            "error: --min-agreement is a share within 0..1, got 85",
+        ),
+        (
+            ["rollout", "start", "--bucket", "16k", "--min-agreement", "-0.5"],
+            "error: --min-agreement is a share within 0..1",
+        ),
         (["rollout", "pause", "--bucket", "16k"], "error: bucket '16k' has no progressing rollout"),
         (
             ["rollout", "start", "--bucket", "8k", "--steps", "10,50", "--interval", "0s"],
