@@ -94,8 +94,9 @@ def _worse(
 def _quality(candidate: PoolWindow, th: Thresholds) -> Check | str:
     """The quality check, or the "no data" reason."""
     pairs, total = candidate.shadow_pairs or 0.0, candidate.shadow_agreement_sum or 0.0
-    if pairs < th.min_pairs:
-        return f"no data: shadow_agreement has {pairs:g} pairs (< {th.min_pairs:g}; is the shadow share 0?)"
+    least = max(th.min_pairs, 1.0)  # min_pairs 0 still needs one pair to take a mean of
+    if pairs < least:
+        return f"no data: shadow_agreement has {pairs:g} pairs (< {least:g}; is the shadow share 0?)"
     mean = total / pairs
     # the baseline agrees with itself: 1; allowed is the largest tolerated distance from it
     return Check("shadow_agreement", mean >= th.min_agreement, mean, 1.0, 1.0 - th.min_agreement)

@@ -43,6 +43,10 @@ def test_too_few_pairs_is_no_data_and_the_gate_off_ignores_them() -> None:
         "no data: shadow_agreement has 0"
     )
     assert analyse(_cand(0, 0.0), BASE, Thresholds(min_requests=10)).passed  # min_agreement 0: no gate
+    no_floor = Thresholds(min_requests=10, min_agreement=0.85, min_pairs=0)
+    v = analyse(_cand(0, 0.0), BASE, no_floor)  # no pair at all: no mean to gate on
+    assert v.reason.startswith("no data: shadow_agreement has 0 pairs (< 1")
+    assert analyse(_cand(1, 0.9), BASE, no_floor).passed
 
 
 class ShadowSource:
