@@ -103,6 +103,8 @@ def eval_command(
 
     if json_out and markdown:
         raise InputError("--json and --markdown exclude each other")
+    if not timeout > 0:
+        raise InputError(f"--timeout is seconds per request, above 0, got {timeout}")
     if max_regression is not None and not 0 <= max_regression <= 1:
         raise InputError(f"--max-regression is a score difference within 0..1, got {max_regression}")
     items = load_prompts(prompts)

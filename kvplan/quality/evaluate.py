@@ -80,7 +80,7 @@ async def fetch_plan(client: httpx.AsyncClient, admin: str, token: str) -> Plan:
             f"{admin.rstrip('/')}/admin/plan", headers={"Authorization": f"Bearer {token}"}
         )
     except httpx.HTTPError as exc:
-        raise EvalError(f"cannot reach {where}: {exc or type(exc).__name__}") from exc
+        raise EvalError(f"cannot reach {where}: {str(exc) or type(exc).__name__}") from exc
     if resp.status_code == 401:
         raise EvalError(f"{where} refused the admin token: {_error_message(resp)}")
     if resp.status_code != 200:
@@ -115,7 +115,7 @@ async def ask(
         )
     except httpx.HTTPError as exc:
         raise EvalError(
-            f"pool {pool}, prompt {prompt.id}: no answer from the router ({exc or type(exc).__name__})"
+            f"pool {pool}, prompt {prompt.id}: no answer from the router ({str(exc) or type(exc).__name__})"
         ) from exc
     if resp.status_code != 200:
         raise EvalError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -188,8 +189,26 @@ def test_eval_bad_input_exits_2_with_one_line(baseline: str, tmp_path: Path) -> 
             [str(EXAMPLE), "--router", nobody, "--admin", nobody],
             f"error: cannot reach the router's admin API at {nobody}",
         ),
-    }
-    with serve(tmp_path, _plan(baseline, down, 0)) as router:
+        "two formats": ([str(EXAMPLE), "--router", nobody, "--admin", nobody, "--json", "--markdown"],
+                        "error: --json and --markdown exclude each other"),
+        "regression bound": ([str(EXAMPLE), "--router", nobody, "--admin", nobody, "--max-regression", "2"],
+                             "error: --max-regression is a score difference within 0..1, got 2.0"),
+        "timeout": ([str(EXAMPLE), "--router", nobody, "--admin", nobody, "--timeout", "-1"],
+                    "error: --timeout is seconds per request, above 0, got -1.0"),
+        "max tokens": ([str(EXAMPLE), "--router", nobody, "--admin", nobody, "--max-tokens", "0"],
+                       "error: Invalid value for '--max-tokens'"),
+        "token file": ([str(EXAMPLE), "--router", nobody, "--admin", nobody, "--admin-token-file",
+                        str(tmp_path / "no-token")], "error: cannot read admin token file"),
+    }  # fmt: skip
+    silent = socket.socket()  # accepts connections (the kernel does), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    mute = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    cases["no answer"] = (
+        [str(EXAMPLE), "--router", mute, "--admin", mute, "--timeout", "0.5"],
+        f"error: cannot reach the router's admin API at {mute}: ReadTimeout",
+    )
+    with silent, serve(tmp_path, _plan(baseline, down, 0)) as router:
         where = ("--router", router.url, "--admin", router.admin_url)
         cases["missing pool"] = (
             [str(EXAMPLE), *where, "--pool", "sim-int9"],
