@@ -68,16 +68,25 @@ def read_admin_token(path: Path | None) -> str | None:
     return token
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def settings_of(o: ServeOptions) -> Settings:
     for name, value in (
         ("--max-body", o.max_body),
         ("--max-in-flight", o.max_in_flight),
+        ("--first-byte-timeout", o.first_byte_timeout),
+        ("--idle-timeout", o.idle_timeout),
+        ("--connect-timeout", o.connect_timeout),
         ("--header-timeout", o.header_timeout),
         ("--body-timeout", o.body_timeout),
         ("--keepalive-timeout", o.keepalive_timeout),
     ):
         if value <= 0:
             raise InputError(f"{name} must be positive, got {value}")
+    for flag, where in (("--port", o.api), ("--admin-port", o.admin), ("--metrics-port", o.metrics)):
+        if where is not None and not 0 <= where.port <= 65535:
+            raise InputError(f"{flag} must be within 0..65535, got {where.port}")
     return Settings(
         limits=Limits(
             max_in_flight=o.max_in_flight,
@@ -107,11 +116,15 @@ def load_redactor(spec: str | None) -> Callable[[str], str] | None:
     module, _, name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module), name) if module and name else None
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # the hook's module is the user's code: any failure is bad input
         raise InputError(f"--shadow-redact {spec}: cannot load it ({exc})") from exc
     if not callable(fn):
         raise InputError(f"--shadow-redact {spec}: give module:function, a function from str to str")
-    text = fn("probe a@b.io")
+    try:
+        text = fn("probe a@b.io")
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        raise InputError(f"--shadow-redact {spec}: failed on a probe string ({why})") from exc
     if not isinstance(text, str):
         raise InputError(f"--shadow-redact {spec}: returned {type(text).__name__}, not str")
     return fn  # type: ignore[no-any-return]
@@ -162,6 +175,8 @@ async def _main(router: Router, o: ServeOptions) -> None:
 
 
 def run(o: ServeOptions) -> None:
+    if o.log_level.lower() not in LOG_LEVELS:
+        raise InputError(f"--log-level is one of {', '.join(LOG_LEVELS)}, got {o.log_level!r}")
     logging.basicConfig(
         level=o.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

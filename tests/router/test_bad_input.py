@@ -176,6 +176,20 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     weak = serve("--plan", str(plan), "--port", "0", "--admin-port", "0", "--admin-token-file", str(token))
     assert weak.returncode == 2 and "at least 16" in weak.stderr and "hunter2" not in weak.stderr
     assert len(weak.stderr.strip().splitlines()) == 1
+    for flags, says in (
+        (("--port", "70000"), "--port must be within 0..65535"),  # was: silently port 70000 - 65536
+        (("--first-byte-timeout", "-1"), "--first-byte-timeout must be positive"),
+        (("--log-level", "loud"), "--log-level is one of"),
+        (("--shadow-record-share", "200"), "--shadow-record-share is a percent"),
+        (("--shadow-queue", "0"), "--shadow-queue"),
+        (("--shadow-redact", "os:getcwd"), "--shadow-redact os:getcwd: failed on a probe string"),
+        (("--shadow-redact", ".relative:f"), "--shadow-redact .relative:f: cannot load it"),
+        (("--shadow-redact", "json"), "--shadow-redact json: give module:function"),
+    ):
+        flagged = serve("--plan", str(plan), "--admin-port", "0", *flags)
+        assert flagged.returncode == 2, (flags, flagged.stderr)
+        assert flagged.stderr.startswith(f"error: {says}"), (flags, flagged.stderr)
+        assert len(flagged.stderr.strip().splitlines()) == 1, (flags, flagged.stderr)
     for choice, field in (
         ({"policy": "least-busy"}, "endpoint_choice.policy"),
         ({"policy": "prefix-cache", "load_bound": -2}, "endpoint_choice.load_bound"),
