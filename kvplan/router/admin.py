@@ -30,7 +30,7 @@ from kvplan.control.state import (
     check_history_limit,
 )
 from kvplan.errors import InputError
-from kvplan.metric_names import AuthFailure
+from kvplan.metric_names import AuthFailure, RejectReason
 from kvplan.router.api_errors import ApiError, invalid
 from kvplan.router.routes import RouteTable
 
@@ -242,7 +242,7 @@ async def _rollout(view: AdminView, req: Request, bucket: str, op: str) -> dict[
             404,
             f"Unknown rollout operation '{op}': one of {', '.join(OPS)}.",
             code="not_found",
-            reason="not_found",
+            reason=RejectReason.NOT_FOUND,
         )
     before = view.table().flags(view.store.snapshot(), bucket)
     try:
@@ -303,14 +303,17 @@ async def handle(view: AdminView, req: Request, conn: Connection) -> None:
     if call is None:
         method = req.method.decode("latin-1")[:20]
         raise ApiError(
-            404, f"Unknown admin call {method} {req.path[:200]}.", code="not_found", reason="not_found"
+            404,
+            f"Unknown admin call {method} {req.path[:200]}.",
+            code="not_found",
+            reason=RejectReason.NOT_FOUND,
         )
     if req.method != call[0]:
         raise ApiError(
             405,
             f"Use {call[0].decode()} for {req.path[:200]}.",
             code="method_not_allowed",
-            reason="invalid_request",
+            reason=RejectReason.INVALID_REQUEST,
             headers=((b"allow", call[0]),),
         )
     result: Any

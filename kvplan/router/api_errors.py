@@ -7,6 +7,8 @@ from http import HTTPStatus
 
 import orjson
 
+from kvplan.metric_names import RejectReason
+
 
 class ApiError(Exception):
     """An error answered to the client; `reason` is the rejected-metric label when it ends routing."""
@@ -19,7 +21,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
-        reason: str = "invalid_request",
+        reason: str = RejectReason.INVALID_REQUEST,
         headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         super().__init__(message)

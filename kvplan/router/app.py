@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from kvplan import headers
 from kvplan.control.state import FlagStore, MemoryFlagStore
-from kvplan.metric_names import AuthFailure, RefusalReason
+from kvplan.metric_names import AuthFailure, RefusalReason, RejectReason
 from kvplan.plan import Plan, load_plan
 from kvplan.router import admin, openapi
 from kvplan.router.admin import AdminView
@@ -56,7 +56,7 @@ def _allow(req: Request, methods: tuple[bytes, ...]) -> None:
             405,
             f"Method {req.method.decode('latin-1')[:20]} is not allowed for {req.path[:200]}; use {allowed}.",
             code="method_not_allowed",
-            reason="invalid_request",
+            reason=RejectReason.INVALID_REQUEST,
             headers=((b"allow", allowed.encode()),),
         )
 
@@ -289,7 +289,9 @@ class Router:
         if page is None:
             elsewhere = req.raw_path.startswith(_ELSEWHERE)
             hint = " (the admin API and /metrics have their own listener)" if elsewhere else ""
-            raise ApiError(404, f"Unknown path {req.path[:200]}{hint}.", code="not_found", reason="not_found")
+            raise ApiError(
+                404, f"Unknown path {req.path[:200]}{hint}.", code="not_found", reason=RejectReason.NOT_FOUND
+            )
         _allow(req, _GET)
         page(conn)
 

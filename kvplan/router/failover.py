@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from kvplan.metric_names import EndpointChoiceReason
+from kvplan.metric_names import EndpointChoiceReason, RejectReason
 from kvplan.router.api_errors import ApiError
 from kvplan.router.endpoint_policy import Pick
 from kvplan.router.endpoints import Endpoint, all_full
@@ -68,7 +68,7 @@ def no_endpoint(pool: PoolRoute, retry_after: int) -> ApiError:
             f"Every endpoint of pool {pool.name} is at its concurrency limit; retry shortly.",
             type="rate_limit_error",
             code="pool_saturated",
-            reason="no_healthy_endpoint",
+            reason=RejectReason.NO_HEALTHY_ENDPOINT,
             headers=headers,
         )
     return ApiError(
@@ -76,7 +76,7 @@ def no_endpoint(pool: PoolRoute, retry_after: int) -> ApiError:
         f"No healthy endpoint in pool {pool.name}.",
         type="service_unavailable",
         code="no_healthy_endpoint",
-        reason="no_healthy_endpoint",
+        reason=RejectReason.NO_HEALTHY_ENDPOINT,
         headers=headers,
     )
 

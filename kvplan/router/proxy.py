@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kvplan import headers as kv_headers
-from kvplan.metric_names import DecisionReason, ErrorKind, Outcome
+from kvplan.metric_names import DecisionReason, ErrorKind, Outcome, RejectReason
 from kvplan.metric_names import router as rm
 from kvplan.router.api_errors import ApiError, upstream_error
 from kvplan.router.endpoint_policy import Pick
@@ -382,7 +382,9 @@ class Proxy:
         self.health.gateway_error(ep, exc.kind, f.failover.pool.endpoints)
         log.info("upstream %s of pool %s failed: %s", ep.url, ep.pool, exc)
         message = f"The upstream server of pool {ep.pool} failed ({exc.kind}); no other endpoint could serve."
-        f.failover.failed(ep, ApiError(502, message, type="upstream_error", reason="no_healthy_endpoint"))
+        f.failover.failed(
+            ep, ApiError(502, message, type="upstream_error", reason=RejectReason.NO_HEALTHY_ENDPOINT)
+        )
         return False
 
     def _answer_error(self, conn: Connection, error: ErrorBody) -> None:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from kvplan import headers
 from kvplan.control.cohort import percentile
 from kvplan.control.state import BucketFlags, FlagSnapshot, defaults_from_plan
-from kvplan.metric_names import DecisionReason
+from kvplan.metric_names import DecisionReason, RejectReason
 from kvplan.plan import Bucket, EndpointChoice, Plan, Pool
 from kvplan.router.api_errors import ApiError
 from kvplan.router.endpoint_policy import EndpointPolicy, endpoint_policy
@@ -163,7 +163,7 @@ class RouteTable:
                 f"The model '{comp.model}' does not exist. Available models: {known}",
                 param="model",
                 code="model_not_found",
-                reason="model_not_found",
+                reason=RejectReason.MODEL_NOT_FOUND,
             )
         tokens = self.tokens(comp)
         prompt = tokens.count
@@ -198,7 +198,7 @@ class RouteTable:
                 f"Pool '{pool}' does not serve model '{comp.model}'. Its pools: {known}",
                 param=headers.name(headers.FORCE_POOL),
                 code="pool_not_found",
-                reason="pool_not_found",
+                reason=RejectReason.POOL_NOT_FOUND,
             )
         if needed > bucket.bucket.max_tokens:
             raise _too_long(comp, bucket.bucket.max_tokens, tokens.count, needed)
@@ -213,7 +213,7 @@ def _too_long(comp: Completion, largest: int, prompt: int, needed: int) -> ApiEr
         "Please reduce the length of the messages or completion.",
         param="messages" if comp.kind == CHAT else "prompt",
         code="context_length_exceeded",
-        reason="context_length_exceeded",
+        reason=RejectReason.CONTEXT_LENGTH_EXCEEDED,
     )
 
 
@@ -234,7 +234,7 @@ def forced_pool(request_headers: Mapping[bytes, bytes], admin_token: str | None)
             f"Forcing a pool with {headers.name(headers.FORCE_POOL)} needs authorisation: {why}.",
             type="permission_error",
             code="pool_forcing_forbidden",
-            reason="forbidden",
+            reason=RejectReason.FORBIDDEN,
         )
     return pool.decode("latin-1")
 
