@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import httpx
 from prometheus_client import REGISTRY, generate_latest
 
-from kvplan import headers
 from kvplan.control.state import FlagStore, MemoryFlagStore
 from kvplan.metric_names import AuthFailure, RefusalReason, RejectReason
 from kvplan.plan import Plan, load_plan
@@ -31,7 +30,7 @@ from kvplan.router.metrics import RouterMetrics
 from kvplan.router.monitor import probe_all
 from kvplan.router.provenance import ProvenanceLog
 from kvplan.router.proxy import Proxy, Tee
-from kvplan.router.routes import RouteTable, forced_pool
+from kvplan.router.routes import RouteTable, forced_pool, precision_high
 from kvplan.router.server import Connection, Listener, Request, serve
 from kvplan.router.settings import Listen, Settings
 from kvplan.router.shadow import ShadowSender
@@ -354,7 +353,7 @@ class Router:
         table = self.table
         cohort = self._cohort_key(req, comp.user, request_id)
         now_ = asyncio.get_running_loop().time()
-        high = req.headers.get(headers.PRECISION, b"").lower() == headers.PRECISION_HIGH
+        high = precision_high(req.headers)
         force = forced_pool(req.headers, self.settings.admin_token)
         route = table.decide(
             comp, cohort, self.store.snapshot(), now_, self.sat, precision_high=high, force=force

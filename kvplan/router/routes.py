@@ -217,6 +217,22 @@ def _too_long(comp: Completion, largest: int, prompt: int, needed: int) -> ApiEr
     )
 
 
+def precision_high(request_headers: Mapping[bytes, bytes]) -> bool:
+    """Whether the client sent `X-KV-Precision: high`; any other value is refused, not ignored."""
+    value = request_headers.get(headers.PRECISION)
+    if value is None:
+        return False
+    if value.strip().lower() == headers.PRECISION_HIGH:
+        return True
+    raise ApiError(
+        400,
+        f"{headers.name(headers.PRECISION)} takes only {headers.PRECISION_HIGH.decode()!r}, "
+        f"got {value[:40].decode('latin-1')!r}.",
+        param=headers.name(headers.PRECISION),
+        code="invalid_header_value",
+    )
+
+
 def forced_pool(request_headers: Mapping[bytes, bytes], admin_token: str | None) -> str | None:
     """The pool an X-Kvplan-Force-Pool header names, once its X-Kvplan-Token is the admin token."""
     pool = request_headers.get(headers.FORCE_POOL)

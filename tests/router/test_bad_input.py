@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from router_procs import MODEL, Backend, RouterProc, plan_dict
+from router_procs import MODEL, TOKEN, Backend, RouterProc, plan_dict
 
 CHAT = "/v1/chat/completions"
 
@@ -69,6 +69,23 @@ def test_negative_max_tokens(base: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}
     err = _error(httpx.post(base + CHAT, json=body, timeout=5), 400)
     assert err["param"] == "max_tokens" and "-5" in str(err["message"])
+
+
+def test_steering_headers_with_garbage_are_refused(served: RouterProc) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for value in ("ultra", "low", "high;q=1", ""):
+        r = httpx.post(served.url + CHAT, json=body, headers={"X-KV-Precision": value}, timeout=5)
+        err = _error(r, 400)
+        assert err["param"] == "X-KV-Precision" and err["code"] == "invalid_header_value", value
+    ok = httpx.post(served.url + CHAT, json=body, headers={"X-KV-Precision": "HIGH"}, timeout=10)
+    assert ok.status_code == 200, ok.text
+    forced = {"X-Kvplan-Force-Pool": "short-bf16"}
+    for token in ({}, {"X-Kvplan-Token": "wrong"}):
+        err = _error(httpx.post(served.url + CHAT, json=body, headers=forced | token, timeout=5), 403)
+        assert err["type"] == "permission_error" and err["code"] == "pool_forcing_forbidden"
+    nowhere = {"X-Kvplan-Force-Pool": "../nope;", "X-Kvplan-Token": TOKEN}
+    err = _error(httpx.post(served.url + CHAT, json=body, headers=nowhere, timeout=5), 404)
+    assert err["code"] == "pool_not_found" and err["param"] == "X-Kvplan-Force-Pool"
 
 
 def test_completions_prompt_of_wrong_type(base: str) -> None:
