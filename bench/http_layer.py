@@ -22,12 +22,11 @@ import os
 import statistics
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from robustness import held_seconds, huge_line
-from router_bench import Procs, cpu_seconds, kvplan_at, loadavg, rss_mib, source_of, wrk
+from router_bench import Procs, cpu_seconds, kvplan_at, loadavg, rss_mib, run_header, source_of, wrk
 
 from kvplan.procs import free_port
 
@@ -136,12 +135,7 @@ def main() -> None:
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n')
     script.write_text(script.read_text() + 'wrk.headers["Content-Type"] = "application/json"\n')
     procs = Procs()
-    result: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"2-core CPU machine ({os.cpu_count()} CPUs visible), loopback",
-        "command": " ".join([".venv/bin/python", "bench/http_layer.py", *sys.argv[1:]]),
-        "load_before": loadavg(),
-    }
+    result = run_header("http_layer.py")
     names = [*SERVERS, *(f"kvplan@{rev}" for rev in a.compare)]
     runs: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in names}
     try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -38,11 +37,20 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from router_bench import MODEL, Procs, backend, kvplan_at, loadavg, rss_mib, source_of
+from router_bench import (
+    MODEL,
+    Procs,
+    backend,
+    kvplan_at,
+    loadavg,
+    one_pool_plan,
+    rss_mib,
+    run_header,
+    source_of,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "router"))
@@ -89,22 +97,7 @@ def pctl(xs: list[float], q: float) -> float:
 
 # -- the stack --
 def start_router(procs: Procs, tmp: Path, urls: list[str], tag: str, src: Path) -> Target:
-    plan = {
-        "buckets": [
-            {
-                "name": "short",
-                "max_tokens": 8192,
-                "baseline": {
-                    "name": "short-bf16",
-                    "model": MODEL,
-                    "kv_format": "bf16",
-                    "max_model_len": 8192,
-                    "endpoints": urls,
-                },
-            }
-        ]
-    }
-    (tmp / f"plan-{tag}.json").write_text(json.dumps(plan))
+    (tmp / f"plan-{tag}.json").write_text(json.dumps(one_pool_plan(urls)))
     (tmp / f"token-{tag}").write_text(TOKEN + "\n")
     port = free_port()
     kvplan, env = kvplan_at(src)
@@ -690,13 +683,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="robustness-"))
     procs = Procs()
     result: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"2-core CPU machine ({os.cpu_count()} CPUs visible), loopback",
-        "command": " ".join([".venv/bin/python", "bench/robustness.py", *sys.argv[1:]]),
+        **run_header("robustness.py"),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip(),
-        "load_before": loadavg(),
         "runs": {},
     }
     try:

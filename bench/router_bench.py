@@ -129,6 +129,34 @@ def kvplan_at(src: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-P", "-m", "kvplan.cli"], env
 
 
+def one_pool_plan(urls: list[str], endpoint_choice: str | None = None) -> dict[str, Any]:
+    """The benches' plan: one bucket "short" whose baseline pool "short-bf16" holds `urls`."""
+    bucket: dict[str, Any] = {
+        "name": "short",
+        "max_tokens": 8192,
+        "baseline": {
+            "name": "short-bf16",
+            "model": MODEL,
+            "kv_format": "bf16",
+            "max_model_len": 8192,
+            "endpoints": urls,
+        },
+    }
+    if endpoint_choice is not None:
+        bucket["endpoint_choice"] = {"policy": endpoint_choice}
+    return {"buckets": [bucket]}
+
+
+def run_header(script: str) -> dict[str, Any]:
+    """What every loopback bench result starts with: date, device, the command, the load before."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": f"2-core CPU machine ({os.cpu_count()} CPUs visible), loopback",
+        "command": " ".join([".venv/bin/python", f"bench/{script}", *sys.argv[1:]]),
+        "load_before": loadavg(),
+    }
+
+
 def kvplan_router(
     procs: Procs,
     tmp: Path,
@@ -138,25 +166,8 @@ def kvplan_router(
     src: Path = ROOT,
     endpoint_choice: str | None = None,
 ) -> tuple[str, int]:
-    plan: dict[str, Any] = {
-        "buckets": [
-            {
-                "name": "short",
-                "max_tokens": 8192,
-                "baseline": {
-                    "name": "short-bf16",
-                    "model": MODEL,
-                    "kv_format": "bf16",
-                    "max_model_len": 8192,
-                    "endpoints": urls,
-                },
-            }
-        ]
-    }
-    if endpoint_choice is not None:
-        plan["buckets"][0]["endpoint_choice"] = {"policy": endpoint_choice}
     path = tmp / f"plan-{tag}.json"  # JSON is YAML
-    path.write_text(json.dumps(plan))
+    path.write_text(json.dumps(one_pool_plan(urls, endpoint_choice)))
     port = free_port()
     kvplan, env = kvplan_at(src)
     cmd = [*kvplan, "serve", "--plan", str(path), "--port", str(port)]
@@ -382,12 +393,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
     procs = Procs()
-    result: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": f"2-core CI-class machine ({os.cpu_count()} CPUs visible), loopback",
-        "command": " ".join([".venv/bin/python", "bench/router_bench.py", *sys.argv[1:]]),
-        "load_before": loadavg(),
-    }
+    result = run_header("router_bench.py")
     try:
         a, b = backend(procs, tmp, "a"), backend(procs, tmp, "b")
         kv_url, kv_pid = kvplan_router(procs, tmp, [a, b], "main")
