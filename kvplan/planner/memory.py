@@ -38,7 +38,7 @@ from kvplan.planner.layers import (
 )
 from kvplan.planner.models import ModelSpec
 from kvplan.planner.vllm_versions import VllmVersion, get_version
-from kvplan.planner.weights import OVERRIDE_ALIASES, override
+from kvplan.planner.weights import OVERRIDE_ALIASES, WeightQuant, override
 
 # Non-torch memory (CUDA context allocations outside the caching allocator, cuBLAS workspaces)
 # grown during vLLM's profile run: 0.13 GiB measured by llm-d on an H100 at TP 1. Tensor parallel
@@ -94,18 +94,26 @@ def weight_bytes(
     """All weights vLLM loads, over all TP ranks: the checkpoint's exact bytes when known, else the
     parameters of each part priced by its quantization (embeddings and LM head stay 16-bit; a
     padded MoE layout pads each rank's shard)."""
-    counts = model.param_counts
-    vision = counts.vision
-    if weight_dtype.strip().lower() in ("auto", "", model.native_weight_dtype):
-        if model.weight_bytes is not None:
-            return model.weight_bytes - (2 * vision if text_only else 0)
-        if model.quant.method == "unknown":
-            raise Unsupported(model.quant.detail)
-        quant = model.quant
-    else:
-        quant = override(weight_dtype)
-    total = quant.bytes_of(counts, tensor_parallel=tensor_parallel)
+    vision = model.param_counts.vision
+    if is_native_weights(model, weight_dtype) and model.weight_bytes is not None:
+        return model.weight_bytes - (2 * vision if text_only else 0)
+    total = weight_quant(model, weight_dtype).bytes_of(model.param_counts, tensor_parallel=tensor_parallel)
     return total - (2 * vision if text_only else 0)
+
+
+def is_native_weights(model: ModelSpec, weight_dtype: str) -> bool:
+    """Whether a --weight-dtype keeps the checkpoint's own storage ("auto" or its own name)."""
+    return weight_dtype.strip().lower() in ("auto", "", model.native_weight_dtype)
+
+
+def weight_quant(model: ModelSpec, weight_dtype: str) -> WeightQuant:
+    """How the weights are priced: the checkpoint's quantization, or the --weight-dtype override
+    (an unmodelled checkpoint quantization is refused here, naming it)."""
+    if not is_native_weights(model, weight_dtype):
+        return override(weight_dtype)
+    if model.quant.method == "unknown":
+        raise Unsupported(model.quant.detail)
+    return model.quant
 
 
 def estimate_activation_bytes(

@@ -15,7 +15,13 @@ from kvplan.errors import InputError
 from kvplan.formats import KVFormat, get_format
 from kvplan.planner.gpus import GIB, GpuSpec
 from kvplan.planner.layers import LayerKind
-from kvplan.planner.memory import Capacity, kv_capacity, normalize_weight_dtype
+from kvplan.planner.memory import (
+    Capacity,
+    is_native_weights,
+    kv_capacity,
+    normalize_weight_dtype,
+    weight_quant,
+)
 from kvplan.planner.models import ModelSpec, check_max_model_len
 from kvplan.planner.roofline import decode_step_seconds, max_batch_within, prefill_seconds
 from kvplan.planner.vllm_versions import VllmVersion, get_version
@@ -197,9 +203,10 @@ class SizeReport:
 
     def weight_notes(self) -> list[str]:
         m = self.request.model
-        if m.weight_bytes is not None and self.request.weight_dtype in ("auto", m.native_weight_dtype):
+        if m.weight_bytes is not None and is_native_weights(m, self.request.weight_dtype):
             return ["weights: the checkpoint's safetensors headers (exact)"]
-        return [f"weights: parameters counted from config.json shapes, stored as {m.quant.detail}"]
+        stored = weight_quant(m, self.request.weight_dtype).detail
+        return [f"weights: parameters counted from config.json shapes, stored as {stored}"]
 
 
 def _row_json(r: FormatRow) -> dict[str, Any]:

@@ -278,3 +278,11 @@ def test_size_flashinfer_sampler_frees_activation_and_says_so() -> None:
     assert flash["formats"][0]["kv_tokens"] > plain["formats"][0]["kv_tokens"]
     assert any("FlashInfer" in a for a in flash["assumptions"])
     assert not any("FlashInfer" in a for a in plain["assumptions"])
+
+
+def test_size_names_the_weight_storage_it_priced() -> None:
+    """The weights assumption names the --weight-dtype override, not the checkpoint's storage."""
+    native = json.loads(run("size", "llama-3.1-8b", "--json").stdout)["assumptions"]
+    fp8 = json.loads(run("size", "llama-3.1-8b", "--weight-dtype", "fp8", "--json").stdout)["assumptions"]
+    assert "weights: parameters counted from config.json shapes, stored as 16-bit" in native
+    assert "weights: parameters counted from config.json shapes, stored as fp8 per tensor" in fp8
