@@ -139,6 +139,14 @@ def test_missing_or_wrong_admin_token_401(served: RouterProc) -> None:
     _error(httpx.get(served.metrics_url + "/admin/state", headers=served.admin, timeout=5), 404)
 
 
+def test_shadow_share_garbage_is_400(served: RouterProc) -> None:
+    url = served.admin_url + "/admin/buckets/short/shadow"
+    for body in ({"share": 101}, {"share": -1}, {"share": "50"}, {"share": True}, {"share": 5.5}, {}):
+        err = _error(httpx.post(url, json=body, headers=served.admin, timeout=5), 400)
+        assert err["param"] == "share", body
+    _error(httpx.post(url, content=b"share=5", headers=served.admin, timeout=5), 400)  # not JSON
+
+
 def test_malformed_http_is_400_not_a_crash(base: str) -> None:
     import socket
     from urllib.parse import urlsplit
