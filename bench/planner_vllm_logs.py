@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +25,12 @@ from typing import Any
 
 import yaml
 
-from kvplan.errors import Unsupported
+from kvplan.errors import InputError, Unsupported
 from kvplan.formats import get_format
 from kvplan.planner.gpus import GIB, get_gpu
 from kvplan.planner.memory import Capacity, kv_capacity
 from kvplan.planner.models import get_model
+from kvplan.planner.vllm_versions import get_version
 
 ROOT = Path(__file__).resolve().parents[1]
 KV_FORMAT = {"bf16": "bf16", "auto": "bf16", "fp16": "fp16", "fp8": "fp8_e4m3"}
@@ -41,6 +43,23 @@ class Check:
     logged: str
     kvplan: str
     verdict: str
+
+
+SAMPLERS = (None, "flashinfer", "pytorch")  # what the log shows the server sampled with (None: not shown)
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """Refuse (ValueError naming the row and field) a row whose enumerated fields this bench would
+    otherwise read as a default: a misspelt sampler would size it as PyTorch's, silently."""
+    rid = row.get("id", "?")
+    if row.get("sampler") not in SAMPLERS:
+        raise ValueError(f"row {rid}: sampler {row.get('sampler')!r} must be flashinfer, pytorch or absent")
+    if row.get("kv_dtype") not in KV_FORMAT:
+        raise ValueError(f"row {rid}: kv_dtype {row.get('kv_dtype')!r} must be one of {', '.join(KV_FORMAT)}")
+    try:
+        get_version(str(row.get("version")))
+    except InputError as exc:
+        raise ValueError(f"row {rid}: {exc}") from None
 
 
 def _capacity(row: dict[str, Any], **kw: Any) -> Capacity:
@@ -155,6 +174,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     ).parse_args()
     data = yaml.safe_load((ROOT / "bench" / "planner_vllm_logs.yaml").read_text())
+    for row in data["rows"]:
+        try:
+            check_row(row)
+        except ValueError as exc:
+            print(f"error: bench/planner_vllm_logs.yaml: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     given: list[Check] = []
     alone: list[Check] = []
     for row in data["rows"]:
