@@ -200,9 +200,11 @@ def wait_scraped(metrics_url: str, n: int) -> None:
     import httpx
     from support.waiting import poll
 
+    from kvplan.metric_names import router as rm
+
     def scraped() -> bool:
         text = httpx.get(f"{metrics_url}/metrics", timeout=2).text
-        fresh = [ln for ln in text.splitlines() if ln.startswith("kvplan_router_endpoint_saturated{")]
+        fresh = [ln for ln in text.splitlines() if ln.startswith(rm.ENDPOINT_SATURATED + "{")]
         return len(fresh) == n and all(ln.endswith(" 0.0") for ln in fresh)
 
     poll(scraped, 30, "the router's first scrape of every worker", interval=0.1)
