@@ -25,7 +25,6 @@ class Completion:
     messages: list[dict[str, Any]] | None
     prompt: Any
     structured: bool = False  # offers tools or asks for JSON output (kvplan.router.policy.precision)
-    greedy: bool = False  # temperature 0 and one choice: the answer is deterministic (shadow pairing)
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -123,5 +122,4 @@ def parse(kind: str, body: bytes) -> Completion:
     structured = bool(data.get("tools")) or (
         isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
     )
-    greedy = data.get("temperature") == 0 and data.get("n", 1) == 1
-    return Completion(kind, model, stream, max_tokens, user, messages, prompt, structured, greedy)
+    return Completion(kind, model, stream, max_tokens, user, messages, prompt, structured)
