@@ -248,13 +248,13 @@ class ShadowSender:
 
     async def compare(self, job: ShadowJob) -> Agreement:
         body, model = greedy_body(job.body)
-        candidate = self._ask(job.candidate, job.path, body, ShadowDrop.CANDIDATE_FAILED)
         if job.tee is not None:
             source = "client"
             base = self._answer(b"".join(job.tee), job.streamed, ShadowDrop.BASELINE_FAILED)
-            cand = await candidate
+            cand = await self._ask(job.candidate, job.path, body, ShadowDrop.CANDIDATE_FAILED)
         else:  # both asked at once; a failure of either drops the pair
             source = "replay"
+            candidate = self._ask(job.candidate, job.path, body, ShadowDrop.CANDIDATE_FAILED)
             replay = self._ask(job.baseline, job.path, body, ShadowDrop.BASELINE_FAILED)
             answers = await asyncio.gather(replay, candidate, return_exceptions=True)
             for failed in answers:

@@ -4,7 +4,9 @@ what it stores (redacted), and that a full queue drops at once instead of waitin
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,17 @@ def test_a_sampled_client_request_is_replayed_greedily_on_the_baseline_too() -> 
     assert sorted(r.url.host for r in pools.seen if r.url.path != "/tokenize") == ["base", "cand"]
     assert all(json.loads(r.content)["temperature"] == 0 for r in pools.seen if r.url.path != "/tokenize")
     assert m.shadow_agreement.labels("short", "cand", "exact").sum == 1.0
+
+
+def test_an_unreadable_client_answer_drops_the_pair_without_asking_the_candidate() -> None:
+    pools = Pools()
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}], "temperature": 0}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = asyncio.run(_run(pools, [(_job(body, [b"<html>oops"]), True)], ShadowSettings()))
+        gc.collect()
+    assert _count(m, "shadow_dropped", "short", "cand", "baseline_failed") == 1 and not pools.seen
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # no coroutine left unawaited
 
 
 @pytest.mark.parametrize("status", [500, 429, 404])
