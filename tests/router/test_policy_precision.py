@@ -129,3 +129,20 @@ def test_the_route_table_passes_header_tools_and_prompt_to_the_policy() -> None:
 def test_a_safe_pool_outside_the_bucket_is_refused_with_its_line() -> None:
     with pytest.raises(PlanError, match=r"precision.to 'nope' is not a pool of this bucket"):
         parse_plan(PLAN.replace("to: rag-int8", "to: nope"))
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ("{min_sources: 0}", "min_sources"),
+        ("{min_prompt_tokens: -1}", "min_prompt_tokens"),
+        ("{header: perhaps}", "header"),
+        ("{structured: [1]}", "structured"),
+        ("{to: 3}", "to"),
+        ("{min_source: 4}", "min_source"),  # a misspelt key is refused, not ignored
+    ],
+)
+def test_a_bad_precision_section_names_the_field(section: str, field: str) -> None:
+    text = PLAN.replace("{to: rag-int8, structured: true, min_sources: 4, min_prompt_tokens: 200}", section)
+    with pytest.raises(PlanError, match=rf"buckets\.0\.precision\.{field}: "):
+        parse_plan(text)
