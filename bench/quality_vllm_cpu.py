@@ -61,6 +61,7 @@ from quality_stack import (  # noqa: E402
     serve,
     shadow_counts,
     shadow_settled,
+    share_blocks,
 )
 from support.faults import SlowProxy  # noqa: E402
 from support.router import RouterProcess  # noqa: E402
@@ -127,12 +128,7 @@ def interleaved(router: RouterProcess, shares: list[int], max_tokens: int) -> di
     lat: dict[int, list[float]] = {s: [] for s in shares}
     answers: dict[int, dict[str, set[str]]] = {s: {} for s in shares}
     failed = 0
-    current = -1
-    for i, share in enumerate(shares):
-        if share != current:
-            admin(router, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": share})
-            current = share
-        prompt = PROMPTS[i % len(PROMPTS)]
+    for share, prompt in share_blocks(router, BUCKET, shares, PROMPTS):
         seconds, text, status = chat(router.url, prompt, max_tokens)
         failed += status != 200
         lat[share].append(seconds)

@@ -47,6 +47,19 @@ def admin(router: RouterProcess, method: str, path: str, body: dict[str, Any] | 
     return r.json()
 
 
+def share_blocks(
+    router: RouterProcess, bucket: str, shares: Sequence[int], prompts: Sequence[str]
+) -> Iterator[tuple[int, str]]:
+    """(share, prompt) per request in turn, prompts in a cycle; the bucket's shadow share is set
+    (through the admin API) before each run of one share."""
+    current = -1
+    for i, share in enumerate(shares):
+        if share != current:
+            admin(router, "POST", f"/admin/buckets/{bucket}/shadow", {"share": share})
+            current = share
+        yield share, prompts[i % len(prompts)]
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples whose labels include `labels` (Prometheus text format)."""
     from prometheus_client.parser import text_string_to_metric_families

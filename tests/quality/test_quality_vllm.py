@@ -32,7 +32,7 @@ import pytest
 import yaml
 from control_services import Prometheus, RedisServer
 from openai import OpenAI
-from quality_stack import GATE, TOKEN, admin, gated_rollout, serve, shadow_counts, shadow_settled
+from quality_stack import GATE, TOKEN, gated_rollout, serve, shadow_counts, shadow_settled, share_blocks
 from support import ROOT
 from support.waiting import poll
 from workers_stack import BUCKET, PROMPTS, SERVED_NAME, Workers, write_plan
@@ -101,12 +101,7 @@ def test_shadowing_changes_no_answer_adds_no_latency_and_prometheus_sees_it(
             answers: dict[int, dict[str, str]] = {0: {}, 10: {}, 100: {}}
             # ABBA per request pair: a loaded machine's drift falls on both shares alike
             shares = [0, 10, 10, 0] * 10 + [100] * 8
-            current = -1
-            for i, share in enumerate(shares):
-                if share != current:
-                    admin(router, "POST", f"/admin/buckets/{BUCKET}/shadow", {"share": share})
-                    current = share
-                prompt = PROMPTS[i % len(PROMPTS)]
+            for share, prompt in share_blocks(router, BUCKET, shares, PROMPTS):
                 t = time.perf_counter()
                 raw = client.chat.completions.with_raw_response.create(
                     model=SERVED_NAME,
