@@ -96,36 +96,40 @@ _flag_command("kill", "Send every cohort of a bucket to its baseline pool (overr
 _flag_command("unkill", "Lift the kill switch: the bucket's weight applies again.")
 
 
-@flags_app.command("set-weight")
-def set_weight(
-    bucket: BucketOpt,
-    weight: Annotated[int, typer.Option("--weight", help="percent of cohorts on the candidate, 0..100")],
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """Set the share of cohorts sent to the bucket's candidate pool."""
-    _write("weight", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json, weight)
+WeightOpt = Annotated[int, typer.Option("--weight", help="percent of cohorts on the candidate, 0..100")]
+ShareOpt = Annotated[int, typer.Option("--share", help="percent of baseline requests mirrored, 0..100")]
 
 
-@flags_app.command("set-shadow")
-def set_shadow(
-    bucket: BucketOpt,
-    share: Annotated[int, typer.Option("--share", help="percent of baseline requests mirrored, 0..100")],
-    reason: ReasonOpt = "",
-    actor: ActorOpt = None,
-    plan: PlanOpt = None,
-    flag_store: StoreOpt = None,
-    router: RouterOpt = None,
-    admin_token_file: TokenOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """Mirror a share of the bucket's baseline requests to its candidate (shadow traffic, compared)."""
-    _write("shadow", bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json, share)
+def _set_command(name: str, op: str, value_opt: Any, doc: str) -> None:
+    """`kvplan flags <name> --<option> N`: a write of one number on one bucket."""
+
+    def command(
+        bucket: BucketOpt,
+        value: int,
+        reason: ReasonOpt = "",
+        actor: ActorOpt = None,
+        plan: PlanOpt = None,
+        flag_store: StoreOpt = None,
+        router: RouterOpt = None,
+        admin_token_file: TokenOpt = None,
+        json: JsonOpt = False,
+    ) -> None:
+        _write(op, bucket, reason, actor, _where(plan, flag_store, router, admin_token_file), json, value)
+
+    command.__annotations__["value"] = value_opt  # typer takes the option's name and help from it
+    command.__doc__ = doc
+    flags_app.command(name)(command)
+
+
+_set_command(
+    "set-weight", "weight", WeightOpt, "Set the share of cohorts sent to the bucket's candidate pool."
+)
+_set_command(
+    "set-shadow",
+    "shadow",
+    ShareOpt,
+    "Mirror a share of the bucket's baseline requests to its candidate (shadow traffic, compared).",
+)
 
 
 @flags_app.command("show")

@@ -28,6 +28,21 @@ def test_kill_show_history_through_the_cli(seeded_redis: RedisServer, plan_file:
     assert "step 1/3" in status and "failures 0/1" in status
 
 
+def test_set_shadow_through_the_cli_and_a_refused_share_keeps_the_stored_one(
+    seeded_redis: RedisServer, plan_file: Path
+) -> None:
+    common = ["--plan", str(plan_file), "--flag-store", seeded_redis.url]
+    out = kvplan("flags", "set-shadow", "--bucket", "16k", "--share", "10", "--reason", "watch int4", *common)
+    assert out.returncode == 0, out.stderr
+    assert "16k: shadow 10% of baseline requests mirrored to the candidate" in out.stdout
+    refused = kvplan("flags", "set-shadow", "--bucket", "16k", "--share", "101", *common)
+    assert refused.returncode == 2, refused.stderr
+    shown = json.loads(kvplan("flags", "show", "--json", *common).stdout)
+    assert (shown["buckets"]["16k"]["shadow"], shown["buckets"]["16k"]["weight"]) == (10, 0)
+    hist = kvplan("flags", "history", "--bucket", "16k", *common).stdout.splitlines()
+    assert "shadow 0 -> 10" in hist[-1] and "(watch int4)" in hist[-1], hist
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
