@@ -22,6 +22,7 @@ from support.waiting import apoll, poll
 
 from kvplan.control.cohort import in_rollout
 from kvplan.control.redis_store import RedisFlagStore
+from kvplan.metric_names import router as rm
 from kvplan.plan import Plan, load_plan
 
 REPLICAS = 8
@@ -157,7 +158,7 @@ def decisions(router: Router) -> dict[str, float]:
     text = httpx.get(f"{router.admin_url}/metrics", timeout=5).text
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.name == "kvplan_router_decisions_total":
+            if s.name == f"{rm.DECISIONS}_total":
                 key = f"{s.labels['pool']}:{s.labels['reason']}"
                 out[key] = out.get(key, 0) + s.value
     return {k: v for k, v in out.items() if v}

@@ -38,6 +38,7 @@ from support.waiting import poll
 from workers_stack import BUCKET, PROMPTS, SERVED_NAME, Workers, write_plan
 
 from kvplan.checkpoint import ensure_smollm2_checkpoint
+from kvplan.metric_names import GATED_MEASURE
 from kvplan.metric_names import router as rm
 from kvplan.plan import Plan
 
@@ -115,7 +116,8 @@ def test_shadowing_changes_no_answer_adds_no_latency_and_prometheus_sees_it(
                 assert answers[share].setdefault(prompt, text) == text
             poll(shadow_settled(router, BUCKET, INT8), 300, "every shadow copy compared", 0.5)
             counts = shadow_counts(router, BUCKET, INT8)
-            query = f'sum({rm.SHADOW_AGREEMENT}_count{{bucket="{BUCKET}",pool="{INT8}",measure="tokens"}})'
+            sel = f'bucket="{BUCKET}",pool="{INT8}",measure="{GATED_MEASURE}"'
+            query = f"sum({rm.SHADOW_AGREEMENT}_count{{{sel}}})"
 
             def scraped() -> float:
                 rows = httpx.get(f"{prom.url}/api/v1/query", params={"query": query}).json()["data"]["result"]

@@ -20,6 +20,7 @@ from quality_stack import TOKEN, admin, metric, serve, shadow_counts, shadow_set
 from support import ROOT
 from support.waiting import poll
 
+from kvplan.metric_names import router as rm
 from kvplan.procs import free_port
 from kvplan.workers.sim.launch import sim_worker_process
 
@@ -258,7 +259,7 @@ def test_risky_requests_fall_back_inside_the_weight_and_are_counted_with_their_r
             text = httpx.get(router.metrics_url + "/metrics").text
     assert served == [pool for _, pool, _, _ in cases]
     for reason, pool, _, _ in cases:
-        assert metric(text, "kvplan_router_decisions_total", bucket=BUCKET, pool=pool, reason=reason) == 1.0
+        assert metric(text, f"{rm.DECISIONS}_total", bucket=BUCKET, pool=pool, reason=reason) == 1.0
     # nothing else was counted as a fallback
     for reason in ("precision_header", "precision_rule", "precision_prompt"):
-        assert metric(text, "kvplan_router_decisions_total", reason=reason) == 1.0
+        assert metric(text, f"{rm.DECISIONS}_total", reason=reason) == 1.0
