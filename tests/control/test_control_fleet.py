@@ -22,7 +22,6 @@ from support.waiting import apoll, poll
 
 from kvplan.control.cohort import in_rollout
 from kvplan.control.redis_store import RedisFlagStore
-from kvplan.metric_names import router as rm
 from kvplan.plan import Plan, load_plan
 
 REPLICAS = 8
@@ -148,20 +147,6 @@ async def load(urls: list[str], concurrency: int, stop: asyncio.Event, out: list
                 out.append(await stream_one(client, urls[(k + n) % len(urls)], f"user-{k}-{n}"))
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
-
-
-def decisions(router: Router) -> dict[str, float]:
-    """The router's routing decisions by reason (its /metrics), summed over pools."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, float] = {}
-    text = httpx.get(f"{router.admin_url}/metrics", timeout=5).text
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == f"{rm.DECISIONS}_total":
-                key = f"{s.labels['pool']}:{s.labels['reason']}"
-                out[key] = out.get(key, 0) + s.value
-    return {k: v for k, v in out.items() if v}
 
 
 def test_50_flips_under_64_streams_fail_nothing_and_route_right(fleet: Fleet) -> None:
