@@ -151,6 +151,35 @@ def size(
     gpu_spec, count = get_gpu(gpu)
     engine_only = (engine_arg, draft, draft_kv_format, draft_weights_gib, window, kv_budget)
     if engine != "vllm" or any(x is not None for x in engine_only) or draft_kind != "model" or sink_tokens:
+        # what only `kvplan size`'s vLLM memory model reads: refused here, never sized without it
+        unread = {
+            "--gpu-memory-utilization": gpu_memory_utilization is not None,
+            "--block-size": block_size != 16,
+            "--vllm-version": vllm_version is not None,
+            "--assume-full-attention": assume_full_attention,
+            "--disable-hybrid-kv-cache-manager": disable_hybrid_kv_cache_manager,
+            "--no-prefix-caching": no_prefix_caching,
+            "--text-only": text_only,
+            "--allow-long-max-model-len": allow_long_max_model_len,
+            "--flashinfer-sampler": flashinfer_sampler,
+            "--non-torch-gib": non_torch_gib is not None,
+            "--cuda-graph-gib": cuda_graph_gib is not None,
+            "--enforce-eager": enforce_eager,
+            "--kv-cache-memory-gib": kv_cache_memory_gib is not None,
+            "--gpu-memory-gib": gpu_memory_gib is not None,
+            "--max-num-batched-tokens": max_num_batched_tokens is not None,
+            "--max-num-seqs": max_num_seqs is not None,
+            "--traffic": traffic is not None,
+            "--context-mix": context_mix is not None,
+            "--batch": batch is not None,
+            "--plot": plot is not None,
+        }
+        if any(unread.values()):
+            given = ", ".join(k for k, v in unread.items() if v)
+            raise InputError(
+                f"{given}: read only by kvplan's vLLM memory model, which --engine, --engine-arg, --draft, "
+                "--window and --kv-budget bypass; drop them (engine settings go in --engine-arg)"
+            )
         from kvplan.planner.engines.cli import size_engine
 
         size_engine(

@@ -112,6 +112,18 @@ def test_size_plot_writes_a_png(tmp_path: Path) -> None:
         (("size", "llama-3.1-8b", "--text-only=maybe"), "--text-only"),
         (("size", "llama-3.1-8b", "--weight-dtype", "int3"), "unknown weight dtype 'int3'; known: auto"),
         (("size", "llama-3.1-8b", "--vllm-version", "newest"), "bad --vllm-version 'newest': use a release"),
+        (
+            ("size", "llama-3.1-8b", "--engine", "sglang", "--flashinfer-sampler"),
+            "--flashinfer-sampler: read only",
+        ),
+        (
+            ("size", "llama-3.1-8b", "--window", "4k", "--vllm-version", "0.11", "--text-only"),
+            "--vllm-version, --text-only: read only by kvplan's vLLM memory model",
+        ),
+        (
+            ("size", "llama-3.1-8b", "--engine", "trtllm", "--gpu-memory-utilization", "0.5"),
+            "--gpu-memory-utilization",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: tuple[str, ...], expect: str) -> None:
