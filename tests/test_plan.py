@@ -45,6 +45,16 @@ def test_schema_is_json_schema() -> None:
         ("version: 1", "version: 9", r"<plan>:1: version: unsupported plan version 9"),
         ("model: llama-3.1-8b, max_model_len: 8192}", "max_model_len: 8192}", r"buckets.0.baseline.model"),
         ("name: 8k\n", "name: 8k\n    surprise: 1\n", r"<plan>:4: buckets.0.surprise: Extra inputs"),
+        (
+            "name: 8k\n",
+            "name: 8k\n    rollout: {shadow: 150}\n",
+            r"<plan>:4: buckets.0.rollout.shadow: .*less than or equal to 100",
+        ),
+        (
+            "name: 8k\n",
+            "name: 8k\n    rollout: {shadow: lots}\n",
+            r"<plan>:4: buckets.0.rollout.shadow: .*valid integer",
+        ),
     ],
 )
 def test_malformed_plan_names_field_and_line(old: str, new: str, expected: str) -> None:
