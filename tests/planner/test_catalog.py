@@ -221,3 +221,15 @@ def test_mxfp4_expert_padding_is_per_tensor_parallel_shard() -> None:
     assert weight_bytes(get_model("llama-3.1-8b"), tensor_parallel=4) == weight_bytes(
         get_model("llama-3.1-8b")
     )
+
+
+def test_llama4_layer_types_must_agree_with_no_rope_layers() -> None:
+    """transformers 5 writes Llama-4's layer_types too; vLLM reads no_rope_layers, so a config whose two
+    disagree is refused rather than sized by one of them."""
+    base = CATALOG["llama-4-scout-17b-16e"]
+    n = base["num_hidden_layers"]
+    agree = ["full_attention" if (i + 1) % 4 == 0 else "chunked_attention" for i in range(n)]
+    same = spec_from_config({**base, "layer_types": agree}, "llama4-t5")
+    assert same.layer_windows == get_model("llama-4-scout-17b-16e").layer_windows
+    with pytest.raises(InputError, match="'layer_types' disagree with 'no_rope_layers'"):
+        spec_from_config({**base, "layer_types": ["full_attention"] * n}, "llama4-t5")
