@@ -64,7 +64,7 @@ def ttft_bad_ratio(window: str) -> str:
 
 
 def shadow_agreement(window: str) -> str:
-    return f"pool:kvplan_router_shadow_agreement:mean{window}"
+    return f"pool:{rm.SHADOW_AGREEMENT}:mean{window}"
 
 
 SHADOW_SUM = f'{rm.SHADOW_AGREEMENT}_sum{{measure="{GATED_MEASURE}"}}'
