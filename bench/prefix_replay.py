@@ -496,6 +496,32 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad arguments with one usage line (exit 2) before a worker or router starts."""
+    from kvplan.errors import NotFound
+    from kvplan.planner.gpus import get_gpu
+    from kvplan.planner.models import get_model
+
+    if unknown := [p for p in args.policies.split(",") if p not in POLICIES]:
+        ap.error(f"--policies: unknown {', '.join(unknown)} (choose from {', '.join(POLICIES)})")
+    for flag in ("workers", "sample", "requests", "output_cap", "max_model_len", "max_num_batched_tokens",
+                 "table_requests", "overhead_rounds", "time_scale", "skew_load"):  # fmt: skip
+        if not getattr(args, flag) > 0:
+            ap.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.num_blocks < 0 or (args.load_bound is not None and not args.load_bound >= 0):
+        ap.error("--num-blocks and --load-bound must not be negative")
+    try:
+        if not all(float(x) > 0 for x in args.sweep.split(",")):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--sweep takes positive load multipliers separated by commas, got {args.sweep!r}")
+    try:
+        get_model(args.model)
+        get_gpu(args.gpu)
+    except NotFound as exc:
+        ap.error(str(exc))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -524,6 +550,7 @@ def main() -> None:
     sections = [s for s in args.sections.split(",") if s]
     if unknown := [s for s in sections if s not in SECTIONS]:
         ap.error(f"--sections: unknown {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
+    check_args(ap, args)
 
     requests = load_trace(TRACE, args.sample, args.requests, args.max_model_len, args.output_cap)
     argv = " ".join([".venv/bin/python", "bench/prefix_replay.py", *sys.argv[1:]])
