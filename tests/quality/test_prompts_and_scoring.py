@@ -39,6 +39,11 @@ def test_the_shipped_example_set_loads_and_covers_every_task_type() -> None:
         ('{"task": "citation", ' + A + "}", "needs 'sources'"),
         ('{"task": "tool_call", ' + A + ', "reference": "f"}', 'a tool_call reference must be {"name": str'),
         ("{" + A + ', "max_tokens": 0}', "'max_tokens' must be a positive"),
+        ("{" + A + ', "max_tokens": true}', "'max_tokens' must be a positive"),
+        ("{" + A + ', "reference": 5}', "x.jsonl:2: 'reference' must be a string for task exact"),
+        ("{" + A + ', "sources": ["S1", 3]}', "x.jsonl:2: 'sources' must be a list of source ids"),
+        ("{" + A + ', "tools": "search"}', "x.jsonl:2: 'tools' must be a list of OpenAI tool objects"),
+        ('{"id": "", ' + A + "}", "x.jsonl:2: 'id' must be a non-empty string"),
         ('{"id": "a", ' + A + "}", "prompt ids must be unique; repeated: ['a']"),
     ],
 )  # fmt: skip
