@@ -70,6 +70,9 @@ def _write(
     state = "KILLED (everyone on baseline)" if a["killed"] else f"weight {a['weight']}"
     if op == "shadow":
         state = f"shadow {a.get('shadow', 0)}% of baseline requests mirrored to the candidate"
+        if a["killed"] or not a.get("candidate"):  # BucketFlags.effective_shadow is 0 then
+            why = "the bucket is KILLED" if a["killed"] else "the bucket has no candidate"
+            state += f" (none now: {why})"
     typer.echo(f"{bucket}: {state}  [version {result['version']}]")
 
 

@@ -41,6 +41,12 @@ def test_set_shadow_through_the_cli_and_a_refused_share_keeps_the_stored_one(
     assert (shown["buckets"]["16k"]["shadow"], shown["buckets"]["16k"]["weight"]) == (10, 0)
     hist = kvplan("flags", "history", "--bucket", "16k", *common).stdout.splitlines()
     assert "shadow 0 -> 10" in hist[-1] and "(watch int4)" in hist[-1], hist
+    assert kvplan("flags", "kill", "--bucket", "16k", *common).returncode == 0
+    killed = kvplan("flags", "set-shadow", "--bucket", "16k", "--share", "20", *common)
+    assert (
+        "16k: shadow 20% of baseline requests mirrored to the candidate (none now: the bucket is KILLED)"
+        in (killed.stdout)
+    ), killed.stdout
 
 
 @pytest.mark.parametrize(
