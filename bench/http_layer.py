@@ -26,7 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from robustness import held_seconds, huge_line
-from router_bench import Procs, cpu_seconds, kvplan_at, loadavg, rss_mib, run_header, source_of, wrk
+from router_bench import (
+    Procs,
+    check_args,
+    cpu_seconds,
+    kvplan_at,
+    loadavg,
+    rss_mib,
+    run_header,
+    source_of,
+    wrk,
+)
 
 from kvplan.procs import free_port
 
@@ -128,6 +138,7 @@ def main() -> None:
     if a.serve:
         SERVERS[a.serve](a.port)
         return
+    check_args(ap, a, ("seconds", "rounds", "conns", "probe_cap"), a.compare)
 
     tmp = Path(tempfile.mkdtemp(prefix="http-layer-"))
     script = tmp / "post.lua"

@@ -44,6 +44,7 @@ from router_bench import (
     MODEL,
     Procs,
     backend,
+    check_args,
     kvplan_at,
     loadavg,
     one_pool_plan,
@@ -680,6 +681,8 @@ def main() -> None:
         print(json.dumps(flood(a.addr, a.slowloris, a.lines, a.line_mb, a.seconds, a.repeat_lines)))
         return
 
+    durations = ("bad_seconds", "victim_rate", "held_cap", "idle_seconds", "attack_seconds", "rate")
+    check_args(ap, a, (*durations, "slowloris", "lines", "line_mb"), [] if a.no_before else [a.before])
     tmp = Path(tempfile.mkdtemp(prefix="robustness-"))
     procs = Procs()
     result: dict[str, Any] = {

@@ -106,6 +106,23 @@ def backend(procs: Procs, tmp: Path, name: str, tokens: int = 8, delay: float = 
     return f"http://127.0.0.1:{port}"
 
 
+def check_args(
+    ap: argparse.ArgumentParser, args: argparse.Namespace, positive: tuple[str, ...], revs: list[str]
+) -> None:
+    """Refuse non-positive counts and durations and unknown git revisions with one usage line
+    (exit 2), before anything starts."""
+    for flag in positive:
+        values = getattr(args, flag)
+        for value in values if isinstance(values, list) else [values]:
+            if not value > 0:
+                ap.error(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    for rev in revs:
+        known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=ROOT,
+                               capture_output=True)  # fmt: skip
+        if known.returncode != 0:
+            ap.error(f"unknown git revision {rev!r}")
+
+
 def source_of(rev: str, tmp: Path) -> Path:
     """The kvplan package as of git revision `rev`, extracted beside the run (for --compare)."""
     dest = tmp / f"src-{rev.replace('/', '_')}"
@@ -381,6 +398,7 @@ def main() -> None:
         "--policy-overhead", action="store_true", help="only prefix-cache vs P2C (JSON on stdout, no files)"
     )
     args = ap.parse_args()
+    check_args(ap, args, ("seconds", "rounds", "requests", "streams"), args.compare)
     if args.policy_overhead:
         if shutil.which("wrk") is None:
             sys.exit("error: wrk is not installed (apt-get install wrk)")

@@ -1,0 +1,33 @@
+"""The router benches (router_bench, http_layer, robustness) refuse bad arguments with one usage
+line (exit 2) before a backend or router starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("router_bench.py", ["--rounds", "0"], "--rounds must be positive, got 0"),
+        ("router_bench.py", ["--seconds", "nan"], "--seconds must be positive, got nan"),
+        ("router_bench.py", ["--compare", "no-such-rev"], "unknown git revision 'no-such-rev'"),
+        ("http_layer.py", ["--conns", "1", "0"], "--conns must be positive, got 0"),
+        ("http_layer.py", ["--probe-cap", "-1"], "--probe-cap must be positive"),
+        ("robustness.py", ["--rate", "0"], "--rate must be positive, got 0.0"),
+        ("robustness.py", ["--line-mb", "-4"], "--line-mb must be positive, got -4"),
+        ("robustness.py", ["--before", "no-such-rev"], "unknown git revision 'no-such-rev'"),
+    ],
+)
+def test_bad_arguments_are_one_usage_line(script: str, args: list[str], says: str) -> None:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, str(ROOT / "bench" / script), *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr[-800:]
+    assert "Traceback" not in run.stderr
