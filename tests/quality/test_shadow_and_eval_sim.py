@@ -20,6 +20,7 @@ from quality_stack import TOKEN, admin, metric, serve, shadow_counts, shadow_set
 from support import ROOT
 from support.waiting import poll
 
+from kvplan.metric_names import AgreementMeasure
 from kvplan.metric_names import router as rm
 from kvplan.procs import free_port
 from kvplan.workers.sim.launch import sim_worker_process
@@ -108,10 +109,9 @@ def test_shadow_share_follows_the_flag_store_and_agreement_is_exported(baseline:
         text = httpx.get(router.metrics_url + "/metrics").text
         history = admin(router, "GET", f"/admin/history?bucket={BUCKET}")["entries"]
     # the same seed and prompt: the simulated candidate answers exactly like the baseline
-    assert (
-        f'kvplan_router_shadow_agreement_sum{{bucket="{BUCKET}",measure="exact",pool="{CAND}"}} 10.0' in text
-    )
-    assert f'kvplan_router_shadow_pairs_total{{bucket="{BUCKET}",pool="{CAND}"}} 10.0' in text
+    exact = AgreementMeasure.EXACT
+    assert metric(text, f"{rm.SHADOW_AGREEMENT}_sum", bucket=BUCKET, measure=exact, pool=CAND) == 10.0
+    assert metric(text, f"{rm.SHADOW_PAIRS}_total", bucket=BUCKET, pool=CAND) == 10.0
     assert history[-1]["action"] == "set-shadow" and history[-1]["reason"] == "watch int4"
 
 
