@@ -1,5 +1,5 @@
-"""The router benches (router_bench, http_layer, robustness) refuse bad arguments with one usage
-line (exit 2) before a backend or router starts."""
+"""The router benches (router_bench, http_layer, robustness, prefix_replay) refuse bad arguments
+with one usage line (exit 2) before a backend or router starts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, str(ROOT / "bench" / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
 
 @pytest.mark.parametrize(
@@ -23,11 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
         ("robustness.py", ["--rate", "0"], "--rate must be positive, got 0.0"),
         ("robustness.py", ["--line-mb", "-4"], "--line-mb must be positive, got -4"),
         ("robustness.py", ["--before", "no-such-rev"], "unknown git revision 'no-such-rev'"),
+        ("prefix_replay.py", ["--policies", "prefix-cache,nope"], "--policies: unknown nope"),
+        ("prefix_replay.py", ["--model", "nosuch"], "unknown model 'nosuch'"),
+        ("prefix_replay.py", ["--gpu", "zz"], "unknown GPU 'zz'"),
+        ("prefix_replay.py", ["--workers", "0"], "--workers must be positive, got 0"),
+        ("prefix_replay.py", ["--time-scale", "nan"], "--time-scale must be positive"),
+        ("prefix_replay.py", ["--sweep", "1,x"], "--sweep takes positive load multipliers"),
+        ("prefix_replay.py", ["--load-bound", "-1"], "--load-bound must not be negative"),
+        ("prefix_replay.py", ["--sections", "hits,bogus"], "--sections: unknown bogus"),
     ],
 )
 def test_bad_arguments_are_one_usage_line(script: str, args: list[str], says: str) -> None:
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, str(ROOT / "bench" / script), *args]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    run = _bench(script, *args)
     assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr[-800:]
     assert "Traceback" not in run.stderr
+
+
+def test_prefix_replay_s_default_arguments_pass_the_checks() -> None:
+    run = _bench("prefix_replay.py", "--sections", ",", "--no-write")  # no section: checks only
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr[-800:]

@@ -3,12 +3,7 @@ share exactly those leading tokens, for the simulated worker's tokenizer and for
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from itertools import pairwise
-from pathlib import Path
-
-import pytest
 
 from bench.prefix_replay import TRACE, TRACE_BLOCK, PromptBuilder, load_trace, skewed
 from kvplan.router.endpoint_policy.prefix_cache import KEY_TOKENS
@@ -17,7 +12,6 @@ from kvplan.workers.sim.engine import prompt_block_hashes
 from kvplan.workers.sim.text import PieceTokenizer
 
 SIM_BLOCK = 16
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shared_hash_ids_are_shared_tokens_and_nothing_more() -> None:
@@ -59,33 +53,3 @@ def test_the_trace_sample_and_the_skewed_variant() -> None:
     share = sum(h >= 10**9 for h in heads) / len(heads)
     assert 0.15 < share < 0.45
     assert [r.input_length for r in hot] == [r.input_length for r in reqs]
-
-
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        (["--policies", "prefix-cache,nope"], "--policies: unknown nope"),
-        (["--model", "nosuch"], "unknown model 'nosuch'"),
-        (["--gpu", "zz"], "unknown GPU 'zz'"),
-        (["--workers", "0"], "--workers must be positive, got 0"),
-        (["--time-scale", "nan"], "--time-scale must be positive"),
-        (["--sweep", "1,x"], "--sweep takes positive load multipliers"),
-        (["--load-bound", "-1"], "--load-bound must not be negative"),
-        (["--sections", "hits,bogus"], "--sections: unknown bogus"),
-    ],
-)
-def test_bad_arguments_are_one_usage_line_before_anything_starts(args: list[str], says: str) -> None:
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "prefix_replay.py"), *args, "--no-write"],
-        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert run.returncode == 2 and says in run.stderr.strip().splitlines()[-1], run.stderr[-800:]
-    assert "Traceback" not in run.stderr
-
-
-def test_the_default_arguments_pass_the_checks() -> None:
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "prefix_replay.py"), "--sections", ",", "--no-write"],
-        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr[-800:]
