@@ -80,6 +80,10 @@ def test_set_shadow_through_the_cli_and_a_refused_share_keeps_the_stored_one(
             ["rollout", "start", "--bucket", "16k", "--min-agreement", "-0.5"],
             "error: --min-agreement is a share within 0..1",
         ),
+        (
+            ["rollout", "start", "--bucket", "16k", "--min-pairs", "-3"],
+            "error: threshold min_pairs must be a non-negative number, got -3",
+        ),
         (["rollout", "pause", "--bucket", "16k"], "error: bucket '16k' has no progressing rollout"),
         (
             ["rollout", "start", "--bucket", "8k", "--steps", "10,50", "--interval", "0s"],
