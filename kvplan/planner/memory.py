@@ -366,11 +366,12 @@ def kv_capacity(
     weights = math.ceil(
         weight_bytes(model, weight_dtype, text_only=text_only, tensor_parallel=tensor_parallel) / ranks
     )
+    encoder = 0 if text_only or activation_bytes is not None else encoder_profile_bytes(model, batched)
     act = (
         estimate_activation_bytes(
             model, tensor_parallel, batched, seqs, flashinfer_sampler=flashinfer_sampler
         )
-        + (0 if text_only else encoder_profile_bytes(model, batched))
+        + encoder
         if activation_bytes is None
         else activation_bytes
     )
@@ -439,7 +440,15 @@ def kv_capacity(
         ),
         vllm_version=v.name,
         assumptions=tuple(v.assumptions())
-        + (("profile-run sampler: FlashInfer (no sort)",) if flashinfer_sampler else ()),
+        + (("profile-run sampler: FlashInfer (no sort)",) if flashinfer_sampler else ())
+        + (
+            (
+                f"profile run encodes dummy images up to max_num_batched_tokens: +{encoder / GIB:.2f} GiB "
+                "activation (estimate; --text-only drops it)",
+            )
+            if encoder
+            else ()
+        ),
     )
 
 

@@ -187,6 +187,9 @@ def test_vision_towers_count_in_weights_and_profile_unless_text_only() -> None:
     full = kv_capacity(m, GPUS["h100"], BF16, max_model_len=8192)
     text = kv_capacity(m, GPUS["h100"], BF16, max_model_len=8192, text_only=True)
     assert text.weights_bytes < full.weights_bytes and text.activation_bytes < full.activation_bytes
+    encodes = [a for a in full.assumptions if a.startswith("profile run encodes dummy images")]
+    assert len(encodes) == 1 and not any(a.startswith("profile run encodes") for a in text.assumptions)
+    assert f"+{(full.activation_bytes - text.activation_bytes) / 2**30:.2f} GiB" in encodes[0]
 
 
 def test_an_unmodelled_quantization_exits_2_unless_the_weights_are_priced_otherwise(tmp_path: Path) -> None:
