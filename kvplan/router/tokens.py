@@ -71,8 +71,9 @@ def key_ends(first: int) -> tuple[int, ...]:
     """Token positions where prefix keys end: `first` apart for KEYS_PER_SPACING keys, then twice
     as far apart for as many, and so on (128 tokens: 128, 256, ... 1024, 1280, ... 3072, 3584,
     ...). Fixed positions, whatever the prompt's length, so every prompt sharing a head has the
-    same keys for it; a prompt of T tokens has about 8 x log2(T / 512) keys, and the end of its
-    cached part is known to within an eighth of it."""
+    same keys for it; a prompt of T tokens has about 8 x log2(T / (8 x first) + 1) keys (first
+    128: 8 at 1024 tokens, 40 at 32768), and the end of its cached part is known to within an
+    eighth of it."""
     ends: list[int] = []
     end, step = 0, first
     while end + step <= MAX_KEYED_TOKENS:

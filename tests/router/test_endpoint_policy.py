@@ -242,6 +242,8 @@ def test_keys_end_at_fixed_positions_that_spread_out_along_the_prompt() -> None:
     assert ends[:10] == (128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536)
     assert ends[15:18] == (3072, 3584, 4096)  # 8 keys at each spacing, then twice as far apart
     assert all(e % 128 == 0 for e in ends)  # whole pool blocks
+    # the count key_ends' docstring gives: about 8 x log2(T / (8 x first) + 1)
+    assert sum(e <= 1024 for e in ends) == 8 and sum(e <= 32768 for e in ends) == 40
     long = completion_prompt(EST, "x" * 3 * 12_000)  # 12,001 estimated tokens
     keys = long.prefix_keys(128)
     assert len(keys) == sum(e <= 12_001 for e in ends) == 28
