@@ -58,11 +58,11 @@ def _actor(actor: str | None) -> str:
 
 
 def _write(
-    op: str, bucket: str, reason: str, actor: str | None, where: Any, as_json: bool, weight: int = 0
+    op: str, bucket: str, reason: str, actor: str | None, where: Any, as_json: bool, value: int = 0
 ) -> None:
     from kvplan.control.commands import dumps, flag_write
 
-    result = _run(flag_write(where, bucket, op, _actor(actor), reason, weight))
+    result = _run(flag_write(where, bucket, op, _actor(actor), reason, value))
     if as_json:
         typer.echo(dumps(result))
         return

@@ -148,18 +148,18 @@ async def admin_call(where: Where, method: str, path: str, body: Mapping[str, An
 
 
 async def flag_write(
-    where: Where, bucket: str, op: str, actor: str, reason: str, weight: int = 0
+    where: Where, bucket: str, op: str, actor: str, reason: str, value: int = 0
 ) -> dict[str, Any]:
-    """op: kill, unkill, weight, shadow (`weight` is then the share). Returns {bucket, before, after,
+    """op: kill, unkill, weight, shadow (`value`: the weight or the share). Returns {bucket, before, after,
     version}: what the store or the router answered, or, when the answer was lost, what the audit
     trail proves was written."""
     write_id = uuid.uuid4().hex
     if where.router_url:
         body: dict[str, Any] = {"actor": actor, "reason": reason, "write_id": write_id}
         if op == "weight":
-            body["weight"] = weight
+            body["weight"] = value
         elif op == "shadow":
-            body["share"] = weight
+            body["share"] = value
         try:
             result: dict[str, Any] = await admin_call(where, "POST", f"/admin/buckets/{bucket}/{op}", body)
         except Unconfirmed as exc:
@@ -174,9 +174,9 @@ async def flag_write(
         elif op == "unkill":
             after = await store.unkill(bucket, actor, reason, write_id)
         elif op == "shadow":
-            after = await store.set_shadow(bucket, weight, actor, reason, write_id)
+            after = await store.set_shadow(bucket, value, actor, reason, write_id)
         else:
-            after = await store.set_weight(bucket, weight, actor, reason, write_id)
+            after = await store.set_weight(bucket, value, actor, reason, write_id)
         snap = store.snapshot()
         return {
             "bucket": bucket,
