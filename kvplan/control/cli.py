@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 flags_app = typer.Typer(
-    help="Kill switch and weights per bucket, and their audit trail.", no_args_is_help=True
+    help="Kill switch, weights and shadow shares per bucket, and their audit trail.", no_args_is_help=True
 )
 rollout_app = typer.Typer(help="Gradual rollout with automatic rollback.", no_args_is_help=True)
 
