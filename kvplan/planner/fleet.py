@@ -23,7 +23,7 @@ from kvplan.errors import InputError
 from kvplan.formats import UnknownFormat, get_format
 from kvplan.planner.capacity import Server, Shape, pool_capacity
 from kvplan.planner.gpus import GpuSpec
-from kvplan.planner.memory import Capacity, engine_defaults
+from kvplan.planner.memory import Capacity, engine_defaults, weight_quant
 from kvplan.planner.models import ModelSpec
 from kvplan.planner.roofline import DEFAULT_EFFICIENCY, Efficiency, decode_step_seconds, prefill_seconds
 
@@ -287,6 +287,7 @@ def size_pool(
             model.name, gpu.name, fmt_name, load.max_tokens, tp, 1, opts.gpu_memory_utilization,
             opts.weight_dtype,
         )  # fmt: skip
+        weight_quant(model, opts.weight_dtype)  # an unmodelled quantization is refused, not a TP to skip
         try:
             cap = pool_capacity(
                 model, gpu, shape, Server(block_size=opts.block_size, activation_bytes=opts.activation_bytes)

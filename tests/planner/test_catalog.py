@@ -207,6 +207,10 @@ def test_an_unmodelled_quantization_exits_2_unless_the_weights_are_priced_otherw
     ok = subprocess.run([str(kvplan), "size", str(tmp_path), "--weight-dtype", "int4"], capture_output=True,
                         text=True, timeout=120)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+    # `kvplan plan` names the quantization too (it once said the model fits at no tensor parallel)
+    args = ("plan", str(tmp_path), "--context-mix", "2k:100", "--rps", "1", "-o", str(tmp_path / "p.yaml"))
+    plan = subprocess.run([str(kvplan), *args], capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 2 and "'hqq' is not modelled" in plan.stderr, plan.stderr
 
 
 def test_mxfp4_expert_padding_is_per_tensor_parallel_shard() -> None:
