@@ -45,7 +45,13 @@ class Prices:
     source: str
 
     def of(self, gpu: GpuSpec) -> float:
-        return self.per_gpu_hour.get(gpu.name, gpu.price_per_hour)
+        price = self.per_gpu_hour.get(gpu.name, gpu.price_per_hour)
+        if price <= 0 and gpu.name not in self.per_gpu_hour:  # no list price (e.g. a desktop GB10)
+            raise InputError(
+                f"no $/GPU-hour known for {gpu.name}: give one in a price file (--prices FILE with "
+                f"'prices: {{{gpu.name}: ...}}')"
+            )
+        return price
 
 
 def load_prices(path: str | Path | None = None) -> Prices:

@@ -196,6 +196,16 @@ def test_plan_prices_can_be_overridden(tmp_path: Path) -> None:
     assert doc["prices"]["as_of"] == "2027-01-01"
 
 
+def test_plan_on_a_gpu_without_a_list_price_asks_for_one(tmp_path: Path) -> None:
+    mix = ("--context-mix", "8k:100", "--rps", "1", "--gpu", "gb10", "-o", str(tmp_path / "x.yaml"))
+    assert "no $/GPU-hour known for gb10" in fails("plan", "llama-3.1-8b", *mix)
+    assert not (tmp_path / "x.yaml").exists()
+    prices = tmp_path / "p.yaml"
+    prices.write_text('as_of: "2027-01-01"\nprices: {gb10: 0.5}\n')
+    ok = run("plan", "llama-3.1-8b", *mix, "--prices", str(prices), "--json")
+    assert json.loads(ok.stdout)["buckets"][0]["pools"][0]["cost_per_hour"] > 0
+
+
 def test_size_imports_no_heavy_modules() -> None:
     # The console script's own path: argparse over the typer signature, so not even pydantic.
     code = (
