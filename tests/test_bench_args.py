@@ -1,5 +1,6 @@
-"""The router benches (router_bench, http_layer, robustness, prefix_replay) refuse bad arguments
-with one usage line (exit 2) before a backend or router starts."""
+"""The benchmarks refuse bad arguments with one usage line (exit 2) before a backend, a router or
+a device starts: the router benches (router_bench, http_layer, robustness, prefix_replay) and the
+GPU ones (kernels_decode, vllm_gpu_startup, the GPU harness's report)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "PATH": "/usr/bin:/bin",
+        "CUDA_VISIBLE_DEVICES": "",
+    }  # no GPU, even on one
     cmd = [sys.executable, str(ROOT / "bench" / script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
@@ -37,6 +42,17 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("prefix_replay.py", ["--sweep", "1,x"], "--sweep takes positive load multipliers"),
         ("prefix_replay.py", ["--load-bound", "-1"], "--load-bound must not be negative"),
         ("prefix_replay.py", ["--sections", "hits,bogus"], "--sections: unknown bogus"),
+        ("kernels_decode.py", ["--sections", "check,bogus"], "unknown section bogus"),
+        ("kernels_decode.py", ["--variants", "triton,nosuch"], "unknown variant nosuch"),
+        ("kernels_decode.py", ["--formats", "int3"], "unknown format int3"),
+        ("kernels_decode.py", ["--shapes", "32x"], "--shapes takes BATCHxCONTEXT"),
+        ("kernels_decode.py", ["--shapes", "0x1024"], "must be positive"),
+        ("kernels_decode.py", [], "needs a CUDA GPU"),  # none visible: refused, not a traceback
+        ("vllm_gpu_startup.py", ["compare", "absent.json"], "no such result file"),
+        ("vllm_gpu_startup.py", ["run", "--out", "o", "--only", "nosuch"], "unknown case nosuch"),
+        ("vllm_gpu_startup.py", ["run", "--out", "o"], "run needs the GPU machine"),
+        ("vllm_gpu/report.py", ["absent.json", "--md", "r.md"], "no such result file"),
+        ("vllm_gpu/report.py", ["pyproject.toml", "--md", "r.md"], "not a GPU harness result"),
     ],
 )
 def test_bad_arguments_are_one_usage_line(script: str, args: list[str], says: str) -> None:
