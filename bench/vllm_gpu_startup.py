@@ -63,6 +63,9 @@ ARCH = {
     "glm4_moe": "Glm4MoeForCausalLM",
 }
 
+# transformers requires longrope's per-frequency factors (rotary dim 96 / 2 = 48 of each); the
+# checkpoint's values are not in the catalog, and no value changes a layer's cache
+PHI4_LONGROPE = {"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.0] * 48}}
 # (id, catalog model, layers, config overrides, kv dtype, max_model_len, attention backend)
 CASES: list[tuple[str, str, int, dict[str, Any], str, int, str]] = [
     ("llama-8b-auto", "llama-3.1-8b", 32, {}, "auto", 32768, "TRITON_ATTN"),
@@ -91,8 +94,8 @@ CASES: list[tuple[str, str, int, dict[str, Any], str, int, str]] = [
     ("gemma3n-e4b-10l", "gemma-3n-e4b", 10, {"num_kv_shared_layers": 4}, "auto", 32768, "TRITON_ATTN"),
     ("mistral-v01-8l", "mistral-7b-v0.1", 8, {}, "auto", 32768, "TRITON_ATTN"),
     ("mistral-v01-8l-fp8", "mistral-7b-v0.1", 8, {}, "fp8", 32768, "TRITON_ATTN"),
-    ("phi-4-mini-8l", "phi-4-mini", 8, {}, "auto", 32768, "TRITON_ATTN"),
-    ("phi-4-mini-8l-int8pth", "phi-4-mini", 8, {}, "int8_per_token_head", 32768, "TRITON_ATTN"),
+    ("phi-4-mini-8l", "phi-4-mini", 8, PHI4_LONGROPE, "auto", 32768, "TRITON_ATTN"),
+    ("phi-4-mini-8l-int8pth", "phi-4-mini", 8, PHI4_LONGROPE, "int8_per_token_head", 32768, "TRITON_ATTN"),
     ("qwen3-moe-12l-fp8", "qwen3-30b-a3b", 12, {}, "fp8", 32768, "TRITON_ATTN"),
     ("glm-4.5-air-6l", "glm-4.5-air", 6, {"n_routed_experts": 32}, "auto", 32768, "TRITON_ATTN"),
 ]

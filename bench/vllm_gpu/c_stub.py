@@ -21,6 +21,35 @@ import torch.nn.functional as F
 NAMESPACES = ("_C", "_C_cache_ops", "_C_custom_ar", "_moe_C", "_C_utils")
 # layers keep a handle to these at construction time; forward_native never calls it
 _BOUND_AT_INIT = re.compile(r"silu|gelu|relu|swiglu|_mul$")
+# vLLM's compile passes name these as `torch.ops._C.<op>.default` when imported (Gemma-3n's model
+# imports them); with enforce_eager no pass runs, so they are never called
+_NAMED_BY_COMPILE_PASSES = frozenset(
+    {
+        "rotary_embedding",
+        "static_scaled_fp8_quant",
+        "dynamic_scaled_fp8_quant",
+        "dynamic_per_token_scaled_fp8_quant",
+        "fused_add_rms_norm",
+        "fused_add_rms_norm_static_fp8_quant",
+        "fused_qk_norm_rope",
+        "rms_norm",
+        "rms_norm_dynamic_per_token_quant",
+        "rms_norm_static_fp8_quant",
+        "silu_and_mul_quant",
+        "silu_and_mul_per_block_quant",
+    }
+)
+
+
+class _Op:
+    """A function standing where an op packet was: callable, and `.default` is itself."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self.default = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
 
 
 def _answer_false(*_: Any, **__: Any) -> bool:
@@ -178,6 +207,26 @@ def _moe_sum(
     out.copy_(x.sum(dim=1))
 
 
+def _concat_and_cache_mla(
+    kv_c: torch.Tensor,
+    k_pe: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_cache_dtype: str,
+    scale: torch.Tensor,
+    skip_scale: bool = False,
+) -> None:
+    """MLA's cache write, unquantized cache only: [latent | rope key] per token into its slot
+    (slot -1: a padded token, not written)."""
+    if kv_cache_dtype not in ("auto", "bfloat16", "float16"):
+        raise NotImplementedError(f"concat_and_cache_mla stand-in: kv_cache_dtype {kv_cache_dtype!r}")
+    rows = torch.cat([kv_c.reshape(kv_c.shape[0], -1), k_pe.reshape(k_pe.shape[0], -1)], dim=-1)
+    flat = kv_cache.view(-1, rows.shape[-1])
+    n = slot_mapping.shape[0]
+    valid = slot_mapping >= 0
+    flat[slot_mapping[valid].long()] = rows[:n][valid].to(flat.dtype)
+
+
 # compiled ops with a torch-level stand-in (same results, vLLM's torch-native formulas); the MoE
 # ones let a MoE model run vLLM's Triton fused-MoE path (its routing and sorting are compiled)
 _STAND_INS: dict[str, Callable[..., Any]] = {
@@ -191,6 +240,7 @@ _STAND_INS: dict[str, Callable[..., Any]] = {
     "topk_sigmoid": _topk_sigmoid,
     "moe_align_block_size": _moe_align_block_size,
     "moe_sum": _moe_sum,
+    "concat_and_cache_mla": _concat_and_cache_mla,
 }
 
 
@@ -214,11 +264,11 @@ class AbsentOps:
         except (AttributeError, RuntimeError):
             pass
         if op in _STAND_INS:
-            return _STAND_INS[op]
+            return _Op(_STAND_INS[op])
         if "support" in op:
             return _answer_false
-        if _BOUND_AT_INIT.search(op):
-            return _absent_op(self._namespace, op)
+        if _BOUND_AT_INIT.search(op) or op in _NAMED_BY_COMPILE_PASSES:
+            return _Op(_absent_op(self._namespace, op))
         raise AttributeError(f"torch.ops.{self._namespace}.{op} is compiled vLLM code, absent here")
 
 

@@ -200,6 +200,24 @@ def measure() -> list[EngineConfig]:
     ]
 
 
+def graphs() -> list[EngineConfig]:
+    """Decode with CUDA graphs (vLLM's decode-only capture) on the 8B shapes, headline formats
+    first: what a serving deployment runs, without the eager per-step CPU overhead."""
+    decode = dict(phases=("decode",))
+    return [
+        with_graphs(vllm_config("auto", **decode)),
+        with_graphs(kvplan_config("int4_hadamard", **decode)),
+        with_graphs(vllm_config("int4_per_token_head", **decode)),
+        with_graphs(kvplan_config("bf16", **decode)),
+        with_graphs(kvplan_config("k8v4", **decode)),
+        with_graphs(vllm_config("fp8", **decode)),
+        with_graphs(kvplan_config("fp8_e4m3", **decode)),
+        with_graphs(kvplan_config("int8", **decode)),
+        with_graphs(vllm_config("int8_per_token_head", **decode)),
+        with_graphs(kvplan_config("int8_hadamard", **decode)),
+    ]
+
+
 def smollm2() -> list[EngineConfig]:
     """SmolLM2-135M-Instruct (real weights, converted on the GPU machine): teacher-forced greedy
     agreement of kvplan's formats with vLLM's own bf16, on the project's chat prompts."""
@@ -238,6 +256,7 @@ SETS: dict[str, tuple[Callable[[], list[EngineConfig]], int]] = {
     "measure1": (measure1, 1),
     "measure2": (measure2, 1),
     "measure": (measure, 1),
+    "graphs": (graphs, 1),
     "smollm2": (smollm2, 1),
     "cpu": (cpu, 1),
     "cpu-source": (cpu_source, 1),

@@ -31,8 +31,10 @@ def stub() -> Iterator[ModuleType]:
 
 
 def test_ops_resolve_to_stand_ins_or_are_absent(stub: ModuleType) -> None:
-    assert torch.ops._moe_C.topk_softmax is stub._topk_softmax
-    assert torch.ops._C.silu_and_mul is stub._silu_and_mul
+    assert torch.ops._moe_C.topk_softmax._fn is stub._topk_softmax
+    assert torch.ops._C.silu_and_mul.default._fn is stub._silu_and_mul
+    with pytest.raises(NotImplementedError):  # named by compile passes at import, never called
+        torch.ops._C.rotary_embedding.default(None)
     assert torch.ops._moe_C.moe_permute_unpermute_supported() is False
     with pytest.raises(AttributeError, match="compiled vLLM code"):
         _ = torch.ops._moe_C.moe_permute
@@ -104,3 +106,15 @@ def test_moe_sum_and_activations_match_torch(stub: ModuleType) -> None:
     assert torch.allclose(o, (up + 1) * gate * torch.sigmoid(1.702 * gate))
     stub._silu_and_mul_with_clamp(o, h * 10, 7.0)
     assert torch.allclose(o, F.silu((h * 10)[:, :4].clamp(max=7.0)) * (h * 10)[:, 4:].clamp(-7.0, 7.0))
+
+
+def test_concat_and_cache_mla_writes_latent_and_rope_key_per_slot(stub: ModuleType) -> None:
+    kv_c, k_pe = torch.randn(3, 6), torch.randn(3, 1, 2)
+    cache = torch.zeros(2, 4, 8)  # 2 blocks of 4 slots, latent 6 + rope 2
+    stub._concat_and_cache_mla(kv_c, k_pe, cache, torch.tensor([5, -1, 0]), "auto", torch.ones(1))
+    flat = cache.view(-1, 8)
+    assert torch.equal(flat[5], torch.cat([kv_c[0], k_pe[0, 0]]))
+    assert torch.equal(flat[0], torch.cat([kv_c[2], k_pe[2, 0]]))
+    assert int((flat.abs().sum(-1) > 0).sum()) == 2
+    with pytest.raises(NotImplementedError, match="fp8"):
+        stub._concat_and_cache_mla(kv_c, k_pe, cache, torch.tensor([0, 1, 2]), "fp8", torch.ones(1))
