@@ -1,10 +1,11 @@
-"""vLLM 0.33's own KV cache start-up lines on the GPU machine, for 18 architectures x formats, against
-kvplan's prediction for the same (reduced) configs.
+"""vLLM 0.33's own KV cache start-up lines on the GPU machine, for 22 architecture x format cases,
+against kvplan's prediction for the same (reduced) configs.
 
 Each case is a catalog model's config.json with fewer layers (and, for big MoE models, fewer
 experts; neither changes a layer's cache), dummy weights, bf16 and vLLM's defaults otherwise. One
-engine per process, one process per GPU at a time (vLLM's memory profile needs the GPU to itself),
-a timeout each; every case logs "Available KV cache memory", "GPU KV cache size", "Maximum
+engine per process, one process per GPU at a time by default (vLLM's memory profile needs the GPU
+to itself; --slots runs several at once, and then only the given-memory figures are judged), a
+timeout each; every case logs "Available KV cache memory", "GPU KV cache size", "Maximum
 concurrency" (and, with VLLM_LOGGING_LEVEL=DEBUG, the memory profile: weights, torch peak, non-KV).
 
     # on the GPU machine (after the vLLM GPU harness's bench/vllm_gpu/setup_device.sh):

@@ -283,9 +283,15 @@ def chat_prompts(llm: Any) -> dict[str, list[int]]:
     from workers_stack import PROMPTS
 
     tok = llm.get_tokenizer()
-    return {f"{TAP_PREFIX}C{i:02d}": list(tok.apply_chat_template([{"role": "user", "content": p}],
-                                                                   add_generation_prompt=True, tokenize=True))
-            for i, p in enumerate(PROMPTS)}  # fmt: skip
+
+    def ids(prompt: str) -> list[int]:
+        # the template as text, then token ids: apply_chat_template(tokenize=True) returns a list
+        # in transformers 4 and a BatchEncoding in 5 (the GPU image's), whose list() is its keys
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       tokenize=False)  # fmt: skip
+        return [int(t) for t in tok.encode(text, add_special_tokens=False)]
+
+    return {f"{TAP_PREFIX}C{i:02d}": ids(p) for i, p in enumerate(PROMPTS)}
 
 
 def _params(max_tokens: int) -> Any:

@@ -147,7 +147,7 @@ def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
         f"- device: {env.get('gpu', '?')} ({gib} GiB visible); vLLM {env.get('vllm')}, torch "
         f"{env.get('torch')}, Triton {env.get('triton')}, Python {env.get('python')}. {device_note}"
     )
-    for meta in {r["set"]: r["meta"] for r in results}.values():
+    for meta in {(r["set"], r["meta"]["date"]): r["meta"] for r in results}.values():  # each run
         ref = next((r["name"] for r in results if r["set"] == meta["set"] and r.get("config_obj")
                     and r["config_obj"].reference), "none")  # fmt: skip
         lines.append(
@@ -326,24 +326,26 @@ def targets(ok: Sequence[dict[str, Any]], cap: Sequence[dict[str, Any]]) -> list
             f"- kvplan-bf16 vs vLLM bf16: logits rel. err max {_fmt(err, '{:.2e}')} (<= 1e-2), greedy "
             f"tokens identical: {same} -> {verdict(err <= 1e-2 and same)}"
         )
-    for mine, theirs, p, goal in [
-        ("kvplan-int4_hadamard", "vllm-int4_per_token_head", "a", 2.0),
-        ("kvplan-int4_hadamard", "vllm-auto", "a", 1.0),
-    ]:
-        a, b = tok(mine, p), tok(theirs, p)
-        if a and b:
+    for mode, sfx in (("eager", ""), ("CUDA graphs", "-graphs")):  # each side in the same mode
+        for mine, theirs, p, goal in [
+            ("kvplan-int4_hadamard", "vllm-int4_per_token_head", "a", 2.0),
+            ("kvplan-int4_hadamard", "vllm-auto", "a", 1.0),
+        ]:
+            a, b = tok(mine + sfx, p), tok(theirs + sfx, p)
+            if a and b:
+                out.append(
+                    f"- ({p}, {mode}) {mine} / {theirs}: {a:,.0f} / {b:,.0f} tok/s = {a / b:.2f}x "
+                    f"(target >= {goal}x) -> {verdict(a / b >= goal)}"
+                )
+        names = ("kvplan-int4_hadamard", "kvplan-int4", "kvplan-k8v4")
+        int4 = [(t, n) for n in names if (t := tok(n + sfx, "b"))]
+        base = tok("vllm-auto" + sfx, "b")
+        if int4 and base:
+            best, name = max(int4)
             out.append(
-                f"- ({p}) {mine} / {theirs}: {a:,.0f} / {b:,.0f} tok/s = {a / b:.2f}x "
-                f"(target >= {goal}x) -> {verdict(a / b >= goal)}"
+                f"- (b, {mode}) best kvplan INT4 ({name}) / vLLM bf16: {best:,.0f} / {base:,.0f} tok/s = "
+                f"{best / base:.2f}x (target >= 3x) -> {verdict(best / base >= 3)}"
             )
-    int4 = [(t, n) for n in ("kvplan-int4_hadamard", "kvplan-int4", "kvplan-k8v4") if (t := tok(n, "b"))]
-    base = tok("vllm-auto", "b")
-    if int4 and base:
-        best, name = max(int4)
-        out.append(
-            f"- (b) best kvplan INT4 ({name}) / vLLM bf16: {best:,.0f} / {base:,.0f} tok/s = "
-            f"{best / base:.2f}x (target >= 3x) -> {verdict(best / base >= 3)}"
-        )
     if cap:
         eq = all(r["tokens_equal"] and r["conc_equal"] for r in cap)
         worst = max((abs(r["alone_err"]) for r in cap if "alone_err" in r), default=math.nan)

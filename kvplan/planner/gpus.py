@@ -30,6 +30,8 @@ class GpuSpec:
     memory_source: str = "estimated"
     description: str = ""
     note: str = ""  # what kvplan cannot know about this GPU, shown with every size on it
+    # CUDA compute capability (major, minor); None: not an NVIDIA GPU (ROCm) or not known
+    compute_capability: tuple[int, int] | None = None
 
     @property
     def visible_memory_gib(self) -> float:
@@ -120,6 +122,19 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec("mi355x", _gib(287.98), 8.0 * TB, 2300e12, 4600e12, True, 4.99, "estimated", "MI355X 288GB"),
     )
 }
+
+# NVIDIA's CUDA compute capability per catalog GPU (AMD's have none)
+_CAPABILITY: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("h100", "h100-pcie", "h200", "gh200"), (9, 0)),
+    **dict.fromkeys(("b200",), (10, 0)),
+    "b300": (10, 3),
+    **dict.fromkeys(("a100-80gb", "a100-40gb"), (8, 0)),
+    **dict.fromkeys(("rtx-3090", "a10g", "rtx-a5000", "rtx-a6000", "a40", "a40-48q"), (8, 6)),
+    **dict.fromkeys(("l40s", "l4", "rtx-4090", "rtx-6000-ada", "rtx-4080", "l20"), (8, 9)),
+    "rtx-5090": (12, 0),
+    "gb10": (12, 1),
+}
+GPUS = {name: replace(g, compute_capability=_CAPABILITY.get(name)) for name, g in GPUS.items()}
 
 GPU_ALIASES: dict[str, str] = {
     "h100-sxm": "h100",

@@ -215,6 +215,10 @@ class CacheRules:
     # 0.32+: Mamba2 mixers export a prefill checkpoint in "align" mode, one more block per request
     # (mamba_mixer2.py MambaMixer2.get_kv_cache_spec: num_prefill_checkpoint_blocks=1).
     mamba2_checkpoint_block: bool = False
+    # 0.33+ with FlashInfer's GDN prefill in "align" mode (qwen_gdn_linear_attn.py): attention
+    # blocks are a multiple of the checkpoint alignment (64), GDN layers hold one checkpoint block
+    checkpoint_alignment: int = 1
+    gdn_checkpoint_block: bool = False
 
 
 DEFAULT_RULES = CacheRules()
@@ -299,6 +303,7 @@ def align_hybrid_block_size(
     dtypes: StateDtypes,
     *,
     kernel_block: int = 16,
+    checkpoint_alignment: int = 1,
 ) -> tuple[int, int | None]:
     """(attention block size, padded state page) for a model mixing attention and recurrent
     layers (`Platform._align_hybrid_block_size`): attention blocks grow in steps of the kernel
@@ -311,6 +316,7 @@ def align_hybrid_block_size(
     align = max(kernel_block, block_size)
     if any(isinstance(x, LatentAttention) for x in layers):
         align = max(align, 128)  # MLA decode kernels want 128-token manager blocks
+    align = math.lcm(align, checkpoint_alignment)  # prefill checkpoints land on block boundaries
     aligned = align * math.ceil(state / (align * per_token))
     block = max(block_size, aligned)
     return block, block * per_token
@@ -335,8 +341,13 @@ def cache_specs(
             specs[i] = CacheSpec(LayerKind.MLA, block_size, layer.page_bytes(fmt, block_size, tp))
         elif isinstance(layer, RecurrentState):
             page = layer.state_bytes(tp, dtypes)
+            aligned = rules.state_blocks > 1  # prefix caching's "align" mode
             extra = int(
-                rules.mamba2_checkpoint_block and rules.state_blocks > 1 and layer.mixer is Mixer.MAMBA2
+                aligned
+                and (
+                    (rules.mamba2_checkpoint_block and layer.mixer is Mixer.MAMBA2)
+                    or (rules.gdn_checkpoint_block and layer.mixer is Mixer.GATED_DELTA_NET)
+                )
             )
             specs[i] = CacheSpec(LayerKind.STATE, block_size, max(page, state_page or 0), extra_blocks=extra)
     return specs
@@ -435,7 +446,9 @@ def plan_cache(
     stage: range | None = None,
 ) -> CachePlan:
     """The KV cache layout of one rank holding the layers in `stage` (all layers when None)."""
-    block, state_page = align_hybrid_block_size(layers, fmt, tp, block_size, dtypes)
+    block, state_page = align_hybrid_block_size(
+        layers, fmt, tp, block_size, dtypes, checkpoint_alignment=rules.checkpoint_alignment
+    )
     specs = cache_specs(layers, fmt, tp, block, dtypes, state_page, rules)
     if not specs:
         raise Unsupported("the model has no layer that keeps a KV cache or state; nothing to size")

@@ -32,6 +32,8 @@ from kvplan.planner.layers import (
     CachePlan,
     CacheRules,
     LatentAttention,
+    Layer,
+    Mixer,
     RecurrentState,
     StateDtypes,
     plan_cache,
@@ -288,15 +290,37 @@ def _model_dtype_bytes(fmt: KVFormat) -> int:
     return 4 if fmt.k.element is Element.FP32 else 2
 
 
-def _rules(v: VllmVersion, batched: int, pp: int, hybrid_allocator: bool, mamba_align: bool) -> CacheRules:
+# FlashInfer's GDN prefill exports a state every 64 tokens (vLLM gdn_attn.py)
+GDN_CHECKPOINT_ALIGNMENT = 64
+
+
+def gdn_flashinfer_prefill(gpu: GpuSpec, layers: tuple[Layer, ...]) -> bool:
+    """Whether vLLM's "auto" GDN prefill backend is FlashInfer on this GPU (`_gdn_prefill_backend`):
+    SM 9.0, or SM 10.x / 12.x with 128-dim GDN keys (a CUDA 13 runtime assumed, as vLLM 0.33's
+    wheels have); never off CUDA. Every recurrent layer must be GDN for checkpoints to be taken."""
+    states = [x for x in layers if isinstance(x, RecurrentState)]
+    if not states or any(x.mixer is not Mixer.GATED_DELTA_NET for x in states):
+        return False
+    cc = gpu.compute_capability
+    if cc is None:
+        return False
+    return cc == (9, 0) or (cc[0] in (10, 12) and all(x.k_head_dim == 128 for x in states))
+
+
+def _rules(
+    v: VllmVersion, batched: int, pp: int, hybrid_allocator: bool, mamba_align: bool, gdn_checkpoints: bool
+) -> CacheRules:
     # 0.26+: windowed layers hold every batch still in flight (2 with async scheduling, PP batches).
     in_flight = batched * (2 if v.async_scheduling and pp == 1 else pp) if v.in_flight_batches else batched
+    checkpoints = mamba_align and gdn_checkpoints and v.gdn_prefill_checkpoints
     return CacheRules(
         hybrid_allocator=hybrid_allocator,
         in_flight_tokens=in_flight,
         state_blocks=v.state_blocks if mamba_align else 1,
         needed_from_groups=v.needed_from_groups,
         mamba2_checkpoint_block=v.mamba2_checkpoint_block,
+        checkpoint_alignment=GDN_CHECKPOINT_ALIGNMENT if checkpoints else 1,
+        gdn_checkpoint_block=checkpoints,
     )
 
 
@@ -392,7 +416,8 @@ def kv_capacity(
     # vLLM 0.10-0.13 turned the hybrid manager off for chunked local attention (Llama-4) by default.
     chunked = any(isinstance(x, Attention) and x.chunk for x in model.layer_specs)
     hybrid = hybrid_allocator and (v.chunked_local_hybrid or not chunked)
-    rules = _rules(v, batched, pipeline_parallel, hybrid, prefix_caching)
+    gdn = gdn_flashinfer_prefill(gpu, model.layer_specs)
+    rules = _rules(v, batched, pipeline_parallel, hybrid, prefix_caching, gdn)
     dtypes = state_dtypes(model, _model_dtype_bytes(fmt))
     stages = _layer_stages(model, pipeline_parallel)
     plans = [plan_cache(model.layer_specs, fmt, tp=tensor_parallel, block_size=block_size, rules=rules,

@@ -86,6 +86,13 @@ class VllmVersion:
         return self.minor >= 32
 
     @property
+    def gdn_prefill_checkpoints(self) -> bool:
+        """0.33+: with FlashInfer's GDN prefill (CUDA, see `gdn_flashinfer_prefill`) and prefix
+        caching, Gated DeltaNet layers export prefill checkpoints: attention blocks align to 64
+        tokens and each GDN layer holds one more state block per request."""
+        return self.minor >= 33
+
+    @property
     def async_scheduling(self) -> bool:
         return self.minor >= 14
 

@@ -127,12 +127,31 @@ def test_llama_4_chunks_rope_layers_and_keeps_every_fourth_global() -> None:
 
 
 def test_qwen3_next_attention_blocks_grow_to_hold_a_state_page() -> None:
-    # vLLM logs "Setting attention block size to 544 tokens" for Qwen3-Next-80B at TP 1.
+    # Without FlashInfer's GDN prefill (an A100; or vLLM 0.32): 32-token steps up to one state
+    # page, 544 tokens (the CPU golden's rule).
+    m = get_model("qwen3-next-80b-a3b")
+    for gpu, version in (("a100-80gb", "0.33"), ("h200", "0.32")):
+        cap = kv_capacity(
+            m, GPUS[gpu], BF16, max_model_len=32768, kv_memory_bytes=40 << 30, vllm_version=version
+        )
+        assert cap.block_size == 544
+        assert cap.page_bytes == 12 * 544 * 2 * 256 * 2 * 2  # 12 layers per group, one page each
+        assert cap.blocks_per_request == math.ceil(32768 / 544) + 3 * 2  # 3 GDN groups x 2 (align)
+
+
+def test_qwen3_next_on_hopper_aligns_blocks_to_gdn_prefill_checkpoints() -> None:
+    # vLLM 0.33 on the H200 (bench/results/vllm_gpu_startup.md, 2026-12-03): "Using FlashInfer GDN
+    # prefill kernel", "Setting attention block size to 576 tokens" (a multiple of 64), and each
+    # GDN layer holds one prefill-checkpoint block more per request.
     m = get_model("qwen3-next-80b-a3b")
     cap = kv_capacity(m, GPUS["h200"], BF16, max_model_len=32768, kv_memory_bytes=40 << 30)
-    assert cap.block_size == 544
-    assert cap.page_bytes == 12 * 544 * 2 * 256 * 2 * 2  # 12 layers per group, one page each
-    assert cap.blocks_per_request == math.ceil(32768 / 544) + 3 * 2  # 3 GDN groups x 2 (align)
+    assert cap.block_size == 576
+    assert cap.blocks_per_request == math.ceil(32768 / 576) + 3 * 3
+    no_prefix = kv_capacity(m, GPUS["h200"], BF16, max_model_len=32768, kv_memory_bytes=40 << 30,
+                            prefix_caching=False)  # fmt: skip
+    assert no_prefix.block_size == 544  # no "align" mode, no checkpoints
+    fp8 = kv_capacity(m, GPUS["h200"], get_format("fp8_e4m3"), max_model_len=32768, kv_memory_bytes=40 << 30)
+    assert fp8.block_size == 1088  # logged for the fp8 cache in the same run
 
 
 def test_gemma_3n_list_valued_intermediate_size_and_shared_layers() -> None:

@@ -48,7 +48,7 @@ def capacity_of_run(run: dict[str, Any]) -> Capacity:
     args = run["engine_args"]
     model = spec_from_config(run["config"], run["id"], f"recorded {run['id']}")
     fmt = CPU_AUTO_FORMAT if args["kv_cache_dtype"] == "auto" else get_format("fp8_e4m3")
-    gpu, _ = get_gpu("h100")  # the device does not matter: the KV memory is given
+    gpu, _ = get_gpu("h100")  # the KV memory is given; 0.32 has no device-dependent block rule
     return kv_capacity(
         model,
         gpu,
@@ -88,3 +88,40 @@ def test_tokens_and_concurrency_match_vllm(run: dict[str, Any]) -> None:
     if "group_block_sizes" in run["logged"]:
         sizes = [int(x) for x in run["logged"]["group_block_sizes"].split(",")]
         assert len(cap.groups) == len(sizes)
+
+
+# vLLM 0.33 on the H200 (bench/vllm_gpu_startup.py run, dummy weights, bf16, reduced layer counts):
+# every case that started in any of the recorded runs; a later run's start replaces an earlier one.
+GPU_RUNS = sorted((ROOT / "bench" / "results").glob("vllm_gpu_startup_h200*.json"))
+GPU_STARTED: dict[str, dict[str, Any]] = {}
+for _path in GPU_RUNS:
+    for _r in json.loads(_path.read_text())["results"]:
+        if _r.get("started") and "available_kv_gib" in _r.get("logged", {}):
+            GPU_STARTED[_r["id"]] = _r
+
+
+def test_the_gpu_recording_covers_the_architectures() -> None:
+    from bench.vllm_gpu_startup import CASES
+
+    cases = {c[0]: c for c in CASES}
+    assert len(GPU_STARTED) >= 18
+    assert len({cases[cid][1] for cid in GPU_STARTED}) >= 13  # distinct catalog models
+    assert all(r["vllm_version"] == "0.33.0" for r in GPU_STARTED.values())
+
+
+@pytest.mark.parametrize("cid", sorted(GPU_STARTED))
+def test_gpu_engine_tokens_and_concurrency_within_the_logged_rounding(cid: str) -> None:
+    """vLLM logs the available memory to 0.01 GiB: kvplan's tokens, from that figure +- 0.005 GiB,
+    must bracket the logged tokens, and the concurrency must round to the logged one at one end."""
+    from bench.vllm_gpu_startup import CASES, predict
+
+    run, case = GPU_STARTED[cid], {c[0]: c for c in CASES}[cid]
+    logged = run["logged"]
+    gib, util = float(logged["available_kv_gib"]), run.get("gpu_memory_utilization", 0.92)
+    ends = [predict(case, round((gib + d) * 2**30), util) for d in (-0.005, 0.005)]
+    tokens = int(logged["kv_tokens"].replace(",", ""))
+    assert ends[0].kv_tokens <= tokens <= ends[1].kv_tokens, (cid, tokens, [c.kv_tokens for c in ends])
+    conc = float(logged["concurrency"])
+    assert ends[0].max_concurrency - 0.005 <= conc <= ends[1].max_concurrency + 0.005
+    if "attention_block_size" in logged:
+        assert ends[0].block_size == int(logged["attention_block_size"])

@@ -168,3 +168,25 @@ def test_report_judges_the_targets_from_the_results() -> None:
     assert lines[1].endswith("= 3.00x (target >= 2.0x) -> met")  # 1200 / 400
     assert lines[2].endswith("= 1.20x (target >= 1.0x) -> met")
     assert lines[3].endswith("= 2.80x (target >= 3x) -> NOT met")  # 1400 / 500
+
+
+def test_chat_prompts_are_token_ids_with_transformers_5() -> None:
+    """The SmolLM2 set's prompts: the chat template's token ids (transformers 5's
+    apply_chat_template(tokenize=True) returns a BatchEncoding; the H200 run of 2026-12-03 sent
+    its keys as prompts)."""
+    from transformers import AutoTokenizer
+
+    from kvplan.checkpoint import ensure_smollm2_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(str(ensure_smollm2_checkpoint()))
+
+    class _LLM:
+        def get_tokenizer(self) -> object:
+            return tok
+
+    prompts = engine.chat_prompts(_LLM())
+    assert len(prompts) >= 8
+    for ids in prompts.values():
+        assert ids and all(isinstance(t, int) and 0 <= t < tok.vocab_size for t in ids)
+    first = next(iter(prompts.values()))
+    assert tok.decode(first).rstrip().endswith("assistant")  # the generation prompt is there
