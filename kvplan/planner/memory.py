@@ -468,6 +468,14 @@ def kv_capacity(
         + (("profile-run sampler: FlashInfer (no sort)",) if flashinfer_sampler else ())
         + (
             (
+                f"GDN prefill: FlashInfer on {gpu.name} with prefix caching: prefill checkpoints, attention "
+                f"blocks a multiple of {GDN_CHECKPOINT_ALIGNMENT} tokens, one more block per GDN layer",
+            )
+            if rules.gdn_checkpoint_block
+            else ()
+        )
+        + (
+            (
                 f"profile run encodes dummy images up to max_num_batched_tokens: +{encoder / GIB:.2f} GiB "
                 "activation (estimate; --text-only drops it)",
             )

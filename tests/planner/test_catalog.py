@@ -147,9 +147,11 @@ def test_qwen3_next_on_hopper_aligns_blocks_to_gdn_prefill_checkpoints() -> None
     cap = kv_capacity(m, GPUS["h200"], BF16, max_model_len=32768, kv_memory_bytes=40 << 30)
     assert cap.block_size == 576
     assert cap.blocks_per_request == math.ceil(32768 / 576) + 3 * 3
+    assert any("GDN prefill: FlashInfer" in a for a in cap.assumptions)  # the JSON says so
     no_prefix = kv_capacity(m, GPUS["h200"], BF16, max_model_len=32768, kv_memory_bytes=40 << 30,
                             prefix_caching=False)  # fmt: skip
     assert no_prefix.block_size == 544  # no "align" mode, no checkpoints
+    assert not any("GDN prefill" in a for a in no_prefix.assumptions)
     fp8 = kv_capacity(m, GPUS["h200"], get_format("fp8_e4m3"), max_model_len=32768, kv_memory_bytes=40 << 30)
     assert fp8.block_size == 1088  # logged for the fp8 cache in the same run
 
