@@ -375,6 +375,7 @@ def phase_correct(llm: Any, cfg: EngineConfig, ref_file: Path) -> dict[str, Any]
         return out
     followed = all(tokens.get(k) == ref["tokens"][k] for k in prompts)  # the forcing took hold
     rel: list[float] = []
+    flips: list[dict[str, Any]] = []
     agree = total = 0
     norm = torch.linalg.vector_norm
     for k in prompts:
@@ -382,8 +383,20 @@ def phase_correct(llm: Any, cfg: EngineConfig, ref_file: Path) -> dict[str, Any]
         if mine is None or theirs is None:
             continue
         rel.extend((norm(mine - theirs, dim=-1) / norm(theirs, dim=-1)).tolist())
-        agree += int((mine.argmax(-1) == theirs.argmax(-1)).sum())
+        same = mine.argmax(-1) == theirs.argmax(-1)
+        agree += int(same.sum())
         total += mine.shape[0]
+        top2 = theirs.float().topk(2, dim=-1).values
+        gap = (mine.float() - theirs.float()).abs().amax(-1)
+        for i in (~same).nonzero().flatten().tolist():  # a flip: the reference's margin vs the noise
+            flips.append(
+                {
+                    "key": k,
+                    "pos": i,
+                    "ref_margin": float(top2[i, 0] - top2[i, 1]),
+                    "max_abs_diff": float(gap[i]),
+                }
+            )
     out.update(
         role="teacher-forced on the reference's tokens",
         followed_forced_tokens=followed,
@@ -392,6 +405,11 @@ def phase_correct(llm: Any, cfg: EngineConfig, ref_file: Path) -> dict[str, Any]
         prefill_logits_rel_err_max=max(rel[::n], default=math.nan),  # position 0: after prefill
         argmax_agreement=agree / total if total else math.nan,
         positions=total,
+        # where the greedy token differs: the reference's top-1 - top-2 logit margin and the largest
+        # logit difference there; a flip whose margin is below twice that difference is a near-tie
+        # that two correct kernels' rounding decides either way
+        flips=flips[:64],
+        flips_near_tie=sum(f["ref_margin"] <= 2 * f["max_abs_diff"] for f in flips),
     )
     return out
 

@@ -181,6 +181,7 @@ def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
                     _fmt(c.get("rel_err_mean"), "{:.2e}"),
                     _fmt(c.get("prefill_logits_rel_err_max"), "{:.2e}"),
                     _fmt(c.get("argmax_agreement"), "{:.4f}"),
+                    f"{len(c['flips'])} ({c['flips_near_tie']})" if "flips" in c else "-",
                     str(c.get("followed_forced_tokens")),
                     str(c.get("finite")),
                 ]
@@ -193,6 +194,7 @@ def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
         "rel. err mean",
         "after prefill",
         "argmax agree",
+        "flips (near ties)",
         "followed",
         "finite",
     ]
@@ -322,9 +324,10 @@ def targets(ok: Sequence[dict[str, Any]], cap: Sequence[dict[str, Any]]) -> list
     if c and c.get("role", "").startswith("teacher-forced"):
         same = c.get("argmax_agreement") == 1.0
         err = c.get("rel_err_max", math.inf)
+        ties = f" ({c['flips_near_tie']} of {len(c['flips'])} flips near ties)" if c.get("flips") else ""
         out.append(
             f"- kvplan-bf16 vs vLLM bf16: logits rel. err max {_fmt(err, '{:.2e}')} (<= 1e-2), greedy "
-            f"tokens identical: {same} -> {verdict(err <= 1e-2 and same)}"
+            f"tokens identical: {same}{ties} -> {verdict(err <= 1e-2 and same)}"
         )
     for mode, sfx in (("eager", ""), ("CUDA graphs", "-graphs")):  # each side in the same mode
         for mine, theirs, p, goal in [

@@ -468,6 +468,15 @@ def kv_capacity(
         + (("profile-run sampler: FlashInfer (no sort)",) if flashinfer_sampler else ())
         + (
             (
+                f"profile activation {act / GIB:.2f} GiB estimated (forward + {SAMPLER_FP32_COPIES:g} fp32 "
+                "sampler rows per sequence, calibrated on an older vLLM; 0.33 on an H200 peaked 2-6 GiB "
+                "lower for 130K+ vocabularies): --activation-gib takes vLLM's logged torch peak",
+            )
+            if activation_bytes is None and kv_memory_bytes is None
+            else ()
+        )
+        + (
+            (
                 f"GDN prefill: FlashInfer on {gpu.name} with prefix caching: prefill checkpoints, attention "
                 f"blocks a multiple of {GDN_CHECKPOINT_ALIGNMENT} tokens, one more block per GDN layer",
             )

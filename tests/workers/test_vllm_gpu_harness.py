@@ -138,6 +138,10 @@ def test_cpu_set_through_vllms_cpu_build(tmp_path: Path) -> None:
     corr = q8["phases"]["correct"]
     assert corr["followed_forced_tokens"] and corr["finite"] and not corr["missing_logits"]
     assert corr["positions"] == 8 * 6 and corr["argmax_agreement"] >= 0.9 and corr["rel_err_max"] < 0.05
+    # every greedy flip is listed with the reference's margin and the logit difference there
+    assert len(corr["flips"]) == round((1 - corr["argmax_agreement"]) * corr["positions"])
+    assert all(f["ref_margin"] >= 0 and f["max_abs_diff"] >= 0 for f in corr["flips"])
+    assert 0 <= corr["flips_near_tie"] <= len(corr["flips"])
     assert q8["log"]["kv_cache_tokens"] > 3 * ref["log"]["kv_cache_tokens"]  # int8 pages vs fp32
     a = q8["phases"]["decode"]["a"]
     assert a["batch"] == 4 and a["complete"] and a["tokens_per_s"] > 0
