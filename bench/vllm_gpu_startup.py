@@ -442,11 +442,11 @@ def main() -> None:
     known = {c[0] for c in CASES}
     if args.cmd == "run" and args.only and (unknown := sorted(set(args.only.split(",")) - known)):
         ap.error(f"--only: unknown case {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if args.cmd == "run" and not 1 <= args.slots <= 8:
+        ap.error(f"--slots must be 1..8, got {args.slots}")
     no_gpu = shutil.which("nvidia-smi") is None or os.environ.get("CUDA_VISIBLE_DEVICES") == ""
     if args.cmd == "run" and not args.cpu_dry_run and no_gpu:
         ap.error("run needs the GPU machine (no GPU visible here); --cpu-dry-run runs it on vLLM CPU")
-    if args.cmd == "run" and not 1 <= args.slots <= 8:
-        ap.error(f"--slots must be 1..8, got {args.slots}")
     if args.cmd == "compare" and (missing := [p for p in args.result if not Path(p).is_file()]):
         ap.error(f"no such result file: {', '.join(missing)}")
     {"run": cmd_run, "predict": cmd_predict, "compare": cmd_compare}[args.cmd](args)

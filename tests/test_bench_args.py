@@ -49,6 +49,14 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("kernels_decode.py", ["--shapes", "0x1024"], "must be positive"),
         ("kernels_decode.py", [], "needs a CUDA GPU"),  # none visible: refused, not a traceback
         ("vllm_gpu_startup.py", ["compare", "absent.json"], "no such result file"),
+        (
+            "vllm_gpu_startup.py",
+            ["compare", "pyproject.toml", "absent.json"],
+            "no such result file: absent.json",
+        ),
+        ("vllm_gpu_startup.py", ["run", "--out", "o", "--slots", "0"], "--slots must be 1..8, got 0"),
+        ("vllm_gpu_startup.py", ["run", "--out", "o", "--slots", "x"], "invalid int value"),
+        ("vllm_gpu/run.py", ["nosuchset", "--out", "o"], "unknown config set"),
         ("vllm_gpu_startup.py", ["run", "--out", "o", "--only", "nosuch"], "unknown case nosuch"),
         ("vllm_gpu_startup.py", ["run", "--out", "o"], "run needs the GPU machine"),
         ("vllm_gpu/report.py", ["absent.json", "--md", "r.md"], "no such result file"),
