@@ -478,7 +478,13 @@ def kv_capacity(
         + (
             (
                 f"GDN prefill: FlashInfer on {gpu.name} with prefix caching: prefill checkpoints, attention "
-                f"blocks a multiple of {GDN_CHECKPOINT_ALIGNMENT} tokens, one more block per GDN layer",
+                f"blocks a multiple of {GDN_CHECKPOINT_ALIGNMENT} tokens, one more block per GDN layer"
+                + (
+                    " (assumes vLLM's CUDA 13 build on this GPU; a CUDA 12 build takes the Triton GDN "
+                    "prefill: no checkpoints, smaller blocks)"
+                    if gpu.compute_capability not in (None, (9, 0))
+                    else ""
+                ),
             )
             if rules.gdn_checkpoint_block
             else ()

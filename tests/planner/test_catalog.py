@@ -154,6 +154,10 @@ def test_qwen3_next_on_hopper_aligns_blocks_to_gdn_prefill_checkpoints() -> None
     assert not any("GDN prefill" in a for a in no_prefix.assumptions)
     fp8 = kv_capacity(m, GPUS["h200"], get_format("fp8_e4m3"), max_model_len=32768, kv_memory_bytes=40 << 30)
     assert fp8.block_size == 1088  # logged for the fp8 cache in the same run
+    b200 = kv_capacity(m, GPUS["b200"], BF16, max_model_len=32768, kv_memory_bytes=40 << 30)
+    assert b200.block_size == 576  # SM 10.0 with 128-dim GDN keys: FlashInfer too, on a CUDA 13 build
+    assert any("assumes vLLM's CUDA 13 build" in a for a in b200.assumptions)
+    assert not any("CUDA 13" in a for a in cap.assumptions)  # SM 9.0: no runtime condition
 
 
 def test_gemma_3n_list_valued_intermediate_size_and_shared_layers() -> None:
