@@ -113,11 +113,11 @@ def test_the_gpu_recording_covers_the_architectures() -> None:
 def test_gpu_engine_tokens_and_concurrency_within_the_logged_rounding(cid: str) -> None:
     """vLLM logs the available memory to 0.01 GiB: kvplan's tokens, from that figure +- 0.005 GiB,
     must bracket the logged tokens, and the concurrency must round to the logged one at one end."""
-    from bench.vllm_gpu_startup import CASES, predict
+    from bench.vllm_gpu_startup import CASES, UTILIZATION, predict
 
     run, case = GPU_STARTED[cid], {c[0]: c for c in CASES}[cid]
     logged = run["logged"]
-    gib, util = float(logged["available_kv_gib"]), run.get("gpu_memory_utilization", 0.92)
+    gib, util = float(logged["available_kv_gib"]), run.get("gpu_memory_utilization", UTILIZATION)
     ends = [predict(case, round((gib + d) * 2**30), util) for d in (-0.005, 0.005)]
     tokens = int(logged["kv_tokens"].replace(",", ""))
     assert ends[0].kv_tokens <= tokens <= ends[1].kv_tokens, (cid, tokens, [c.kv_tokens for c in ends])

@@ -9,9 +9,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 STUB = Path(__file__).resolve().parents[2] / "bench" / "vllm_gpu" / "c_stub.py"
 
 
