@@ -26,14 +26,15 @@ from typing import Any
 import yaml
 
 from kvplan.errors import InputError, Unsupported
-from kvplan.formats import get_format
+from kvplan.formats import VLLM_KV_DTYPE_FORMAT, get_format
 from kvplan.planner.gpus import GIB, get_gpu
 from kvplan.planner.memory import Capacity, kv_capacity
 from kvplan.planner.models import get_model
 from kvplan.planner.vllm_versions import get_version
 
 ROOT = Path(__file__).resolve().parents[1]
-KV_FORMAT = {"bf16": "bf16", "auto": "bf16", "fp16": "fp16", "fp8": "fp8_e4m3"}
+# a row's kv_dtype: vLLM's --kv-cache-dtype, or "bf16" where the log shows auto on a bf16 model
+KV_FORMAT = {"bf16": "bf16", **VLLM_KV_DTYPE_FORMAT}
 
 
 @dataclass

@@ -295,6 +295,20 @@ def parse_formats(names: str) -> tuple[KVFormat, ...]:
     return tuple(get_format(n.strip()) for n in names.split(",") if n.strip())
 
 
+# vLLM's own --kv-cache-dtype values and the kvplan format that stores the same bytes per token
+# ("auto" is the model's dtype: bf16 for the models kvplan sizes; vLLM 0.33's triton_attn.py keeps
+# one fp16 scale per token-head for int8/int4_per_token_head, as kvplan's int8 and int4 do).
+VLLM_KV_DTYPE_FORMAT: dict[str, str] = {
+    "auto": "bf16",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "fp8": "fp8_e4m3",
+    "fp8_e4m3": "fp8_e4m3",
+    "int8_per_token_head": "int8",
+    "int4_per_token_head": "int4",
+}
+
+
 # KV cache dtypes other serving engines offer, in their own names: a pool planned on one of them
 # stores one of these (`kvplan.planner.engines.<engine>` holds each one's bytes per element).
 # SGLang's --kv-cache-dtype choices (0.5.23); TensorRT-LLM's kv_cache_config.dtype and INT8 of its

@@ -123,3 +123,13 @@ def test_every_command_refuses_an_unknown_format_with_the_same_line(args: list[s
     )
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert str(UnknownFormat("int7")) in run.stderr
+
+
+def test_each_vllm_kv_dtype_maps_to_the_kvplan_format_vllm_itself_serves_natively() -> None:
+    from kvplan.formats import FORMATS, VLLM_KV_DTYPE_FORMAT
+
+    for dtype, name in VLLM_KV_DTYPE_FORMAT.items():
+        assert name in FORMATS, dtype
+    for fmt in FORMATS.values():  # a format vLLM stores itself is named by the dtype it passes
+        if fmt.vllm_native_dtype is not None:
+            assert VLLM_KV_DTYPE_FORMAT[fmt.vllm_native_dtype] == fmt.name

@@ -5,7 +5,8 @@ fails on torch.distributed's groups). A set is an ordered list of configs, run b
 that order (its references first); the order is the priority when a call's deadline cuts a set.
 
 Add a set by writing a function that returns a list of configs and naming it in `SETS`.
-Nothing here imports vLLM or torch: the runner and the report read these on any machine.
+Nothing here imports vLLM or torch (only kvplan's format names): the runner and the report read
+these on any machine.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kvplan.formats import VLLM_KV_DTYPE_FORMAT
 
 MODELS = Path(__file__).resolve().parent / "models"
 LLAMA_8B = "llama-3.1-8b"  # models/<name>.json is a config.json; load_format dummy gives weights
@@ -127,10 +130,7 @@ def with_graphs(cfg: EngineConfig) -> EngineConfig:
 
 KVPLAN_FORMATS = ("bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4_hadamard")
 VLLM_DTYPES = ("auto", "fp8", "int8_per_token_head", "int4_per_token_head")
-# the kvplan format with the same bytes as each of vLLM's --kv-cache-dtype values (vLLM 0.33's
-# triton_attn.py: int8/int4_per_token_head keep one fp16 scale per token-head, as kvplan's do)
-VLLM_SAME_BYTES = {"auto": "bf16", "bfloat16": "bf16", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3",
-                   "int8_per_token_head": "int8", "int4_per_token_head": "int4"}  # fmt: skip
+VLLM_SAME_BYTES = VLLM_KV_DTYPE_FORMAT  # the kvplan format with the bytes of each vLLM dtype
 
 
 def discovery() -> list[EngineConfig]:

@@ -279,6 +279,9 @@ def rollout_run(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="serve the controller's /metrics on this port")
     ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="address of that listener (loopback unless you open it)")
+    ] = "127.0.0.1",
     plan: PlanOpt = None,
     flag_store: StoreOpt = None,
 ) -> None:
@@ -295,7 +298,7 @@ def rollout_run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_controller(where, prometheus, router_metrics, poll, stop, metrics_port)
+        await run_controller(where, prometheus, router_metrics, poll, stop, metrics_port, metrics_host)
 
     asyncio.run(main())
 

@@ -338,6 +338,7 @@ async def run_controller(
     poll_s: float,
     stop: asyncio.Event,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     plan = where.plan()
     source: rollout.MetricsSource
@@ -351,7 +352,7 @@ async def run_controller(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="0.0.0.0")
+        start_http_server(metrics_port, addr=metrics_host)
     async with opened(where, Seeding.LAST_KNOWN) as store:
         actor = f"rollout-controller@{socket.gethostname()}"
         ctl = rollout.RolloutController(store, source, actor=actor, metrics=metrics)

@@ -180,7 +180,7 @@ def start_redis(stack: Stack) -> str:
 
 def start_controller(stack: Stack, plan_path: Path, store: str, metrics_url: str, port: int) -> Child:
     """`kvplan rollout run`: analyses every progressing rollout once per its interval."""
-    args = controller_args(store, metrics_url, port, str(plan_path))
+    args = controller_args(store, metrics_url, port, str(plan_path), metrics_host="127.0.0.1")
     child = stack.spawn("rollout-controller", [sys.executable, "-m", "kvplan.cli", *args])
     child.url = f"http://127.0.0.1:{port}"
     _wait_http(f"{child.url}/metrics", child, 30)

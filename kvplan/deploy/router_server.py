@@ -26,13 +26,18 @@ def router_args(flag_store_url: str, admin_host: str = "127.0.0.1") -> tuple[str
 
 
 def controller_args(
-    flag_store_url: str, metrics_url: str, metrics_port: int = CONTROLLER_METRICS_PORT, plan: str = PLAN_PATH
+    flag_store_url: str,
+    metrics_url: str,
+    metrics_port: int = CONTROLLER_METRICS_PORT,
+    plan: str = PLAN_PATH,
+    metrics_host: str = "0.0.0.0",
 ) -> tuple[str, ...]:
     """Arguments of the rollout controller (`kvplan rollout run`): it reads the plan and the
     analysis metrics (from Prometheus, or a router's own /metrics when the URL ends so), writes
-    steps and aborts to the shared flag store, and serves its own series on /metrics."""
+    steps and aborts to the shared flag store, and serves its own series on /metrics (on every interface
+    of its container by default)."""
     source = "--router-metrics" if metrics_url.endswith(METRICS_PATH) else "--prometheus"
     return (
         "rollout", "run", "--plan", plan, "--flag-store", flag_store_url, source, metrics_url,
-        "--metrics-port", str(metrics_port),
+        "--metrics-host", metrics_host, "--metrics-port", str(metrics_port),
     )  # fmt: skip

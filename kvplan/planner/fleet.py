@@ -45,8 +45,8 @@ class Prices:
     source: str
 
     def of(self, gpu: GpuSpec) -> float:
-        price = self.per_gpu_hour.get(gpu.name, gpu.price_per_hour)
-        if price <= 0 and gpu.name not in self.per_gpu_hour:  # no list price (e.g. a desktop GB10)
+        price = self.per_gpu_hour.get(gpu.name)
+        if price is None:  # no list price (e.g. a desktop GB10)
             raise InputError(
                 f"no $/GPU-hour known for {gpu.name}: give one in a price file (--prices FILE with "
                 f"'prices: {{{gpu.name}: ...}}')"

@@ -24,7 +24,6 @@ class GpuSpec:
     bf16_flops: float
     fp8_flops: float
     fp8_supported: bool
-    price_per_hour: float  # default on-demand $/GPU-hour; the price file overrides
     # Where visible_memory_bytes comes from: "measured" (torch.cuda.mem_get_info on the card),
     # "facts.md" (a measured figure, docs/facts.md §2), "user log" (vLLM's logged total), "estimated".
     memory_source: str = "estimated"
@@ -47,37 +46,29 @@ def _gib(x: float) -> int:
 
 # 46,068 MiB in nvidia-smi with ECC on (the A40 in guqiong96/Lvllm#35's log); its vGPU profile is the
 # same card
-_A40 = GpuSpec("a40", _gib(44.55), 0.696 * TB, 150e12, 0.0, False, 0.49, "estimated", "A40 48GB")
+_A40 = GpuSpec("a40", _gib(44.55), 0.696 * TB, 150e12, 0.0, False, "estimated", "A40 48GB")
 
 GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
         # 85,017,493,504 B: torch.cuda.mem_get_info() on an H100 80GB HBM3 (driver 580), 2026-11-23
-        GpuSpec("h100", 85_017_493_504, 3.35 * TB, 989e12, 1979e12, True, 2.99, "measured", "H100 SXM 80GB"),
-        GpuSpec(
-            "h100-pcie", _gib(79.18), 2.0 * TB, 756e12, 1513e12, True, 2.49, "estimated", "H100 PCIe 80GB"
-        ),
-        GpuSpec("h200", _gib(139.80), 4.8 * TB, 989e12, 1979e12, True, 3.79, "measured", "H200 141GB"),
-        GpuSpec("b200", _gib(178.36), 8.0 * TB, 2250e12, 4500e12, True, 5.99, "estimated", "B200 180GB"),
-        GpuSpec("a100-80gb", _gib(79.20), 2.039 * TB, 312e12, 0.0, False, 1.79, "facts.md", "A100 SXM 80GB"),
-        GpuSpec("a100-40gb", _gib(39.39), 1.555 * TB, 312e12, 0.0, False, 1.29, "estimated", "A100 40GB"),
-        GpuSpec("l40s", _gib(44.99), 0.864 * TB, 362e12, 733e12, True, 1.19, "facts.md", "L40S 48GB"),
-        GpuSpec("l4", _gib(22.49), 0.3 * TB, 121e12, 242e12, True, 0.69, "facts.md", "L4 24GB"),
+        GpuSpec("h100", 85_017_493_504, 3.35 * TB, 989e12, 1979e12, True, "measured", "H100 SXM 80GB"),
+        GpuSpec("h100-pcie", _gib(79.18), 2.0 * TB, 756e12, 1513e12, True, "estimated", "H100 PCIe 80GB"),
+        GpuSpec("h200", _gib(139.80), 4.8 * TB, 989e12, 1979e12, True, "measured", "H200 141GB"),
+        GpuSpec("b200", _gib(178.36), 8.0 * TB, 2250e12, 4500e12, True, "estimated", "B200 180GB"),
+        GpuSpec("a100-80gb", _gib(79.20), 2.039 * TB, 312e12, 0.0, False, "facts.md", "A100 SXM 80GB"),
+        GpuSpec("a100-40gb", _gib(39.39), 1.555 * TB, 312e12, 0.0, False, "estimated", "A100 40GB"),
+        GpuSpec("l40s", _gib(44.99), 0.864 * TB, 362e12, 733e12, True, "facts.md", "L40S 48GB"),
+        GpuSpec("l4", _gib(22.49), 0.3 * TB, 121e12, 242e12, True, "facts.md", "L4 24GB"),
         # 23.58 GiB: total_gpu_memory in a user's vLLM log (vllm-project/vllm#10517)
-        GpuSpec("rtx-3090", _gib(23.58), 0.936 * TB, 71e12, 0.0, False, 0.39, "user log", "RTX 3090 24GB"),
-        GpuSpec("a10g", _gib(22.07), 0.6 * TB, 70e12, 0.0, False, 1.01, "estimated", "A10G 24GB (AWS)"),
-        GpuSpec(
-            "rtx-4090", _gib(23.64), 1.008 * TB, 165e12, 330e12, True, 0.69, "estimated", "RTX 4090 24GB"
-        ),
-        GpuSpec("mi300x", _gib(191.98), 5.3 * TB, 1307e12, 2615e12, True, 3.49, "estimated", "MI300X 192GB"),
+        GpuSpec("rtx-3090", _gib(23.58), 0.936 * TB, 71e12, 0.0, False, "user log", "RTX 3090 24GB"),
+        GpuSpec("a10g", _gib(22.07), 0.6 * TB, 70e12, 0.0, False, "estimated", "A10G 24GB (AWS)"),
+        GpuSpec("rtx-4090", _gib(23.64), 1.008 * TB, 165e12, 330e12, True, "estimated", "RTX 4090 24GB"),
+        GpuSpec("mi300x", _gib(191.98), 5.3 * TB, 1307e12, 2615e12, True, "estimated", "MI300X 192GB"),
         # Workstation and datacenter cards users run vLLM on. "estimated": nvidia-smi's total less the
         # ~450 MiB the CUDA context keeps (H100: 81,559 MiB -> 81,078; RTX 3090: 24,576 -> 24,146).
-        GpuSpec(
-            "rtx-a5000", _gib(23.55), 0.768 * TB, 111e12, 0.0, False, 0.29, "estimated", "RTX A5000 24GB"
-        ),
-        GpuSpec(
-            "rtx-a6000", _gib(47.55), 0.768 * TB, 155e12, 0.0, False, 0.49, "estimated", "RTX A6000 48GB"
-        ),
+        GpuSpec("rtx-a5000", _gib(23.55), 0.768 * TB, 111e12, 0.0, False, "estimated", "RTX A5000 24GB"),
+        GpuSpec("rtx-a6000", _gib(47.55), 0.768 * TB, 155e12, 0.0, False, "estimated", "RTX A6000 48GB"),
         GpuSpec(
             "rtx-6000-ada",
             _gib(47.55),
@@ -85,14 +76,11 @@ GPUS: dict[str, GpuSpec] = {
             364e12,
             728e12,
             True,
-            0.79,
             "estimated",
             "RTX 6000 Ada 48GB",
         ),
-        GpuSpec("rtx-4080", _gib(15.55), 0.717 * TB, 97e12, 195e12, True, 0.29, "estimated", "RTX 4080 16GB"),
-        GpuSpec(
-            "rtx-5090", _gib(31.40), 1.792 * TB, 209e12, 419e12, True, 0.89, "estimated", "RTX 5090 32GB"
-        ),
+        GpuSpec("rtx-4080", _gib(15.55), 0.717 * TB, 97e12, 195e12, True, "estimated", "RTX 4080 16GB"),
+        GpuSpec("rtx-5090", _gib(31.40), 1.792 * TB, 209e12, 419e12, True, "estimated", "RTX 5090 32GB"),
         _A40,
         replace(
             _A40,
@@ -101,8 +89,8 @@ GPUS: dict[str, GpuSpec] = {
             note="vGPU profiles keep several GiB outside torch that kvplan does not model: pass "
             "--non-torch-gib with the figure vLLM logs (DEBUG: total consumed minus weights and torch peak)",
         ),
-        GpuSpec("l20", _gib(44.55), 0.864 * TB, 119.5e12, 239e12, True, 0.79, "estimated", "L20 48GB"),
-        GpuSpec("gh200", _gib(95.14), 4.0 * TB, 989e12, 1979e12, True, 3.49, "estimated", "GH200 96GB HBM3"),
+        GpuSpec("l20", _gib(44.55), 0.864 * TB, 119.5e12, 239e12, True, "estimated", "L20 48GB"),
+        GpuSpec("gh200", _gib(95.14), 4.0 * TB, 989e12, 1979e12, True, "estimated", "GH200 96GB HBM3"),
         # 121.69 GiB: CUDA's total on a DGX Spark (MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks#47)
         GpuSpec(
             "gb10",
@@ -111,15 +99,14 @@ GPUS: dict[str, GpuSpec] = {
             62e12,
             125e12,
             True,
-            0.0,
             "user log",
             "GB10 (DGX Spark) 128GB unified",
             "unified memory: page cache and other processes share it, so vLLM's profile can count them as "
             "non-torch memory; --kv-cache-memory-gib is the reliable input here",
         ),
-        GpuSpec("b300", _gib(286.4), 8.0 * TB, 2250e12, 4500e12, True, 7.99, "estimated", "B300 288GB"),
-        GpuSpec("mi325x", _gib(255.98), 6.0 * TB, 1307e12, 2615e12, True, 3.99, "estimated", "MI325X 256GB"),
-        GpuSpec("mi355x", _gib(287.98), 8.0 * TB, 2300e12, 4600e12, True, 4.99, "estimated", "MI355X 288GB"),
+        GpuSpec("b300", _gib(286.4), 8.0 * TB, 2250e12, 4500e12, True, "estimated", "B300 288GB"),
+        GpuSpec("mi325x", _gib(255.98), 6.0 * TB, 1307e12, 2615e12, True, "estimated", "MI325X 256GB"),
+        GpuSpec("mi355x", _gib(287.98), 8.0 * TB, 2300e12, 4600e12, True, "estimated", "MI355X 288GB"),
     )
 }
 

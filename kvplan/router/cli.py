@@ -44,6 +44,13 @@ def serve(
     ] = 300.0,
     idle_timeout: Annotated[float, typer.Option(help="seconds without upstream bytes mid-response")] = 120.0,
     connect_timeout: Annotated[float, typer.Option(help="seconds to open an upstream connection")] = 2.0,
+    probe_timeout: Annotated[
+        float, typer.Option(help="seconds per /health probe and per /metrics load scrape (each about 1/s)")
+    ] = 1.0,
+    load_stale_after: Annotated[
+        float,
+        typer.Option(help="seconds without a load scrape before an endpoint counts as saturated (stale)"),
+    ] = 3.0,
     header_timeout: Annotated[
         float, typer.Option(help="seconds a client has to send a request's headers (408 after)")
     ] = 10.0,
@@ -89,6 +96,8 @@ def serve(
             first_byte_timeout=first_byte_timeout,
             idle_timeout=idle_timeout,
             connect_timeout=connect_timeout,
+            probe_timeout=probe_timeout,
+            load_stale_after=load_stale_after,
             header_timeout=header_timeout,
             body_timeout=body_timeout,
             keepalive_timeout=keepalive_timeout,

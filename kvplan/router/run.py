@@ -16,6 +16,7 @@ from kvplan.errors import InputError
 from kvplan.plan import load_plan
 from kvplan.procs import ROUTER_READY
 from kvplan.router.app import Router
+from kvplan.router.endpoints import Saturation
 from kvplan.router.flags import open_flag_store
 from kvplan.router.server import HttpLimits
 from kvplan.router.settings import MIN_ADMIN_TOKEN, Limits, Listen, Settings, ShadowSettings
@@ -41,6 +42,8 @@ class ServeOptions:
     first_byte_timeout: float
     idle_timeout: float
     connect_timeout: float
+    probe_timeout: float
+    load_stale_after: float
     header_timeout: float
     body_timeout: float
     keepalive_timeout: float
@@ -78,12 +81,19 @@ def settings_of(o: ServeOptions) -> Settings:
         ("--first-byte-timeout", o.first_byte_timeout),
         ("--idle-timeout", o.idle_timeout),
         ("--connect-timeout", o.connect_timeout),
+        ("--probe-timeout", o.probe_timeout),
+        ("--load-stale-after", o.load_stale_after),
         ("--header-timeout", o.header_timeout),
         ("--body-timeout", o.body_timeout),
         ("--keepalive-timeout", o.keepalive_timeout),
     ):
-        if value <= 0:
+        if not value > 0:  # nan too
             raise InputError(f"{name} must be positive, got {value}")
+    if not o.load_stale_after > Limits.probe_interval:  # scrapes come once per interval at best
+        raise InputError(
+            f"--load-stale-after must exceed the {Limits.probe_interval:g} s between load scrapes, "
+            f"got {o.load_stale_after:g}"
+        )
     for flag, where in (("--port", o.api), ("--admin-port", o.admin), ("--metrics-port", o.metrics)):
         if where is not None and not 0 <= where.port <= 65535:
             raise InputError(f"{flag} must be within 0..65535, got {where.port}")
@@ -93,6 +103,7 @@ def settings_of(o: ServeOptions) -> Settings:
             first_byte_timeout=o.first_byte_timeout,
             idle_timeout=o.idle_timeout,
             connect_timeout=o.connect_timeout,
+            probe_timeout=o.probe_timeout,
         ),
         http=HttpLimits(
             max_body=o.max_body,
@@ -103,6 +114,7 @@ def settings_of(o: ServeOptions) -> Settings:
         cohort_header=o.cohort_header.lower().encode() if o.cohort_header else None,
         admin_token=read_admin_token(o.admin_token_file),
         provenance_path=o.provenance_log,
+        saturation=Saturation(stale_after=o.load_stale_after),
         shadow=o.shadow,
     )
 

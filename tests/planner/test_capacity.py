@@ -65,3 +65,11 @@ def test_cpu_server_view_is_exact_arithmetic() -> None:
     pool = _plan("bf16").pool("p8k-bf16").model_copy(update={"model": "smollm2-135m"})
     cap = capacity_of(pool, Server(block_size=128, kv_memory_bytes=1 << 30, enforce_eager=True))
     assert cap.num_blocks == (1 << 30) // (30 * 3 * 128 * 64 * 2 * 2)
+
+
+def test_every_catalog_gpu_but_the_bought_gb10_has_a_shipped_price() -> None:
+    from kvplan.planner.gpus import GPUS
+
+    prices = load_prices()
+    assert sorted(set(GPUS) - set(prices.per_gpu_hour)) == ["gb10"]
+    assert set(prices.per_gpu_hour) <= set(GPUS)  # no price for a GPU kvplan does not know

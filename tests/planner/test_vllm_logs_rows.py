@@ -26,7 +26,7 @@ def test_the_shipped_rows_pass() -> None:
     ("field", "value", "says"),
     [
         ("sampler", "flashinfr", "sampler 'flashinfr' must be flashinfer, pytorch or absent"),
-        ("kv_dtype", "fp8_e5m2", "kv_dtype 'fp8_e5m2' must be one of bf16, auto, fp16, fp8"),
+        ("kv_dtype", "fp8_e5m2", "kv_dtype 'fp8_e5m2' must be one of bf16, auto, bfloat16, float16, fp8,"),
         ("version", "0.x", "bad --vllm-version '0.x'"),
         ("version", None, "bad --vllm-version 'None'"),
     ],

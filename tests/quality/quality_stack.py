@@ -16,6 +16,7 @@ import yaml
 from support.router import RouterProcess
 
 from kvplan.control.analysis import Thresholds
+from kvplan.metric_names import DecisionReason
 
 if TYPE_CHECKING:
     from kvplan.plan import Plan
@@ -34,7 +35,11 @@ def serve(workdir: Path, plan: dict[str, Any], *extra: str) -> Iterator[RouterPr
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "pools.yaml"
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
-    router = RouterProcess(path, "--log-level", "warning", *extra, name="router", token=TOKEN)
+    # The CPU engines share two cores with the router and the test: a busy one can take seconds to
+    # answer its /metrics, and the default 1 s probe / 3 s staleness would then divert its cohort
+    # to the baseline (counted, `diversions`), which these tests are not about.
+    slow_engines = ("--probe-timeout", "5", "--load-stale-after", "30")
+    router = RouterProcess(path, "--log-level", "warning", *slow_engines, *extra, name="router", token=TOKEN)
     try:
         yield router
     finally:
@@ -86,6 +91,20 @@ def shadow_counts(router: RouterProcess, bucket: str, pool: str) -> dict[str, fl
     return out
 
 
+# Decisions that send a request of the candidate's cohort to the baseline: the candidate could
+# not take it right then (a busy CPU engine is slow to answer its metrics scrape: stale), or it
+# failed before its first byte and the request was retried on the baseline.
+DIVERSIONS = (DecisionReason.FALLBACK, DecisionReason.STALE, DecisionReason.RETRY)
+
+
+def diversions(router: RouterProcess, bucket: str) -> dict[str, float]:
+    """Requests the router's policy sent to the bucket's baseline instead of its candidate, by reason."""
+    from kvplan.metric_names import router as rm
+
+    text = httpx.get(router.metrics_url + "/metrics", timeout=10).text
+    return {str(r): metric(text, f"{rm.DECISIONS}_total", bucket=bucket, reason=r) for r in DIVERSIONS}
+
+
 def shadow_settled(router: RouterProcess, bucket: str, pool: str) -> Callable[[], bool]:
     """Every sampled copy was compared or dropped (none queued or in flight)."""
 
@@ -103,6 +122,7 @@ class GatedRollout:
     statuses: list[int]  # of every client request of the window
     pools: list[str]  # the pool that answered each
     candidate_requests: int  # requests of users the weight sends to the candidate
+    diverted: dict[str, float]  # of those, served by the baseline, by the router's decision reason
     shadow: dict[str, float]  # shadow_counts of the candidate after the window
     action: str  # the controller's decision
     reason: str
@@ -178,6 +198,7 @@ async def gated_rollout(
         settled = shadow_settled(router, bucket, candidate)
         await _until(lambda: asyncio.to_thread(settled), 900, "every shadow copy compared")
         counts = shadow_counts(router, bucket, candidate)
+        diverted = diversions(router, bucket)
         now[0] += 60.0
         (decided,) = await ctl.tick()
         after = store.snapshot().buckets[bucket]
@@ -191,8 +212,9 @@ async def gated_rollout(
 
     await _until(applied, 30, "the router applying the rollout's outcome")
     return GatedRollout(
-        [s for s, _ in answers], [p for _, p in answers], len(cand_users), counts, decided[1].action,
-        decided[1].reason, after.rollout, after.weight, after.killed, last.action, last.reason,
+        [s for s, _ in answers], [p for _, p in answers], len(cand_users), diverted, counts,
+        decided[1].action, decided[1].reason, after.rollout, after.weight, after.killed, last.action,
+        last.reason,
     )  # fmt: skip
 
 

@@ -151,9 +151,9 @@ def test_a_rollout_with_the_quality_gate_aborts_int4_and_promotes_int8(
         out = asyncio.run(
             gated_rollout(router, store_url, Plan.model_validate(plan), candidate, GATE, PROMPTS, SERVED_NAME)
         )
-    print(f"\n{candidate}: {out.action} {out.reason}")
+    print(f"\n{candidate}: {out.action} {out.reason}; diverted to the baseline: {out.diverted}")
     assert out.statuses == [200] * len(out.statuses)
-    assert out.pools.count(candidate) == out.candidate_requests == 6
+    assert out.pools.count(candidate) == out.candidate_requests == 6, out.diverted
     assert out.shadow["pairs"] == len(PROMPTS) and out.shadow["dropped"] == 0
     assert out.rollout == phase
     if phase == "aborted":

@@ -204,6 +204,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     for flags, says in (
         (("--port", "70000"), "--port must be within 0..65535"),  # was: silently port 70000 - 65536
         (("--first-byte-timeout", "-1"), "--first-byte-timeout must be positive"),
+        (("--probe-timeout", "nan"), "--probe-timeout must be positive"),
+        (("--load-stale-after", "0.5"), "--load-stale-after must exceed the 1 s between load scrapes"),
         (("--log-level", "loud"), "--log-level is one of"),
         (("--shadow-record-share", "200"), "--shadow-record-share is a percent"),
         (("--shadow-queue", "0"), "--shadow-queue"),

@@ -179,3 +179,25 @@ def test_block_size_and_cache_size_come_from_vllm_cache_config_info() -> None:
     page = WorkerMetrics("m", 8192, CacheInfo(26914, 16, "auto", 0.92)).exposition().decode()
     assert parse_cache_config(page) == (16, 26914)
     assert parse_cache_config("vllm:num_requests_waiting 0.0\n") == (0, 0)  # an older vLLM: unknown
+
+
+def test_serve_options_set_the_probe_timeout_and_the_staleness_bound() -> None:
+    from kvplan.router.run import ServeOptions, settings_of
+    from kvplan.router.settings import Listen
+
+    def options(probe_timeout: float, load_stale_after: float) -> ServeOptions:
+        return ServeOptions(
+            plan_path=Path("pools.yaml"), api=Listen("127.0.0.1", 0), admin=Listen("127.0.0.1", 0),
+            metrics=None, flag_store=None, admin_token_file=None, cohort_header=None,
+            provenance_log=None, max_body=1024, max_in_flight=8, first_byte_timeout=1.0,
+            idle_timeout=1.0, connect_timeout=1.0, probe_timeout=probe_timeout,
+            load_stale_after=load_stale_after, header_timeout=1.0, body_timeout=1.0,
+            keepalive_timeout=1.0, log_level="info",
+        )  # fmt: skip
+
+    slow = settings_of(options(5.0, 30.0))
+    assert slow.limits.probe_timeout == 5.0
+    ep = Endpoint("p", "http://h:1", 8)
+    ep.scraped_at = NOW - 10  # ten seconds since the last answered scrape
+    assert availability([ep], NOW, slow.saturation) is Availability.AVAILABLE
+    assert availability([ep], NOW, settings_of(options(1.0, 3.0)).saturation) is Availability.STALE
