@@ -21,7 +21,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
-        reason: str = RejectReason.INVALID_REQUEST,
+        reason: RejectReason = RejectReason.INVALID_REQUEST,
         headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         super().__init__(message)
