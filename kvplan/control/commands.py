@@ -352,7 +352,15 @@ async def run_controller(
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr=metrics_host)
+        if not 0 <= metrics_port <= 65535:
+            raise InputError(f"--metrics-port must be within 0..65535, got {metrics_port}")
+        try:
+            start_http_server(metrics_port, addr=metrics_host)
+        except OSError as exc:  # address not on this host, port taken, host name unknown
+            raise InputError(
+                f"cannot serve the controller's /metrics on {metrics_host}:{metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from exc
     async with opened(where, Seeding.LAST_KNOWN) as store:
         actor = f"rollout-controller@{socket.gethostname()}"
         ctl = rollout.RolloutController(store, source, actor=actor, metrics=metrics)

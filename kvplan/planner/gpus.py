@@ -70,14 +70,7 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec("rtx-a5000", _gib(23.55), 0.768 * TB, 111e12, 0.0, False, "estimated", "RTX A5000 24GB"),
         GpuSpec("rtx-a6000", _gib(47.55), 0.768 * TB, 155e12, 0.0, False, "estimated", "RTX A6000 48GB"),
         GpuSpec(
-            "rtx-6000-ada",
-            _gib(47.55),
-            0.96 * TB,
-            364e12,
-            728e12,
-            True,
-            "estimated",
-            "RTX 6000 Ada 48GB",
+            "rtx-6000-ada", _gib(47.55), 0.96 * TB, 364e12, 728e12, True, "estimated", "RTX 6000 Ada 48GB"
         ),
         GpuSpec("rtx-4080", _gib(15.55), 0.717 * TB, 97e12, 195e12, True, "estimated", "RTX 4080 16GB"),
         GpuSpec("rtx-5090", _gib(31.40), 1.792 * TB, 209e12, 419e12, True, "estimated", "RTX 5090 32GB"),

@@ -89,6 +89,23 @@ def test_set_shadow_through_the_cli_and_a_refused_share_keeps_the_stored_one(
             ["rollout", "start", "--bucket", "8k", "--steps", "10,50", "--interval", "0s"],
             "error: interval must be positive",
         ),
+        (  # 192.0.2.1 (TEST-NET-1) is no address of this host: bind fails, nothing is sent
+            [
+                "rollout",
+                "run",
+                "--router-metrics",
+                "http://127.0.0.1:9/metrics",
+                "--metrics-port",
+                "0",
+                "--metrics-host",
+                "192.0.2.1",
+            ],
+            "error: cannot serve the controller's /metrics on 192.0.2.1:0: ",
+        ),
+        (
+            ["rollout", "run", "--router-metrics", "http://127.0.0.1:9/metrics", "--metrics-port", "70000"],
+            "error: --metrics-port must be within 0..65535, got 70000",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
