@@ -74,12 +74,20 @@ def compile_only(arch: int = 90) -> Iterator[None]:
 @contextlib.contextmanager
 def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
     """TUNING_GLUON with `over` applied (a benchmark variant). The shipped per-format settings
-    (TUNING_GLUON_BY_FORMAT) are set aside unless `over` says "per_format": True (variant
+    (TUNING_GLUON_BY_FORMAT, TUNING_GLUON_LONG*) are set aside unless `over` says "per_format": True (variant
     `shipped`), so each variant changes one setting of the same base."""
     saved, saved_by = dict(api.TUNING_GLUON), dict(api.TUNING_GLUON_BY_FORMAT)
+    saved_comb = dict(api.TUNING_COMBINE)
+    saved_long, saved_long_by = dict(api.TUNING_GLUON_LONG), dict(api.TUNING_GLUON_LONG_BY_FORMAT)
     over = dict(over)
-    if not over.pop("per_format", False):
+    per_format, long = over.pop("per_format", False), over.pop("long", True)
+    if not per_format:
         api.TUNING_GLUON_BY_FORMAT.clear()
+    if not (per_format and long):  # "long": False, the shipped settings but for long contexts
+        api.TUNING_GLUON_LONG.clear()
+        api.TUNING_GLUON_LONG_BY_FORMAT.clear()
+    for key in [k for k in over if k.startswith("combine_")]:  # the split-K merge's settings
+        api.TUNING_COMBINE[key.removeprefix("combine_")] = int(str(over.pop(key)))
     api.TUNING_GLUON.update(over)
     try:
         yield
@@ -88,6 +96,12 @@ def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
         api.TUNING_GLUON.update(saved)
         api.TUNING_GLUON_BY_FORMAT.clear()
         api.TUNING_GLUON_BY_FORMAT.update(saved_by)
+        api.TUNING_COMBINE.clear()
+        api.TUNING_COMBINE.update(saved_comb)
+        api.TUNING_GLUON_LONG.clear()
+        api.TUNING_GLUON_LONG.update(saved_long)
+        api.TUNING_GLUON_LONG_BY_FORMAT.clear()
+        api.TUNING_GLUON_LONG_BY_FORMAT.update(saved_long_by)
 
 
 def decode_launch(

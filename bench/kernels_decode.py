@@ -63,6 +63,35 @@ VARIANTS: dict[str, dict[str, object]] = {
     "g_pps8": {"gluon": True, "programs_per_sm": 8},
     "g_pps32": {"gluon": True, "programs_per_sm": 32},
     "g_pps64": {"gluon": True, "programs_per_sm": 64},
+    # as shipped before the long-context launches (api.TUNING_GLUON_LONG)
+    "shipped_short": {"gluon": True, "per_format": True, "long": False},
+    "g_comb32": {
+        "gluon": True,
+        "per_format": True,
+        "combine_block_d": 32,
+        "combine_block_s": 32,
+        "combine_num_warps": 2,
+    },
+    # the split-K merge as before 2026-12-04: one [splits, head_dim] tile a (query, head) program
+    "shipped_comb1": {
+        "gluon": True,
+        "per_format": True,
+        "combine_block_d": 0,
+        "combine_block_s": 0,
+        "combine_num_warps": 4,
+    },
+    "g_pps8_u4": {"gluon": True, "programs_per_sm": 8, "unroll": 4},
+    "g_pps32_u4": {"gluon": True, "programs_per_sm": 32, "unroll": 4},
+    # a register cap raises occupancy (one-warp programs: 167-184 registers leave 10-12 warps an
+    # SM, 128 leaves 16, 104 19, 96 21; the compiler spills a few values to local memory). Every
+    # capped variant was slower at every shape on the H200 (kernels_h200_s5_call1.json): the
+    # spills cost more than the occupancy gains
+    "g_r128": {"gluon": True, "maxnreg": 128},
+    "g_r128_pps32": {"gluon": True, "maxnreg": 128, "programs_per_sm": 32},
+    "g_r104_pps32": {"gluon": True, "maxnreg": 104, "programs_per_sm": 32},
+    "g_r96_pps48": {"gluon": True, "maxnreg": 96, "programs_per_sm": 48},
+    "g_r128_u4": {"gluon": True, "maxnreg": 128, "unroll": 4},
+    "g_r128_pps8": {"gluon": True, "maxnreg": 128, "programs_per_sm": 8},
 }
 CHECK_SHAPES = [
     (64, 16, 1),

@@ -220,7 +220,8 @@ def graphs() -> list[EngineConfig]:
 
 def smollm2() -> list[EngineConfig]:
     """SmolLM2-135M-Instruct (real weights, converted on the GPU machine): teacher-forced greedy
-    agreement of kvplan's formats with vLLM's own bf16, on the project's chat prompts."""
+    agreement of kvplan's formats, and of vLLM's own quantized KV dtypes beside them, with vLLM's
+    own bf16, on the project's chat prompts (kvplan bf16 first: greedy identity on real weights)."""
     real = dict(model=SMOLLM2_DIR, load_format="auto", prompts="chat", correct_tokens=64,
                 phases=("correct",), max_model_len=4096, timeout_s=150)  # fmt: skip
     return [
@@ -228,6 +229,12 @@ def smollm2() -> list[EngineConfig]:
         kvplan_config("bf16", **real),
         kvplan_config("int8", **real),
         kvplan_config("int4_hadamard", **real),
+        vllm_config("int8_per_token_head", **real),
+        kvplan_config("fp8_e4m3", **real),
+        vllm_config("fp8", **real),
+        kvplan_config("k8v4", **real),
+        kvplan_config("int8_hadamard", **real),
+        vllm_config("int4_per_token_head", **real),
     ]
 
 

@@ -55,6 +55,10 @@ TUNING: dict[str, object] = {
     "maxnreg": 0,
 }
 TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4}  # cache write: tokens a program
+# split-K merge: output columns and splits a program takes a step (0: all of them, one tile)
+# (0, 0: one [splits, D] tile a (query, head) program, 1.90x against 1.72x over BF16 with 32 / 32
+# at INT4 1 x 32K on the H200, and no better elsewhere: bench/results/kernels_h200_s5_call4.json)
+TUNING_COMBINE: dict[str, int] = {"block_d": 0, "block_s": 0, "num_warps": 4}
 TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
     "bf16": {"block_n": 64, "num_stages": 2},
     "fp16": {"block_n": 64, "num_stages": 2},
@@ -81,6 +85,7 @@ TUNING_GLUON: dict[str, object] = {
     "lazy": True,  # rescale the output accumulator only when a row max grows past 2^8
     "programs_per_sm": 16,
     "min_tokens_per_split": 128,
+    "maxnreg": 0,  # registers per thread cap (0: the compiler's choice)
 }
 # Per format, the sweep's best setting over its six grid shapes (geometric mean of the speed-up
 # over BF16, H200, bench/results/kernels_h200_call1.json): one setting changed from the base.
@@ -102,8 +107,31 @@ def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
     return tune
 
 
-def _gluon_tuning(fmt: KVFormat) -> dict[str, object]:
-    return {**TUNING_GLUON, **TUNING_GLUON_BY_FORMAT.get(fmt.name, {})}
+# Long contexts (max_seq_len >= GLUON_LONG) override the per-format setting by how much of the
+# GPU the (sequence, KV head) programs cover; each entry is the best launch of the H200 sweep at
+# its shape (bench/results/kernels_h200_s5_call4.json): "full" (programs >= SMs) from 32 x 32K,
+# "partial" (>= SMs / 4) from 8 x 32K, "small" from 1 x 128K and 1 x 32K. Finer splits when the
+# grid is full; four tiles' loads in flight when it is not.
+GLUON_LONG = 16384
+TUNING_GLUON_LONG: dict[str, dict[str, object]] = {
+    "full": {"programs_per_sm": 32, "unroll": 2},
+    "partial": {"programs_per_sm": 16, "unroll": 4},
+    "small": {"programs_per_sm": 8, "unroll": 4},
+}
+TUNING_GLUON_LONG_BY_FORMAT: dict[str, dict[str, dict[str, object]]] = {
+    "int8": {"full": {"unroll": 4}},
+    "int8_hadamard": {"full": {"unroll": 4}},
+}
+
+
+def _gluon_tuning(fmt: KVFormat, programs: int = 0, sms: int = 1, max_seq_len: int = 0) -> dict[str, object]:
+    """The Gluon launch for `programs` (sequence, query block, KV head) programs on `sms` SMs."""
+    tune = {**TUNING_GLUON, **TUNING_GLUON_BY_FORMAT.get(fmt.name, {})}
+    if max_seq_len >= GLUON_LONG and TUNING_GLUON_LONG:
+        regime = "full" if programs >= sms else "partial" if 4 * programs >= sms else "small"
+        tune.update(TUNING_GLUON_LONG.get(regime, {}))
+        tune.update(TUNING_GLUON_LONG_BY_FORMAT.get(fmt.name, {}).get(regime, {}))
+    return tune
 
 
 def gluon_applies(fmt: KVFormat, query_dtype: torch.dtype, group: int, block_q: int) -> bool:
@@ -367,7 +395,7 @@ def _attention_triton(
     sms = _sm_count(query.device) if sms is None else sms
     gluon = cuda and gluon_applies(fmt, query.dtype, group, block_q)
     if gluon:
-        tune = _gluon_tuning(fmt)
+        tune = _gluon_tuning(fmt, b * num_qb * hkv, sms, max_seq_len)
         block_n = min(int(str(tune["block_n"])), block_size)
         block_m = max(8, triton.next_power_of_2(block_q * group))
     else:
@@ -397,7 +425,7 @@ def _attention_triton(
             V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
             K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
             UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), DIRECT=num_splits == 1,
-            num_warps=1,
+            num_warps=1, **_maxnreg(tune),
         )  # fmt: skip
     else:
         _launch_triton(
@@ -406,9 +434,12 @@ def _attention_triton(
             block_q, block_m, block_n, num_splits, tune, cuda,
         )  # fmt: skip
     if num_splits > 1:
-        tk.combine_kernel[(tq, hq)](
+        block_d = min(d, TUNING_COMBINE["block_d"] or d)
+        tk.combine_kernel[(tq, hq, d // block_d)](
             out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
-            D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits),
+            D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), BLOCK_D=block_d,
+            BLOCK_S=min(TUNING_COMBINE["block_s"] or 1 << 30, triton.next_power_of_2(num_splits)),
+            num_warps=TUNING_COMBINE["num_warps"],
         )  # fmt: skip
     return out
 
@@ -429,6 +460,9 @@ def _launch_triton(
     words = bool(tune["word_loads"]) and (query.dtype == torch.bfloat16 or not cuda)
     if bool(tune["fp8_fp16"]) and p.k_kind == p.v_kind == int(tk.FP8.value) and query.dtype == torch.bfloat16:
         dt, magic, magic_off = _DOT_TYPES[torch.float16]
+    v_dt, v_magic, v_magic_off = dt, magic, magic_off  # INT4 values: P.V in fp16 (the kernel says why)
+    if p.v_kind == int(tk.INT4.value) and query.dtype == torch.bfloat16:
+        v_dt, v_magic, v_magic_off = _DOT_TYPES[torch.float16]
     tk.attention_kernel[(seq_lens.shape[0] * num_qb, hkv, num_splits)](
         query, out, o_part, m_part, l_part, u8, p16, f16, f32, block_table, seq_lens,
         query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
@@ -446,6 +480,7 @@ def _launch_triton(
         ASM=bool(tune["asm_convert"]) and cuda,
         WORDS=words,
         I8K=bool(tune["int8_qk"]) and p.k_kind in (int(tk.INT8.value), int(tk.INT4.value)),
+        V_DT=v_dt, V_MAGIC=v_magic, V_MAGIC_OFF=v_magic_off,
         num_warps=tune["num_warps"], num_stages=tune["num_stages"], **_maxnreg(tune),
     )  # fmt: skip
 

@@ -63,8 +63,11 @@ def _quant_store(
     elif KIND == INT8:
         amax = tl.maximum(tl.max(tl.abs(x_lo), axis=1), tl.max(tl.abs(x_hi), axis=1))
         sc = tl.where(amax > 0, amax / 127.0, 1.0)
-        lo = tl.minimum(tl.maximum(tl.floor(x_lo / sc[:, None] + 0.5), -127.0), 127.0)
-        hi = tl.minimum(tl.maximum(tl.floor(x_hi / sc[:, None] + 0.5), -127.0), 127.0)
+        inv = (1.0 / sc)[:, None]
+        # round(x / sc) as one FMA and a truncating conversion: |x / sc| <= 127, so x / sc + 128.5
+        # is positive and truncation is the floor
+        lo = tl.minimum(tl.maximum((x_lo * inv + 128.5).to(tl.int32) - 128, -127), 127)
+        hi = tl.minimum(tl.maximum((x_hi * inv + 128.5).to(tl.int32) - 128, -127), 127)
         ptr = c_u8 + (base + CODE_OFF + o * D)[:, None] + d2[None, :]
         tl.store(ptr, lo.to(tl.int8).to(tl.uint8, bitcast=True), mask=m2)
         tl.store(ptr + HALF, hi.to(tl.int8).to(tl.uint8, bitcast=True), mask=m2)
@@ -76,10 +79,13 @@ def _quant_store(
         sc = tl.minimum(tl.where(rng > 0, rng / 15.0, 1.0), 65504.0).to(tl.float16)
         sc = tl.where(sc > 0, sc, 1.0).to(tl.float16)
         zr = tl.minimum(tl.maximum(lo_v, -65504.0), 65504.0).to(tl.float16)
-        scf, zrf = sc.to(tl.float32)[:, None], zr.to(tl.float32)[:, None]
-        ql = tl.minimum(tl.maximum(tl.floor((x_lo - zrf) / scf + 0.5), 0.0), 15.0)
-        qh = tl.minimum(tl.maximum(tl.floor((x_hi - zrf) / scf + 0.5), 0.0), 15.0)
-        byte = ql.to(tl.uint8) | (qh.to(tl.uint8) << 4)
+        inv = 1.0 / sc.to(tl.float32)[:, None]
+        off = 0.5 - zr.to(tl.float32)[:, None] * inv
+        # floor((x - zero) / sc + 0.5) clamped to [0, 15] as one FMA, a truncating conversion and an
+        # integer clamp (clamped at 0, truncation and floor agree)
+        ql = tl.minimum(tl.maximum((x_lo * inv + off).to(tl.int32), 0), 15)
+        qh = tl.minimum(tl.maximum((x_hi * inv + off).to(tl.int32), 0), 15)
+        byte = (ql | (qh << 4)).to(tl.uint8)
         tl.store(c_u8 + (base + CODE_OFF + o * HALF)[:, None] + d2[None, :], byte, mask=m2)
         mptr = c_f16 + (base + META_OFF) // 2 + o * 2
         tl.store(mptr, sc, mask=t_mask)
@@ -123,7 +129,9 @@ def write_kernel(
     o = tl.where(t_mask, slot % PAGE, 0)
     base = (blk * HKV + h) * PAGE_NBYTES
     tt = t.to(tl.int64)[:, None]
-    m2 = t_mask[:, None]
+    # K/V rows are loaded for every token of the chunk (not masked by its slot), so these loads
+    # do not wait for the slot mapping's; skipped tokens' rows are simply not stored
+    m2 = (t < T)[:, None]
     k_row = k_ptr + tt * stride_kt + h * stride_kh + d2[None, :]
     k_lo = tl.load(k_row, mask=m2, other=0.0)
     k_hi = tl.load(k_row + HALF, mask=m2, other=0.0)
@@ -192,6 +200,17 @@ _PTX_NIB_BF16_CENTRED = tl.constexpr(
         head="mov.b32 c, 0x43084308;",
     )
 )
+# the same in fp16 (1024 + n minus 1032): the values' dtype under bf16 queries, so that P can be
+# fp16 too (see attention_kernel)
+_PTX_NIB_F16_CENTRED = tl.constexpr(
+    _per_byte_ptx(
+        ".reg .b32 t, u, c;",
+        "prmt.b32 t, $8, $9, {sel}; shr.b32 u, t, 4; lop3.b32 ${k}, t, 0x000F000F, 0x64006400, 0xEA;"
+        " sub.f16x2 ${k}, ${k}, c; lop3.b32 ${k4}, u, 0x000F000F, 0x64006400, 0xEA;"
+        " sub.f16x2 ${k4}, ${k4}, c;",
+        head="mov.b32 c, 0x64086408;",
+    )
+)
 _PTX_E4M3_F16 = tl.constexpr(
     _per_byte_ptx(
         ".reg .b32 t; .reg .b16 h, x;",
@@ -250,7 +269,13 @@ def _nib_words(w, ASM: tl.constexpr, DT: tl.constexpr, OFF: tl.constexpr, CENTRE
         h2 = (((w >> 20) & 15).to(tl.float32) + add).to(DT)
         h3 = (((w >> 28) & 15).to(tl.float32) + add).to(DT)
         return _interleave4(l0, l1, l2, l3), _interleave4(h0, h1, h2, h3)
-    if CENTRED:
+    if CENTRED and (tl.float16 == DT):
+        l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
+            asm=_PTX_NIB_F16_CENTRED,
+            constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
+            dtype=(tl.float16,) * 8, is_pure=True, pack=2,
+        )  # fmt: skip
+    elif CENTRED:
         l0, l1, l2, l3, h0, h1, h2, h3 = tl.inline_asm_elementwise(
             asm=_PTX_NIB_BF16_CENTRED,
             constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[w],
@@ -396,7 +421,7 @@ def _load_side(
         if WORDS:
             wp = c_f32.to(tl.pointer_type(tl.int32)) + ((base + CODE_OFF + o * HALF) // 4)[:, None]
             w4 = tl.arange(0, HALF // 4)
-            wa = ASM and (MAGIC == 0x4300)
+            wa = ASM and ((MAGIC == 0x4300) or (CENTRED and (tl.float16 == DT)))
             lo, hi = _nib_words(tl.load(wp + w4[None, :], mask=m2, other=0), wa, DT, MAGIC_OFF, CENTRED)
         elif MAGIC == 0:
             lo = (c & 15).to(DT)
@@ -430,11 +455,13 @@ def attention_kernel(
     DIRECT: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr, ROT_PREC: tl.constexpr,
     MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr, SWAP_QK: tl.constexpr,
     ASM: tl.constexpr, WORDS: tl.constexpr, I8K: tl.constexpr,
+    V_DT: tl.constexpr, V_MAGIC: tl.constexpr, V_MAGIC_OFF: tl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits): BLOCK_Q queries x G heads of one KV group, one context split.
 
     The query rows of the tile are (query i, head g) pairs, so GQA's G heads share every K/V load.
-    qk_scale = softmax scale * log2(e); the softmax runs in base 2.
+    qk_scale = softmax scale * log2(e); the softmax runs in base 2. V_DT (with its magic number):
+    the dtype of the P.V dot, fp16 for INT4 values under bf16 queries (see below).
     """
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -483,6 +510,20 @@ def attention_kernel(
     last_q = tl.minimum(q_len, (qb + 1) * BLOCK_Q)
     start = split * tokens_per_split
     end = tl.minimum(tl.minimum(start + tokens_per_split, seq_len), seq_len - q_len + last_q)
+    # INT4 values: P in fp16, not bf16. bf16's 8-bit P put ~2e-3 relative noise on every term of
+    # an output that, over a long context, is a small difference of large sums (bench check:
+    # 5-7e-3 at 32K tokens, 2e-3 with fp16). v_mul, a power of two (2^-floor(log2) of the split's
+    # first scale), keeps p * scale in fp16's normal range; P saturates at 65504 rather than overflow.
+    v_mul = 1.0
+    if V_KIND == INT4:
+        has = start < end
+        blk0 = tl.load(bt_ptr + b * stride_bt + start // PAGE, mask=has, other=0).to(tl.int64)
+        sc0 = tl.load(
+            c_f16 + ((blk0 * HKV + h) * PAGE_NBYTES + V_META) // 2 + (start % PAGE) * 2, mask=has, other=1.0
+        ).to(tl.float32)
+        sc0 = tl.where(sc0 > 0, sc0, 1.0)
+        v_mul = tl.exp2(-tl.floor(tl.log2(sc0)))
+    v_over = 1.0 / v_mul
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -532,20 +573,22 @@ def attention_kernel(
         acc_lo = acc_lo * alpha[:, None]
         acc_hi = acc_hi * alpha[:, None]
         v_lo, v_hi, v_sc, v_zr = _load_side(
-            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, V_KIND, V_CODE, V_META, D, HALF, DT,
-            MAGIC, ASM, WORDS, MAGIC_OFF, False, True,
+            c_u8, c_p16, c_f16, c_f32, base, o, n_mask, V_KIND, V_CODE, V_META, D, HALF, V_DT,
+            V_MAGIC, ASM, WORDS, V_MAGIC_OFF, False, True,
         )  # fmt: skip
         if V_KIND == INT4:
             z_acc = z_acc * alpha + tl.sum(p * v_zr[None, :], axis=1)
-        if (V_KIND == INT8) or (V_KIND == INT4):  # noqa: SIM109 (constexpr compare in Triton)
+        if V_KIND == INT8:
             p = p * v_sc[None, :]
-        pd = p.to(DT)
         if V_KIND == INT4:
+            pd = tl.minimum(p * (v_sc * v_mul)[None, :], 65504.0).to(V_DT)
             # the dot sums pd * (code - 8): add the 8 back with the same rounded pd. Centred codes
             # keep the tensor-core accumulator near the output's size: with codes 0..15 plus the
             # magic offset it grew ~50 sqrt(tokens) times larger, and the MMA's truncating fp32
             # accumulation lost ~1e-1 relative at 32K tokens a split (bench check, grid shapes)
-            z_acc = z_acc + 8.0 * tl.sum(pd.to(tl.float32), axis=1)
+            z_acc = z_acc + (8.0 * v_over) * tl.sum(pd.to(tl.float32), axis=1)
+        else:
+            pd = p.to(V_DT)
         acc_lo = tl.dot(pd, v_lo, acc_lo, input_precision=DOT_PREC)
         acc_hi = tl.dot(pd, v_hi, acc_hi, input_precision=DOT_PREC)
         m_i = m_new
@@ -553,6 +596,9 @@ def attention_kernel(
     if V_KIND == FP8:
         acc_lo = acc_lo * v_static
         acc_hi = acc_hi * v_static
+    if V_KIND == INT4:
+        acc_lo = acc_lo * v_over
+        acc_hi = acc_hi * v_over
     acc_lo = acc_lo + z_acc[:, None]
     acc_hi = acc_hi + z_acc[:, None]
     qt = (q0 + qi).to(tl.int64)
@@ -574,21 +620,30 @@ def attention_kernel(
 def combine_kernel(
     out_ptr, o_part, m_part, l_part, Tq, HQ, stride_ot, stride_oh,
     D: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """Grid (Tq, HQ): merge the splits' (acc, max, sum) of one query row (flash-decoding)."""
+    """Grid (Tq, HQ, D // BLOCK_D): merge the splits' (acc, max, sum) of one query row's BLOCK_D
+    output columns (flash-decoding), BLOCK_S splits' partials a step. (One [SPLITS, D] tile per
+    row, as before, left 32 programs holding 128-512 KB each at batch 1: they spilled.)"""
     t = tl.program_id(0)
     hq = tl.program_id(1)
-    s_idx = tl.arange(0, SPLITS_P2)
-    s_ok = s_idx < SPLITS
-    row = (s_idx * Tq + t) * HQ + hq
-    m = tl.load(m_part + row, mask=s_ok, other=float("-inf"))
-    lsum = tl.load(l_part + row, mask=s_ok, other=0.0)
-    m_max = tl.max(m, axis=0)
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    s_all = tl.arange(0, SPLITS_P2)
+    m_max = tl.max(
+        tl.load(m_part + (s_all * Tq + t) * HQ + hq, mask=s_all < SPLITS, other=float("-inf")), axis=0
+    )
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.where(s_ok & (lsum > 0), tl.exp2(m - m_use), 0.0)
-    total = tl.sum(w * lsum, axis=0)
-    d = tl.arange(0, D)
-    acc = tl.load(o_part + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
-    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    o = tl.where(total > 0, o, 0.0)
+    total = 0.0
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in range(0, SPLITS, BLOCK_S):
+        s_idx = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s_idx < SPLITS
+        row = (s_idx * Tq + t) * HQ + hq
+        m = tl.load(m_part + row, mask=s_ok, other=float("-inf"))
+        lsum = tl.load(l_part + row, mask=s_ok, other=0.0)
+        w = tl.where(s_ok & (lsum > 0), tl.exp2(m - m_use), 0.0)
+        total += tl.sum(w * lsum, axis=0)
+        part = tl.load(o_part + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+        acc += tl.sum(part * w[:, None], axis=0)
+    o = tl.where(total > 0, acc / tl.where(total > 0, total, 1.0), 0.0)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + hq * stride_oh + d, o.to(out_ptr.dtype.element_ty))

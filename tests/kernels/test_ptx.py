@@ -73,6 +73,7 @@ def test_triton_int4_value_codes_are_centred() -> None:
         (k, lambda b: (b >> 4) - 8.0) for k in range(4)
     ]
     _check_pairs(_run(tk._PTX_NIB_BF16_CENTRED.value, 2, 8), want, bf16=True)
+    _check_pairs(_run(tk._PTX_NIB_F16_CENTRED.value, 2, 8), want, bf16=False)  # bf16 queries' values
 
 
 def test_triton_e4m3_to_bf16_is_exact() -> None:

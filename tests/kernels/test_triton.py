@@ -51,6 +51,15 @@ def test_decode_matches_fp64_reference_on_the_dequantized_cache(name: str, split
     assert _run(name, 64, 16, [1, 1, 1], [37, 1, 70], torch.float16, splits) <= 5e-3
 
 
+@pytest.mark.parametrize("d", [64, 128])
+def test_more_splits_than_the_merge_takes_a_step(d: int, monkeypatch) -> None:
+    """~50 splits of 96 tokens: the split-K merge loops over BLOCK_S (32) splits a step and
+    BLOCK_D (32) of the columns a program."""
+    monkeypatch.setitem(api.TUNING_COMBINE, "block_d", 32)
+    monkeypatch.setitem(api.TUNING_COMBINE, "block_s", 32)
+    assert _run("int8", d, 16, [1, 1], [5000, 90], torch.float16, 64) <= 5e-3
+
+
 @pytest.mark.parametrize("name", ["int4", "int4_hadamard", "k8v4"])
 def test_a_long_split_stays_accurate_under_truncating_tensor_core_accumulation(
     name: str, monkeypatch
@@ -185,3 +194,15 @@ def test_auto_backend_uses_the_reference_on_cpu_tensors() -> None:
         q, cache, table, torch.tensor([20]), torch.tensor([0, 1]), fmt, 16, 0.125, kivi_stage=stage
     )
     assert torch.equal(a, b)
+
+
+def test_long_context_launches_follow_how_much_of_the_gpu_the_grid_covers() -> None:
+    int4, int8 = get_format("int4"), get_format("int8")
+    short = api._gluon_tuning(int4, 256, 132, 4096)
+    assert short["programs_per_sm"] == api.TUNING_GLUON_BY_FORMAT["int4"]["programs_per_sm"]
+    assert api._gluon_tuning(int4, 256, 132, 32768)["programs_per_sm"] == 32
+    assert api._gluon_tuning(int8, 256, 132, 32768)["unroll"] == 4
+    assert api._gluon_tuning(int4, 256, 132, 32768)["unroll"] == 2
+    assert api._gluon_tuning(int4, 64, 132, 32768)["programs_per_sm"] == 16
+    small = api._gluon_tuning(int4, 8, 132, 131072)
+    assert (small["programs_per_sm"], small["unroll"]) == (8, 4)

@@ -172,6 +172,16 @@ def test_report_judges_the_targets_from_the_results() -> None:
     assert lines[1].endswith("= 3.00x (target >= 2.0x) -> met")  # 1200 / 400
     assert lines[2].endswith("= 1.20x (target >= 1.0x) -> met")
     assert lines[3].endswith("= 2.80x (target >= 3x) -> NOT met")  # 1400 / 500
+    # the real model's set is judged on its own, and does not stand in for the dummy-weight check
+    smol = [{**res(n, 1, 1, {**forced, "argmax_agreement": a, "positions": 1024}), "set": "smollm2"}
+            for n, a in (("kvplan-bf16", 1.0), ("kvplan-int8", 0.975))]  # fmt: skip
+    lines = report.targets(smol + results, [])
+    assert lines[0].startswith("- kvplan-bf16 vs vLLM bf16: logits rel. err max 4.00e-03")
+    assert lines[1].startswith("- SmolLM2-135M (real weights) kvplan-bf16 vs vLLM bf16")
+    assert lines[1].endswith(
+        "agreement 1.000 over 1024 positions, logits rel. err max 4.00e-03 (target >= 1.0) -> met"
+    )
+    assert lines[2].endswith("(target >= 0.98) -> NOT met")
 
 
 def test_chat_prompts_are_token_ids_with_transformers_5() -> None:
