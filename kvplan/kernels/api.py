@@ -55,9 +55,9 @@ TUNING: dict[str, object] = {
     "maxnreg": 0,
 }
 TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4}  # cache write: tokens a program
-# split-K merge: output columns and splits a program takes a step (0: all of them, one tile)
-# (0, 0: one [splits, D] tile a (query, head) program, 1.90x against 1.72x over BF16 with 32 / 32
-# at INT4 1 x 32K on the H200, and no better elsewhere: bench/results/kernels_h200_s5_call4.json)
+# split-K merge: output columns and splits a program takes a step; 0 = all of them in one tile,
+# the default (INT4 1 x 32K on the H200: 1.90x over BF16 against 1.72x with 32 / 32, no better
+# elsewhere; bench/results/kernels_h200_s5_call4.json)
 TUNING_COMBINE: dict[str, int] = {"block_d": 0, "block_s": 0, "num_warps": 4}
 TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
     "bf16": {"block_n": 64, "num_stages": 2},
