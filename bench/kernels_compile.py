@@ -71,37 +71,67 @@ def compile_only(arch: int = 90) -> Iterator[None]:
         driver._active = saved
 
 
+# api's launch tables as shipped on 2026-12-03 (variant "shipped_s6" of bench/kernels_decode.py):
+# base, regimes, per-format overrides
+_Over = dict[str, object]
+PREVIOUS_GLUON: tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]] = (
+    {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0},
+    {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
+     "small": {"programs_per_sm": 8, "unroll": 4}},
+    {
+        **{f: {"short": {"programs_per_sm": 8}}
+           for f in ("fp8_e4m3", "int8_hadamard", "k8v4", "int4", "int4_hadamard")},
+        "int8": {"short": {"unroll": 4}, "full": {"unroll": 4}},
+        "int8_hadamard": {"short": {"programs_per_sm": 8}, "full": {"unroll": 4}},
+    },
+)  # fmt: skip
+_TABLES = (
+    api.TUNING_GLUON,
+    api.TUNING_GLUON_REGIME,
+    api.TUNING_GLUON_BY_FORMAT,
+    api.TUNING_COMBINE,
+    api.TUNING_WRITE,
+)
+
+
 @contextlib.contextmanager
 def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
-    """TUNING_GLUON with `over` applied (a benchmark variant). The shipped per-format settings
-    (TUNING_GLUON_BY_FORMAT, TUNING_GLUON_LONG*) are set aside unless `over` says "per_format": True (variant
-    `shipped`), so each variant changes one setting of the same base."""
-    saved, saved_by = dict(api.TUNING_GLUON), dict(api.TUNING_GLUON_BY_FORMAT)
-    saved_comb = dict(api.TUNING_COMBINE)
-    saved_long, saved_long_by = dict(api.TUNING_GLUON_LONG), dict(api.TUNING_GLUON_LONG_BY_FORMAT)
+    """api's launch tables with `over` applied (a benchmark variant): its keys replace TUNING_GLUON's,
+    and the regimes and per-format settings (TUNING_GLUON_REGIME, TUNING_GLUON_BY_FORMAT) are set
+    aside unless `over` says "per_format": True (variant `shipped`) or "per_format": "s6" (the tables
+    of 2026-12-03, PREVIOUS_GLUON), so each other variant is one launch at every shape. With the
+    tables, `over`'s other keys hold in every regime and format (`shipped_pps`: waves 0)."""
+    saved = [dict(t) for t in _TABLES]
     over = dict(over)
-    per_format, long = over.pop("per_format", False), over.pop("long", True)
-    if not per_format:
+    per_format = over.pop("per_format", False)
+    if per_format == "s6":
+        base, regimes, by_format = PREVIOUS_GLUON
+        api.TUNING_GLUON.update(base)
+        api.TUNING_GLUON_REGIME.clear()
+        api.TUNING_GLUON_REGIME.update(regimes)
         api.TUNING_GLUON_BY_FORMAT.clear()
-    if not (per_format and long):  # "long": False, the shipped settings but for long contexts
-        api.TUNING_GLUON_LONG.clear()
-        api.TUNING_GLUON_LONG_BY_FORMAT.clear()
+        api.TUNING_GLUON_BY_FORMAT.update(by_format)
+    elif not per_format:
+        api.TUNING_GLUON_REGIME.clear()
+        api.TUNING_GLUON_BY_FORMAT.clear()
     for key in [k for k in over if k.startswith("combine_")]:  # the split-K merge's settings
         api.TUNING_COMBINE[key.removeprefix("combine_")] = int(str(over.pop(key)))
+    for key in [k for k in over if k.startswith("write_")]:  # the cache write's
+        api.TUNING_WRITE[key.removeprefix("write_")] = int(str(over.pop(key)))
     api.TUNING_GLUON.update(over)
+    if per_format:  # a setting given beside the tables holds in every regime and format
+        for regime, entry in api.TUNING_GLUON_REGIME.items():
+            api.TUNING_GLUON_REGIME[regime] = {k: v for k, v in entry.items() if k not in over}
+        for fmt, regimes in api.TUNING_GLUON_BY_FORMAT.items():
+            api.TUNING_GLUON_BY_FORMAT[fmt] = {
+                r: {k: v for k, v in e.items() if k not in over} for r, e in regimes.items()
+            }
     try:
         yield
     finally:
-        api.TUNING_GLUON.clear()
-        api.TUNING_GLUON.update(saved)
-        api.TUNING_GLUON_BY_FORMAT.clear()
-        api.TUNING_GLUON_BY_FORMAT.update(saved_by)
-        api.TUNING_COMBINE.clear()
-        api.TUNING_COMBINE.update(saved_comb)
-        api.TUNING_GLUON_LONG.clear()
-        api.TUNING_GLUON_LONG.update(saved_long)
-        api.TUNING_GLUON_LONG_BY_FORMAT.clear()
-        api.TUNING_GLUON_LONG_BY_FORMAT.update(saved_long_by)
+        for table, old in zip(_TABLES, saved, strict=True):
+            table.clear()
+            table.update(old)  # type: ignore[arg-type]
 
 
 def decode_launch(

@@ -28,6 +28,7 @@ import contextlib
 import datetime
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -51,48 +52,62 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 FORMATS = ["bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_hadamard"]
 QUANT = FORMATS[1:]
 GRID = [(32, 32768), (1, 32768), (1, 131072), (64, 1024), (8, 32768), (32, 4096)]  # priority order
-# name -> api.TUNING_GLUON overrides. "triton" is the Triton kernel (bench/results/kernels_h100.md);
-# the rest the Gluon kernel (kvplan/kernels/gluon_decode.py) with one setting changed each
+# name -> api.TUNING_GLUON overrides. "triton" is the Triton kernel (bench/results/kernels_h100.md),
+# "shipped" api's tables as they are, "shipped_s6" as they were on 2026-12-03; every other name is one
+# Gluon launch at every shape, spelt [sw_][pf_]u<unroll>[_r<maxnreg>][_pps<programs an SM>]
+# [_w<waves of the programs an SM holds>][_mt<min tokens a split>][_cd<merge columns a program>
+# [_cs<merge splits a step>]] (variant_settings):
+# e.g. sw_pf_u2_r168_pps32 is S^T = K Q^T, the next two tiles' loads issued before this group's
+# math, at most 168 registers a thread, 32 programs an SM
 VARIANTS: dict[str, dict[str, object]] = {
     "triton": {"gluon": False},
-    "shipped": {"gluon": True, "per_format": True},  # api's settings as shipped (per format)
-    "gluon": {"gluon": True},
-    "g_eager": {"gluon": True, "lazy": False},
-    "g_unroll1": {"gluon": True, "unroll": 1},
-    "g_unroll4": {"gluon": True, "unroll": 4},
-    "g_pps8": {"gluon": True, "programs_per_sm": 8},
-    "g_pps32": {"gluon": True, "programs_per_sm": 32},
-    "g_pps64": {"gluon": True, "programs_per_sm": 64},
-    # as shipped before the long-context launches (api.TUNING_GLUON_LONG)
-    "shipped_short": {"gluon": True, "per_format": True, "long": False},
-    "g_comb32": {
-        "gluon": True,
-        "per_format": True,
-        "combine_block_d": 32,
-        "combine_block_s": 32,
-        "combine_num_warps": 2,
-    },
-    # the split-K merge as before 2026-12-04: one [splits, head_dim] tile a (query, head) program
-    "shipped_comb1": {
-        "gluon": True,
-        "per_format": True,
-        "combine_block_d": 0,
-        "combine_block_s": 0,
-        "combine_num_warps": 4,
-    },
-    "g_pps8_u4": {"gluon": True, "programs_per_sm": 8, "unroll": 4},
-    "g_pps32_u4": {"gluon": True, "programs_per_sm": 32, "unroll": 4},
-    # a register cap raises occupancy (one-warp programs: 167-184 registers leave 10-12 warps an
-    # SM, 128 leaves 16, 104 19, 96 21; the compiler spills a few values to local memory). Every
-    # capped variant was slower at every shape on the H200 (kernels_h200_s5_call1.json): the
-    # spills cost more than the occupancy gains
-    "g_r128": {"gluon": True, "maxnreg": 128},
-    "g_r128_pps32": {"gluon": True, "maxnreg": 128, "programs_per_sm": 32},
-    "g_r104_pps32": {"gluon": True, "maxnreg": 104, "programs_per_sm": 32},
-    "g_r96_pps48": {"gluon": True, "maxnreg": 96, "programs_per_sm": 48},
-    "g_r128_u4": {"gluon": True, "maxnreg": 128, "unroll": 4},
-    "g_r128_pps8": {"gluon": True, "maxnreg": 128, "programs_per_sm": 8},
-}
+    "shipped": {"gluon": True, "per_format": True},
+    "shipped_s6": {"gluon": True, "per_format": "s6"},
+    "shipped_pps": {"gluon": True, "per_format": True, "waves": 0},  # splits by programs_per_sm
+    "gluon": {"gluon": True},  # api.TUNING_GLUON's base launch alone
+    # the split-K merge in [32 splits, 32 columns] tiles (api.TUNING_COMBINE)
+    "shipped_comb32": {"gluon": True, "per_format": True, "combine_block_d": 32, "combine_block_s": 32,
+                       "combine_num_warps": 2},
+}  # fmt: skip
+_LAUNCH = re.compile(
+    r"(sw_)?(pf_)?u(\d+)(?:_r(\d+))?(?:_pps(\d+))?(?:_w(\d+))?(?:_mt(\d+))?(?:_cd(\d+))?(?:_cs(\d+))?"
+)
+
+
+def _settings(name: str) -> dict[str, object]:
+    settings = variant_settings(name)
+    assert settings is not None, name  # names are checked before anything runs
+    return settings
+
+
+def variant_settings(name: str) -> dict[str, object] | None:
+    """The api.TUNING_GLUON overrides a variant name stands for (VARIANTS or the launch grammar)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    m = _LAUNCH.fullmatch(name)
+    if m is None:
+        return None
+    swap, prefetch, unroll, cap, pps, waves, min_tokens, comb_d, comb_s = m.groups()
+    return {
+        "gluon": True, "swap": bool(swap), "prefetch": bool(prefetch), "unroll": int(unroll),
+        "maxnreg": int(cap or 0), "programs_per_sm": int(pps or 16), "waves": int(waves or 0),
+        "min_tokens_per_split": int(min_tokens or 128),
+        **({"combine_block_d": int(comb_d), "combine_block_s": int(comb_s or 0)} if comb_d else {}),
+    }  # fmt: skip
+
+
+# the variants the check section runs (those asked for): the Triton kernel, the Gluon kernel's
+# base settings, and its prefetching loop
+CHECK_VARIANTS = (
+    "triton",
+    "shipped",
+    "u2",
+    "pf_u2",
+    "sw_pf_u1",
+    "sw_pf_u2",
+    "sw_pf_u2_r168",
+    "sw_pf_u1_r128",
+)
 CHECK_SHAPES = [
     (64, 16, 1),
     (128, 16, 1),
@@ -107,7 +122,7 @@ CHECK_HKV, CHECK_G = 2, 4
 BOUND = 5e-3
 ROTATE_BYTES = 400e6  # rotate among caches totalling at least this (L2 is 50-60 MB)
 REALKV = Path(__file__).resolve().parent.parent / "data" / "kv" / "smollm2_135m_kv.pt"
-REALKV_VARIANTS = ["triton", "gluon"]  # accuracy: the two kernels, not every launch setting
+REALKV_VARIANTS = ["triton", "shipped"]  # accuracy: the two kernels, not every launch setting
 
 
 def timed(fns: list[Callable[[], object]], repeats: int = 7, calls: int = 24) -> float:
@@ -167,7 +182,7 @@ def read_bandwidth(nbytes: int = 2 << 30) -> float:
 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
-    with kc.gluon_tuning(VARIANTS[name]):
+    with kc.gluon_tuning(_settings(name)):
         yield
 
 
@@ -266,8 +281,8 @@ def check_cases(formats: list[str], vnames: list[str]) -> list[tuple[str, str, i
     the sweep at the grid shapes)."""
     out = []
     for name in [*formats, "fp16"] if "bf16" in formats else formats:
-        for vname in [v for v in ("triton", "gluon") if v in vnames or name not in QUANT][
-            : 2 if name in QUANT else 1
+        for vname in [v for v in CHECK_VARIANTS if v in vnames or name not in QUANT][
+            : len(CHECK_VARIANTS) if name in QUANT else 1
         ]:
             for d, page, q_len in CHECK_SHAPES:
                 for splits in (None, 1):
@@ -453,7 +468,7 @@ def warm_jobs(sections: set[str], formats: list[str], vnames: list[str], grid: l
                     (
                         "decode",
                         {"fmt_name": name, "batch": b, "ctx": ctx, "q_len": 1, "sms": SMS},
-                        VARIANTS[vn],
+                        _settings(vn),
                     )
                 )
             jobs.append(("write", {"fmt_name": name, "tokens": min(65536, b * ctx)}, {}))
@@ -463,14 +478,14 @@ def warm_jobs(sections: set[str], formats: list[str], vnames: list[str], grid: l
             jobs.append(("decode", {"fmt_name": name, "batch": len(lens), "ctx": 0, "q_len": q_len,
                                     "sms": SMS, "hq": CHECK_HKV * CHECK_G, "hkv": CHECK_HKV, "d": d,
                                     "page": page, "lens": lens,
-                                    "splits": splits}, VARIANTS[vn]))  # fmt: skip
+                                    "splits": splits}, _settings(vn)))  # fmt: skip
     if "realkv" in sections:
         for name in formats:
             for vn in variants_for(name, [v for v in vnames if v in REALKV_VARIANTS]):
                 for q_len in (1, 16):
                     jobs.append(("decode", {"fmt_name": name, "batch": 1, "ctx": 2048, "q_len": q_len,
                                             "sms": SMS,
-                                            "hq": 9, "hkv": 3, "d": 64}, VARIANTS[vn]))  # fmt: skip
+                                            "hq": 9, "hkv": 3, "d": 64}, _settings(vn)))  # fmt: skip
     if "write" in sections:
         jobs += [("write", {"fmt_name": name, "tokens": 2048}, {}) for name in formats]
     return jobs
@@ -486,11 +501,13 @@ def _arguments_or_exit(
     ap: argparse.ArgumentParser, sections: set[str], formats: list[str], vnames: list[str], shapes: str
 ) -> list[tuple[int, int]]:
     """Check the names and shapes before anything starts; a one-line usage error (exit 2) else."""
-    for what, given, known in (("section", sections, SECTIONS), ("format", formats, FORMATS),
-                               ("variant", vnames, VARIANTS)):  # fmt: skip
+    for what, given, known in (("section", sections, SECTIONS), ("format", formats, FORMATS)):
         unknown = sorted(set(given) - set(known))
         if unknown:
             ap.error(f"unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    unknown = [v for v in vnames if variant_settings(v) is None]
+    if unknown:
+        ap.error(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)} or {_LAUNCH.pattern}")
     try:
         grid = [(int(b), int(c)) for b, c in (s.split("x") for s in shapes.split(","))]
     except ValueError:
@@ -532,7 +549,8 @@ def main() -> None:
     res: dict[str, Any] = {
         "device": props.name, "sms": SMS, "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "triton": triton.__version__, "variants": VARIANTS, "bound": BOUND,
+        "torch": torch.__version__, "triton": triton.__version__, "bound": BOUND,
+        "variants": {v: _settings(v) for v in vnames},
     }  # fmt: skip
     log: list[str] = [f"{props.name} ({SMS} SMs), torch {torch.__version__}, triton {triton.__version__}"]
     print(log[-1], flush=True)
@@ -564,7 +582,7 @@ def main() -> None:
                    f"{sum(d[1] for d in done):.0f} CPU-s), {len(failed)} failed")  # fmt: skip
         print(log[-1], *res["warm"]["failed"][:5], sep="\n  ", flush=True)
         save()
-    gluon_vns = [vn for vn in vnames if VARIANTS[vn].get("gluon")]
+    gluon_vns = [vn for vn in vnames if _settings(vn).get("gluon")]
     if args.smoke and gluon_vns:  # a crash (illegal address) would end this process's CUDA context
         cmd = [sys.executable, __file__, "--sections", "smoke", "--jobs", "0", "--smoke", "0"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)

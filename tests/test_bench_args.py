@@ -1,6 +1,6 @@
 """The benchmarks refuse bad arguments with one usage line (exit 2) before a backend, a router or
 a device starts: the router benches (router_bench, http_layer, robustness, prefix_replay) and the
-GPU ones (kernels_decode, vllm_gpu_startup, the GPU harness's report)."""
+GPU ones (kernels_decode, kernels_profile, vllm_gpu_startup, the GPU harness's report)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("kernels_decode.py", ["--shapes", "32x"], "--shapes takes BATCHxCONTEXT"),
         ("kernels_decode.py", ["--shapes", "0x1024"], "must be positive"),
         ("kernels_decode.py", [], "needs a CUDA GPU"),  # none visible: refused, not a traceback
+        ("kernels_profile.py", ["--out", "p", "--formats", "int4,int3"], "unknown format int3"),
+        ("kernels_profile.py", ["--out", "p", "--shapes", "1x"], "--shapes takes BATCHxCONTEXT"),
+        ("kernels_profile.py", ["--out", "p"], "needs a CUDA GPU"),
         ("vllm_gpu_startup.py", ["compare", "absent.json"], "no such result file"),
         (
             "vllm_gpu_startup.py",

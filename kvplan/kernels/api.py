@@ -54,7 +54,9 @@ TUNING: dict[str, object] = {
     # every integer format on an H100 (bench/results/kernels_h100_maxnreg_rejected.json)
     "maxnreg": 0,
 }
-TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4}  # cache write: tokens a program
+# cache write: tokens a program, warps; rot_from_index: the Hadamard block computed in registers
+# instead of loaded (Hadamard formats); split_kv: keys and values in programs of their own
+TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4, "rot_from_index": 0, "split_kv": 0}
 # split-K merge: output columns and splits a program takes a step; 0 = all of them in one tile,
 # the default (INT4 1 x 32K on the H200: 1.90x over BF16 against 1.72x with 32 / 32, no better
 # elsewhere; bench/results/kernels_h200_s5_call4.json)
@@ -83,55 +85,66 @@ TUNING_GLUON: dict[str, object] = {
     "block_n": 16,
     "unroll": 2,
     "lazy": True,  # rescale the output accumulator only when a row max grows past 2^8
-    "programs_per_sm": 16,
+    "prefetch": True,  # issue the next `unroll` tiles' loads before this group's math
+    # S^T = K Q^T: keys the MMA's A operand and the query group its N side (8 columns a step, not
+    # 16 rows), P^T transposed by warp shuffles for P.V (tiles of 16 tokens or more)
+    "swap": False,
+    # context splits: as many as fill `waves` full waves of the programs an SM holds at once (from
+    # the compiled kernel's registers: resident_programs), so no last wave runs nearly empty; 0, or
+    # where the kernel cannot be asked (compile-only tools, the CPU emulator), enough that the
+    # grid covers the GPU programs_per_sm times
+    "waves": 1,
+    "programs_per_sm": 8,
     "min_tokens_per_split": 128,
     "maxnreg": 0,  # registers per thread cap (0: the compiler's choice)
 }
-# Per format, the sweep's best setting over its six grid shapes (geometric mean of the speed-up
-# over BF16, H200, bench/results/kernels_h200_call1.json): one setting changed from the base.
-TUNING_GLUON_BY_FORMAT: dict[str, dict[str, object]] = {
-    "fp8_e4m3": {"programs_per_sm": 8},
-    "int8": {"unroll": 4},
-    "int8_hadamard": {"programs_per_sm": 8},
-    "k8v4": {"programs_per_sm": 8},
-    "int4": {"programs_per_sm": 8},
-    "int4_hadamard": {"programs_per_sm": 8},
+# Launch regimes: "short" below GLUON_LONG tokens; long contexts by how much of the GPU the
+# (sequence, query block, KV head) programs cover: "full" (programs >= SMs), "partial" (>= SMs / 4),
+# "small" (a few sequences, the context split finely). The base launch and each override are the
+# best of the H200 sweeps at the regime's shapes (bench/results/kernels_h200_s7_*.json; short:
+# 64 x 1K, 32 x 4K; full: 32 x 32K, 24 x 32K; partial: 8 x 32K, 12 x 32K; small: 1 x 32K, 1 x 128K):
+# the unswapped product, two tiles a step (226-255 registers: 8 one-warp programs an SM) and one
+# wave of them, but for the 4-bit formats and k8v4 on full and partial grids the swapped one under
+# a register cap (128: 16 programs an SM; int4 168: 12), and two waves on partial grids.
+GLUON_LONG = 16384
+TUNING_GLUON_REGIME: dict[str, dict[str, object]] = {
+    "short": {},
+    "full": {},
+    "partial": {"swap": True, "waves": 2},
+    "small": {},
+}
+_SWAPPED_128: dict[str, object] = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
+TUNING_GLUON_BY_FORMAT: dict[str, dict[str, dict[str, object]]] = {
+    "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
+    "k8v4": {"full": {**_SWAPPED_128, "waves": 2}, "partial": _SWAPPED_128},
+    "int4": {"full": {"swap": True, "maxnreg": 168, "waves": 2}, "partial": _SWAPPED_128},
+    "int4_hadamard": {"full": {**_SWAPPED_128, "waves": 2}, "partial": _SWAPPED_128},
 }
 
 
 def _tuning(fmt: KVFormat, programs: int, sms: int) -> dict[str, object]:
-    """Launch parameters for `programs` (sequence, query block, KV head) programs on `sms` SMs."""
+    """Triton launch parameters for `programs` (sequence, query block, KV head) programs on `sms` SMs."""
     tune = {**TUNING, **TUNING_BY_FORMAT.get(fmt.name, {})}
     if fmt.is_quantized and programs < float(str(tune["small_grid_per_sm"])) * sms:
         tune.update(TUNING_SMALL_GRID)
     return tune
 
 
-# Long contexts (max_seq_len >= GLUON_LONG) override the per-format setting by how much of the
-# GPU the (sequence, KV head) programs cover; each entry is the best launch of the H200 sweep at
-# its shape (bench/results/kernels_h200_s5_call4.json): "full" (programs >= SMs) from 32 x 32K,
-# "partial" (>= SMs / 4) from 8 x 32K, "small" from 1 x 128K and 1 x 32K. Finer splits when the
-# grid is full; four tiles' loads in flight when it is not.
-GLUON_LONG = 16384
-TUNING_GLUON_LONG: dict[str, dict[str, object]] = {
-    "full": {"programs_per_sm": 32, "unroll": 2},
-    "partial": {"programs_per_sm": 16, "unroll": 4},
-    "small": {"programs_per_sm": 8, "unroll": 4},
-}
-TUNING_GLUON_LONG_BY_FORMAT: dict[str, dict[str, dict[str, object]]] = {
-    "int8": {"full": {"unroll": 4}},
-    "int8_hadamard": {"full": {"unroll": 4}},
-}
+def gluon_regime(programs: int, sms: int, max_seq_len: int) -> str:
+    """The launch regime (a key of TUNING_GLUON_REGIME) of `programs` programs on `sms` SMs."""
+    if max_seq_len < GLUON_LONG:
+        return "short"
+    return "full" if programs >= sms else "partial" if 4 * programs >= sms else "small"
 
 
 def _gluon_tuning(fmt: KVFormat, programs: int = 0, sms: int = 1, max_seq_len: int = 0) -> dict[str, object]:
     """The Gluon launch for `programs` (sequence, query block, KV head) programs on `sms` SMs."""
-    tune = {**TUNING_GLUON, **TUNING_GLUON_BY_FORMAT.get(fmt.name, {})}
-    if max_seq_len >= GLUON_LONG and TUNING_GLUON_LONG:
-        regime = "full" if programs >= sms else "partial" if 4 * programs >= sms else "small"
-        tune.update(TUNING_GLUON_LONG.get(regime, {}))
-        tune.update(TUNING_GLUON_LONG_BY_FORMAT.get(fmt.name, {}).get(regime, {}))
-    return tune
+    regime = gluon_regime(programs, sms, max_seq_len)
+    return {
+        **TUNING_GLUON,
+        **TUNING_GLUON_REGIME.get(regime, {}),
+        **TUNING_GLUON_BY_FORMAT.get(fmt.name, {}).get(regime, {}),
+    }
 
 
 def gluon_applies(fmt: KVFormat, query_dtype: torch.dtype, group: int, block_q: int) -> bool:
@@ -299,7 +312,8 @@ def _write_triton(
     p = _plan(fmt, d, block_size)
     u8, p16, f16, f32 = _views(cache, fmt)
     block_t = TUNING_WRITE["block_t"]
-    tk.write_kernel[(triton.cdiv(t, block_t), hkv)](
+    split = bool(TUNING_WRITE["split_kv"])
+    tk.write_kernel[(triton.cdiv(t, block_t), hkv, 2 if split else 1)](
         key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device, key.dtype),
         _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
         t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
@@ -307,6 +321,7 @@ def _write_triton(
         K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD,
         K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
         BLOCK_T=block_t, DOT_PREC=str(TUNING["rot_prec"]) if cuda else "ieee",
+        ROT_FROM_INDEX=bool(TUNING_WRITE["rot_from_index"]), SPLIT_KV=split,
         num_warps=TUNING_WRITE["num_warps"],
     )  # fmt: skip
 
@@ -394,39 +409,42 @@ def _attention_triton(
     num_qb = triton.cdiv(max(max_query_len, 1), block_q)
     sms = _sm_count(query.device) if sms is None else sms
     gluon = cuda and gluon_applies(fmt, query.dtype, group, block_q)
+    programs = b * num_qb * hkv  # (sequence, query block, KV head) programs before any split
     if gluon:
-        tune = _gluon_tuning(fmt, b * num_qb * hkv, sms, max_seq_len)
+        tune = _gluon_tuning(fmt, programs, sms, max_seq_len)
         block_n = min(int(str(tune["block_n"])), block_size)
         block_m = max(8, triton.next_power_of_2(block_q * group))
     else:
-        tune = _tuning(fmt, b * num_qb * hkv, sms)
+        tune = _tuning(fmt, programs, sms)
         block_n = int(str(tune["block_n"])) if d <= 128 else 32
         block_m = max(16, triton.next_power_of_2(block_q * group))
+    u8, p16, f16, f32 = _views(cache, fmt)
+    gd_args: tuple[list[object], dict[str, object]] | None = None
+    if gluon:
+        from kvplan.kernels import gluon_decode as gd
+
+        gd_args = _gluon_arguments(
+            query, out, f32, block_table, seq_lens, query_start_loc, k_scale, v_scale, scale, fmt, p,
+            hkv, group, d, block_size, num_qb, block_q, block_m, block_n, tune,
+        )  # fmt: skip
     if num_splits is None:
-        num_splits = _choose_splits(b * num_qb * hkv, max_seq_len, sms, tune)
+        resident = None
+        if gd_args is not None and float(str(tune["waves"])) > 0:
+            resident = _gluon_resident(gd.attention_kernel, (b * num_qb, hkv, 2), *gd_args)
+        num_splits = _choose_splits(programs, max_seq_len, sms, tune, resident)
     tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
-    u8, p16, f16, f32 = _views(cache, fmt)
     if num_splits > 1:
         o_part = torch.empty(num_splits, tq, hq, d, dtype=torch.float32, device=query.device)
         m_part = torch.empty(num_splits, tq, hq, dtype=torch.float32, device=query.device)
         l_part = torch.empty_like(m_part)
     else:
         o_part = m_part = l_part = out  # unused
-    if gluon:
-        from kvplan.kernels import gluon_decode as gd
-
-        gd.attention_kernel[(b * num_qb, hkv, num_splits)](
-            query, out, o_part, m_part, l_part, u8, f32.view(torch.int32), block_table, seq_lens,
-            query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
-            _half_hadamard(d, query.device, query.dtype), scale * _LOG2E, query.stride(0),
-            query.stride(1), out.stride(0), out.stride(1), block_table.stride(0), tq, hq, num_qb, tps,
-            HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
-            V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
-            K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
-            UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), DIRECT=num_splits == 1,
-            num_warps=1, **_maxnreg(tune),
-        )  # fmt: skip
+    if gd_args is not None:
+        args, kw = gd_args
+        args[2:5] = [o_part, m_part, l_part]
+        args[21] = tps
+        gd.attention_kernel[(b * num_qb, hkv, num_splits)](*args, DIRECT=num_splits == 1, **kw)
     else:
         _launch_triton(
             query, out, o_part, m_part, l_part, (u8, p16, f16, f32), block_table, seq_lens,
@@ -490,15 +508,107 @@ def _maxnreg(tune: dict[str, object]) -> dict[str, int]:
     return {"maxnreg": n} if n else {}
 
 
+def _gluon_arguments(
+    query: torch.Tensor,
+    out: torch.Tensor,
+    f32: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    k_scale: torch.Tensor | float | None,
+    v_scale: torch.Tensor | float | None,
+    scale: float,
+    fmt: KVFormat,
+    p: _Plan,
+    hkv: int,
+    group: int,
+    d: int,
+    block_size: int,
+    num_qb: int,
+    block_q: int,
+    block_m: int,
+    block_n: int,
+    tune: dict[str, object],
+) -> tuple[list[object], dict[str, object]]:
+    """The Gluon kernel's arguments but DIRECT, with fp32 stand-ins for the split-K partials
+    (arguments 2-4) and block_n for the tokens a split (argument 21): the caller fills those in."""
+    dev = query.device
+    part = _partials_stand_in(dev)
+    args: list[object] = [
+        query, out, part, part, part, f32.view(torch.int32), block_table, seq_lens, query_start_loc,
+        _static(k_scale, hkv, dev), _static(v_scale, hkv, dev), _half_hadamard(d, dev, query.dtype),
+        scale * _LOG2E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        block_table.stride(0), query.shape[0], query.shape[1], num_qb, block_n,
+    ]  # fmt: skip
+    kw: dict[str, object] = dict(
+        HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
+        V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
+        K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
+        UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
+        SWAP=bool(tune["swap"]) and block_n >= 16, num_warps=1, **_maxnreg(tune),
+    )  # fmt: skip
+    return args, kw
+
+
+@lru_cache(maxsize=8)
+def _partials_stand_in(device: torch.device) -> torch.Tensor:
+    return torch.empty(4, dtype=torch.float32, device=device)
+
+
+# (kernel, its arguments' dtypes and constexprs) -> programs an SM holds at once, or None
+_RESIDENT: dict[tuple[object, ...], int | None] = {}
+
+
+def _gluon_resident(
+    kernel: object, grid: tuple[int, ...], args: list[object], kw: dict[str, object]
+) -> int | None:
+    """Programs an SM holds at once of the split-K Gluon launch, from its compiled register and
+    shared-memory use (compiled here if it is not yet; cached). None where the kernel has no
+    compiled form to ask (the CPU emulator's stand-in, a compile-only driver)."""
+    key = (
+        id(kernel),
+        *(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args),
+        *sorted(kw.items()),
+    )
+    if key not in _RESIDENT:
+        try:
+            compiled = kernel.warmup(*args, grid=grid, DIRECT=False, **kw)  # type: ignore[attr-defined]
+            compiled._init_handles()  # loads the module: n_regs is known from here on
+            _RESIDENT[key] = resident_programs(
+                int(compiled.n_regs), int(compiled.metadata.num_warps), int(compiled.metadata.shared)
+            )
+        except AttributeError:
+            _RESIDENT[key] = None
+    return _RESIDENT[key]
+
+
+def resident_programs(n_regs: int, num_warps: int, shared: int) -> int:
+    """Programs of `num_warps` warps an sm_90 SM (H100/H200) holds at once: 64K registers, given
+    out 256 a warp; at most 64 warps and 32 programs; 228 KB of shared memory, 1 KB of it kept
+    for each program."""
+    per_warp = -(-max(n_regs, 1) * 32 // 256) * 256
+    by_regs = 65536 // per_warp // num_warps
+    by_shared = 228 * 1024 // (shared + 1024)
+    return max(1, min(32, 64 // num_warps, by_regs, by_shared))
+
+
 @lru_cache(maxsize=8)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _choose_splits(programs: int, max_seq_len: int, sms: int, tune: dict[str, object]) -> int:
-    """Enough context splits that the grid covers the GPU programs_per_sm times (flash-decoding)."""
-    per_sm, min_tokens = int(str(tune["programs_per_sm"])), int(str(tune["min_tokens_per_split"]))
-    want = -(-per_sm * sms // programs)
+def _choose_splits(
+    programs: int, max_seq_len: int, sms: int, tune: dict[str, object], resident: int | None = None
+) -> int:
+    """Context splits (flash-decoding): with `resident` (programs an SM holds at once) and a
+    "waves" setting, as many as fit in that many full waves of the GPU, so no last wave runs
+    nearly empty; else enough that the grid covers the GPU programs_per_sm times."""
+    min_tokens = int(str(tune["min_tokens_per_split"]))
+    waves = float(str(tune.get("waves", 0)))
+    if resident and waves > 0:
+        want = int(waves * resident * sms) // programs
+    else:
+        want = -(-int(str(tune["programs_per_sm"])) * sms // programs)
     return max(1, min(want, max_seq_len // min_tokens))
 
 

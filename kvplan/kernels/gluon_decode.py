@@ -46,8 +46,13 @@ INT8: gl.constexpr = gl.constexpr(2)
 INT4: gl.constexpr = gl.constexpr(3)
 
 # ----------------------------------------------------------------------------------------------
-# code conversions (inline PTX on 32-bit words; `pack=4` hands each call 4 consecutive bytes)
+# code conversions (inline PTX on 32-bit words). Codes are loaded as int32 words (a carried word
+# stays one register; a carried byte tensor is repacked at every use) and each word is broadcast
+# 4 times along a new last axis, so that with `pack=4` one call takes a word in 4 operands (it
+# reads the first) and returns 4 consecutive int8/f16 elements: the word's bytes in order.
 
+# int8 codes as they are
+_PTX_MOV = gl.constexpr("mov.b32 $0, $1;")
 # int4 bytes -> (low nibbles, high nibbles) as int8, four a word
 _PTX_NIBBLES = gl.constexpr(
     "{ .reg .b32 t; and.b32 $0, $2, 0x0F0F0F0F; shr.b32 t, $2, 4; and.b32 $1, t, 0x0F0F0F0F; }"
@@ -56,21 +61,21 @@ _PTX_NIBBLES = gl.constexpr(
 _PTX_E4M3 = gl.constexpr(
     "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h; }"
 )
-# value pairs: $N = even token row's word, $N+1 = odd row's; each output f16x2 is (even, odd) of
+# value pairs: $N = even token row's word, $N+4 = odd row's; each output f16x2 is (even, odd) of
 # one channel. int8: prmt puts byte k of the two words in the low bytes of the two 16-bit lanes;
 # the byte with its sign bit flipped, under 0x64, is 1024 + u, and minus 1152 gives the code
 # (lop3 0x6A: (a ^ c) & b | c & ~b, i.e. flip bit 7 and put 0x64 in the high byte).
 _PTX_V_S8 = gl.constexpr(
     "{ .reg .b32 t, c; mov.b32 c, 0x64806480;"
-    " prmt.b32 t, $4, $5, 0x4400; lop3.b32 $0, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $0, $0, c;"
-    " prmt.b32 t, $4, $5, 0x5511; lop3.b32 $1, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $1, $1, c;"
-    " prmt.b32 t, $4, $5, 0x6622; lop3.b32 $2, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $2, $2, c;"
-    " prmt.b32 t, $4, $5, 0x7733; lop3.b32 $3, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $3, $3, c; }"
+    " prmt.b32 t, $4, $8, 0x4400; lop3.b32 $0, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $0, $0, c;"
+    " prmt.b32 t, $4, $8, 0x5511; lop3.b32 $1, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $1, $1, c;"
+    " prmt.b32 t, $4, $8, 0x6622; lop3.b32 $2, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $2, $2, c;"
+    " prmt.b32 t, $4, $8, 0x7733; lop3.b32 $3, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $3, $3, c; }"
 )
 _PTX_V_E4M3 = gl.constexpr(
     "{ .reg .b32 t; .reg .b16 l, h;"
-    " prmt.b32 t, $4, $5, 0x5140; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h;"
-    " prmt.b32 t, $4, $5, 0x7362; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $2, l; cvt.rn.f16x2.e4m3x2 $3, h; }"
+    " prmt.b32 t, $4, $8, 0x5140; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h;"
+    " prmt.b32 t, $4, $8, 0x7362; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $2, l; cvt.rn.f16x2.e4m3x2 $3, h; }"
 )
 
 
@@ -86,11 +91,11 @@ def _v_nib(t: str, lo: str, hi: str) -> str:
 # outputs: $0 $1 low nibbles of bytes 0, 1; $2 $3 of bytes 2, 3; $4-$7 the high nibbles alike
 _PTX_V_S4 = gl.constexpr(
     "{ .reg .b32 t, u, c, s, m; mov.b32 c, 0x64086408; mov.b32 s, 0x2C002C00; mov.b32 m, 0xD480D480;"
-    " prmt.b32 t, $8, $9, 0x5410;"
+    " prmt.b32 t, $8, $12, 0x5410;"
     + _v_nib("t", "$0", "$4")
     + " shr.b32 u, t, 8;"
     + _v_nib("u", "$1", "$5")
-    + " prmt.b32 t, $8, $9, 0x7632;"
+    + " prmt.b32 t, $8, $12, 0x7632;"
     + _v_nib("t", "$2", "$6")
     + " shr.b32 u, t, 8;"
     + _v_nib("u", "$3", "$7")
@@ -103,57 +108,121 @@ _PTX_V_S4 = gl.constexpr(
 
 @gluon.jit
 def _k_operand(
-    x, BN: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, KW: gl.constexpr, layout: gl.constexpr
-):
+    x, BN: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, KW: gl.constexpr, layout: gl.constexpr,
+    SWAP: gl.constexpr,
+):  # fmt: skip
     """A key half tile as loaded, [BN, 4 lanes, CB] (lane t's CB contiguous channels of each row),
-    relabelled into the MMA's B operand [HALF (k), BN]. KW 4 (int8): k = 32j + 16h + 4t + e holds
-    channel CB t + 8j + 4h + e; KW 2 (f16): k = 16j + 8h + 2t + e holds channel CB t + 4j + 2h + e."""
+    relabelled into the MMA's B operand [HALF (k), BN], or (SWAP) its A operand [BN, HALF (k)]
+    (the same registers: lane (g, t) holds rows g and g + 8 and the same k in both roles).
+    KW 4 (int8): k = 32j + 16h + 4t + e holds channel CB t + 8j + 4h + e; KW 2 (f16):
+    k = 16j + 8h + 2t + e holds channel CB t + 4j + 2h + e."""
     x = gl.reshape(x, [BN, 4, CB // 8, 2, 4]) if KW == 4 else gl.reshape(x, [BN, 4, CB // 4, 2, 2])
-    x = gl.reshape(gl.permute(x, [2, 3, 1, 4, 0]), [HALF, BN])
+    if SWAP:
+        x = gl.reshape(gl.permute(x, [0, 2, 3, 1, 4]), [BN, HALF])
+    else:
+        x = gl.reshape(gl.permute(x, [2, 3, 1, 4, 0]), [HALF, BN])
     return gl.convert_layout(x, layout, assert_trivial=True)
 
 
 @gluon.jit
 def _q_operand(
-    q, M: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, KW: gl.constexpr, layout: gl.constexpr
-):
+    q, M: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, KW: gl.constexpr, layout: gl.constexpr,
+    SWAP: gl.constexpr,
+):  # fmt: skip
     """Query half rows [M, HALF] in channel order, relabelled as _k_operand relabels keys, as the
-    MMA's A operand (once a program: the layout change may go through shared memory)."""
+    MMA's A operand [M, HALF], or (SWAP) its B operand [HALF, M] (once a program: the layout
+    change may go through shared memory)."""
     q = gl.reshape(q, [M, 4, CB // 8, 2, 4]) if KW == 4 else gl.reshape(q, [M, 4, CB // 4, 2, 2])
-    q = gl.reshape(gl.permute(q, [0, 2, 3, 1, 4]), [M, HALF])
+    if SWAP:
+        q = gl.reshape(gl.permute(q, [2, 3, 1, 4, 0]), [HALF, M])
+    else:
+        q = gl.reshape(gl.permute(q, [0, 2, 3, 1, 4]), [M, HALF])
     return gl.convert_layout(q, layout)
 
 
 @gluon.jit
+def _per_q(x, SWAP: gl.constexpr):
+    """A per-query vector broadcast along a score tile's token axis ([M, BN], SWAP [BN, M])."""
+    return x[None, :] if SWAP else x[:, None]
+
+
+@gluon.jit
+def _per_tok(x, SWAP: gl.constexpr):
+    """A per-token vector broadcast along a score tile's query axis."""
+    return x[:, None] if SWAP else x[None, :]
+
+
+@gluon.jit
+def _by4(w):
+    """int32 words [A, B, C] (layout SliceLayout(3, P)) -> [A, B, C, 4] in P, each word 4 times
+    in registers of its own lane (see the code conversions above)."""
+    return gl.expand_dims(w, 3).broadcast_to(w.shape[0], w.shape[1], w.shape[2], 4)
+
+
+@gluon.jit
+def _k_codes(kw_lo, kw_hi, KIND: gl.constexpr, BN: gl.constexpr, CB: gl.constexpr):
+    """A tile's key words [BN, 4 lanes, CB / 4] (int4: kw_lo holds both halves) -> the two halves'
+    codes [BN, 4, CB] as MMA inputs: int8 codes (int4: nibbles), or f16 (fp8)."""
+    if KIND == INT4:
+        lo, hi = gl.inline_asm_elementwise(
+            asm=_PTX_NIBBLES, constraints="=r,=r,r,r,r,r", args=[_by4(kw_lo)],
+            dtype=(gl.int8, gl.int8), is_pure=True, pack=4,
+        )  # fmt: skip
+    elif KIND == FP8:
+        lo = gl.inline_asm_elementwise(
+            asm=_PTX_E4M3, constraints="=r,=r,r,r,r,r", args=[_by4(kw_lo)], dtype=gl.float16,
+            is_pure=True, pack=4,
+        )  # fmt: skip
+        hi = gl.inline_asm_elementwise(
+            asm=_PTX_E4M3, constraints="=r,=r,r,r,r,r", args=[_by4(kw_hi)], dtype=gl.float16,
+            is_pure=True, pack=4,
+        )  # fmt: skip
+    else:
+        lo = gl.inline_asm_elementwise(
+            asm=_PTX_MOV, constraints="=r,r,r,r,r", args=[_by4(kw_lo)], dtype=gl.int8, is_pure=True, pack=4
+        )
+        hi = gl.inline_asm_elementwise(
+            asm=_PTX_MOV, constraints="=r,r,r,r,r", args=[_by4(kw_hi)], dtype=gl.int8, is_pure=True, pack=4
+        )
+    return gl.reshape(lo, [BN, 4, CB]), gl.reshape(hi, [BN, 4, CB])
+
+
+@gluon.jit
 def _v_operand(
-    x, KIND: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, VB: gl.constexpr, layout: gl.constexpr
+    w, KIND: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, VB: gl.constexpr, layout: gl.constexpr
 ):
-    """A value tile as loaded, [BN, 8 lanes, VB] uint8 (lane g's VB contiguous bytes of each token
-    row; rows 2i and 2i+1 in one lane), -> the MMA's A operand V^T [D (m), BN] f16 with
+    """A value tile's words as loaded, [BN, 8 lanes, VB / 4] (lane g's VB contiguous bytes of each
+    token row; rows 2i and 2i+1 in one lane), -> the MMA's A operand V^T [D (m), BN] f16 with
     int8/fp8: m = 32q + 16u + 8o + g holds channel VB g + 4q + 2o + u,
     int4:     m = 64q + 32u + 16o + 8l + g holds channel VB g + 4q + 2o + u + l D/2 (l: nibble),
     which `_v_channel` inverts for the output."""
-    x = gl.permute(gl.reshape(x, [BN // 2, 2, 8, VB]), [0, 2, 3, 1])
-    ev, od = gl.split(x)  # token rows 2i and 2i + 1
+    x = gl.permute(gl.reshape(_by4(w), [BN // 2, 2, 8, VB // 4, 4]), [0, 2, 3, 4, 1])
+    ev, od = gl.split(x)  # token rows 2i and 2i + 1, [BN/2, 8, VB/4, 4]
     if KIND == INT4:
         lo1, lo2, hi1, hi2 = gl.inline_asm_elementwise(
-            asm=_PTX_V_S4, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[ev, od],
+            asm=_PTX_V_S4, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r", args=[ev, od],
             dtype=(gl.float16, gl.float16, gl.float16, gl.float16), is_pure=True, pack=4,
         )  # fmt: skip
+        lo1 = gl.reshape(lo1, [BN // 2, 8, VB])
+        lo2 = gl.reshape(lo2, [BN // 2, 8, VB])
+        hi1 = gl.reshape(hi1, [BN // 2, 8, VB])
+        hi2 = gl.reshape(hi2, [BN // 2, 8, VB])
         j = gl.join(gl.join(lo1, lo2), gl.join(hi1, hi2))  # [BN/2, 8, VB, o, l]
         j = gl.reshape(j, [BN // 2, 8, VB // 4, 2, 2, 2, 2])  # [i, g, q, u, e, o, l]
         j = gl.permute(j, [2, 3, 5, 6, 1, 0, 4])  # [q, u, o, l, g, i, e]
     else:
         if KIND == INT8:
             o1, o2 = gl.inline_asm_elementwise(
-                asm=_PTX_V_S8, constraints="=r,=r,=r,=r,r,r", args=[ev, od],
+                asm=_PTX_V_S8, constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r", args=[ev, od],
                 dtype=(gl.float16, gl.float16), is_pure=True, pack=4,
             )  # fmt: skip
         else:
             o1, o2 = gl.inline_asm_elementwise(
-                asm=_PTX_V_E4M3, constraints="=r,=r,=r,=r,r,r", args=[ev, od],
+                asm=_PTX_V_E4M3, constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r", args=[ev, od],
                 dtype=(gl.float16, gl.float16), is_pure=True, pack=4,
             )  # fmt: skip
+        o1 = gl.reshape(o1, [BN // 2, 8, VB])
+        o2 = gl.reshape(o2, [BN // 2, 8, VB])
         j = gl.join(o1, o2)  # [BN/2, 8, VB, o]: element 4q + 2u + e of o holds byte 4q + 2o + u of row 2i + e
         j = gl.reshape(j, [BN // 2, 8, VB // 4, 2, 2, 2])  # [i, g, q, u, e, o]
         j = gl.permute(j, [2, 3, 5, 1, 0, 4])  # [q, u, o, g, i, e]
@@ -187,66 +256,76 @@ def _rows8(x, axis: gl.constexpr):
 
 @gluon.jit
 def _tile(
-    n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kc_lo, kc_hi, vc, k_meta, v_meta,
+    n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kw_lo, kw_hi, vw, k_meta, v_meta,
     m_i, l_el, z_el, acc, v_mul, v_over,
     K_KIND: gl.constexpr, V_KIND: gl.constexpr, MASKED: gl.constexpr, LAZY: gl.constexpr,
     BN: gl.constexpr, M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
-    CB: gl.constexpr, VB: gl.constexpr,
+    CB: gl.constexpr, VB: gl.constexpr, SWAP: gl.constexpr,
     mma: gl.constexpr, kb: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
 ):  # fmt: skip
-    """One tile: scores, online softmax, P.V. kc_*/vc/k_meta/v_meta are this tile's loaded codes
-    and per-token metadata (fp32 scale, or fp16 (scale, zero) in one int32)."""
-    # ---- S = Q K^T [MM, BN] (rows: query heads, cols: tokens)
+    """One tile: scores, online softmax, P.V. kw_*/vw/k_meta/v_meta are this tile's loaded code
+    words and per-token metadata (fp32 scale, or fp16 (scale, zero) in one int32)."""
+    TOK: gl.constexpr = 0 if SWAP else 1  # the score tile's token axis
+    kc_lo, kc_hi = _k_codes(kw_lo, kw_hi, K_KIND, BN, CB)
+    # ---- S = Q K^T [MM, BN] (rows: query heads, cols: tokens), or (SWAP) S^T = K Q^T [BN, M]
     if K_KIND == FP8:
-        s = gl.zeros([MM, BN], gl.float32, layout=mma)
-        s = mma_v2(qa_lo, _k_operand(kc_lo, BN, HALF, CB, 2, kb), s)
-        s = mma_v2(qa_hi, _k_operand(kc_hi, BN, HALF, CB, 2, kb), s)
-        if MM != M:
-            s = _rows8(s, 0)
-        s = s * qs1[:, None]
+        k_lo = _k_operand(kc_lo, BN, HALF, CB, 2, kb, SWAP)
+        k_hi = _k_operand(kc_hi, BN, HALF, CB, 2, kb, SWAP)
+        if SWAP:
+            s = gl.zeros([BN, M], gl.float32, layout=mma)
+            s = mma_v2(k_hi, qa_hi, mma_v2(k_lo, qa_lo, s))
+        else:
+            s = gl.zeros([MM, BN], gl.float32, layout=mma)
+            s = mma_v2(qa_hi, k_hi, mma_v2(qa_lo, k_lo, s))
+            if MM != M:
+                s = _rows8(s, 0)
+        s = s * _per_q(qs1, SWAP)
     else:
-        k_lo = _k_operand(kc_lo, BN, HALF, CB, 4, kb)
-        k_hi = _k_operand(kc_hi, BN, HALF, CB, 4, kb)
-        sa = gl.zeros([MM, BN], gl.int32, layout=mma)
-        sa = mma_v2(qa_lo, k_lo, sa)
-        sa = mma_v2(qa_hi, k_hi, sa)
-        sb = gl.zeros([MM, BN], gl.int32, layout=mma)
-        sb = mma_v2(qb_lo, k_lo, sb)
-        sb = mma_v2(qb_hi, k_hi, sb)
-        if MM != M:
-            sa = _rows8(sa, 0)
-            sb = _rows8(sb, 0)
-        s = sa.to(gl.float32) * qs1[:, None] + sb.to(gl.float32) * qs2[:, None]
+        k_lo = _k_operand(kc_lo, BN, HALF, CB, 4, kb, SWAP)
+        k_hi = _k_operand(kc_hi, BN, HALF, CB, 4, kb, SWAP)
+        if SWAP:
+            sa = gl.zeros([BN, M], gl.int32, layout=mma)
+            sa = mma_v2(k_hi, qa_hi, mma_v2(k_lo, qa_lo, sa))
+            sb = gl.zeros([BN, M], gl.int32, layout=mma)
+            sb = mma_v2(k_hi, qb_hi, mma_v2(k_lo, qb_lo, sb))
+        else:
+            sa = gl.zeros([MM, BN], gl.int32, layout=mma)
+            sa = mma_v2(qa_hi, k_hi, mma_v2(qa_lo, k_lo, sa))
+            sb = gl.zeros([MM, BN], gl.int32, layout=mma)
+            sb = mma_v2(qb_hi, k_hi, mma_v2(qb_lo, k_lo, sb))
+            if MM != M:
+                sa = _rows8(sa, 0)
+                sb = _rows8(sb, 0)
+        s = sa.to(gl.float32) * _per_q(qs1, SWAP) + sb.to(gl.float32) * _per_q(qs2, SWAP)
         if K_KIND == INT8:
-            s = s * k_meta.to(gl.float32, bitcast=True)[None, :]
+            s = s * _per_tok(k_meta.to(gl.float32, bitcast=True), SWAP)
         else:  # int4: fp16 (scale, zero) per token
             k_sc = (k_meta & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
             k_zr = (k_meta >> 16).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
-            s = s * k_sc[None, :] + q_sum[:, None] * k_zr[None, :]
+            s = s * _per_tok(k_sc, SWAP) + _per_q(q_sum, SWAP) * _per_tok(k_zr, SWAP)
     if MASKED:
-        tok = n0 + gl.arange(0, BN, layout=gl.SliceLayout(0, s.type.layout))
-        ok = (tok[None, :] < end) & (tok[None, :] < limit[:, None])
-        s = gl.where(ok, s, float("-inf"))
+        tok = _per_tok(n0 + gl.arange(0, BN, layout=gl.SliceLayout(1 - TOK, s.type.layout)), SWAP)
+        s = gl.where((tok < end) & (tok < _per_q(limit, SWAP)), s, float("-inf"))
     # ---- online softmax (base 2; the softmax scale is in qs1/qs2/q_sum)
-    m_tile = gl.max(s, axis=1)
+    m_tile = gl.max(s, axis=TOK)
     if LAZY:  # rescale only when a row's max grew by more than 2^8 (p then stays <= 256)
         if gl.max((m_tile > m_i + 8.0).to(gl.int32), axis=0) > 0:
             m_new = gl.maximum(m_i, m_tile)
             alpha = gl.exp2(m_i - gl.where(m_new == float("-inf"), 0.0, m_new))
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
-            l_el = l_el * alpha[:, None]
-            z_el = z_el * alpha[:, None]
+            l_el = l_el * _per_q(alpha, SWAP)
+            z_el = z_el * _per_q(alpha, SWAP)
             m_i = m_new
         m_use = gl.where(m_i == float("-inf"), 0.0, m_i)
-        p = gl.exp2(s - m_use[:, None])
+        p = gl.exp2(s - _per_q(m_use, SWAP))
         l_el = l_el + p
     else:
         m_new = gl.maximum(m_i, m_tile)
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_use)
-        p = gl.exp2(s - m_use[:, None])
-        l_el = l_el * alpha[:, None] + p
-        z_el = z_el * alpha[:, None]
+        p = gl.exp2(s - _per_q(m_use, SWAP))
+        l_el = l_el * _per_q(alpha, SWAP) + p
+        z_el = z_el * _per_q(alpha, SWAP)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
         m_i = m_new
     if V_KIND == FP8:
@@ -257,79 +336,88 @@ def _tile(
         else:
             v_sc = (v_meta & 0xFFFF).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
         # p * scale * v_mul in fp16's normal range (v_mul: a power of two per program)
-        pv = gl.minimum(p * (v_sc * v_mul)[None, :], 65504.0).to(gl.float16)
+        pv = gl.minimum(p * _per_tok(v_sc * v_mul, SWAP), 65504.0).to(gl.float16)
         if V_KIND == INT4:
             v_zr = (v_meta >> 16).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
             # the dot sums pv (code - 8): the 8 back with the same rounded pv, and the zero point
-            z_el = z_el + p * v_zr[None, :] + pv.to(gl.float32) * (8.0 * v_over)
-    # ---- O^T [D, M] += V^T P^T
-    p_t = gl.convert_layout(gl.permute(pv, [1, 0]), pb)  # a relabelling: no data moves
-    acc = mma_v2(_v_operand(vc, V_KIND, BN, D, VB, va), p_t, acc)
+            z_el = z_el + p * _per_tok(v_zr, SWAP) + pv.to(gl.float32) * (8.0 * v_over)
+    # ---- O^T [D, M] += V^T P^T. Unswapped, P^T is a relabelling of the score tile (no data
+    # moves); SWAP: the score tile is P^T, its lanes' roles transposed (warp shuffles)
+    p_t = gl.convert_layout(pv if SWAP else gl.permute(pv, [1, 0]), pb)
+    acc = mma_v2(_v_operand(vw, V_KIND, BN, D, VB, va), p_t, acc)
+    return m_i, l_el, z_el, acc
+
+
+@gluon.jit
+def _group(
+    n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc, v_mul,
+    v_over, K_KIND: gl.constexpr, V_KIND: gl.constexpr, LAZY: gl.constexpr, BN: gl.constexpr,
+    M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr,
+    VB: gl.constexpr, UNROLL: gl.constexpr, SWAP: gl.constexpr, mma: gl.constexpr, kb: gl.constexpr,
+    va: gl.constexpr, pb: gl.constexpr,
+):  # fmt: skip
+    """The math of a group of UNROLL full tiles from token n0 (grp: their loads, from _fetch)."""
+    for i in gl.static_range(UNROLL):
+        t = grp[i]
+        m_i, l_el, z_el, acc = _tile(
+            n0 + i * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t[0], t[1], t[2],
+            t[3], t[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM,
+            D, HALF, CB, VB, SWAP, mma, kb, va, pb,
+        )  # fmt: skip
     return m_i, l_el, z_el, acc
 
 
 @gluon.jit
 def _load(
-    c_u8, c_i32, page, r0, nvalid, kn, vn, k_off, v_off, m_off,
+    c_i32, page, r0, nvalid, kn, vn, k_off, v_off, m_off,
     K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr, V_CODE: gl.constexpr,
     K_META: gl.constexpr, V_META: gl.constexpr, HALF: gl.constexpr, KROW: gl.constexpr,
     VROW: gl.constexpr, MASKED: gl.constexpr,
 ):  # fmt: skip
-    """The codes and per-token metadata of BN tokens from row r0 of the head page at byte `page`.
-    MASKED: only the first `nvalid` tokens are read; the others come back 0 (no NaN codes or
-    scales from unwritten rows)."""
-    kp = (c_u8 + (page + K_CODE + r0 * KROW)) + k_off
-    vp = (c_u8 + (page + V_CODE + r0 * VROW)) + v_off
+    """The code words and per-token metadata of BN tokens from row r0 of the head page at byte
+    `page` (int4 keys: both halves in kw_lo). MASKED: only the first `nvalid` tokens are read; the
+    others come back 0 (no NaN codes or scales from unwritten rows)."""
+    kp = (c_i32 + (page + K_CODE + r0 * KROW) // 4) + k_off
+    vp = (c_i32 + (page + V_CODE + r0 * VROW) // 4) + v_off
     mp = (c_i32 + (page // 4 + r0)) + m_off
     ok_k = (kn < nvalid)[:, None, None]
     ok_v = (vn < nvalid)[:, None, None]
     ok_m = m_off < nvalid
-    if K_KIND == INT4:  # the low and high nibbles of the same bytes are the two halves
-        kbytes = gl.load(kp, mask=ok_k, other=0) if MASKED else gl.load(kp)
-        kc_lo, kc_hi = gl.inline_asm_elementwise(
-            asm=_PTX_NIBBLES, constraints="=r,=r,r", args=[kbytes],
-            dtype=(gl.int8, gl.int8), is_pure=True, pack=4,
-        )  # fmt: skip
-    else:
-        if MASKED:
-            kc_lo = gl.load(kp, mask=ok_k, other=0)
-            kc_hi = gl.load(kp + HALF, mask=ok_k, other=0)
-        else:
-            kc_lo = gl.load(kp)
-            kc_hi = gl.load(kp + HALF)
-        if K_KIND == FP8:
-            kc_lo = gl.inline_asm_elementwise(
-                asm=_PTX_E4M3, constraints="=r,=r,r", args=[kc_lo], dtype=gl.float16, is_pure=True, pack=4
-            )
-            kc_hi = gl.inline_asm_elementwise(
-                asm=_PTX_E4M3, constraints="=r,=r,r", args=[kc_hi], dtype=gl.float16, is_pure=True, pack=4
-            )
-        else:
-            kc_lo = kc_lo.to(gl.int8, bitcast=True)
-            kc_hi = kc_hi.to(gl.int8, bitcast=True)
-    vc = gl.load(vp, mask=ok_v, other=0) if MASKED else gl.load(vp)
+    kw_lo = gl.load(kp, mask=ok_k, other=0) if MASKED else gl.load(kp)
+    kw_hi = m_off * 0  # int4: unused
+    if K_KIND != INT4:
+        kw_hi = gl.load(kp + HALF // 4, mask=ok_k, other=0) if MASKED else gl.load(kp + HALF // 4)
+    vw = gl.load(vp, mask=ok_v, other=0) if MASKED else gl.load(vp)
     k_meta = m_off * 0
     v_meta = m_off * 0
     if K_KIND != FP8:
         k_meta = gl.load(mp + K_META // 4, mask=ok_m, other=0) if MASKED else gl.load(mp + K_META // 4)
     if V_KIND != FP8:
         v_meta = gl.load(mp + V_META // 4, mask=ok_m, other=0) if MASKED else gl.load(mp + V_META // 4)
-    return kc_lo, kc_hi, vc, k_meta, v_meta
+    return kw_lo, kw_hi, vw, k_meta, v_meta
 
 
 @gluon.jit
 def _fetch(
-    bt_row, n0, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV: gl.constexpr, PAGE: gl.constexpr,
+    bt_row, n0, n_end, c_i32, h, kn, vn, k_off, v_off, m_off, HKV: gl.constexpr, PAGE: gl.constexpr,
     PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr,
     V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr, HALF: gl.constexpr,
-    KROW: gl.constexpr, VROW: gl.constexpr, BN: gl.constexpr,
+    KROW: gl.constexpr, VROW: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
 ):  # fmt: skip
-    """A full tile's loads: its page from the block table, then _load."""
-    page = (gl.load(bt_row + n0 // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
-    return _load(
-        c_u8, c_i32, page, n0 % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND, K_CODE, V_CODE,
-        K_META, V_META, HALF, KROW, VROW, False,
-    )  # fmt: skip
+    """The loads of UNROLL full tiles from token n0, a tuple of _load's: their pages from the block
+    table, then _load. Tiles at or past n_end (a prefetch past the last group) read block 0, which
+    every cache has: the loads land, nothing uses them."""
+    grp = ()
+    for i in gl.static_range(UNROLL):
+        n = n0 + i * BN
+        blk = gl.load(bt_row + n // PAGE, mask=n < n_end, other=0)
+        t = _load(
+            c_i32, (blk.to(gl.int64) * HKV + h) * PAGE_NBYTES, n % PAGE, BN, kn, vn, k_off, v_off,
+            m_off, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+        )  # fmt: skip
+        # (the JIT frontend concatenates tuples; it does not unpack them)
+        grp = grp + (t,)  # type: ignore[assignment]  # noqa: RUF005
+    return grp
 
 
 @gluon.jit
@@ -361,14 +449,14 @@ def _row_vec(x, MM: gl.constexpr, M: gl.constexpr, layout: gl.constexpr):
 
 @gluon.jit
 def attention_kernel(
-    q_ptr, out_ptr, o_part, m_part, l_part, c_u8, c_i32, bt_ptr, seq_lens_ptr, qsl_ptr,
+    q_ptr, out_ptr, o_part, m_part, l_part, c_i32, bt_ptr, seq_lens_ptr, qsl_ptr,
     ks_ptr, vs_ptr, rot_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
     Tq, HQ, num_qb, tokens_per_split,
     HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, PAGE: gl.constexpr,
     PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_ROT: gl.constexpr,
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
-    LAZY: gl.constexpr, DIRECT: gl.constexpr,
+    LAZY: gl.constexpr, DIRECT: gl.constexpr, PREFETCH: gl.constexpr, SWAP: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
     (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
@@ -383,26 +471,34 @@ def attention_kernel(
     VB: gl.constexpr = D // 16 if V_KIND == INT4 else D // 8  # value bytes a lane reads per row
     KROW: gl.constexpr = HALF if K_KIND == INT4 else D
     VROW: gl.constexpr = HALF if V_KIND == INT4 else D
-    MM: gl.constexpr = 16 if M < 16 else M  # rows of the QK MMA
+    # query rows of the QK MMA: its M side padded to 16 rows, or (SWAP, keys the A operand) its
+    # N side, 8 columns a step
+    MM: gl.constexpr = M if SWAP else 16 if M < 16 else M
     KW: gl.constexpr = 2 if K_KIND == FP8 else 4
+    TOK: gl.constexpr = 0 if SWAP else 1  # the score tiles' token axis
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
-    qa_l: gl.constexpr = gl.DotOperandLayout(0, mma, KW)
-    kb_l: gl.constexpr = gl.DotOperandLayout(1, mma, KW)
+    qa_l: gl.constexpr = gl.DotOperandLayout(1 if SWAP else 0, mma, KW)
+    kb_l: gl.constexpr = gl.DotOperandLayout(0 if SWAP else 1, mma, KW)
     va_l: gl.constexpr = gl.DotOperandLayout(0, mma, 2)
     pb_l: gl.constexpr = gl.DotOperandLayout(1, mma, 2)
     # loads: lane (g, t) = lane // 4, lane % 4. Keys: row g (+8), CB bytes at CB t; values:
     # rows 2t, 2t + 1 (+8), VB bytes at VB g; both 16-byte loads at head_dim 128
-    lk: gl.constexpr = gl.BlockedLayout([1, 1, CB], [8, 4, 1], [1, 1, 1], [2, 1, 0])
-    lv: gl.constexpr = gl.BlockedLayout([2, 1, VB], [4, 8, 1], [1, 1, 1], [2, 0, 1])
+    # (int32 words, sliced from the 4-wide layouts _by4 broadcasts them into)
+    CW: gl.constexpr = CB // 4
+    VW: gl.constexpr = VB // 4
+    lk4: gl.constexpr = gl.BlockedLayout([1, 1, CW, 4], [8, 4, 1, 1], [1, 1, 1, 1], [3, 2, 1, 0])
+    lv4: gl.constexpr = gl.BlockedLayout([2, 1, VW, 4], [4, 8, 1, 1], [1, 1, 1, 1], [3, 2, 0, 1])
+    lk: gl.constexpr = gl.SliceLayout(3, lk4)
+    lv: gl.constexpr = gl.SliceLayout(3, lv4)
     lq: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [1, 1], [1, 0])
     # the score tile's layout (the MMA's, less its padding rows when M is 8)
     if MM != M:
         ls: gl.constexpr = _rows8(gl.zeros([MM, BN], gl.float32, layout=mma), 0).type.layout
     else:
         ls: gl.constexpr = mma
-    row_l: gl.constexpr = gl.SliceLayout(1, ls)
-    tok_l: gl.constexpr = gl.SliceLayout(0, ls)
+    row_l: gl.constexpr = gl.SliceLayout(TOK, ls)  # per query row
+    tok_l: gl.constexpr = gl.SliceLayout(1 - TOK, ls)  # per token
 
     seq_len = gl.load(seq_lens_ptr + b)
     q0 = gl.load(qsl_ptr + b)
@@ -423,8 +519,8 @@ def attention_kernel(
     amax = gl.maximum(gl.max(gl.abs(q_lo), axis=1), gl.max(gl.abs(q_hi), axis=1))
     if K_KIND == FP8:  # fp16 dots: q scaled into fp16's range per row, the static key scale
         q_mul = gl.where(amax > 16384.0, amax / 16384.0, 1.0)
-        qa_lo = _q_operand((q_lo / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l)
-        qa_hi = _q_operand((q_hi / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l)
+        qa_lo = _q_operand((q_lo / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l, SWAP)
+        qa_hi = _q_operand((q_hi / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l, SWAP)
         qb_lo = qa_lo
         qb_hi = qa_hi
         qs1 = q_mul * (qk_scale * gl.load(ks_ptr + h))
@@ -444,10 +540,10 @@ def attention_kernel(
         q_sum = s1 * (gl.sum(a_lo, axis=1) + gl.sum(a_hi, axis=1)) + s2 * (
             gl.sum(b_lo, axis=1) + gl.sum(b_hi, axis=1)
         )
-        qa_lo = _q_operand(a_lo.to(gl.int8), MM, HALF, CB, KW, qa_l)
-        qa_hi = _q_operand(a_hi.to(gl.int8), MM, HALF, CB, KW, qa_l)
-        qb_lo = _q_operand(b_lo.to(gl.int8), MM, HALF, CB, KW, qa_l)
-        qb_hi = _q_operand(b_hi.to(gl.int8), MM, HALF, CB, KW, qa_l)
+        qa_lo = _q_operand(a_lo.to(gl.int8), MM, HALF, CB, KW, qa_l, SWAP)
+        qa_hi = _q_operand(a_hi.to(gl.int8), MM, HALF, CB, KW, qa_l, SWAP)
+        qb_lo = _q_operand(b_lo.to(gl.int8), MM, HALF, CB, KW, qa_l, SWAP)
+        qb_hi = _q_operand(b_hi.to(gl.int8), MM, HALF, CB, KW, qa_l, SWAP)
         qs1 = s1 * qk_scale
         qs2 = s2 * qk_scale
         q_sum = q_sum * qk_scale
@@ -464,15 +560,15 @@ def attention_kernel(
     all_see = gl.minimum(end, seq_len - q_len + qb * BLOCK_Q + 1)
     full = start + gl.maximum(all_see - start, 0) // BN * BN
 
-    # per-lane offsets inside a tile (bytes for codes, int32 words for metadata)
+    # per-lane offsets inside a tile, in int32 words
     kn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lk)))
     kt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, lk)))
-    kbyte = gl.arange(0, CB, layout=gl.SliceLayout(0, gl.SliceLayout(1, lk)))
-    k_off = kn[:, None, None] * KROW + kt[None, :, None] * CB + kbyte[None, None, :]
+    kword = gl.arange(0, CW, layout=gl.SliceLayout(0, gl.SliceLayout(1, lk)))
+    k_off = kn[:, None, None] * (KROW // 4) + kt[None, :, None] * CW + kword[None, None, :]
     vn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lv)))
     vg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, lv)))
-    vbyte = gl.arange(0, VB, layout=gl.SliceLayout(0, gl.SliceLayout(1, lv)))
-    v_off = vn[:, None, None] * VROW + vg[None, :, None] * VB + vbyte[None, None, :]
+    vword = gl.arange(0, VW, layout=gl.SliceLayout(0, gl.SliceLayout(1, lv)))
+    v_off = vn[:, None, None] * (VROW // 4) + vg[None, :, None] * VW + vword[None, None, :]
     m_off = gl.arange(0, BN, layout=tok_l)
     bt_row = bt_ptr + b.to(gl.int64) * stride_bt
 
@@ -494,73 +590,61 @@ def attention_kernel(
     v_over = 1.0 / v_mul
 
     m_i = gl.full([M], float("-inf"), gl.float32, layout=row_l)
-    l_el = gl.zeros([M, BN], gl.float32, layout=ls)
-    z_el = gl.zeros([M, BN], gl.float32, layout=ls)
+    l_el = gl.zeros([BN, M] if SWAP else [M, BN], gl.float32, layout=ls)
+    z_el = gl.zeros([BN, M] if SWAP else [M, BN], gl.float32, layout=ls)
     acc = gl.zeros([D, M], gl.float32, layout=mma)
-    # full tiles, UNROLL (1, 2 or 4) at a time: all their loads first, then their math (int8 tiles carried
-    # across iterations cost a byte repack each, so nothing is carried but the accumulators)
+    # full tiles, UNROLL (1, 2 or 4) at a time: all their loads first, then their math. PREFETCH:
+    # the next group's loads are issued before this group's math, so the loads of one group
+    # overlap the math of the one before (the carried words are int32 registers)
     full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
-    for n0 in range(start, full_u, UNROLL * BN):
-        t0 = _fetch(
-            bt_row, n0, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES, K_KIND,
-            V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
+    if PREFETCH:
+        nxt = _fetch(
+            bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
+            K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
         )  # fmt: skip
-        if UNROLL >= 2:
-            t1 = _fetch(
-                bt_row, n0 + BN, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
-                K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
-            )  # fmt: skip
-        if UNROLL == 4:
-            t2 = _fetch(
-                bt_row, n0 + 2 * BN, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
+        for n0 in range(start, full_u, UNROLL * BN):
+            grp = nxt
+            nxt = _fetch(
+                bt_row, n0 + UNROLL * BN, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
                 PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
+                UNROLL,
             )  # fmt: skip
-            t3 = _fetch(
-                bt_row, n0 + 3 * BN, c_u8, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
-                PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
+            m_i, l_el, z_el, acc = _group(
+                n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc,
+                v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, mma, kb_l,
+                va_l, pb_l,
             )  # fmt: skip
-        m_i, l_el, z_el, acc = _tile(
-            n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t0[0], t0[1], t0[2], t0[3],
-            t0[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM, D,
-            HALF, CB, VB, mma, kb_l, va_l, pb_l,
-        )  # fmt: skip
-        if UNROLL >= 2:
-            m_i, l_el, z_el, acc = _tile(
-                n0 + BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t1[0], t1[1], t1[2],
-                t1[3], t1[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M,
-                MM, D, HALF, CB, VB, mma, kb_l, va_l, pb_l,
+    else:
+        for n0 in range(start, full_u, UNROLL * BN):
+            grp = _fetch(
+                bt_row, n0, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
+                K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
             )  # fmt: skip
-        if UNROLL == 4:
-            m_i, l_el, z_el, acc = _tile(
-                n0 + 2 * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t2[0], t2[1],
-                t2[2], t2[3], t2[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY,
-                BN, M, MM, D, HALF, CB, VB, mma, kb_l, va_l, pb_l,
-            )  # fmt: skip
-            m_i, l_el, z_el, acc = _tile(
-                n0 + 3 * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t3[0], t3[1],
-                t3[2], t3[3], t3[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY,
-                BN, M, MM, D, HALF, CB, VB, mma, kb_l, va_l, pb_l,
+            m_i, l_el, z_el, acc = _group(
+                n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc,
+                v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, mma, kb_l,
+                va_l, pb_l,
             )  # fmt: skip
     # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
     # see (masked loads and scores)
     for n0 in range(full_u, end, BN):
         page = (gl.load(bt_row + n0 // PAGE).to(gl.int64) * HKV + h) * PAGE_NBYTES
-        kc_lo, kc_hi, vc, k_meta, v_meta = _load(
-            c_u8, c_i32, page, n0 % PAGE, end - n0, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND,
+        kw_lo, kw_hi, vw, k_meta, v_meta = _load(
+            c_i32, page, n0 % PAGE, end - n0, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND,
             K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, True,
         )  # fmt: skip
         m_i, l_el, z_el, acc = _tile(
-            n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kc_lo, kc_hi, vc, k_meta,
+            n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kw_lo, kw_hi, vw, k_meta,
             v_meta, m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, True, LAZY, BN, M, MM, D,
-            HALF, CB, VB, mma, kb_l, va_l, pb_l,
+            HALF, CB, VB, SWAP, mma, kb_l, va_l, pb_l,
         )  # fmt: skip
 
     # ---- epilogue: O^T [D, M] back to channel order
-    l_i = gl.sum(l_el, axis=1)
+    l_i = gl.sum(l_el, axis=TOK)
     col_l: gl.constexpr = gl.SliceLayout(0, mma)
     acc = acc * gl.load(vs_ptr + h) if V_KIND == FP8 else acc * v_over
     if V_KIND == INT4:
-        acc = acc + gl.convert_layout(gl.sum(z_el, axis=1), col_l)[None, :]
+        acc = acc + gl.convert_layout(gl.sum(z_el, axis=TOK), col_l)[None, :]
     n = gl.arange(0, M, layout=col_l)
     n_qi = qb * BLOCK_Q + n // G
     n_head = h * G + n % G

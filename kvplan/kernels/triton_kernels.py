@@ -93,15 +93,23 @@ def _quant_store(
 
 
 @triton.jit
-def _rotate_halves(lo, hi, pm1_ptr, HALF: tl.constexpr, PREC: tl.constexpr):
+def _rotate_halves(lo, hi, pm1_ptr, HALF: tl.constexpr, PREC: tl.constexpr, FROM_INDEX: tl.constexpr = False):
     """[lo, hi] @ H_d / sqrt(d) in fp32, from the halves in their own dtype.
 
     Sylvester: H_d = [[H', H'], [H', -H']], so with a = lo @ H' and b = hi @ H' the result is
     [(a + b), (a - b)] / sqrt(d). H' is +-1 in the inputs' dtype (exact), so the tensor-core dots
-    round nothing but the fp32 sums.
+    round nothing but the fp32 sums. H' is loaded from pm1_ptr, or (FROM_INDEX) computed in
+    registers: H'[i, j] = (-1)^popcount(i & j), the same matrix.
     """
     d2 = tl.arange(0, HALF)
-    hs = tl.load(pm1_ptr + d2[:, None] * HALF + d2[None, :])
+    if FROM_INDEX:
+        x = d2[:, None] & d2[None, :]
+        x = x ^ (x >> 4)
+        x = x ^ (x >> 2)
+        x = x ^ (x >> 1)
+        hs = (1 - 2 * (x & 1)).to(lo.dtype)
+    else:
+        hs = tl.load(pm1_ptr + d2[:, None] * HALF + d2[None, :])
     a = tl.dot(lo, hs, input_precision=PREC)
     b = tl.dot(hi, hs, input_precision=PREC)
     inv = 1.0 / tl.sqrt(2.0 * HALF)
@@ -115,41 +123,143 @@ def write_kernel(
     HKV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PAGE_NBYTES: tl.constexpr,
     K_KIND: tl.constexpr, V_KIND: tl.constexpr, K_ROT: tl.constexpr,
     K_CODE: tl.constexpr, V_CODE: tl.constexpr, K_META: tl.constexpr, V_META: tl.constexpr,
-    BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr, ROT_FROM_INDEX: tl.constexpr,
+    SPLIT_KV: tl.constexpr = False,
 ):  # fmt: skip
-    """Grid (cdiv(T, BLOCK_T), HKV): BLOCK_T tokens of one KV head."""
+    """Grid (cdiv(T, BLOCK_T), HKV[, 2]): BLOCK_T tokens of one KV head, keys and values, or
+    (SPLIT_KV) keys where program_id(2) is 0 and values where it is 1."""
     pid_t = tl.program_id(0)
     h = tl.program_id(1)
     HALF: tl.constexpr = D // 2
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    d2 = tl.arange(0, HALF)
     slot = tl.load(slot_ptr + t, mask=t < T, other=-1).to(tl.int64)
     t_mask = slot >= 0
     blk = tl.where(t_mask, slot // PAGE, 0)
     o = tl.where(t_mask, slot % PAGE, 0)
     base = (blk * HKV + h) * PAGE_NBYTES
-    tt = t.to(tl.int64)[:, None]
-    # K/V rows are loaded for every token of the chunk (not masked by its slot), so these loads
-    # do not wait for the slot mapping's; skipped tokens' rows are simply not stored
+    if SPLIT_KV:
+        if tl.program_id(2) == 0:
+            k_lo, k_hi = _write_load(k_ptr, stride_kt, stride_kh, t, T, h, HALF)
+            _write_store(
+                k_lo,
+                k_hi,
+                ks_ptr,
+                rot_ptr,
+                c_u8,
+                c_p16,
+                c_f16,
+                c_f32,
+                h,
+                base,
+                o,
+                t_mask,
+                K_KIND,
+                K_CODE,
+                K_META,
+                K_ROT,
+                D,
+                HALF,
+                DOT_PREC,
+                ROT_FROM_INDEX,
+            )
+        else:
+            v_lo, v_hi = _write_load(v_ptr, stride_vt, stride_vh, t, T, h, HALF)
+            _write_store(
+                v_lo,
+                v_hi,
+                vs_ptr,
+                rot_ptr,
+                c_u8,
+                c_p16,
+                c_f16,
+                c_f32,
+                h,
+                base,
+                o,
+                t_mask,
+                V_KIND,
+                V_CODE,
+                V_META,
+                False,
+                D,
+                HALF,
+                DOT_PREC,
+                ROT_FROM_INDEX,
+            )
+    else:  # both sides' loads first: a store may alias them, so they would wait for the keys' stores
+        k_lo, k_hi = _write_load(k_ptr, stride_kt, stride_kh, t, T, h, HALF)
+        v_lo, v_hi = _write_load(v_ptr, stride_vt, stride_vh, t, T, h, HALF)
+        _write_store(
+            k_lo,
+            k_hi,
+            ks_ptr,
+            rot_ptr,
+            c_u8,
+            c_p16,
+            c_f16,
+            c_f32,
+            h,
+            base,
+            o,
+            t_mask,
+            K_KIND,
+            K_CODE,
+            K_META,
+            K_ROT,
+            D,
+            HALF,
+            DOT_PREC,
+            ROT_FROM_INDEX,
+        )
+        _write_store(
+            v_lo,
+            v_hi,
+            vs_ptr,
+            rot_ptr,
+            c_u8,
+            c_p16,
+            c_f16,
+            c_f32,
+            h,
+            base,
+            o,
+            t_mask,
+            V_KIND,
+            V_CODE,
+            V_META,
+            False,
+            D,
+            HALF,
+            DOT_PREC,
+            ROT_FROM_INDEX,
+        )
+
+
+@triton.jit
+def _write_load(x_ptr, stride_t, stride_h, t, T, h, HALF: tl.constexpr):
+    """The two halves of BLOCK_T rows of keys or values. Rows are loaded for every token of the
+    chunk (not masked by its slot), so these loads do not wait for the slot mapping's; skipped
+    tokens' rows are simply not stored."""
+    d2 = tl.arange(0, HALF)
+    row = x_ptr + t.to(tl.int64)[:, None] * stride_t + h * stride_h + d2[None, :]
     m2 = (t < T)[:, None]
-    k_row = k_ptr + tt * stride_kt + h * stride_kh + d2[None, :]
-    k_lo = tl.load(k_row, mask=m2, other=0.0)
-    k_hi = tl.load(k_row + HALF, mask=m2, other=0.0)
-    if K_ROT:
-        k_lo, k_hi = _rotate_halves(k_lo, k_hi, rot_ptr, HALF, DOT_PREC)
-    k_lo = k_lo.to(tl.float32)
-    k_hi = k_hi.to(tl.float32)
-    v_row = v_ptr + tt * stride_vt + h * stride_vh + d2[None, :]
-    v_lo = tl.load(v_row, mask=m2, other=0.0).to(tl.float32)
-    v_hi = tl.load(v_row + HALF, mask=m2, other=0.0).to(tl.float32)
-    k_inv = 1.0 / tl.load(ks_ptr + h)
-    v_inv = 1.0 / tl.load(vs_ptr + h)
+    return tl.load(row, mask=m2, other=0.0), tl.load(row + HALF, mask=m2, other=0.0)
+
+
+@triton.jit
+def _write_store(
+    x_lo, x_hi, static_ptr, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
+    KIND: tl.constexpr, CODE_OFF: tl.constexpr, META_OFF: tl.constexpr, ROT: tl.constexpr,
+    D: tl.constexpr, HALF: tl.constexpr, DOT_PREC: tl.constexpr, ROT_FROM_INDEX: tl.constexpr,
+):  # fmt: skip
+    """[Rotate,] quantize and store one side's rows."""
+    if ROT:
+        x_lo, x_hi = _rotate_halves(x_lo, x_hi, rot_ptr, HALF, DOT_PREC, ROT_FROM_INDEX)
+    inv = 1.0 / tl.load(static_ptr + h)
     _quant_store(
-        k_lo, k_hi, c_u8, c_p16, c_f16, c_f32, base, o, t_mask, k_inv, K_KIND, K_CODE, K_META, D, HALF
-    )
-    _quant_store(
-        v_lo, v_hi, c_u8, c_p16, c_f16, c_f32, base, o, t_mask, v_inv, V_KIND, V_CODE, V_META, D, HALF
-    )
+        x_lo.to(tl.float32), x_hi.to(tl.float32), c_u8, c_p16, c_f16, c_f32, base, o, t_mask, inv,
+        KIND, CODE_OFF, META_OFF, D, HALF,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -629,21 +739,31 @@ def combine_kernel(
     hq = tl.program_id(1)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     s_all = tl.arange(0, SPLITS_P2)
-    m_max = tl.max(
-        tl.load(m_part + (s_all * Tq + t) * HQ + hq, mask=s_all < SPLITS, other=float("-inf")), axis=0
-    )
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    total = 0.0
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for s0 in range(0, SPLITS, BLOCK_S):
-        s_idx = s0 + tl.arange(0, BLOCK_S)
-        s_ok = s_idx < SPLITS
-        row = (s_idx * Tq + t) * HQ + hq
-        m = tl.load(m_part + row, mask=s_ok, other=float("-inf"))
-        lsum = tl.load(l_part + row, mask=s_ok, other=0.0)
-        w = tl.where(s_ok & (lsum > 0), tl.exp2(m - m_use), 0.0)
-        total += tl.sum(w * lsum, axis=0)
-        part = tl.load(o_part + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
-        acc += tl.sum(part * w[:, None], axis=0)
+    all_ok = s_all < SPLITS
+    all_rows = (s_all * Tq + t) * HQ + hq
+    m_all = tl.load(m_part + all_rows, mask=all_ok, other=float("-inf"))
+    if BLOCK_S >= SPLITS_P2:  # one pass: every load issued before any depends on the row max
+        l_all = tl.load(l_part + all_rows, mask=all_ok, other=0.0)
+        part = tl.load(o_part + all_rows[:, None] * D + d[None, :], mask=all_ok[:, None], other=0.0)
+        m_max = tl.max(m_all, axis=0)
+        m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+        w = tl.where(all_ok & (l_all > 0), tl.exp2(m_all - m_use), 0.0)
+        total = tl.sum(w * l_all, axis=0)
+        acc = tl.sum(part * w[:, None], axis=0)
+    else:
+        m_max = tl.max(m_all, axis=0)
+        m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+        total = 0.0
+        acc = tl.zeros([BLOCK_D], tl.float32)
+        for s0 in range(0, SPLITS, BLOCK_S):
+            s_idx = s0 + tl.arange(0, BLOCK_S)
+            s_ok = s_idx < SPLITS
+            row = (s_idx * Tq + t) * HQ + hq
+            m = tl.load(m_part + row, mask=s_ok, other=float("-inf"))
+            lsum = tl.load(l_part + row, mask=s_ok, other=0.0)
+            w = tl.where(s_ok & (lsum > 0), tl.exp2(m - m_use), 0.0)
+            total += tl.sum(w * lsum, axis=0)
+            part = tl.load(o_part + row[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+            acc += tl.sum(part * w[:, None], axis=0)
     o = tl.where(total > 0, acc / tl.where(total > 0, total, 1.0), 0.0)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + hq * stride_oh + d, o.to(out_ptr.dtype.element_ty))

@@ -122,6 +122,9 @@ class T:
     def __getitem__(self, idx: Any) -> T:
         return T(self.a[idx], self.dt)
 
+    def broadcast_to(self, *shape: int) -> T:
+        return T(np.broadcast_to(self.a, shape).copy(), self.dt)
+
     def to(self, dt: DType, bitcast: bool = False) -> T:
         if bitcast:
             assert self.dt.bits == dt.bits and BF16 not in (self.dt, dt)
@@ -407,6 +410,10 @@ def _split(x: T) -> tuple[T, T]:
     return T(x.a[..., 0], x.dt), T(x.a[..., 1], x.dt)
 
 
+def _expand_dims(x: T, axis: int) -> T:
+    return T(np.expand_dims(x.a, axis), x.dt)
+
+
 def _join(a: T, b: T) -> T:
     return T(np.stack([a.a, b.a], axis=-1), a.dt)
 
@@ -580,7 +587,7 @@ gl = types.SimpleNamespace(
     where=_where, maximum=_minmax(np.maximum), minimum=_minmax(np.minimum),
     max=_reduce(np.max), sum=_reduce(np.sum), exp2=_unary(np.exp2), log2=_unary(np.log2),
     floor=_unary(np.floor), sqrt=_unary(np.sqrt), abs=lambda x: T(np.abs(x.a), x.dt),
-    reshape=_reshape, permute=_permute, split=_split, join=_join,
+    reshape=_reshape, permute=_permute, split=_split, join=_join, expand_dims=_expand_dims,
     convert_layout=lambda x, layout, assert_trivial=False: x,
     inline_asm_elementwise=_inline_asm, static_range=range,
     static_print=lambda *a, **k: None, static_assert=lambda *a, **k: None,
@@ -612,13 +619,21 @@ def _emulated(module: Any) -> dict[str, Any]:
 class EmulatedKernel:
     """Stands in for a @gluon.jit kernel: kernel[grid](*args, **constexprs) runs every program."""
 
-    def __init__(self, module: Any, name: str):
+    def __init__(self, module: Any, name: str, n_regs: int = 168):
         self.fn = _emulated(module)[name]
         self.launches = 0
+        self.grids: list[tuple[int, ...]] = []
+        self.n_regs = n_regs  # what warmup reports: the H200's compile of the 4-bit full-grid launch
+
+    def warmup(self, *args: Any, grid: tuple[int, ...], num_warps: int = 1, **kwargs: Any) -> Any:
+        """The compiled kernel's stand-in api asks for occupancy (registers, warps, shared memory)."""
+        meta = types.SimpleNamespace(num_warps=num_warps, shared=1024)
+        return types.SimpleNamespace(n_regs=self.n_regs, metadata=meta, _init_handles=lambda: None)
 
     def __getitem__(self, grid: tuple[int, ...]) -> Any:
         def launch(*args: Any, num_warps: int = 1, **kwargs: Any) -> None:
             self.launches += 1
+            self.grids.append(tuple(grid))
             wrapped = [pointer(a) if isinstance(a, torch.Tensor) else a for a in args]
             wrapped = [
                 T(a, F32)

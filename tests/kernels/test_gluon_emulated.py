@@ -29,6 +29,7 @@ def emulated(monkeypatch) -> gluon_emu.EmulatedKernel:
     monkeypatch.setattr(gluon_decode, "attention_kernel", kernel)
     monkeypatch.setattr(api, "GLUON_VERSION", triton.__version__)  # CI's Triton is not 3.6
     monkeypatch.setitem(api.TUNING_GLUON, "gluon", True)
+    monkeypatch.setattr(api, "_RESIDENT", {})  # occupancy asked of this kernel, not an earlier one
     return kernel
 
 
@@ -74,11 +75,17 @@ def _run(kernel, name, d, page, q_lens, lens, dtype=torch.bfloat16, splits=None,
 
 @pytest.mark.parametrize("name", GLUON_FORMATS)
 @pytest.mark.parametrize("splits", [1, 3])
-def test_every_format_matches_the_fp64_reference(emulated, name: str, splits: int) -> None:
-    # a partial last page (poisoned rows after it), a one-token sequence, bf16 queries
+@pytest.mark.parametrize("swap", [False, True])
+def test_every_format_matches_the_fp64_reference(
+    emulated, monkeypatch, name: str, splits: int, swap: bool
+) -> None:
+    # a partial last page (poisoned rows after it), a one-token sequence, bf16 queries; both
+    # orientations of the score MMA (api.TUNING_GLUON["swap"])
+    monkeypatch.setitem(api.TUNING_GLUON, "swap", swap)
     assert _run(emulated, name, 64, 16, [1, 1, 1], [37, 1, 70], splits=splits) <= 5e-3
 
 
+@pytest.mark.parametrize("swap", [False, True])
 @pytest.mark.parametrize(
     ("name", "d", "page", "q_lens", "lens", "g"),
     [
@@ -89,7 +96,10 @@ def test_every_format_matches_the_fp64_reference(emulated, name: str, splits: in
         ("int4_hadamard", 128, 64, [4, 1, 0], [200, 20, 0], 4),  # an empty sequence
     ],
 )
-def test_head_dims_pages_and_query_tokens(emulated, name, d, page, q_lens, lens, g) -> None:
+def test_head_dims_pages_and_query_tokens(
+    emulated, monkeypatch, name, d, page, q_lens, lens, g, swap
+) -> None:
+    monkeypatch.setitem(api.TUNING_GLUON, "swap", swap)
     assert _run(emulated, name, d, page, q_lens, lens, dtype=torch.float16, splits=2, g=g) <= 5e-3
 
 
@@ -118,11 +128,59 @@ def test_which_kernel_runs(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "unroll", "lazy"), [("int4", 1, True), ("k8v4", 4, True), ("fp8_e4m3", 2, False)]
+    ("name", "unroll", "lazy", "prefetch", "swap"),
+    [
+        ("int4", 1, True, False, False),
+        ("k8v4", 4, True, False, False),
+        ("fp8_e4m3", 2, False, False, False),
+        ("int4_hadamard", 1, True, True, False),
+        ("int8", 2, True, True, False),
+        ("k8v4", 4, False, True, False),
+        ("int4", 2, True, True, True),
+        ("fp8_e4m3", 1, False, True, True),
+    ],
 )
 def test_launch_variants_the_benchmark_sweeps(
-    emulated, monkeypatch, name: str, unroll: int, lazy: bool
+    emulated, monkeypatch, name: str, unroll: int, lazy: bool, prefetch: bool, swap: bool
 ) -> None:
+    # 300 tokens in 2 splits of 160 and 140: full groups, a prefetch past the last one (block 0,
+    # unused), and a masked rest
     monkeypatch.setitem(api.TUNING_GLUON, "unroll", unroll)
     monkeypatch.setitem(api.TUNING_GLUON, "lazy", lazy)
+    monkeypatch.setitem(api.TUNING_GLUON, "prefetch", prefetch)
+    monkeypatch.setitem(api.TUNING_GLUON, "swap", swap)
     assert _run(emulated, name, 128, 16, [1, 2], [300, 37], splits=2) <= 5e-3
+
+
+@pytest.mark.parametrize(("n_regs", "splits"), [(168, 6), (255, 4)])
+def test_splits_fill_whole_waves_of_what_an_sm_holds(emulated, monkeypatch, n_regs: int, splits: int) -> None:
+    """168 registers: 12 one-warp programs an SM, 255: 8; one wave of one SM over 2 (sequence,
+    KV head) programs is 6 or 4 splits of the 1,024 tokens, asked of the kernel once."""
+    emulated.n_regs = n_regs
+    monkeypatch.setattr(api, "TUNING_GLUON_REGIME", {"short": {"waves": 1}})
+    monkeypatch.setattr(api, "TUNING_GLUON_BY_FORMAT", {})
+    fmt, hkv, d, page = get_format("int4"), 2, 64, 16
+    k, v = keys_values(1024, hkv, d, outliers=True, dtype=torch.float16)
+    cache, table, _ = paged(fmt, [1024], hkv, d, page, k, v, None, None, write=_write)
+    q = torch.randn(1, hkv * 3, d).to(torch.bfloat16)
+    sl, qsl = torch.tensor([1024], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32)
+    want = R.paged_attention(
+        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, compute_dtype=torch.float64
+    )
+    for _ in range(2):
+        out = api._attention_triton(
+            q, cache, table, sl, qsl, fmt, page, d**-0.5, None, None, 1, 1024, None, None, cuda=True, sms=1
+        )
+        assert rel(out, want) <= 5e-3
+    assert [g[2] for g in emulated.grids] == [splits, splits]
+    assert len(api._RESIDENT) == 1  # compiled and asked once
+
+
+def test_programs_an_sm_holds_follow_registers_warps_and_shared_memory() -> None:
+    assert api.resident_programs(168, 1, 1024) == 12
+    assert api.resident_programs(128, 1, 1024) == 16
+    assert api.resident_programs(226, 1, 1024) == 8
+    assert api.resident_programs(255, 1, 0) == 8
+    assert api.resident_programs(32, 1, 0) == 32  # at most 32 programs an SM
+    assert api.resident_programs(64, 4, 0) == 8  # 64K registers / (2,048 a warp x 4 warps)
+    assert api.resident_programs(32, 1, 100 * 1024) == 2  # 228 KB of shared memory

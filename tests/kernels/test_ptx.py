@@ -21,8 +21,10 @@ W1 = np.concatenate([_ALL, np.roll(_ALL, 7), _RNG[0]])
 W2 = np.concatenate([np.roll(_ALL, 3), _ALL, _RNG[1]])
 
 
-def _run(asm: str, n_in: int, n_out: int) -> list[np.ndarray]:
-    env = run_ptx(asm, {f"${n_out + i}": w for i, w in enumerate((W1, W2)[:n_in])})
+def _run(asm: str, n_in: int, n_out: int, every: int = 1) -> list[np.ndarray]:
+    """Inputs W1, W2 in the registers after the outputs, `every` registers apart (Gluon: each
+    word comes 4 times, see gluon_decode's code conversions)."""
+    env = run_ptx(asm, {f"${n_out + every * i}": w for i, w in enumerate((W1, W2)[:n_in])})
     return [env[f"${i}"] for i in range(n_out)]
 
 
@@ -82,16 +84,18 @@ def test_triton_e4m3_to_bf16_is_exact() -> None:
 
 def test_gluon_value_pairs() -> None:
     """Gluon's value conversions: output j is an f16x2 of (even row's, odd row's) byte."""
-    _check_pairs(_run(gd._PTX_V_S8.value, 2, 4), [(k, _s8) for k in range(4)], bf16=False)
+    _check_pairs(_run(gd._PTX_V_S8.value, 2, 4, 4), [(k, _s8) for k in range(4)], bf16=False)
     want = [(k, lambda b: (b & 15) - 8.0) for k in range(4)] + [
         (k, lambda b: (b >> 4) - 8.0) for k in range(4)
     ]
-    _check_pairs(_run(gd._PTX_V_S4.value, 2, 8), want, bf16=False)
-    _check_pairs(_run(gd._PTX_V_E4M3.value, 2, 4), [(k, _e4m3) for k in range(4)], bf16=False, e4m3=True)
+    _check_pairs(_run(gd._PTX_V_S4.value, 2, 8, 4), want, bf16=False)
+    _check_pairs(_run(gd._PTX_V_E4M3.value, 2, 4, 4), [(k, _e4m3) for k in range(4)], bf16=False, e4m3=True)
 
 
 def test_gluon_key_conversions() -> None:
-    """Keys: one word's four int4 bytes to low and high nibbles as bytes; four e4m3 to f16 in order."""
+    """Keys: one word's four int4 bytes to low and high nibbles as bytes; four e4m3 to f16 in order;
+    int8 codes unchanged."""
+    assert np.array_equal(run_ptx(gd._PTX_MOV.value, {"$1": W1})["$0"], W1)
     lo, hi = (run_ptx(gd._PTX_NIBBLES.value, {"$2": W1})[r] for r in ("$0", "$1"))
     for k in range(4):
         assert np.array_equal(_byte(lo, k), _byte(W1, k) & 15)

@@ -98,8 +98,13 @@ def test_fp8_pages_with_bf16_queries_run_fp16_dots(q_mag: float) -> None:
     assert _run("fp8_e4m3", 64, 16, [1, 2], [33, 17], torch.bfloat16, 2, q_mag=q_mag) <= 5e-3
 
 
+@pytest.mark.parametrize("split_kv", [0, 1])
 @pytest.mark.parametrize("name", TRITON_FORMATS)
-def test_write_kernel_stores_what_the_reference_stores(name: str) -> None:
+def test_write_kernel_stores_what_the_reference_stores(
+    name: str, split_kv: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys and values in one program or (split_kv) in programs of their own."""
+    monkeypatch.setitem(api.TUNING_WRITE, "split_kv", split_kv)
     fmt, d, page, hkv = get_format(name), 64, 16, 2
     k, v = keys_values(40, hkv, d, outliers=True, dtype=torch.float16)
     ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
@@ -196,13 +201,28 @@ def test_auto_backend_uses_the_reference_on_cpu_tensors() -> None:
     assert torch.equal(a, b)
 
 
-def test_long_context_launches_follow_how_much_of_the_gpu_the_grid_covers() -> None:
+def test_gluon_launch_regimes_follow_context_length_and_how_much_of_the_gpu_the_grid_covers() -> None:
+    assert api.gluon_regime(4096, 132, api.GLUON_LONG - 1) == "short"
+    assert api.gluon_regime(132, 132, api.GLUON_LONG) == "full"
+    assert api.gluon_regime(131, 132, 131072) == "partial"
+    assert api.gluon_regime(33, 132, 32768) == "partial"
+    assert api.gluon_regime(32, 132, 32768) == "small"
+    assert set(api.TUNING_GLUON_REGIME) == {"short", "full", "partial", "small"}
+    for fmt, regimes in api.TUNING_GLUON_BY_FORMAT.items():
+        get_format(fmt)  # a real format
+        assert set(regimes) <= set(api.TUNING_GLUON_REGIME), fmt
+        for over in [*regimes.values(), *api.TUNING_GLUON_REGIME.values()]:
+            assert set(over) <= set(api.TUNING_GLUON), fmt  # no misspelt setting
+
+
+def test_gluon_launch_takes_the_format_over_the_regime_over_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        api, "TUNING_GLUON", {**api.TUNING_GLUON, "unroll": 1, "programs_per_sm": 8, "maxnreg": 0}
+    )
+    monkeypatch.setattr(api, "TUNING_GLUON_REGIME", {"full": {"programs_per_sm": 32, "unroll": 2}})
+    monkeypatch.setattr(api, "TUNING_GLUON_BY_FORMAT", {"int4": {"full": {"unroll": 4, "maxnreg": 168}}})
     int4, int8 = get_format("int4"), get_format("int8")
-    short = api._gluon_tuning(int4, 256, 132, 4096)
-    assert short["programs_per_sm"] == api.TUNING_GLUON_BY_FORMAT["int4"]["programs_per_sm"]
-    assert api._gluon_tuning(int4, 256, 132, 32768)["programs_per_sm"] == 32
-    assert api._gluon_tuning(int8, 256, 132, 32768)["unroll"] == 4
-    assert api._gluon_tuning(int4, 256, 132, 32768)["unroll"] == 2
-    assert api._gluon_tuning(int4, 64, 132, 32768)["programs_per_sm"] == 16
-    small = api._gluon_tuning(int4, 8, 132, 131072)
-    assert (small["programs_per_sm"], small["unroll"]) == (8, 4)
+    pick = ("programs_per_sm", "unroll", "maxnreg")
+    assert [api._gluon_tuning(int4, 256, 132, 32768)[k] for k in pick] == [32, 4, 168]
+    assert [api._gluon_tuning(int8, 256, 132, 32768)[k] for k in pick] == [32, 2, 0]
+    assert [api._gluon_tuning(int4, 256, 132, 4096)[k] for k in pick] == [8, 1, 0]  # "short": no entry
