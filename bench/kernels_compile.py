@@ -116,7 +116,10 @@ def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
         api.TUNING_GLUON_BY_FORMAT.clear()
     for key in [k for k in over if k.startswith("combine_")]:  # the split-K merge's settings
         api.TUNING_COMBINE[key.removeprefix("combine_")] = int(str(over.pop(key)))
-    for key in [k for k in over if k.startswith("write_")]:  # the cache write's
+    writes = [k for k in over if k.startswith("write_")]  # the cache write's: one launch, every format
+    if writes:
+        api.TUNING_WRITE_BY_FORMAT.clear()
+    for key in writes:
         api.TUNING_WRITE[key.removeprefix("write_")] = int(str(over.pop(key)))
     api.TUNING_GLUON.update(over)
     if per_format:  # a setting given beside the tables holds in every regime and format

@@ -48,7 +48,8 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
         "triton": triton.__version__, "copy_GBps": copy_bw / 1e9, "rows": [],
     }  # fmt: skip
-    saved = dict(api.TUNING_WRITE)
+    saved, saved_by = dict(api.TUNING_WRITE), dict(api.TUNING_WRITE_BY_FORMAT)
+    api.TUNING_WRITE_BY_FORMAT.clear()  # each configuration for every format
     for bt, w, r, sp in configs:
         api.TUNING_WRITE.update(block_t=bt, num_warps=w, rot_from_index=r, split_kv=sp)
         log: list[str] = []
@@ -61,6 +62,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
     api.TUNING_WRITE.update(saved)
+    api.TUNING_WRITE_BY_FORMAT.update(saved_by)
 
 
 if __name__ == "__main__":

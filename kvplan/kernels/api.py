@@ -57,6 +57,13 @@ TUNING: dict[str, object] = {
 # cache write: tokens a program, warps; rot_from_index: the Hadamard block computed in registers
 # instead of loaded (Hadamard formats); split_kv: keys and values in programs of their own
 TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4, "rot_from_index": 0, "split_kv": 0}
+# the Hadamard formats in two-warp programs: int8_hadamard 64.6-66.3% of copy bandwidth against
+# 60.9-62.8% with four, int4_hadamard 51.0-51.7% against 46.3-46.5% (two H200 runs,
+# bench/results/kernels_h200_s7_write_sweep2.json and _sweep3.json); the rest keep four
+TUNING_WRITE_BY_FORMAT: dict[str, dict[str, int]] = {
+    "int8_hadamard": {"num_warps": 2},
+    "int4_hadamard": {"num_warps": 2},
+}
 # split-K merge: output columns and splits a program takes a step; 0 = all of them in one tile,
 # the default (INT4 1 x 32K on the H200: 1.90x over BF16 against 1.72x with 32 / 32, no better
 # elsewhere; bench/results/kernels_h200_s5_call4.json)
@@ -311,8 +318,9 @@ def _write_triton(
         raise ValueError("key and value must be contiguous along head_dim")
     p = _plan(fmt, d, block_size)
     u8, p16, f16, f32 = _views(cache, fmt)
-    block_t = TUNING_WRITE["block_t"]
-    split = bool(TUNING_WRITE["split_kv"])
+    tune = {**TUNING_WRITE, **TUNING_WRITE_BY_FORMAT.get(fmt.name, {})}
+    block_t = tune["block_t"]
+    split = bool(tune["split_kv"])
     tk.write_kernel[(triton.cdiv(t, block_t), hkv, 2 if split else 1)](
         key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device, key.dtype),
         _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
@@ -321,8 +329,7 @@ def _write_triton(
         K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD,
         K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
         BLOCK_T=block_t, DOT_PREC=str(TUNING["rot_prec"]) if cuda else "ieee",
-        ROT_FROM_INDEX=bool(TUNING_WRITE["rot_from_index"]), SPLIT_KV=split,
-        num_warps=TUNING_WRITE["num_warps"],
+        ROT_FROM_INDEX=bool(tune["rot_from_index"]), SPLIT_KV=split, num_warps=tune["num_warps"],
     )  # fmt: skip
 
 

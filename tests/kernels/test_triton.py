@@ -215,6 +215,12 @@ def test_gluon_launch_regimes_follow_context_length_and_how_much_of_the_gpu_the_
             assert set(over) <= set(api.TUNING_GLUON), fmt  # no misspelt setting
 
 
+def test_write_settings_per_format_name_real_formats_and_settings() -> None:
+    for fmt, over in api.TUNING_WRITE_BY_FORMAT.items():
+        get_format(fmt)
+        assert set(over) <= set(api.TUNING_WRITE), fmt
+
+
 def test_gluon_launch_takes_the_format_over_the_regime_over_the_base(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         api, "TUNING_GLUON", {**api.TUNING_GLUON, "unroll": 1, "programs_per_sm": 8, "maxnreg": 0}
