@@ -1,5 +1,5 @@
 """Cache-write launch configurations side by side (tokens a program x warps x Hadamard block from
-the index x keys and values in programs of their own), one GPU, one run.
+the index), one GPU, one run.
 
 Same method as the write section of bench/kernels_decode.py (2,048-token chunk, 24 rotated sets,
 against the device copy measured in the same run).
@@ -22,23 +22,22 @@ import triton
 
 from kvplan.kernels import api
 
-# tokens a program x warps x Hadamard block computed in registers rather than loaded (0/1) x keys
-# and values in programs of their own (0/1)
-CONFIGS = "16x4x0x0,32x4x0x0,64x8x0x0,16x4x0x1,32x4x0x1,16x2x0x1,8x2x0x1,8x1x0x1,32x8x0x1"
+# tokens a program x warps x Hadamard block computed in registers rather than loaded (0/1)
+CONFIGS = "16x4x0,16x2x0,32x4x0,8x2x0,64x8x0,16x4x1,16x2x1"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--configs", default=CONFIGS, help="BLOCK_TxWARPSxROT_FROM_INDEXxSPLIT_KV,...")
+    ap.add_argument("--configs", default=CONFIGS, help="BLOCK_TxWARPSxROT_FROM_INDEX,...")
     ap.add_argument("--jobs", type=int, default=8, help="processes compiling the launches first")
     args = ap.parse_args()
-    configs = [(*(int(x) for x in c.split("x")), 0, 0)[:4] for c in args.configs.split(",")]
+    configs = [(*(int(x) for x in c.split("x")), 0)[:3] for c in args.configs.split(",")]
     t0 = time.time()
     fails = [e for _, _, e in kc.warm([
         ("write", {"fmt_name": f, "tokens": 2048}, {"write_block_t": bt, "write_num_warps": w,
-                                                    "write_rot_from_index": r, "write_split_kv": sp})
-        for bt, w, r, sp in configs for f in kd.FORMATS
+                                                    "write_rot_from_index": r})
+        for bt, w, r in configs for f in kd.FORMATS
     ], args.jobs) if e]  # fmt: skip
     print(f"warm-up {time.time() - t0:.0f} s, {len(fails)} failed {fails[:2]}", flush=True)
     props = torch.cuda.get_device_properties(0)
@@ -50,14 +49,14 @@ def main() -> None:
     }  # fmt: skip
     saved, saved_by = dict(api.TUNING_WRITE), dict(api.TUNING_WRITE_BY_FORMAT)
     api.TUNING_WRITE_BY_FORMAT.clear()  # each configuration for every format
-    for bt, w, r, sp in configs:
-        api.TUNING_WRITE.update(block_t=bt, num_warps=w, rot_from_index=r, split_kv=sp)
+    for bt, w, r in configs:
+        api.TUNING_WRITE.update(block_t=bt, num_warps=w, rot_from_index=r)
         log: list[str] = []
         for row in kd.write_bench(copy_bw, log):
-            res["rows"].append({"block_t": bt, "num_warps": w, "rot_from_index": r, "split_kv": sp, **row})  # type: ignore[attr-defined]
-        print(f"block_t {bt:3d} warps {w} rot_from_index {r} split_kv {sp}: " + " ".join(
+            res["rows"].append({"block_t": bt, "num_warps": w, "rot_from_index": r, **row})  # type: ignore[attr-defined]
+        print(f"block_t {bt:3d} warps {w} rot_from_index {r}: " + " ".join(
             f"{x['format']} {x['frac_of_copy_bw']:.1%}" for x in res["rows"]  # type: ignore[attr-defined]
-            if (x["block_t"], x["num_warps"], x["rot_from_index"], x["split_kv"]) == (bt, w, r, sp)
+            if (x["block_t"], x["num_warps"], x["rot_from_index"]) == (bt, w, r)
         ), flush=True)  # fmt: skip
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)

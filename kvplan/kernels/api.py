@@ -55,8 +55,8 @@ TUNING: dict[str, object] = {
     "maxnreg": 0,
 }
 # cache write: tokens a program, warps; rot_from_index: the Hadamard block computed in registers
-# instead of loaded (Hadamard formats); split_kv: keys and values in programs of their own
-TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4, "rot_from_index": 0, "split_kv": 0}
+# instead of loaded (Hadamard formats)
+TUNING_WRITE: dict[str, int] = {"block_t": 16, "num_warps": 4, "rot_from_index": 0}
 # the Hadamard formats in two-warp programs: int8_hadamard 64.6-66.3% of copy bandwidth against
 # 60.9-62.8% with four, int4_hadamard 51.0-51.7% against 46.3-46.5% (two H200 runs,
 # bench/results/kernels_h200_s7_write_sweep2.json and _sweep3.json); the rest keep four
@@ -320,8 +320,7 @@ def _write_triton(
     u8, p16, f16, f32 = _views(cache, fmt)
     tune = {**TUNING_WRITE, **TUNING_WRITE_BY_FORMAT.get(fmt.name, {})}
     block_t = tune["block_t"]
-    split = bool(tune["split_kv"])
-    tk.write_kernel[(triton.cdiv(t, block_t), hkv, 2 if split else 1)](
+    tk.write_kernel[(triton.cdiv(t, block_t), hkv)](
         key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device, key.dtype),
         _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
         t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
@@ -329,7 +328,7 @@ def _write_triton(
         K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD,
         K_CODE=p.k_code, V_CODE=p.v_code, K_META=p.k_meta, V_META=p.v_meta,
         BLOCK_T=block_t, DOT_PREC=str(TUNING["rot_prec"]) if cuda else "ieee",
-        ROT_FROM_INDEX=bool(tune["rot_from_index"]), SPLIT_KV=split, num_warps=tune["num_warps"],
+        ROT_FROM_INDEX=bool(tune["rot_from_index"]), num_warps=tune["num_warps"],
     )  # fmt: skip
 
 

@@ -27,6 +27,11 @@ per tile of BLOCK_N tokens (one page or part of one):
   is a relabelling too; the output store applies it.
 - P in fp16 (10 bits; the Triton kernel rounds P to bf16), with per-token value scales folded
   into P and a per-program power-of-two factor keeping p * scale in fp16's normal range.
+- SWAP (S^T = K Q^T): the same key loads relabelled into the A operand [BLOCK_N, head_dim/2]
+  and the query group as the B operand (8 columns, not 16 rows of which 4 are real: half the
+  integer MMAs, fewer registers); S^T's accumulator reaches P^T's B fragment by one layout change
+  (two warp shuffles and a few byte permutes a tile). PREFETCH issues the next UNROLL tiles' loads
+  before this group's math. Which launch runs where: api.TUNING_GLUON_REGIME / _BY_FORMAT.
 
 Relabellings are logical reshapes/permutes of the loaded tiles; Gluon infers the layouts and the
 final `convert_layout` to the MMA operand moves no data (asserted where it must be exactly trivial).

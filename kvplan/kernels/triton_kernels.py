@@ -124,115 +124,24 @@ def write_kernel(
     K_KIND: tl.constexpr, V_KIND: tl.constexpr, K_ROT: tl.constexpr,
     K_CODE: tl.constexpr, V_CODE: tl.constexpr, K_META: tl.constexpr, V_META: tl.constexpr,
     BLOCK_T: tl.constexpr, DOT_PREC: tl.constexpr, ROT_FROM_INDEX: tl.constexpr,
-    SPLIT_KV: tl.constexpr = False,
 ):  # fmt: skip
-    """Grid (cdiv(T, BLOCK_T), HKV[, 2]): BLOCK_T tokens of one KV head, keys and values, or
-    (SPLIT_KV) keys where program_id(2) is 0 and values where it is 1."""
-    pid_t = tl.program_id(0)
+    """Grid (cdiv(T, BLOCK_T), HKV): BLOCK_T tokens of one KV head. Both sides' rows are loaded
+    before either is stored: a store may alias them, so the value loads would wait for the keys'
+    stores (5-10 points of copy bandwidth on the H200)."""
     h = tl.program_id(1)
     HALF: tl.constexpr = D // 2
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     slot = tl.load(slot_ptr + t, mask=t < T, other=-1).to(tl.int64)
     t_mask = slot >= 0
     blk = tl.where(t_mask, slot // PAGE, 0)
     o = tl.where(t_mask, slot % PAGE, 0)
     base = (blk * HKV + h) * PAGE_NBYTES
-    if SPLIT_KV:
-        if tl.program_id(2) == 0:
-            k_lo, k_hi = _write_load(k_ptr, stride_kt, stride_kh, t, T, h, HALF)
-            _write_store(
-                k_lo,
-                k_hi,
-                ks_ptr,
-                rot_ptr,
-                c_u8,
-                c_p16,
-                c_f16,
-                c_f32,
-                h,
-                base,
-                o,
-                t_mask,
-                K_KIND,
-                K_CODE,
-                K_META,
-                K_ROT,
-                D,
-                HALF,
-                DOT_PREC,
-                ROT_FROM_INDEX,
-            )
-        else:
-            v_lo, v_hi = _write_load(v_ptr, stride_vt, stride_vh, t, T, h, HALF)
-            _write_store(
-                v_lo,
-                v_hi,
-                vs_ptr,
-                rot_ptr,
-                c_u8,
-                c_p16,
-                c_f16,
-                c_f32,
-                h,
-                base,
-                o,
-                t_mask,
-                V_KIND,
-                V_CODE,
-                V_META,
-                False,
-                D,
-                HALF,
-                DOT_PREC,
-                ROT_FROM_INDEX,
-            )
-    else:  # both sides' loads first: a store may alias them, so they would wait for the keys' stores
-        k_lo, k_hi = _write_load(k_ptr, stride_kt, stride_kh, t, T, h, HALF)
-        v_lo, v_hi = _write_load(v_ptr, stride_vt, stride_vh, t, T, h, HALF)
-        _write_store(
-            k_lo,
-            k_hi,
-            ks_ptr,
-            rot_ptr,
-            c_u8,
-            c_p16,
-            c_f16,
-            c_f32,
-            h,
-            base,
-            o,
-            t_mask,
-            K_KIND,
-            K_CODE,
-            K_META,
-            K_ROT,
-            D,
-            HALF,
-            DOT_PREC,
-            ROT_FROM_INDEX,
-        )
-        _write_store(
-            v_lo,
-            v_hi,
-            vs_ptr,
-            rot_ptr,
-            c_u8,
-            c_p16,
-            c_f16,
-            c_f32,
-            h,
-            base,
-            o,
-            t_mask,
-            V_KIND,
-            V_CODE,
-            V_META,
-            False,
-            D,
-            HALF,
-            DOT_PREC,
-            ROT_FROM_INDEX,
-        )
+    k_lo, k_hi = _write_load(k_ptr, stride_kt, stride_kh, t, T, h, HALF)
+    v_lo, v_hi = _write_load(v_ptr, stride_vt, stride_vh, t, T, h, HALF)
+    _write_store(k_lo, k_hi, ks_ptr, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
+                 K_KIND, K_CODE, K_META, K_ROT, D, HALF, DOT_PREC, ROT_FROM_INDEX)  # fmt: skip
+    _write_store(v_lo, v_hi, vs_ptr, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
+                 V_KIND, V_CODE, V_META, False, D, HALF, DOT_PREC, ROT_FROM_INDEX)  # fmt: skip
 
 
 @triton.jit

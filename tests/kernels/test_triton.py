@@ -98,13 +98,8 @@ def test_fp8_pages_with_bf16_queries_run_fp16_dots(q_mag: float) -> None:
     assert _run("fp8_e4m3", 64, 16, [1, 2], [33, 17], torch.bfloat16, 2, q_mag=q_mag) <= 5e-3
 
 
-@pytest.mark.parametrize("split_kv", [0, 1])
 @pytest.mark.parametrize("name", TRITON_FORMATS)
-def test_write_kernel_stores_what_the_reference_stores(
-    name: str, split_kv: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Keys and values in one program or (split_kv) in programs of their own."""
-    monkeypatch.setitem(api.TUNING_WRITE, "split_kv", split_kv)
+def test_write_kernel_stores_what_the_reference_stores(name: str) -> None:
     fmt, d, page, hkv = get_format(name), 64, 16, 2
     k, v = keys_values(40, hkv, d, outliers=True, dtype=torch.float16)
     ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
