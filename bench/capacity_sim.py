@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kvplan.errors import KvplanError
 from kvplan.formats import get_format
 from kvplan.kernel_speeds import KERNELS
 from kvplan.plan import Slo
@@ -140,13 +141,14 @@ def predictions(profile: WorkerProfile, slo: Slo, w: Workload, kernels: str) -> 
     context = int(prompt + output)
     # a request holds its prompt's blocks plus, on average, half of its output's
     held_blocks = (prompt + output / 2) / c.block_size
+    gpu = get_gpu(profile.gpu)[0]
     tpot_batch = max_batch_within(
         get_model(profile.model),
-        get_gpu(profile.gpu)[0],
+        gpu,
         get_format(profile.kv_format),
         tpot_seconds=slo.itl_seconds,
         context_tokens=context,
-        efficiency=efficiency(kernels),
+        efficiency=efficiency(kernels, gpu.name),
     )
     return {
         "num_gpu_blocks": c.num_blocks,
@@ -183,6 +185,10 @@ def main() -> None:
     ap.add_argument("--kernels", default="kvplan", choices=KERNELS, help="whose decode kernels are timed")
     ap.add_argument("--write", action="store_true", help="record in bench/results/")
     args = ap.parse_args()
+    try:
+        efficiency(args.kernels, get_gpu(args.gpu)[0].name)
+    except KvplanError as e:  # an unknown GPU, or one kvplan's kernels were not measured on
+        ap.error(str(e))
 
     # Two SLO sets: the plan's defaults, and a long-context one (a 32K prefill alone takes ~1.6 s).
     slos = {"plan": Slo(), "long": Slo(ttft_seconds=args.ttft, itl_seconds=args.tpot)}

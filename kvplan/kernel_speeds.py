@@ -31,25 +31,46 @@ VLLM_KV_READ_EFFICIENCY = {
     for name, speed in (("fp8_e4m3", 0.80), ("int8", 0.55), ("int4", 0.40))
 }
 
-# kvplan's own decode kernels as measured on an H100 (bench/results/kernels_h100.md, 2026-11-23,
-# batch 32 x 32K, Llama-3-8B shapes): speed-up over the BF16 kernel. They do not reach the byte
-# ratio (int4 1.8x for 3.8x fewer bytes); `--kernels measured` plans with these figures.
-KVPLAN_H100_SPEEDUP = {
-    "fp8_e4m3": 1.66,
-    "int8": 1.72,
-    "int8_hadamard": 1.62,
-    "k8v4": 1.68,
-    "int4": 1.81,
-    "int4_hadamard": 1.74,
+# kvplan's own decode kernels as measured, per GPU: speed-up over kvplan's BF16 kernel at batch
+# 32 x 32K (32 query / 8 KV heads, head_dim 128, page 16), the same run. `--kernels measured` plans
+# with these; a GPU without figures is refused (Unsupported), never given another GPU's.
+KVPLAN_MEASURED_SPEEDUP: dict[str, dict[str, float]] = {
+    # the Triton kernels (bench/results/kernels_h100.md, 2026-11-23, Llama-3-8B shapes)
+    "h100": {
+        "fp8_e4m3": 1.66,
+        "int8": 1.72,
+        "int8_hadamard": 1.62,
+        "k8v4": 1.68,
+        "int4": 1.81,
+        "int4_hadamard": 1.74,
+    },
+    # the Gluon decode kernel as shipped (bench/results/kernels_h200_s7_verify.json, 2026-12-04)
+    "h200": {
+        "fp8_e4m3": 1.95,
+        "int8": 1.88,
+        "int8_hadamard": 1.86,
+        "k8v4": 2.39,
+        "int4": 3.09,
+        "int4_hadamard": 2.94,
+    },
 }
 
 
-def kv_read_efficiency(kernels: str) -> dict[str, float]:
-    """Per-format KV read efficiency for `--kernels`: kvplan (byte-bound, 1.0), vllm, measured."""
+def kv_read_efficiency(kernels: str, gpu: str = "h100") -> dict[str, float]:
+    """Per-format KV read efficiency for `--kernels`: kvplan (byte-bound, 1.0), vllm, measured (on
+    `gpu`, a kvplan.planner.gpus name; Unsupported where kvplan's kernels were not measured on it)."""
     if kernels == "vllm":
         return dict(VLLM_KV_READ_EFFICIENCY)
     if kernels == "measured":
-        return {n: x * byte_ratio(n) for n, x in KVPLAN_H100_SPEEDUP.items()}
+        if gpu not in KVPLAN_MEASURED_SPEEDUP:
+            from kvplan.errors import Unsupported
+
+            raise Unsupported(
+                f"--kernels measured: kvplan's kernels have no measured figures on {gpu} (only on "
+                f"{', '.join(KVPLAN_MEASURED_SPEEDUP)}); plan with --kernels kvplan (the byte ratio) "
+                "or --kernels vllm"
+            )
+        return {n: x * byte_ratio(n) for n, x in KVPLAN_MEASURED_SPEEDUP[gpu].items()}
     if kernels == "kvplan":
         return {}
     raise ValueError(f"kernels must be kvplan, measured or vllm, got {kernels!r}")

@@ -1,6 +1,7 @@
 """The benchmarks refuse bad arguments with one usage line (exit 2) before a backend, a router or
-a device starts: the router benches (router_bench, http_layer, robustness, prefix_replay) and the
-GPU ones (kernels_decode, kernels_profile, vllm_gpu_startup, the GPU harness's report)."""
+a device starts: the router benches (router_bench, http_layer, robustness, prefix_replay),
+capacity_sim, and the GPU ones (kernels_decode, kernels_profile, vllm_gpu_startup, the GPU
+harness's report)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("prefix_replay.py", ["--sweep", "1,x"], "--sweep takes positive load multipliers"),
         ("prefix_replay.py", ["--load-bound", "-1"], "--load-bound must not be negative"),
         ("prefix_replay.py", ["--sections", "hits,bogus"], "--sections: unknown bogus"),
+        ("capacity_sim.py", ["--gpu", "l40s", "--kernels", "measured"], "no measured figures on l40s"),
         ("kernels_decode.py", ["--sections", "check,bogus"], "unknown section bogus"),
         ("kernels_decode.py", ["--variants", "triton,nosuch"], "unknown variant nosuch"),
         ("kernels_decode.py", ["--formats", "int3"], "unknown format int3"),

@@ -456,7 +456,7 @@ def plan(
         str,
         typer.Option(
             help="decode speed of quantized KV: kvplan (byte-bound ideal), measured (kvplan's"
-            " kernels as measured on an H100) or vllm (vLLM's own kernels)"
+            " kernels as measured on the GPU: h100, h200) or vllm (vLLM's own kernels)"
         ),
     ] = "kvplan",
     prices: Annotated[Path | None, typer.Option(help="price file overriding the shipped one")] = None,
@@ -494,7 +494,7 @@ def plan(
     else:
         assert context_mix is not None
         mix = parse_context_mix(context_mix, rps, output_tokens)
-    eff = Efficiency(kv_read_efficiency=kv_read_efficiency(kernels))
+    eff = Efficiency(kv_read_efficiency=kv_read_efficiency(kernels, gpu_spec.name))
     opts = PlanOptions(
         buckets=bucket_bounds,
         target_kv_utilization=1 - headroom,

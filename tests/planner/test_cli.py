@@ -251,7 +251,7 @@ def test_fast_argument_parsing_matches_typer() -> None:
 
 
 def test_plan_with_measured_kernels_sits_between_byte_bound_and_vllms(tmp_path: Path) -> None:
-    """--kernels measured plans with kvplan's H100 figures: a quantized decode step is slower than
+    """--kernels measured plans with kvplan's H100 figures on an H100: a quantized decode step is slower than
     the byte-bound ideal and faster than with vLLM's own kernels; BF16 is the same in all three."""
     from kvplan.formats import get_format
     from kvplan.kernel_speeds import kv_read_efficiency
@@ -262,7 +262,7 @@ def test_plan_with_measured_kernels_sits_between_byte_bound_and_vllms(tmp_path: 
     model, (gpu, _n) = get_model("llama-3.1-8b"), get_gpu("h100")
 
     def step(kernels: str, fmt: str) -> float:
-        eff = Efficiency(kv_read_efficiency=kv_read_efficiency(kernels))
+        eff = Efficiency(kv_read_efficiency=kv_read_efficiency(kernels, "h100"))
         f = get_format(fmt)
         return decode_step_seconds(model, gpu, f, batch=32, context_tokens=32768, efficiency=eff)
 
@@ -277,19 +277,47 @@ def test_plan_with_measured_kernels_sits_between_byte_bound_and_vllms(tmp_path: 
                                              "--kernels", "fast")  # fmt: skip
 
 
-def test_measured_efficiency_is_the_h100_speedup_over_the_byte_ratio() -> None:
+@pytest.mark.parametrize("gpu", ["h100", "h200"])
+def test_measured_efficiency_is_that_gpus_speedup_over_the_byte_ratio(gpu: str) -> None:
     from kvplan.formats import get_format
-    from kvplan.kernel_speeds import KVPLAN_H100_SPEEDUP, kv_read_efficiency
+    from kvplan.kernel_speeds import KVPLAN_MEASURED_SPEEDUP, kv_read_efficiency
 
-    eff = kv_read_efficiency("measured")
+    eff = kv_read_efficiency("measured", gpu)
     bf16 = get_format("bf16").bytes_per_token_head(128)
-    for name, speedup in KVPLAN_H100_SPEEDUP.items():
+    for name, speedup in KVPLAN_MEASURED_SPEEDUP[gpu].items():
         byte_ratio = bf16 / get_format(name).bytes_per_token_head(128)
         assert eff[name] == pytest.approx(speedup / byte_ratio)
         assert 0 < eff[name] < 1  # none of kvplan's quantized kernels reaches its byte ratio yet
     assert kv_read_efficiency("kvplan") == {}
     with pytest.raises(ValueError, match="kvplan, measured or vllm"):
         kv_read_efficiency("fast")
+
+
+def test_measured_kernels_follow_the_gpu_and_refuse_one_never_measured(tmp_path: Path) -> None:
+    """H200 plans with the H200 figures (INT4 3.09x, not the H100's 1.81x); a GPU kvplan's kernels
+    were never timed on is refused in one line naming what to pass, not planned with another's."""
+    from kvplan.formats import get_format
+    from kvplan.kernel_speeds import kv_read_efficiency
+    from kvplan.planner.gpus import get_gpu
+    from kvplan.planner.models import get_model
+    from kvplan.planner.roofline import Efficiency, decode_step_seconds
+
+    model, (h200, _n) = get_model("llama-3.1-8b"), get_gpu("h200")
+
+    def step(gpu_table: str) -> float:
+        eff = Efficiency(kv_read_efficiency=kv_read_efficiency("measured", gpu_table))
+        return decode_step_seconds(
+            model, h200, get_format("int4"), batch=32, context_tokens=32768, efficiency=eff
+        )
+
+    assert step("h200") < step("h100")
+    out = str(tmp_path / "pools.yaml")
+    ok = run("plan", "llama-3.1-8b", "--gpu", "h200", "--context-mix", "32k:100", "--rps", "4",
+             "--kernels", "measured", "-o", out)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    said = fails("plan", "llama-3.1-8b", "--gpu", "l40s", "--context-mix", "32k:100", "--rps", "4",
+                 "--kernels", "measured", "-o", out)  # fmt: skip
+    assert "no measured figures on l40s" in said and "--kernels kvplan" in said
 
 
 def test_size_flashinfer_sampler_frees_activation_and_says_so() -> None:

@@ -357,3 +357,17 @@ def test_vllm_kernels_make_quantized_decode_slower_and_leave_bf16_alone() -> Non
     assert step("int4", "vllm") > step("bf16", "vllm")  # docs/facts.md §4: vLLM's int4 path is slower
     with pytest.raises(InputError, match="kernels must be one of"):
         build_profile("llama-3.1-8b", "h100", "int4", kernels="cuda")
+
+
+def test_measured_kernels_time_the_workers_gpu_and_refuse_an_unmeasured_one() -> None:
+    from kvplan.errors import Unsupported
+    from kvplan.workers.sim.profile import build_profile
+
+    def step(gpu: str, fmt: str, kernels: str = "measured") -> float:
+        return build_profile("llama-3.1-8b", gpu, fmt, kernels=kernels).cost.decode_seconds(32, 32_000)
+
+    # INT4 kernels measured at 3.09x over BF16 on the H200 (of a 3.76x byte ratio), 1.81x on the H100
+    assert step("h200", "int4", "kvplan") < step("h200", "int4")
+    assert step("h200", "int4") / step("h200", "bf16") < step("h100", "int4") / step("h100", "bf16")
+    with pytest.raises(Unsupported, match="no measured figures on b200"):
+        build_profile("llama-3.1-8b", "b200", "int4", kernels="measured")

@@ -37,7 +37,11 @@ def sim(
     served_model_name: Annotated[str | None, typer.Option(help="the `model` clients send")] = None,
     enable_prefix_caching: Annotated[bool, typer.Option(help="vLLM's automatic prefix caching")] = True,
     kernels: Annotated[
-        str, typer.Option(help="decode kernels timed: kvplan (byte-bound), measured (kvplan's, H100) or vllm")
+        str,
+        typer.Option(
+            help="decode kernels timed: kvplan (byte-bound), measured (kvplan's, as measured on this"
+            " GPU: h100, h200) or vllm"
+        ),
     ] = "kvplan",
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer.json to count prompt tokens")] = None,
     api_key: Annotated[

@@ -39,15 +39,15 @@ class WorkerProfile:
 
 
 @cache
-def efficiency(kernels: str) -> Efficiency:
-    """The roofline's efficiency for `kernels` (see `kvplan.kernel_speeds`):
-    kvplan's kernels at the byte ratio, as measured on an H100, or vLLM's own (docs/facts.md §4)."""
+def efficiency(kernels: str, gpu: str) -> Efficiency:
+    """The roofline's efficiency for `kernels` on `gpu` (see `kvplan.kernel_speeds`): kvplan's
+    kernels at the byte ratio, as measured on that GPU, or vLLM's own (docs/facts.md §4)."""
     from kvplan.kernel_speeds import KERNELS, kv_read_efficiency
     from kvplan.planner.roofline import Efficiency
 
     if kernels not in KERNELS:
         raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
-    return Efficiency(kv_read_efficiency=kv_read_efficiency(kernels))
+    return Efficiency(kv_read_efficiency=kv_read_efficiency(kernels, gpu))
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class PlannerCost:
                 batch=batch,
                 context_tokens=context_tokens,
                 tensor_parallel=self.tensor_parallel,
-                efficiency=efficiency(self.kernels),
+                efficiency=efficiency(self.kernels, self.gpu.name),
             )
         )
 
@@ -92,7 +92,7 @@ def _prefill(cost: PlannerCost, prompt_tokens: int) -> float:
             cost.gpu,
             prompt_tokens=prompt_tokens,
             tensor_parallel=cost.tensor_parallel,
-            efficiency=efficiency(cost.kernels),
+            efficiency=efficiency(cost.kernels, cost.gpu.name),
         )
     )
 
@@ -147,9 +147,9 @@ def build_profile(
     from kvplan.planner.models import get_model
 
     fmt = get_format(kv_format)
-    efficiency(kernels)  # refuse an unknown name before any work
     model_spec = get_model(model)
     gpu_spec, _ = get_gpu(gpu)
+    efficiency(kernels, gpu_spec.name)  # refuse an unknown name (or unmeasured GPU) before any work
     defaults = engine_defaults(gpu_spec)
     seqs = max_num_seqs or defaults.max_num_seqs
     batched = max_num_batched_tokens or defaults.max_num_batched_tokens
