@@ -91,6 +91,7 @@ _TABLES = (
     api.TUNING_GLUON_BY_FORMAT,
     api.TUNING_COMBINE,
     api.TUNING_WRITE,
+    api.TUNING_WRITE_BY_FORMAT,
 )
 
 
