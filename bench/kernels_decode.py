@@ -508,14 +508,20 @@ def _arguments_or_exit(
     unknown = [v for v in vnames if variant_settings(v) is None]
     if unknown:
         ap.error(f"unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)} or {_LAUNCH.pattern}")
+    grid = parse_shapes(ap, shapes)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (this benchmark times the kernels on the device)")
+    return grid
+
+
+def parse_shapes(ap: argparse.ArgumentParser, shapes: str) -> list[tuple[int, int]]:
+    """--shapes BATCHxCONTEXT,... as (batch, context) pairs; a one-line usage error (exit 2) else."""
     try:
         grid = [(int(b), int(c)) for b, c in (s.split("x") for s in shapes.split(","))]
     except ValueError:
         ap.error(f"--shapes takes BATCHxCONTEXT,... (e.g. 32x32768), got {shapes!r}")
     if any(b < 1 or c < 1 for b, c in grid):
         ap.error(f"--shapes: batch and context must be positive, got {shapes!r}")
-    if not torch.cuda.is_available():
-        ap.error("needs a CUDA GPU (this benchmark times the kernels on the device)")
     return grid
 
 

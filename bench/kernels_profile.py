@@ -50,12 +50,7 @@ def main() -> None:
     unknown = [f for f in args.formats.split(",") if f not in kd.FORMATS]
     if unknown:
         ap.error(f"unknown format {', '.join(unknown)}; known: {', '.join(kd.FORMATS)}")
-    try:
-        shapes = [(int(b), int(c)) for b, c in (s.split("x") for s in args.shapes.split(","))]
-    except ValueError:
-        ap.error(f"--shapes takes BATCHxCONTEXT,... (e.g. 1x32768), got {args.shapes!r}")
-    if any(b < 1 or c < 1 for b, c in shapes):
-        ap.error(f"--shapes: batch and context must be positive, got {args.shapes!r}")
+    shapes = kd.parse_shapes(ap, args.shapes)
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (this benchmark times the kernels on the device)")
     props = torch.cuda.get_device_properties(0)

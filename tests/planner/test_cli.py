@@ -288,9 +288,9 @@ def test_measured_efficiency_is_that_gpus_speedup_over_the_byte_ratio(gpu: str) 
         byte_ratio = bf16 / get_format(name).bytes_per_token_head(128)
         assert eff[name] == pytest.approx(speedup / byte_ratio)
         assert 0 < eff[name] < 1  # none of kvplan's quantized kernels reaches its byte ratio yet
-    assert kv_read_efficiency("kvplan") == {}
+    assert kv_read_efficiency("kvplan", gpu) == {}
     with pytest.raises(ValueError, match="kvplan, measured or vllm"):
-        kv_read_efficiency("fast")
+        kv_read_efficiency("fast", gpu)
 
 
 def test_measured_kernels_follow_the_gpu_and_refuse_one_never_measured(tmp_path: Path) -> None:
