@@ -26,13 +26,29 @@ from kvplan.kernels import api
 CONFIGS = "16x4x0,16x2x0,32x4x0,8x2x0,64x8x0,16x4x1,16x2x1"
 
 
+def _configs_or_exit(ap: argparse.ArgumentParser, text: str) -> list[tuple[int, int, int]]:
+    """--configs BLOCK_TxWARPS[xROT_FROM_INDEX],... ; a one-line usage error (exit 2) else."""
+    out = []
+    for c in text.split(","):
+        parts = c.split("x")
+        if not (2 <= len(parts) <= 3 and all(p.isdigit() for p in parts)):
+            ap.error(f"--configs takes BLOCK_TxWARPS[xROT_FROM_INDEX],... (e.g. 16x4x0), got {c!r}")
+        bt, w, r = (*(int(p) for p in parts), 0)[:3]
+        if bt < 1 or bt & (bt - 1) or w not in (1, 2, 4, 8, 16) or r not in (0, 1):
+            ap.error(f"--configs {c!r}: tokens a power of two, warps 1-16 (a power of two), last 0 or 1")
+        out.append((bt, w, r))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--configs", default=CONFIGS, help="BLOCK_TxWARPSxROT_FROM_INDEX,...")
     ap.add_argument("--jobs", type=int, default=8, help="processes compiling the launches first")
     args = ap.parse_args()
-    configs = [(*(int(x) for x in c.split("x")), 0)[:3] for c in args.configs.split(",")]
+    configs = _configs_or_exit(ap, args.configs)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (this benchmark times the kernels on the device)")
     t0 = time.time()
     fails = [e for _, _, e in kc.warm([
         ("write", {"fmt_name": f, "tokens": 2048}, {"write_block_t": bt, "write_num_warps": w,

@@ -1,7 +1,7 @@
 """The benchmarks refuse bad arguments with one usage line (exit 2) before a backend, a router or
 a device starts: the router benches (router_bench, http_layer, robustness, prefix_replay),
-capacity_sim, and the GPU ones (kernels_decode, kernels_profile, vllm_gpu_startup, the GPU
-harness's report)."""
+capacity_sim, and the GPU ones (kernels_decode, kernels_profile, kernels_write_sweep,
+vllm_gpu_startup, the GPU harness's report)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("kernels_profile.py", ["--out", "p", "--formats", "int4,int3"], "unknown format int3"),
         ("kernels_profile.py", ["--out", "p", "--shapes", "1x"], "--shapes takes BATCHxCONTEXT"),
         ("kernels_profile.py", ["--out", "p"], "needs a CUDA GPU"),
+        ("kernels_write_sweep.py", ["--out", "w", "--configs", "16x4,16xa"], "--configs takes BLOCK_TxWARPS"),
+        ("kernels_write_sweep.py", ["--out", "w", "--configs", "12x4x0"], "tokens a power of two"),
+        ("kernels_write_sweep.py", ["--out", "w"], "needs a CUDA GPU"),
         ("vllm_gpu_startup.py", ["compare", "absent.json"], "no such result file"),
         (
             "vllm_gpu_startup.py",
