@@ -580,22 +580,34 @@ def _gluon_resident(
         try:
             compiled = kernel.warmup(*args, grid=grid, DIRECT=False, **kw)  # type: ignore[attr-defined]
             compiled._init_handles()  # loads the module: n_regs is known from here on
+            props = _device_limits(args[0].device)  # type: ignore[attr-defined]
             _RESIDENT[key] = resident_programs(
-                int(compiled.n_regs), int(compiled.metadata.num_warps), int(compiled.metadata.shared)
+                int(compiled.n_regs), int(compiled.metadata.num_warps), int(compiled.metadata.shared), *props
             )
         except AttributeError:
             _RESIDENT[key] = None
     return _RESIDENT[key]
 
 
-def resident_programs(n_regs: int, num_warps: int, shared: int) -> int:
-    """Programs of `num_warps` warps an sm_90 SM (H100/H200) holds at once: 64K registers, given
-    out 256 a warp; at most 64 warps and 32 programs; 228 KB of shared memory, 1 KB of it kept
-    for each program."""
+def resident_programs(
+    n_regs: int, num_warps: int, shared: int, max_warps: int = 64, sm_shared: int = 228 * 1024
+) -> int:
+    """Programs of `num_warps` warps an SM holds at once: 64K registers, given out 256 a warp; at
+    most `max_warps` warps and 32 programs; `sm_shared` bytes of shared memory, 1 KB of it kept for
+    each program (defaults: sm_90, the H100/H200; _gluon_resident passes the device's own)."""
     per_warp = -(-max(n_regs, 1) * 32 // 256) * 256
     by_regs = 65536 // per_warp // num_warps
-    by_shared = 228 * 1024 // (shared + 1024)
-    return max(1, min(32, 64 // num_warps, by_regs, by_shared))
+    by_shared = sm_shared // (shared + 1024)
+    return max(1, min(32, max_warps // num_warps, by_regs, by_shared))
+
+
+@lru_cache(maxsize=8)
+def _device_limits(device: torch.device) -> tuple[int, int]:
+    """(warps, shared-memory bytes) an SM of `device` holds (sm_90's on a CPU tensor)."""
+    if device.type != "cuda":
+        return 64, 228 * 1024
+    p = torch.cuda.get_device_properties(device)
+    return p.max_threads_per_multi_processor // 32, p.shared_memory_per_multiprocessor
 
 
 @lru_cache(maxsize=8)

@@ -184,3 +184,6 @@ def test_programs_an_sm_holds_follow_registers_warps_and_shared_memory() -> None
     assert api.resident_programs(32, 1, 0) == 32  # at most 32 programs an SM
     assert api.resident_programs(64, 4, 0) == 8  # 64K registers / (2,048 a warp x 4 warps)
     assert api.resident_programs(32, 1, 100 * 1024) == 2  # 228 KB of shared memory
+    assert api.resident_programs(64, 4, 0, max_warps=48) == 8  # registers bind first
+    assert api.resident_programs(32, 4, 0, max_warps=48) == 12  # an sm_86 SM: 48 warps
+    assert api.resident_programs(32, 1, 40 * 1024, sm_shared=100 * 1024) == 2
