@@ -425,18 +425,22 @@ def _attention_triton(
         block_n = int(str(tune["block_n"])) if d <= 128 else 32
         block_m = max(16, triton.next_power_of_2(block_q * group))
     u8, p16, f16, f32 = _views(cache, fmt)
-    gd_args: tuple[list[object], dict[str, object]] | None = None
     if gluon:
         from kvplan.kernels import gluon_decode as gd
 
-        gd_args = _gluon_arguments(
-            query, out, f32, block_table, seq_lens, query_start_loc, k_scale, v_scale, scale, fmt, p,
-            hkv, group, d, block_size, num_qb, block_q, block_m, block_n, tune,
-        )  # fmt: skip
+        def gluon_args(parts: tuple[torch.Tensor, ...], tps: int) -> tuple[list[object], dict[str, object]]:
+            return _gluon_arguments(
+                query, out, f32, block_table, seq_lens, query_start_loc, k_scale, v_scale, scale, fmt,
+                p, hkv, group, d, block_size, num_qb, block_q, block_m, block_n, tune, parts, tps,
+            )  # fmt: skip
+
     if num_splits is None:
         resident = None
-        if gd_args is not None and float(str(tune["waves"])) > 0:
-            resident = _gluon_resident(gd.attention_kernel, (b * num_qb, hkv, 2), *gd_args)
+        if gluon and float(str(tune["waves"])) > 0:  # fp32 stand-ins: the compile sees only dtypes
+            stand_in = (_partials_stand_in(query.device),) * 3
+            resident = _gluon_resident(
+                gd.attention_kernel, (b * num_qb, hkv, 2), *gluon_args(stand_in, block_n)
+            )
         num_splits = _choose_splits(programs, max_seq_len, sms, tune, resident)
     tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
     num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
@@ -446,10 +450,8 @@ def _attention_triton(
         l_part = torch.empty_like(m_part)
     else:
         o_part = m_part = l_part = out  # unused
-    if gd_args is not None:
-        args, kw = gd_args
-        args[2:5] = [o_part, m_part, l_part]
-        args[21] = tps
+    if gluon:
+        args, kw = gluon_args((o_part, m_part, l_part), tps)
         gd.attention_kernel[(b * num_qb, hkv, num_splits)](*args, DIRECT=num_splits == 1, **kw)
     else:
         _launch_triton(
@@ -535,16 +537,17 @@ def _gluon_arguments(
     block_m: int,
     block_n: int,
     tune: dict[str, object],
+    parts: tuple[torch.Tensor, ...],
+    tps: int,
 ) -> tuple[list[object], dict[str, object]]:
-    """The Gluon kernel's arguments but DIRECT, with fp32 stand-ins for the split-K partials
-    (arguments 2-4) and block_n for the tokens a split (argument 21): the caller fills those in."""
+    """The Gluon kernel's arguments but DIRECT: `parts` the split-K partials (o, m, l), `tps` the
+    tokens a split."""
     dev = query.device
-    part = _partials_stand_in(dev)
     args: list[object] = [
-        query, out, part, part, part, f32.view(torch.int32), block_table, seq_lens, query_start_loc,
+        query, out, *parts, f32.view(torch.int32), block_table, seq_lens, query_start_loc,
         _static(k_scale, hkv, dev), _static(v_scale, hkv, dev), _half_hadamard(d, dev, query.dtype),
         scale * _LOG2E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
-        block_table.stride(0), query.shape[0], query.shape[1], num_qb, block_n,
+        block_table.stride(0), query.shape[0], query.shape[1], num_qb, tps,
     ]  # fmt: skip
     kw: dict[str, object] = dict(
         HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
