@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import os
 import re
@@ -71,20 +72,37 @@ def compile_only(arch: int = 90) -> Iterator[None]:
         driver._active = saved
 
 
-# api's launch tables as shipped on 2026-12-03 (variant "shipped_s6" of bench/kernels_decode.py):
-# base, regimes, per-format overrides
+# api's launch tables as shipped before (variants "shipped_s6", "shipped_s7" of
+# bench/kernels_decode.py): base, regimes, per-format overrides. s6: 2026-12-03; s7: 2026-12-04
+# (commit ce52745), before one row max a group of tiles ("joint")
 _Over = dict[str, object]
-PREVIOUS_GLUON: tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]] = (
-    {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0},
-    {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
-     "small": {"programs_per_sm": 8, "unroll": 4}},
-    {
-        **{f: {"short": {"programs_per_sm": 8}}
-           for f in ("fp8_e4m3", "int8_hadamard", "k8v4", "int4", "int4_hadamard")},
-        "int8": {"short": {"unroll": 4}, "full": {"unroll": 4}},
-        "int8_hadamard": {"short": {"programs_per_sm": 8}, "full": {"unroll": 4}},
-    },
-)  # fmt: skip
+_Tables = tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]]
+_SWAPPED_128_S7: _Over = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
+PREVIOUS_GLUON: dict[str, _Tables] = {
+    "s6": (
+        {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0,
+         "joint": False},
+        {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
+         "small": {"programs_per_sm": 8, "unroll": 4}},
+        {
+            **{f: {"short": {"programs_per_sm": 8}}
+               for f in ("fp8_e4m3", "int8_hadamard", "k8v4", "int4", "int4_hadamard")},
+            "int8": {"short": {"unroll": 4}, "full": {"unroll": 4}},
+            "int8_hadamard": {"short": {"programs_per_sm": 8}, "full": {"unroll": 4}},
+        },
+    ),
+    "s7": (
+        {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0, "waves": 1,
+         "joint": False},
+        {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}},
+        {
+            "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
+            "k8v4": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
+            "int4": {"full": {"swap": True, "maxnreg": 168, "waves": 2}, "partial": _SWAPPED_128_S7},
+            "int4_hadamard": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
+        },
+    ),
+}  # fmt: skip
 _TABLES = (
     api.TUNING_GLUON,
     api.TUNING_GLUON_REGIME,
@@ -99,14 +117,14 @@ _TABLES = (
 def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
     """api's launch tables with `over` applied (a benchmark variant): its keys replace TUNING_GLUON's,
     and the regimes and per-format settings (TUNING_GLUON_REGIME, TUNING_GLUON_BY_FORMAT) are set
-    aside unless `over` says "per_format": True (variant `shipped`) or "per_format": "s6" (the tables
-    of 2026-12-03, PREVIOUS_GLUON), so each other variant is one launch at every shape. With the
+    aside unless `over` says "per_format": True (variant `shipped`) or a key of PREVIOUS_GLUON
+    ("s6", "s7": earlier tables), so each other variant is one launch at every shape. With the
     tables, `over`'s other keys hold in every regime and format (`shipped_pps`: waves 0)."""
     saved = [dict(t) for t in _TABLES]
     over = dict(over)
     per_format = over.pop("per_format", False)
-    if per_format == "s6":
-        base, regimes, by_format = PREVIOUS_GLUON
+    if isinstance(per_format, str):
+        base, regimes, by_format = copy.deepcopy(PREVIOUS_GLUON[per_format])
         api.TUNING_GLUON.update(base)
         api.TUNING_GLUON_REGIME.clear()
         api.TUNING_GLUON_REGIME.update(regimes)

@@ -53,24 +53,30 @@ FORMATS = ["bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_ha
 QUANT = FORMATS[1:]
 GRID = [(32, 32768), (1, 32768), (1, 131072), (64, 1024), (8, 32768), (32, 4096)]  # priority order
 # name -> api.TUNING_GLUON overrides. "triton" is the Triton kernel (bench/results/kernels_h100.md),
-# "shipped" api's tables as they are, "shipped_s6" as they were on 2026-12-03; every other name is one
-# Gluon launch at every shape, spelt [sw_][pf_]u<unroll>[_r<maxnreg>][_pps<programs an SM>]
+# "shipped" api's tables as they are, "shipped_s6"/"_s7" as they were on 2026-12-03 / at commit
+# ce52745 (kernels_compile.PREVIOUS_GLUON); every other name is one
+# Gluon launch at every shape, spelt [sw_][pf_][j_]u<unroll>[_r<maxnreg>][_pps<programs an SM>]
 # [_w<waves of the programs an SM holds>][_mt<min tokens a split>][_cd<merge columns a program>
 # [_cs<merge splits a step>]] (variant_settings):
 # e.g. sw_pf_u2_r168_pps32 is S^T = K Q^T, the next two tiles' loads issued before this group's
-# math, at most 168 registers a thread, 32 programs an SM
+# math, at most 168 registers a thread, 32 programs an SM; j_: one row max a group of tiles
+# ("joint"), not a tile
 VARIANTS: dict[str, dict[str, object]] = {
     "triton": {"gluon": False},
     "shipped": {"gluon": True, "per_format": True},
     "shipped_s6": {"gluon": True, "per_format": "s6"},
+    "shipped_s7": {"gluon": True, "per_format": "s7"},
     "shipped_pps": {"gluon": True, "per_format": True, "waves": 0},  # splits by programs_per_sm
+    # the tables with one row max a group of tiles ("joint") on, and off, in every regime and format
+    "shipped_j": {"gluon": True, "per_format": True, "joint": True},
+    "shipped_nj": {"gluon": True, "per_format": True, "joint": False},
     "gluon": {"gluon": True},  # api.TUNING_GLUON's base launch alone
     # the split-K merge in [32 splits, 32 columns] tiles (api.TUNING_COMBINE)
     "shipped_comb32": {"gluon": True, "per_format": True, "combine_block_d": 32, "combine_block_s": 32,
                        "combine_num_warps": 2},
 }  # fmt: skip
 _LAUNCH = re.compile(
-    r"(sw_)?(pf_)?u(\d+)(?:_r(\d+))?(?:_pps(\d+))?(?:_w(\d+))?(?:_mt(\d+))?(?:_cd(\d+))?(?:_cs(\d+))?"
+    r"(sw_)?(pf_)?(j_)?u(\d+)(?:_r(\d+))?(?:_pps(\d+))?(?:_w(\d+))?(?:_mt(\d+))?(?:_cd(\d+))?(?:_cs(\d+))?"
 )
 
 
@@ -87,9 +93,10 @@ def variant_settings(name: str) -> dict[str, object] | None:
     m = _LAUNCH.fullmatch(name)
     if m is None:
         return None
-    swap, prefetch, unroll, cap, pps, waves, min_tokens, comb_d, comb_s = m.groups()
+    swap, prefetch, joint, unroll, cap, pps, waves, min_tokens, comb_d, comb_s = m.groups()
     return {
-        "gluon": True, "swap": bool(swap), "prefetch": bool(prefetch), "unroll": int(unroll),
+        "gluon": True, "swap": bool(swap), "prefetch": bool(prefetch), "joint": bool(joint),
+        "unroll": int(unroll),
         "maxnreg": int(cap or 0), "programs_per_sm": int(pps or 16), "waves": int(waves or 0),
         "min_tokens_per_split": int(min_tokens or 128),
         **({"combine_block_d": int(comb_d), "combine_block_s": int(comb_s or 0)} if comb_d else {}),
@@ -107,6 +114,9 @@ CHECK_VARIANTS = (
     "sw_pf_u2",
     "sw_pf_u2_r168",
     "sw_pf_u1_r128",
+    "shipped_j",
+    "pf_j_u2",
+    "sw_pf_j_u2",
 )
 CHECK_SHAPES = [
     (64, 16, 1),

@@ -36,6 +36,7 @@ def _tables() -> list[object]:
         {"gluon": True, "unroll": 4, "combine_block_d": 32, "write_num_warps": 8},
         {"gluon": True, "per_format": True, "waves": 0},
         {"gluon": True, "per_format": "s6"},
+        {"gluon": True, "per_format": "s7"},
     ],
 )
 def test_every_launch_table_is_restored(kc: object, over: dict[str, object]) -> None:

@@ -92,6 +92,8 @@ TUNING_GLUON: dict[str, object] = {
     "block_n": 16,
     "unroll": 2,
     "lazy": True,  # rescale the output accumulator only when a row max grows past 2^8
+    # one row max and one rescale check a group of `unroll` tiles (their scores first), not a tile
+    "joint": False,
     "prefetch": True,  # issue the next `unroll` tiles' loads before this group's math
     # S^T = K Q^T: keys the MMA's A operand and the query group its N side (8 columns a step, not
     # 16 rows), P^T transposed by warp shuffles for P.V (tiles of 16 tokens or more)
@@ -112,7 +114,12 @@ TUNING_GLUON: dict[str, object] = {
 # 64 x 1K, 32 x 4K; full: 32 x 32K, 24 x 32K; partial: 8 x 32K, 12 x 32K; small: 1 x 32K, 1 x 128K):
 # the unswapped product, two tiles a step (226-255 registers: 8 one-warp programs an SM) and one
 # wave of them, but for the 4-bit formats and k8v4 on full and partial grids the swapped one under
-# a register cap (128: 16 programs an SM; int4 168: 12), and two waves on partial grids.
+# a register cap (128: 16 programs an SM; int4 168: 12), and two waves on partial grids. The
+# 4-bit formats on full grids (int4 on partial ones too): the swapped product two tiles a step
+# with one row max for both ("joint"), at 168 registers, two waves (bench/results/
+# kernels_h200_s8_call1.json, 32 x 32K: int4 3.24x over BF16 against 3.09x without "joint",
+# int4_hadamard 3.15x against 2.92x with _SWAPPED_128; "joint" on the unswapped product lost
+# 1-12%, so it is off in the base launch).
 GLUON_LONG = 16384
 TUNING_GLUON_REGIME: dict[str, dict[str, object]] = {
     "short": {},
@@ -121,11 +128,12 @@ TUNING_GLUON_REGIME: dict[str, dict[str, object]] = {
     "small": {},
 }
 _SWAPPED_128: dict[str, object] = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
+_SWAPPED_JOINT: dict[str, object] = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
 TUNING_GLUON_BY_FORMAT: dict[str, dict[str, dict[str, object]]] = {
     "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
     "k8v4": {"full": {**_SWAPPED_128, "waves": 2}, "partial": _SWAPPED_128},
-    "int4": {"full": {"swap": True, "maxnreg": 168, "waves": 2}, "partial": _SWAPPED_128},
-    "int4_hadamard": {"full": {**_SWAPPED_128, "waves": 2}, "partial": _SWAPPED_128},
+    "int4": {"full": _SWAPPED_JOINT, "partial": _SWAPPED_JOINT},
+    "int4_hadamard": {"full": _SWAPPED_JOINT, "partial": _SWAPPED_128},
 }
 
 
@@ -554,7 +562,8 @@ def _gluon_arguments(
         V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
         K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
         UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
-        SWAP=bool(tune["swap"]) and block_n >= 16, num_warps=1, **_maxnreg(tune),
+        SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]), num_warps=1,
+        **_maxnreg(tune),
     )  # fmt: skip
     return args, kw
 

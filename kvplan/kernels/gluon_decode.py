@@ -31,7 +31,9 @@ per tile of BLOCK_N tokens (one page or part of one):
   and the query group as the B operand (8 columns, not 16 rows of which 4 are real: half the
   integer MMAs, fewer registers); S^T's accumulator reaches P^T's B fragment by one layout change
   (two warp shuffles and a few byte permutes a tile). PREFETCH issues the next UNROLL tiles' loads
-  before this group's math. Which launch runs where: api.TUNING_GLUON_REGIME / _BY_FORMAT.
+  before this group's math. JOINT takes one row max (one warp reduction, one lazy-rescale check)
+  for a group of UNROLL tiles: their scores first, then each one's P.V. Which launch runs where:
+  api.TUNING_GLUON_REGIME / _BY_FORMAT.
 
 Relabellings are logical reshapes/permutes of the loaded tiles; Gluon infers the layouts and the
 final `convert_layout` to the MMA operand moves no data (asserted where it must be exactly trivial).
@@ -260,19 +262,17 @@ def _rows8(x, axis: gl.constexpr):
 
 
 @gluon.jit
-def _tile(
-    n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kw_lo, kw_hi, vw, k_meta, v_meta,
-    m_i, l_el, z_el, acc, v_mul, v_over,
-    K_KIND: gl.constexpr, V_KIND: gl.constexpr, MASKED: gl.constexpr, LAZY: gl.constexpr,
-    BN: gl.constexpr, M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
-    CB: gl.constexpr, VB: gl.constexpr, SWAP: gl.constexpr,
-    mma: gl.constexpr, kb: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
+def _scores(
+    n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kw_lo, kw_hi, k_meta,
+    K_KIND: gl.constexpr, MASKED: gl.constexpr, BN: gl.constexpr, M: gl.constexpr,
+    MM: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr, SWAP: gl.constexpr,
+    mma: gl.constexpr, kb: gl.constexpr,
 ):  # fmt: skip
-    """One tile: scores, online softmax, P.V. kw_*/vw/k_meta/v_meta are this tile's loaded code
-    words and per-token metadata (fp32 scale, or fp16 (scale, zero) in one int32)."""
+    """A tile's scores (base 2, the softmax scale in qs1/qs2/q_sum): S = Q K^T [M, BN] (rows:
+    query heads, cols: tokens), or (SWAP) S^T = K Q^T [BN, M]. kw_*/k_meta are the tile's loaded
+    key words and per-token metadata (fp32 scale, or fp16 (scale, zero) in one int32)."""
     TOK: gl.constexpr = 0 if SWAP else 1  # the score tile's token axis
     kc_lo, kc_hi = _k_codes(kw_lo, kw_hi, K_KIND, BN, CB)
-    # ---- S = Q K^T [MM, BN] (rows: query heads, cols: tokens), or (SWAP) S^T = K Q^T [BN, M]
     if K_KIND == FP8:
         k_lo = _k_operand(kc_lo, BN, HALF, CB, 2, kb, SWAP)
         k_hi = _k_operand(kc_hi, BN, HALF, CB, 2, kb, SWAP)
@@ -311,9 +311,15 @@ def _tile(
     if MASKED:
         tok = _per_tok(n0 + gl.arange(0, BN, layout=gl.SliceLayout(1 - TOK, s.type.layout)), SWAP)
         s = gl.where((tok < end) & (tok < _per_q(limit, SWAP)), s, float("-inf"))
-    # ---- online softmax (base 2; the softmax scale is in qs1/qs2/q_sum)
-    m_tile = gl.max(s, axis=TOK)
-    if LAZY:  # rescale only when a row's max grew by more than 2^8 (p then stays <= 256)
+    return s
+
+
+@gluon.jit
+def _rescale(m_i, m_tile, l_el, z_el, acc, LAZY: gl.constexpr, SWAP: gl.constexpr, mma: gl.constexpr):
+    """Online softmax before tokens whose row max is m_tile: the running max, the one to
+    exponentiate against, and the sums and accumulator rescaled to it. LAZY: only when a row's
+    max grew by more than 2^8 (p then stays <= 256), else every time."""
+    if LAZY:
         if gl.max((m_tile > m_i + 8.0).to(gl.int32), axis=0) > 0:
             m_new = gl.maximum(m_i, m_tile)
             alpha = gl.exp2(m_i - gl.where(m_new == float("-inf"), 0.0, m_new))
@@ -322,17 +328,26 @@ def _tile(
             z_el = z_el * _per_q(alpha, SWAP)
             m_i = m_new
         m_use = gl.where(m_i == float("-inf"), 0.0, m_i)
-        p = gl.exp2(s - _per_q(m_use, SWAP))
-        l_el = l_el + p
     else:
         m_new = gl.maximum(m_i, m_tile)
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_use)
-        p = gl.exp2(s - _per_q(m_use, SWAP))
-        l_el = l_el * _per_q(alpha, SWAP) + p
+        l_el = l_el * _per_q(alpha, SWAP)
         z_el = z_el * _per_q(alpha, SWAP)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(0, mma))[None, :]
         m_i = m_new
+    return m_i, m_use, l_el, z_el, acc
+
+
+@gluon.jit
+def _accumulate(
+    s, m_use, vw, v_meta, l_el, z_el, acc, v_mul, v_over, V_KIND: gl.constexpr, BN: gl.constexpr,
+    D: gl.constexpr, VB: gl.constexpr, SWAP: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
+):  # fmt: skip
+    """A tile's probabilities against m_use into the sums and O^T [D, M] += V^T P^T (vw/v_meta:
+    its loaded value words and metadata)."""
+    p = gl.exp2(s - _per_q(m_use, SWAP))
+    l_el = l_el + p
     if V_KIND == FP8:
         pv = p.to(gl.float16)
     else:
@@ -346,10 +361,33 @@ def _tile(
             v_zr = (v_meta >> 16).to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32)
             # the dot sums pv (code - 8): the 8 back with the same rounded pv, and the zero point
             z_el = z_el + p * _per_tok(v_zr, SWAP) + pv.to(gl.float32) * (8.0 * v_over)
-    # ---- O^T [D, M] += V^T P^T. Unswapped, P^T is a relabelling of the score tile (no data
-    # moves); SWAP: the score tile is P^T, its lanes' roles transposed (warp shuffles)
+    # Unswapped, P^T is a relabelling of the score tile (no data moves); SWAP: the score tile is
+    # P^T, its lanes' roles transposed (warp shuffles)
     p_t = gl.convert_layout(pv if SWAP else gl.permute(pv, [1, 0]), pb)
     acc = mma_v2(_v_operand(vw, V_KIND, BN, D, VB, va), p_t, acc)
+    return l_el, z_el, acc
+
+
+@gluon.jit
+def _tile(
+    n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kw_lo, kw_hi, vw, k_meta, v_meta,
+    m_i, l_el, z_el, acc, v_mul, v_over,
+    K_KIND: gl.constexpr, V_KIND: gl.constexpr, MASKED: gl.constexpr, LAZY: gl.constexpr,
+    BN: gl.constexpr, M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
+    CB: gl.constexpr, VB: gl.constexpr, SWAP: gl.constexpr,
+    mma: gl.constexpr, kb: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
+):  # fmt: skip
+    """One tile: scores, online softmax, P.V."""
+    s = _scores(
+        n0, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, kw_lo, kw_hi, k_meta, K_KIND,
+        MASKED, BN, M, MM, HALF, CB, SWAP, mma, kb,
+    )  # fmt: skip
+    m_i, m_use, l_el, z_el, acc = _rescale(
+        m_i, gl.max(s, axis=0 if SWAP else 1), l_el, z_el, acc, LAZY, SWAP, mma
+    )
+    l_el, z_el, acc = _accumulate(
+        s, m_use, vw, v_meta, l_el, z_el, acc, v_mul, v_over, V_KIND, BN, D, VB, SWAP, va, pb
+    )
     return m_i, l_el, z_el, acc
 
 
@@ -358,17 +396,40 @@ def _group(
     n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc, v_mul,
     v_over, K_KIND: gl.constexpr, V_KIND: gl.constexpr, LAZY: gl.constexpr, BN: gl.constexpr,
     M: gl.constexpr, MM: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr, CB: gl.constexpr,
-    VB: gl.constexpr, UNROLL: gl.constexpr, SWAP: gl.constexpr, mma: gl.constexpr, kb: gl.constexpr,
-    va: gl.constexpr, pb: gl.constexpr,
+    VB: gl.constexpr, UNROLL: gl.constexpr, SWAP: gl.constexpr, JOINT: gl.constexpr,
+    mma: gl.constexpr, kb: gl.constexpr, va: gl.constexpr, pb: gl.constexpr,
 ):  # fmt: skip
-    """The math of a group of UNROLL full tiles from token n0 (grp: their loads, from _fetch)."""
-    for i in gl.static_range(UNROLL):
-        t = grp[i]
-        m_i, l_el, z_el, acc = _tile(
-            n0 + i * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t[0], t[1], t[2],
-            t[3], t[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY, BN, M, MM,
-            D, HALF, CB, VB, SWAP, mma, kb, va, pb,
-        )  # fmt: skip
+    """The math of a group of UNROLL full tiles from token n0 (grp: their loads, from _fetch).
+    JOINT: every tile's scores first, then one row max and one rescale for the group (one
+    reduction and one check a group instead of a tile), then each tile's P.V."""
+    if JOINT:
+        ss = ()
+        for i in gl.static_range(UNROLL):
+            t = grp[i]
+            s = _scores(
+                n0 + i * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t[0], t[1],
+                t[3], K_KIND, False, BN, M, MM, HALF, CB, SWAP, mma, kb,
+            )  # fmt: skip
+            ss = ss + (s,)  # type: ignore[assignment]  # noqa: RUF005
+        s_max = ss[0]  # type: ignore[misc]  # (the JIT frontend's tuple, built above)
+        for i in gl.static_range(1, UNROLL):
+            s_max = gl.maximum(s_max, ss[i])
+        m_i, m_use, l_el, z_el, acc = _rescale(
+            m_i, gl.max(s_max, axis=0 if SWAP else 1), l_el, z_el, acc, LAZY, SWAP, mma
+        )
+        for i in gl.static_range(UNROLL):
+            t = grp[i]
+            l_el, z_el, acc = _accumulate(
+                ss[i], m_use, t[2], t[4], l_el, z_el, acc, v_mul, v_over, V_KIND, BN, D, VB, SWAP, va, pb
+            )
+    else:
+        for i in gl.static_range(UNROLL):
+            t = grp[i]
+            m_i, l_el, z_el, acc = _tile(
+                n0 + i * BN, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, t[0], t[1],
+                t[2], t[3], t[4], m_i, l_el, z_el, acc, v_mul, v_over, K_KIND, V_KIND, False, LAZY,
+                BN, M, MM, D, HALF, CB, VB, SWAP, mma, kb, va, pb,
+            )  # fmt: skip
     return m_i, l_el, z_el, acc
 
 
@@ -462,6 +523,7 @@ def attention_kernel(
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
     LAZY: gl.constexpr, DIRECT: gl.constexpr, PREFETCH: gl.constexpr, SWAP: gl.constexpr,
+    JOINT: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
     (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
@@ -616,8 +678,8 @@ def attention_kernel(
             )  # fmt: skip
             m_i, l_el, z_el, acc = _group(
                 n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc,
-                v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, mma, kb_l,
-                va_l, pb_l,
+                v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,
+                kb_l, va_l, pb_l,
             )  # fmt: skip
     else:
         for n0 in range(start, full_u, UNROLL * BN):
@@ -627,8 +689,8 @@ def attention_kernel(
             )  # fmt: skip
             m_i, l_el, z_el, acc = _group(
                 n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc,
-                v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, mma, kb_l,
-                va_l, pb_l,
+                v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,
+                kb_l, va_l, pb_l,
             )  # fmt: skip
     # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
     # see (masked loads and scores)

@@ -37,13 +37,18 @@ def _write(k, v, cache, slot, fmt, page, ks, vs, stage=None):
     api.write_kv(k, v, cache, slot, fmt, page, ks, vs, backend="triton")
 
 
-def _run(kernel, name, d, page, q_lens, lens, dtype=torch.bfloat16, splits=None, g=3, outliers=True) -> float:
+def _run(
+    kernel, name, d, page, q_lens, lens, dtype=torch.bfloat16, splits=None, g=3, outliers=True, kq=None
+) -> float:
+    """kq: (keys, queries) to use instead of random ones (values stay random)."""
     fmt, hkv = get_format(name), 2
     k, v = keys_values(sum(lens), hkv, d, outliers=outliers, dtype=torch.float16)
-    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
-    cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, ks, write=_write)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     q = torch.randn(int(qsl[-1]), hkv * g, d).to(dtype)
+    if kq is not None:
+        k, q = kq[0].to(k.dtype), kq[1].to(dtype)
+    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
+    cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, ks, write=_write)
     sl = torch.tensor(lens, dtype=torch.int32)
     want = R.paged_attention(
         q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, compute_dtype=torch.float64
@@ -128,20 +133,25 @@ def test_which_kernel_runs(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "unroll", "lazy", "prefetch", "swap"),
+    ("name", "unroll", "lazy", "prefetch", "swap", "joint"),
     [
-        ("int4", 1, True, False, False),
-        ("k8v4", 4, True, False, False),
-        ("fp8_e4m3", 2, False, False, False),
-        ("int4_hadamard", 1, True, True, False),
-        ("int8", 2, True, True, False),
-        ("k8v4", 4, False, True, False),
-        ("int4", 2, True, True, True),
-        ("fp8_e4m3", 1, False, True, True),
+        ("int4", 1, True, False, False, False),
+        ("k8v4", 4, True, False, False, False),
+        ("fp8_e4m3", 2, False, False, False, False),
+        ("int4_hadamard", 1, True, True, False, False),
+        ("int8", 2, True, True, False, False),
+        ("k8v4", 4, False, True, False, False),
+        ("int4", 2, True, True, True, False),
+        ("fp8_e4m3", 1, False, True, True, False),
+        # one row max a group of tiles: lazy and eager rescaling, both products
+        ("k8v4", 4, True, False, False, True),
+        ("fp8_e4m3", 2, False, True, False, True),
+        ("int8", 2, True, True, True, True),
+        ("int4_hadamard", 4, False, True, True, True),
     ],
 )
 def test_launch_variants_the_benchmark_sweeps(
-    emulated, monkeypatch, name: str, unroll: int, lazy: bool, prefetch: bool, swap: bool
+    emulated, monkeypatch, name: str, unroll: int, lazy: bool, prefetch: bool, swap: bool, joint: bool
 ) -> None:
     # 300 tokens in 2 splits of 160 and 140: full groups, a prefetch past the last one (block 0,
     # unused), and a masked rest
@@ -149,7 +159,24 @@ def test_launch_variants_the_benchmark_sweeps(
     monkeypatch.setitem(api.TUNING_GLUON, "lazy", lazy)
     monkeypatch.setitem(api.TUNING_GLUON, "prefetch", prefetch)
     monkeypatch.setitem(api.TUNING_GLUON, "swap", swap)
+    monkeypatch.setitem(api.TUNING_GLUON, "joint", joint)
     assert _run(emulated, name, 128, 16, [1, 2], [300, 37], splits=2) <= 5e-3
+
+
+@pytest.mark.parametrize("joint", [False, True])
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int4"])
+def test_a_score_jumping_by_2_to_the_40_inside_a_group_of_tiles(emulated, monkeypatch, name, joint) -> None:
+    """One key (token 20: the second tile of the first group of two) scores ~2^40 over the rest:
+    each tile's P must be taken against a max that includes it (a group's max must cover all its
+    tiles), or its p saturates fp16 while the row sum does not."""
+    monkeypatch.setitem(api.TUNING_GLUON, "unroll", 2)
+    monkeypatch.setitem(api.TUNING_GLUON, "joint", joint)
+    hkv, g, d, t = 2, 3, 64, 64
+    qvec = torch.randn(hkv, 1, d)
+    q = qvec.expand(hkv, g, d).reshape(1, hkv * g, d)
+    k = 0.5 * torch.randn(t, hkv, d)
+    k[20] = 28.0 * qvec[:, 0] / qvec[:, 0].norm(dim=-1, keepdim=True)
+    assert _run(emulated, name, d, 16, [1], [t], splits=1, g=g, kq=(k, q)) <= 5e-3
 
 
 @pytest.mark.parametrize(("n_regs", "splits"), [(168, 6), (255, 4)])
