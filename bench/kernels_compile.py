@@ -81,7 +81,7 @@ _SWAPPED_128_S7: _Over = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
 PREVIOUS_GLUON: dict[str, _Tables] = {
     "s6": (
         {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0,
-         "joint": False},
+         "joint": False, "early": False},
         {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
          "small": {"programs_per_sm": 8, "unroll": 4}},
         {
@@ -93,7 +93,7 @@ PREVIOUS_GLUON: dict[str, _Tables] = {
     ),
     "s7": (
         {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0, "waves": 1,
-         "joint": False},
+         "joint": False, "early": False},
         {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}},
         {
             "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},

@@ -70,6 +70,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     # the tables with one row max a group of tiles ("joint") on, and off, in every regime and format
     "shipped_j": {"gluon": True, "per_format": True, "joint": True},
     "shipped_nj": {"gluon": True, "per_format": True, "joint": False},
+    # the tables with the first group's loads after the query prologue in every launch (no "early")
+    "shipped_ne": {"gluon": True, "per_format": True, "early": False},
     "gluon": {"gluon": True},  # api.TUNING_GLUON's base launch alone
     # the split-K merge in [32 splits, 32 columns] tiles (api.TUNING_COMBINE)
     "shipped_comb32": {"gluon": True, "per_format": True, "combine_block_d": 32, "combine_block_s": 32,
@@ -117,6 +119,7 @@ CHECK_VARIANTS = (
     "shipped_j",
     "pf_j_u2",
     "sw_pf_j_u2",
+    "shipped_ne",
 )
 CHECK_SHAPES = [
     (64, 16, 1),

@@ -32,7 +32,8 @@ per tile of BLOCK_N tokens (one page or part of one):
   integer MMAs, fewer registers); S^T's accumulator reaches P^T's B fragment by one layout change
   (two warp shuffles and a few byte permutes a tile). PREFETCH issues the next UNROLL tiles' loads
   before this group's math. JOINT takes one row max (one warp reduction, one lazy-rescale check)
-  for a group of UNROLL tiles: their scores first, then each one's P.V. Which launch runs where:
+  for a group of UNROLL tiles: their scores first, then each one's P.V. EARLY issues the first
+  group's loads before the query prologue's math. Which launch runs where:
   api.TUNING_GLUON_REGIME / _BY_FORMAT.
 
 Relabellings are logical reshapes/permutes of the loaded tiles; Gluon infers the layouts and the
@@ -489,18 +490,35 @@ def _fetch(
 @gluon.jit
 def _rotate(q_lo, q_hi, rot_ptr, MM: gl.constexpr, HALF: gl.constexpr, layout: gl.constexpr):
     """[q_lo, q_hi] @ H_d / sqrt(d) as in triton_kernels._rotate_halves: H_d = [[H', H'], [H', -H']]
-    with H' the +-1 block at rot_ptr (in q's dtype, exact), as MMAs with fp32 accumulation."""
+    with H' the +-1 block at rot_ptr (in q's dtype, exact), as MMAs with fp32 accumulation. H' is
+    read in 16-byte rows and moved into the MMA operand's layout through shared memory (read in
+    that layout directly it took 128 two-byte loads a lane at head_dim 128: 1x32K int4_hadamard
+    1.65x over BF16 against 1.76x, bench/results/kernels_h200_s8_call5.json)."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(0, mma, 2)
     b_l: gl.constexpr = gl.DotOperandLayout(1, mma, 2)
-    r = gl.arange(0, HALF, layout=gl.SliceLayout(1, b_l))
-    c = gl.arange(0, HALF, layout=gl.SliceLayout(0, b_l))
-    hs = gl.load(rot_ptr + r[:, None] * HALF + c[None, :])
+    TC: gl.constexpr = HALF // 8  # lanes along a row of H', 8 elements (16 bytes) each
+    lh: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TC, TC], [1, 1], [1, 0])
+    r = gl.arange(0, HALF, layout=gl.SliceLayout(1, lh))
+    c = gl.arange(0, HALF, layout=gl.SliceLayout(0, lh))
+    hs = gl.convert_layout(gl.load(rot_ptr + r[:, None] * HALF + c[None, :]), b_l)
     zero = gl.zeros([MM, HALF], gl.float32, layout=mma)
     a = mma_v2(gl.convert_layout(q_lo.to(hs.dtype), a_l), hs, zero)
     b = mma_v2(gl.convert_layout(q_hi.to(hs.dtype), a_l), hs, zero)
     inv = 1.0 / gl.sqrt(2.0 * HALF)
     return gl.convert_layout((a + b) * inv, layout), gl.convert_layout((a - b) * inv, layout)
+
+
+@gluon.jit
+def _first_scale_word(
+    bt_row, start, end, c_i32, h, HKV: gl.constexpr, PAGE: gl.constexpr, PAGE_NBYTES: gl.constexpr,
+    V_META: gl.constexpr,
+):  # fmt: skip
+    """The value metadata word of this program's first token (0 for an empty split)."""
+    blk0 = gl.load(bt_row + start // PAGE, mask=start < end, other=0).to(gl.int64)
+    return gl.load(
+        c_i32 + ((blk0 * HKV + h) * PAGE_NBYTES + V_META) // 4 + start % PAGE, mask=start < end, other=0
+    )
 
 
 @gluon.jit
@@ -523,7 +541,7 @@ def attention_kernel(
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
     LAZY: gl.constexpr, DIRECT: gl.constexpr, PREFETCH: gl.constexpr, SWAP: gl.constexpr,
-    JOINT: gl.constexpr,
+    JOINT: gl.constexpr, EARLY: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
     (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
@@ -570,6 +588,40 @@ def attention_kernel(
     seq_len = gl.load(seq_lens_ptr + b)
     q0 = gl.load(qsl_ptr + b)
     q_len = gl.load(qsl_ptr + b + 1) - q0
+
+    # ---- this program's tokens: [start, end); tiles below `full` need no mask
+    r_idx = gl.arange(0, M, layout=row_l)
+    limit = seq_len - q_len + qb * BLOCK_Q + r_idx // G + 1  # row r sees positions < limit
+    last_q = gl.minimum(q_len, (qb + 1) * BLOCK_Q)
+    start = split * tokens_per_split
+    end = gl.minimum(gl.minimum(start + tokens_per_split, seq_len), seq_len - q_len + last_q)
+    all_see = gl.minimum(end, seq_len - q_len + qb * BLOCK_Q + 1)
+    full = start + gl.maximum(all_see - start, 0) // BN * BN
+
+    # per-lane offsets inside a tile, in int32 words
+    kn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lk)))
+    kt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, lk)))
+    kword = gl.arange(0, CW, layout=gl.SliceLayout(0, gl.SliceLayout(1, lk)))
+    k_off = kn[:, None, None] * (KROW // 4) + kt[None, :, None] * CW + kword[None, None, :]
+    vn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lv)))
+    vg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, lv)))
+    vword = gl.arange(0, VW, layout=gl.SliceLayout(0, gl.SliceLayout(1, lv)))
+    v_off = vn[:, None, None] * (VROW // 4) + vg[None, :, None] * VW + vword[None, None, :]
+    m_off = gl.arange(0, BN, layout=tok_l)
+    bt_row = bt_ptr + b.to(gl.int64) * stride_bt
+
+    # EARLY: the first group's loads (and the first value scale's) issued before the prologue's
+    # math, so they land while it runs
+    full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
+    w0 = start * 0  # (fp8: no value scales)
+    if EARLY:
+        if V_KIND != FP8:
+            w0 = _first_scale_word(bt_row, start, end, c_i32, h, HKV, PAGE, PAGE_NBYTES, V_META)
+        if PREFETCH:
+            nxt = _fetch(
+                bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
+                K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
+            )  # fmt: skip
 
     # ---- prologue: the query rows, relabelled into MMA operands
     m_idx = gl.arange(0, MM, layout=gl.SliceLayout(1, lq))
@@ -618,36 +670,13 @@ def attention_kernel(
     qs2 = _row_vec(qs2, MM, M, row_l)
     q_sum = _row_vec(q_sum, MM, M, row_l)
 
-    # ---- this program's tokens: [start, end); tiles below `full` need no mask
-    r_idx = gl.arange(0, M, layout=row_l)
-    limit = seq_len - q_len + qb * BLOCK_Q + r_idx // G + 1  # row r sees positions < limit
-    last_q = gl.minimum(q_len, (qb + 1) * BLOCK_Q)
-    start = split * tokens_per_split
-    end = gl.minimum(gl.minimum(start + tokens_per_split, seq_len), seq_len - q_len + last_q)
-    all_see = gl.minimum(end, seq_len - q_len + qb * BLOCK_Q + 1)
-    full = start + gl.maximum(all_see - start, 0) // BN * BN
-
-    # per-lane offsets inside a tile, in int32 words
-    kn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lk)))
-    kt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, lk)))
-    kword = gl.arange(0, CW, layout=gl.SliceLayout(0, gl.SliceLayout(1, lk)))
-    k_off = kn[:, None, None] * (KROW // 4) + kt[None, :, None] * CW + kword[None, None, :]
-    vn = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, lv)))
-    vg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, lv)))
-    vword = gl.arange(0, VW, layout=gl.SliceLayout(0, gl.SliceLayout(1, lv)))
-    v_off = vn[:, None, None] * (VROW // 4) + vg[None, :, None] * VW + vword[None, None, :]
-    m_off = gl.arange(0, BN, layout=tok_l)
-    bt_row = bt_ptr + b.to(gl.int64) * stride_bt
-
     # fp16 P: p * value scale * v_mul stays in fp16's normal range (v_mul: 2^-floor(log2) of the
     # first token's scale; scales of one head and split rarely differ by 2^15, and P saturates
     # at 65504 rather than overflow)
     v_mul = 1.0
     if V_KIND != FP8:
-        blk0 = gl.load(bt_row + start // PAGE, mask=start < end, other=0).to(gl.int64)
-        w0 = gl.load(
-            c_i32 + ((blk0 * HKV + h) * PAGE_NBYTES + V_META) // 4 + start % PAGE, mask=start < end, other=0
-        )
+        if not EARLY:
+            w0 = _first_scale_word(bt_row, start, end, c_i32, h, HKV, PAGE, PAGE_NBYTES, V_META)
         if V_KIND == INT8:
             sc0 = w0.to(gl.float32, bitcast=True)
         else:
@@ -663,12 +692,12 @@ def attention_kernel(
     # full tiles, UNROLL (1, 2 or 4) at a time: all their loads first, then their math. PREFETCH:
     # the next group's loads are issued before this group's math, so the loads of one group
     # overlap the math of the one before (the carried words are int32 registers)
-    full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
     if PREFETCH:
-        nxt = _fetch(
-            bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
-            K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
-        )  # fmt: skip
+        if not EARLY:
+            nxt = _fetch(
+                bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
+                K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
+            )  # fmt: skip
         for n0 in range(start, full_u, UNROLL * BN):
             grp = nxt
             nxt = _fetch(

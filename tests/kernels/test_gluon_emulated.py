@@ -163,6 +163,27 @@ def test_launch_variants_the_benchmark_sweeps(
     assert _run(emulated, name, 128, 16, [1, 2], [300, 37], splits=2) <= 5e-3
 
 
+@pytest.mark.parametrize(
+    ("name", "early", "swap", "prefetch"),
+    [
+        ("int4_hadamard", False, True, True),
+        ("int8_hadamard", True, False, True),
+        ("fp8_e4m3", True, True, True),
+        ("int4", True, False, False),  # no prefetch: only the first scale word early
+        ("int8", False, True, True),
+    ],
+)
+def test_the_rotation_and_the_early_first_loads_at_every_head_dim(
+    emulated, monkeypatch, name: str, early: bool, swap: bool, prefetch: bool
+) -> None:
+    """The query rotation (its matrix read in rows, moved into the MMA's layout) at every
+    head_dim it takes, and the first group's loads issued before the query prologue or after."""
+    for key, value in (("early", early), ("swap", swap), ("prefetch", prefetch)):
+        monkeypatch.setitem(api.TUNING_GLUON, key, value)
+    for d in (64, 128, 256):
+        assert _run(emulated, name, d, 16, [1, 2], [300, 37], splits=2) <= 5e-3
+
+
 @pytest.mark.parametrize("joint", [False, True])
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int4"])
 def test_a_score_jumping_by_2_to_the_40_inside_a_group_of_tiles(emulated, monkeypatch, name, joint) -> None:
