@@ -94,8 +94,8 @@ TUNING_GLUON: dict[str, object] = {
     "lazy": True,  # rescale the output accumulator only when a row max grows past 2^8
     # one row max and one rescale check a group of `unroll` tiles (their scores first), not a tile
     "joint": False,
-    # the first group's loads issued before the query prologue's math, not after it (off in the
-    # register-capped launches, where it spills)
+    # the first group's loads issued before the query prologue's math, not after it; never under a
+    # register cap ("maxnreg"), where those loads' registers spill (32 x 32K int4 3.28x -> 3.20x)
     "early": True,
     "prefetch": True,  # issue the next `unroll` tiles' loads before this group's math
     # S^T = K Q^T: keys the MMA's A operand and the query group its N side (8 columns a step, not
@@ -124,7 +124,7 @@ TUNING_GLUON: dict[str, object] = {
 # int4_hadamard 3.15x against 2.92x with _SWAPPED_128; "joint" on the unswapped product lost
 # 1-12%, so it is off in the base launch). "early" (the first loads before the query prologue):
 # kernels_h200_s8_call5.json, 1 x 32K fp8 1.51x -> 1.54x, int8 1.46x -> 1.50x, k8v4 1.76x -> 1.80x,
-# 48 x 1K int8 1.66x -> 1.70x; in the capped launches it spills (32 x 32K int4 3.28x -> 3.20x).
+# 48 x 1K int8 1.66x -> 1.70x; under a register cap it spills, so a capped launch never takes it.
 GLUON_LONG = 16384
 TUNING_GLUON_REGIME: dict[str, dict[str, object]] = {
     "short": {},
@@ -132,15 +132,8 @@ TUNING_GLUON_REGIME: dict[str, dict[str, object]] = {
     "partial": {"swap": True, "waves": 2},
     "small": {},
 }
-_SWAPPED_128: dict[str, object] = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1, "early": False}
-_SWAPPED_JOINT: dict[str, object] = {
-    "swap": True,
-    "unroll": 2,
-    "joint": True,
-    "maxnreg": 168,
-    "waves": 2,
-    "early": False,
-}
+_SWAPPED_128: dict[str, object] = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
+_SWAPPED_JOINT: dict[str, object] = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
 TUNING_GLUON_BY_FORMAT: dict[str, dict[str, dict[str, object]]] = {
     "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
     "k8v4": {"full": {**_SWAPPED_128, "waves": 2}, "partial": _SWAPPED_128},
@@ -575,7 +568,7 @@ def _gluon_arguments(
         K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
         UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
         SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]),
-        EARLY=bool(tune["early"]), num_warps=1,
+        EARLY=bool(tune["early"]) and not _maxnreg(tune), num_warps=1,
         **_maxnreg(tune),
     )  # fmt: skip
     return args, kw

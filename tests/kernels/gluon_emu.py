@@ -623,6 +623,7 @@ class EmulatedKernel:
         self.fn = _emulated(module)[name]
         self.launches = 0
         self.grids: list[tuple[int, ...]] = []
+        self.constexprs: list[dict[str, Any]] = []  # each launch's keyword arguments
         self.n_regs = n_regs  # what warmup reports: the H200's compile of the 4-bit full-grid launch
 
     def warmup(self, *args: Any, grid: tuple[int, ...], num_warps: int = 1, **kwargs: Any) -> Any:
@@ -634,6 +635,8 @@ class EmulatedKernel:
         def launch(*args: Any, num_warps: int = 1, **kwargs: Any) -> None:
             self.launches += 1
             self.grids.append(tuple(grid))
+            self.constexprs.append(dict(kwargs))
+            kwargs.pop("maxnreg", None)  # a compile option, not the kernel's
             wrapped = [pointer(a) if isinstance(a, torch.Tensor) else a for a in args]
             wrapped = [
                 T(a, F32)

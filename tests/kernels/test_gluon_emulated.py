@@ -184,6 +184,15 @@ def test_the_rotation_and_the_early_first_loads_at_every_head_dim(
         assert _run(emulated, name, d, 16, [1, 2], [300, 37], splits=2) <= 5e-3
 
 
+@pytest.mark.parametrize(("maxnreg", "early"), [(0, True), (168, False)])
+def test_a_register_cap_launches_without_the_early_loads(emulated, monkeypatch, maxnreg, early) -> None:
+    """ "early" holds only where registers are not capped (under a cap its loads spill)."""
+    monkeypatch.setitem(api.TUNING_GLUON, "early", True)
+    monkeypatch.setitem(api.TUNING_GLUON, "maxnreg", maxnreg)
+    assert _run(emulated, "int4", 64, 16, [1], [100], splits=2) <= 5e-3
+    assert emulated.constexprs[-1]["EARLY"] is early
+
+
 @pytest.mark.parametrize("joint", [False, True])
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int4"])
 def test_a_score_jumping_by_2_to_the_40_inside_a_group_of_tiles(emulated, monkeypatch, name, joint) -> None:
