@@ -527,6 +527,34 @@ def _arguments_or_exit(
     return grid
 
 
+def _known_keys() -> set[str]:
+    """What a variant may set: api.TUNING_GLUON's keys, "per_format", combine_* and write_* keys."""
+    return {
+        *api.TUNING_GLUON, "per_format",
+        *(f"combine_{k}" for k in api.TUNING_COMBINE), *(f"write_{k}" for k in api.TUNING_WRITE),
+    }  # fmt: skip
+
+
+def parse_variants_json(ap: argparse.ArgumentParser, text: str) -> dict[str, dict[str, object]]:
+    """--variants-json {"name": {setting: value}}; a one-line usage error (exit 2) else."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        ap.error(f"--variants-json is not JSON: {exc.msg} at character {exc.pos}")
+    if not isinstance(doc, dict) or not doc or not all(isinstance(v, dict) for v in doc.values()):
+        ap.error('--variants-json takes {"name": {setting: value}, ...}')
+    tables = {True, False, *kc.PREVIOUS_GLUON}
+    for name, over in doc.items():
+        unknown = sorted(set(over) - _known_keys())
+        if unknown:
+            ap.error(f"--variants-json {name}: unknown setting {', '.join(unknown)}")
+        if over.get("per_format", False) not in tables:
+            ap.error(
+                f"--variants-json {name}: per_format is true, false or one of {', '.join(kc.PREVIOUS_GLUON)}"
+            )
+    return doc
+
+
 def parse_shapes(ap: argparse.ArgumentParser, shapes: str) -> list[tuple[int, int]]:
     """--shapes BATCHxCONTEXT,... as (batch, context) pairs; a one-line usage error (exit 2) else."""
     try:
@@ -559,7 +587,7 @@ def main() -> None:
     formats = args.formats.split(",")
     if args.variants_json:
         VARIANTS.clear()
-        VARIANTS.update(json.loads(args.variants_json))
+        VARIANTS.update(parse_variants_json(ap, args.variants_json))
         args.variants = ",".join(VARIANTS)
     vnames = args.variants.split(",")
     grid = _arguments_or_exit(ap, sections, formats, vnames, args.shapes)

@@ -49,6 +49,15 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("kernels_decode.py", ["--formats", "int3"], "unknown format int3"),
         ("kernels_decode.py", ["--shapes", "32x"], "--shapes takes BATCHxCONTEXT"),
         ("kernels_decode.py", ["--shapes", "0x1024"], "must be positive"),
+        ("kernels_decode.py", ["--variants-json", "{nope"], "--variants-json is not JSON"),
+        ("kernels_decode.py", ["--variants-json", '{"a": 1}'], "--variants-json takes"),
+        ("kernels_decode.py", ["--variants-json", '{"a": {"unrol": 2}}'], "a: unknown setting unrol"),
+        ("kernels_decode.py", ["--variants-json", '{"a": {"per_format": "s9"}}'], "per_format is true"),
+        (
+            "kernels_decode.py",
+            ["--variants-json", '{"a": {"unroll": 2, "per_format": "s7"}}'],
+            "needs a CUDA GPU",
+        ),
         ("kernels_decode.py", [], "needs a CUDA GPU"),  # none visible: refused, not a traceback
         ("kernels_profile.py", ["--out", "p", "--formats", "int4,int3"], "unknown format int3"),
         ("kernels_profile.py", ["--out", "p", "--shapes", "1x"], "--shapes takes BATCHxCONTEXT"),
