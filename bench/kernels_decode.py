@@ -72,6 +72,11 @@ VARIANTS: dict[str, dict[str, object]] = {
     "shipped_nj": {"gluon": True, "per_format": True, "joint": False},
     # the tables with the first group's loads after the query prologue in every launch (no "early")
     "shipped_ne": {"gluon": True, "per_format": True, "early": False},
+    # the tables with group g + 3's lines asked into L2 during group g, in every launch
+    "shipped_l2": {"gluon": True, "per_format": True, "l2_ahead": 3},
+    # the split-K merge as a programmatic dependent launch (api.TUNING_COMBINE["pdl"]); bf16 too
+    "shipped_pdl": {"gluon": True, "per_format": True, "combine_pdl": 1},
+    "shipped_l2_pdl": {"gluon": True, "per_format": True, "l2_ahead": 3, "combine_pdl": 1},
     "gluon": {"gluon": True},  # api.TUNING_GLUON's base launch alone
     # the split-K merge in [32 splits, 32 columns] tiles (api.TUNING_COMBINE)
     "shipped_comb32": {"gluon": True, "per_format": True, "combine_block_d": 32, "combine_block_s": 32,
@@ -120,6 +125,8 @@ CHECK_VARIANTS = (
     "pf_j_u2",
     "sw_pf_j_u2",
     "shipped_ne",
+    "shipped_l2",
+    "shipped_l2_pdl",
 )
 CHECK_SHAPES = [
     (64, 16, 1),
@@ -200,8 +207,14 @@ def variant(name: str) -> Iterator[None]:
 
 
 def variants_for(fmt_name: str, names: list[str]) -> list[str]:
-    """bf16/fp16 pages have one kernel (the Triton one): time it once."""
-    return names if fmt_name in QUANT else [n for n in names if n == "triton"][:1] or names[:1]
+    """bf16/fp16 pages have one kernel (the Triton one): time it once, and once more under each
+    variant that changes the split-K merge (which bf16's launch runs too)."""
+    if fmt_name in QUANT:
+        return names
+    first = [n for n in names if n == "triton"][:1] or names[:1]
+    return first + [
+        n for n in names if n not in first and any(k.startswith("combine_") for k in _settings(n))
+    ]
 
 
 class Case:

@@ -67,7 +67,9 @@ TUNING_WRITE_BY_FORMAT: dict[str, dict[str, int]] = {
 # split-K merge: output columns and splits a program takes a step; 0 = all of them in one tile,
 # the default (INT4 1 x 32K on the H200: 1.90x over BF16 against 1.72x with 32 / 32, no better
 # elsewhere; bench/results/kernels_h200_s5_call4.json)
-TUNING_COMBINE: dict[str, int] = {"block_d": 0, "block_s": 0, "num_warps": 4}
+# pdl: the merge launched as a programmatic dependent launch (sm_90): its programs start while the
+# attention kernel's last ones run and wait for it on the GPU (triton_kernels.combine_kernel)
+TUNING_COMBINE: dict[str, int] = {"block_d": 0, "block_s": 0, "num_warps": 4, "pdl": 0}
 TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
     "bf16": {"block_n": 64, "num_stages": 2},
     "fp16": {"block_n": 64, "num_stages": 2},
@@ -98,6 +100,9 @@ TUNING_GLUON: dict[str, object] = {
     # register cap ("maxnreg"), where those loads' registers spill (32 x 32K int4 3.28x -> 3.20x)
     "early": True,
     "prefetch": True,  # issue the next `unroll` tiles' loads before this group's math
+    # groups of `unroll` tiles ahead whose lines are asked into L2 (prefetch.global.L2, no
+    # registers held), so the register loads one group ahead find them there; 0: off
+    "l2_ahead": 0,
     # S^T = K Q^T: keys the MMA's A operand and the query group its N side (8 columns a step, not
     # 16 rows), P^T transposed by warp shuffles for P.V (tiles of 16 tokens or more)
     "swap": False,
@@ -478,7 +483,8 @@ def _attention_triton(
             out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
             D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), BLOCK_D=block_d,
             BLOCK_S=min(TUNING_COMBINE["block_s"] or 1 << 30, triton.next_power_of_2(num_splits)),
-            num_warps=TUNING_COMBINE["num_warps"],
+            PDL=_pdl(cuda), num_warps=TUNING_COMBINE["num_warps"],
+            **({"launch_pdl": True} if _pdl(cuda) else {}),
         )  # fmt: skip
     return out
 
@@ -519,9 +525,15 @@ def _launch_triton(
         ASM=bool(tune["asm_convert"]) and cuda,
         WORDS=words,
         I8K=bool(tune["int8_qk"]) and p.k_kind in (int(tk.INT8.value), int(tk.INT4.value)),
-        V_DT=v_dt, V_MAGIC=v_magic, V_MAGIC_OFF=v_magic_off,
+        V_DT=v_dt, V_MAGIC=v_magic, V_MAGIC_OFF=v_magic_off, PDL=_pdl(cuda),
         num_warps=tune["num_warps"], num_stages=tune["num_stages"], **_maxnreg(tune),
     )  # fmt: skip
+
+
+def _pdl(cuda: bool) -> bool:
+    """Whether the split-K merge is a programmatic dependent launch (TUNING_COMBINE["pdl"]; CUDA
+    only: the interpreter has no grid dependencies)."""
+    return bool(TUNING_COMBINE["pdl"]) and cuda and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def _maxnreg(tune: dict[str, object]) -> dict[str, int]:
@@ -568,7 +580,8 @@ def _gluon_arguments(
         K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
         UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
         SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]),
-        EARLY=bool(tune["early"]) and not _maxnreg(tune), num_warps=1,
+        PDL=_pdl(True),
+        EARLY=bool(tune["early"]) and not _maxnreg(tune), L2AHEAD=int(str(tune["l2_ahead"])), num_warps=1,
         **_maxnreg(tune),
     )  # fmt: skip
     return args, kw

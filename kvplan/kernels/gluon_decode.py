@@ -33,8 +33,10 @@ per tile of BLOCK_N tokens (one page or part of one):
   (two warp shuffles and a few byte permutes a tile). PREFETCH issues the next UNROLL tiles' loads
   before this group's math. JOINT takes one row max (one warp reduction, one lazy-rescale check)
   for a group of UNROLL tiles: their scores first, then each one's P.V. EARLY issues the first
-  group's loads before the query prologue's math. Which launch runs where:
-  api.TUNING_GLUON_REGIME / _BY_FORMAT.
+  group's loads before the query prologue's math. L2AHEAD asks L2 for the lines of the group
+  that many groups ahead (prefetch.global.L2: bytes in flight that hold no registers); PDL lets
+  the split-K merge, a programmatic dependent launch, be scheduled while this grid runs. Which
+  launch runs where: api.TUNING_GLUON_REGIME / _BY_FORMAT.
 
 Relabellings are logical reshapes/permutes of the loaded tiles; Gluon infers the layouts and the
 final `convert_layout` to the MMA operand moves no data (asserted where it must be exactly trivial).
@@ -80,6 +82,10 @@ _PTX_V_S8 = gl.constexpr(
     " prmt.b32 t, $4, $8, 0x6622; lop3.b32 $2, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $2, $2, c;"
     " prmt.b32 t, $4, $8, 0x7733; lop3.b32 $3, t, 0x00FF00FF, c, 0x6A; sub.f16x2 $3, $3, c; }"
 )
+# the grid's dependent launches may start (griddepcontrol, sm_90; the output register is a dummy)
+_PTX_LAUNCH_DEPENDENTS = gl.constexpr("griddepcontrol.launch_dependents; mov.b32 $0, 0;")
+# one 128-byte line into L2, nothing back (the output register is a dummy)
+_PTX_PREFETCH_L2 = gl.constexpr("prefetch.global.L2 [$1]; mov.b32 $0, 0;")
 _PTX_V_E4M3 = gl.constexpr(
     "{ .reg .b32 t; .reg .b16 l, h;"
     " prmt.b32 t, $4, $8, 0x5140; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h;"
@@ -465,6 +471,79 @@ def _load(
 
 
 @gluon.jit
+def _page_of(bt_row, n, n_end, h, HKV: gl.constexpr, PAGE: gl.constexpr, PAGE_NBYTES: gl.constexpr):
+    """The byte offset of the head page holding token n (block 0's at or past n_end)."""
+    blk = gl.load(bt_row + n // PAGE, mask=n < n_end, other=0)
+    return (blk.to(gl.int64) * HKV + h) * PAGE_NBYTES
+
+
+@gluon.jit
+def _pages(
+    bt_row, n0, n_end, h, HKV: gl.constexpr, PAGE: gl.constexpr, PAGE_NBYTES: gl.constexpr,
+    BN: gl.constexpr, UNROLL: gl.constexpr,
+):  # fmt: skip
+    """The head pages of the UNROLL tiles from token n0, a tuple (see _page_of)."""
+    pages = ()
+    for i in gl.static_range(UNROLL):
+        pages = pages + (_page_of(bt_row, n0 + i * BN, n_end, h, HKV, PAGE, PAGE_NBYTES),)  # type: ignore[assignment]  # noqa: RUF005
+    return pages
+
+
+@gluon.jit
+def _prefetch_plan(
+    K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr, V_CODE: gl.constexpr,
+    K_META: gl.constexpr, V_META: gl.constexpr, KROW: gl.constexpr, VROW: gl.constexpr,
+    BN: gl.constexpr,
+):  # fmt: skip
+    """The addresses _prefetch_l2 asks for in a tile, as (base, row): address j is the head page
+    + base[j] + row[j] x the tile's first row in the page. Key and value codes and their metadata,
+    one 128-byte line an address: a region of L bytes from s is covered by s + min(128 i, L - 1),
+    i = 0 .. ceil(L / 128) (every line it touches, aligned or not). Once a program."""
+    NK: gl.constexpr = (BN * KROW + 127) // 128 + 1
+    NV: gl.constexpr = (BN * VROW + 127) // 128 + 1
+    NMK: gl.constexpr = 0 if K_KIND == FP8 else 2  # BN 4-byte words: at most two lines
+    NMV: gl.constexpr = 0 if V_KIND == FP8 else 2
+    NL: gl.constexpr = NK + NV + NMK + NMV  # addresses a tile
+    TL: gl.constexpr = 16 if NL <= 16 else 32 if NL <= 32 else 64 if NL <= 64 else 128 if NL <= 128 else 256
+    lp: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, 1], [1, 0])
+    j = gl.minimum(gl.arange(0, TL, layout=gl.SliceLayout(0, lp))[None, :], NL - 1)
+    jv = gl.maximum(j - NK, 0)
+    jm = gl.maximum(j - NK - NV, 0)
+    jmv = gl.maximum(j - NK - NV - NMK, 0)
+    base = gl.where(
+        j < NK,
+        K_CODE + gl.minimum(j * 128, BN * KROW - 1),
+        gl.where(
+            j < NK + NV,
+            V_CODE + gl.minimum(jv * 128, BN * VROW - 1),
+            gl.where(
+                j < NK + NV + NMK,
+                K_META + gl.minimum(jm * 128, BN * 4 - 1),
+                V_META + gl.minimum(jmv * 128, BN * 4 - 1),
+            ),
+        ),
+    )
+    row = gl.where(j < NK, KROW, gl.where(j < NK + NV, VROW, 4))
+    return base, row
+
+
+@gluon.jit
+def _prefetch_l2(c_i32, pages, n0, base, row, PAGE: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr):
+    """Ask L2 for every line the UNROLL tiles from token n0 will load (pages: their head pages,
+    from _pages; base, row: _prefetch_plan's), spread over the lanes; nothing waits for them."""
+    lp: gl.constexpr = base.type.layout
+    tile = gl.arange(0, UNROLL, layout=gl.SliceLayout(1, lp))[:, None]
+    page = gl.zeros([UNROLL, 1], gl.int64, layout=lp)
+    for i in gl.static_range(UNROLL):
+        page = gl.where(tile == i, pages[i], page)
+    off = base + ((n0 + tile * BN) % PAGE) * row
+    gl.inline_asm_elementwise(
+        asm=_PTX_PREFETCH_L2, constraints="=r,l", args=[c_i32 + (page + off) // 4], dtype=gl.int32,
+        is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@gluon.jit
 def _fetch(
     bt_row, n0, n_end, c_i32, h, kn, vn, k_off, v_off, m_off, HKV: gl.constexpr, PAGE: gl.constexpr,
     PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr,
@@ -477,10 +556,10 @@ def _fetch(
     grp = ()
     for i in gl.static_range(UNROLL):
         n = n0 + i * BN
-        blk = gl.load(bt_row + n // PAGE, mask=n < n_end, other=0)
         t = _load(
-            c_i32, (blk.to(gl.int64) * HKV + h) * PAGE_NBYTES, n % PAGE, BN, kn, vn, k_off, v_off,
-            m_off, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+            c_i32, _page_of(bt_row, n, n_end, h, HKV, PAGE, PAGE_NBYTES), n % PAGE, BN, kn, vn,
+            k_off, v_off, m_off, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW,
+            False,
         )  # fmt: skip
         # (the JIT frontend concatenates tuples; it does not unpack them)
         grp = grp + (t,)  # type: ignore[assignment]  # noqa: RUF005
@@ -541,7 +620,7 @@ def attention_kernel(
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
     LAZY: gl.constexpr, DIRECT: gl.constexpr, PREFETCH: gl.constexpr, SWAP: gl.constexpr,
-    JOINT: gl.constexpr, EARLY: gl.constexpr,
+    JOINT: gl.constexpr, EARLY: gl.constexpr, L2AHEAD: gl.constexpr, PDL: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
     (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
@@ -549,6 +628,11 @@ def attention_kernel(
     pid = gl.program_id(0)
     h = gl.program_id(1)
     split = gl.program_id(2)
+    if PDL:  # the split-K merge (a programmatic dependent launch) may be scheduled from here on
+        gl.inline_asm_elementwise(
+            asm=_PTX_LAUNCH_DEPENDENTS, constraints="=r,r", args=[split], dtype=gl.int32,
+            is_pure=False, pack=1,
+        )  # fmt: skip
     b = pid // num_qb
     qb = pid % num_qb
     HALF: gl.constexpr = D // 2
@@ -622,6 +706,17 @@ def attention_kernel(
                 bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
                 K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
             )  # fmt: skip
+    # L2AHEAD: group g + L2AHEAD's lines asked into L2 during group g (L2 holds them; the register
+    # loads, one group ahead, then wait on L2, not on HBM); groups 1 .. L2AHEAD - 1 here (group 1's
+    # register loads are issued at the loop's first step: not worth asking for)
+    GROUP: gl.constexpr = UNROLL * BN
+    if L2AHEAD > 0:
+        pf_base, pf_row = _prefetch_plan(K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, KROW, VROW, BN)
+    for g in gl.static_range(2, L2AHEAD):
+        _prefetch_l2(
+            c_i32, _pages(bt_row, start + g * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL),
+            start + g * GROUP, pf_base, pf_row, PAGE, BN, UNROLL,
+        )  # fmt: skip
 
     # ---- prologue: the query rows, relabelled into MMA operands
     m_idx = gl.arange(0, MM, layout=gl.SliceLayout(1, lq))
@@ -698,10 +793,12 @@ def attention_kernel(
                 bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
                 K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
             )  # fmt: skip
-        for n0 in range(start, full_u, UNROLL * BN):
+        for n0 in range(start, full_u, GROUP):
             grp = nxt
+            if L2AHEAD > 0:  # the far group's pages first; their prefetch after this group's math
+                far = _pages(bt_row, n0 + L2AHEAD * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
             nxt = _fetch(
-                bt_row, n0 + UNROLL * BN, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
+                bt_row, n0 + GROUP, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
                 PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
                 UNROLL,
             )  # fmt: skip
@@ -710,8 +807,12 @@ def attention_kernel(
                 v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,
                 kb_l, va_l, pb_l,
             )  # fmt: skip
+            if L2AHEAD > 0:
+                _prefetch_l2(c_i32, far, n0 + L2AHEAD * GROUP, pf_base, pf_row, PAGE, BN, UNROLL)
     else:
-        for n0 in range(start, full_u, UNROLL * BN):
+        for n0 in range(start, full_u, GROUP):
+            if L2AHEAD > 0:
+                far = _pages(bt_row, n0 + L2AHEAD * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
             grp = _fetch(
                 bt_row, n0, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
                 K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
@@ -721,6 +822,8 @@ def attention_kernel(
                 v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,
                 kb_l, va_l, pb_l,
             )  # fmt: skip
+            if L2AHEAD > 0:
+                _prefetch_l2(c_i32, far, n0 + L2AHEAD * GROUP, pf_base, pf_row, PAGE, BN, UNROLL)
     # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
     # see (masked loads and scores)
     for n0 in range(full_u, end, BN):

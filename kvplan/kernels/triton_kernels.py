@@ -474,17 +474,20 @@ def attention_kernel(
     DIRECT: tl.constexpr, DT: tl.constexpr, DOT_PREC: tl.constexpr, ROT_PREC: tl.constexpr,
     MAGIC: tl.constexpr, MAGIC_OFF: tl.constexpr, SWAP_QK: tl.constexpr,
     ASM: tl.constexpr, WORDS: tl.constexpr, I8K: tl.constexpr,
-    V_DT: tl.constexpr, V_MAGIC: tl.constexpr, V_MAGIC_OFF: tl.constexpr,
+    V_DT: tl.constexpr, V_MAGIC: tl.constexpr, V_MAGIC_OFF: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits): BLOCK_Q queries x G heads of one KV group, one context split.
 
     The query rows of the tile are (query i, head g) pairs, so GQA's G heads share every K/V load.
     qk_scale = softmax scale * log2(e); the softmax runs in base 2. V_DT (with its magic number):
-    the dtype of the P.V dot, fp16 for INT4 values under bf16 queries (see below).
+    the dtype of the P.V dot, fp16 for INT4 values under bf16 queries (see below). PDL: the
+    split-K merge (combine_kernel, a programmatic dependent launch) may be scheduled from here on.
     """
     pid = tl.program_id(0)
     h = tl.program_id(1)
     split = tl.program_id(2)
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     b = pid // num_qb
     qb = pid % num_qb
     HALF: tl.constexpr = D // 2
@@ -639,17 +642,22 @@ def attention_kernel(
 def combine_kernel(
     out_ptr, o_part, m_part, l_part, Tq, HQ, stride_ot, stride_oh,
     D: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Grid (Tq, HQ, D // BLOCK_D): merge the splits' (acc, max, sum) of one query row's BLOCK_D
     output columns (flash-decoding), BLOCK_S splits' partials a step. (One [SPLITS, D] tile per
-    row, as before, left 32 programs holding 128-512 KB each at batch 1: they spilled.)"""
+    row, as before, left 32 programs holding 128-512 KB each at batch 1: they spilled.)
+    PDL: launched as a programmatic dependent of the attention kernel (CUDA, sm_90): its programs
+    start while that kernel's last ones run and wait here, before the first load of a partial,
+    until it has finished and its stores are visible (griddepcontrol.wait)."""
     t = tl.program_id(0)
     hq = tl.program_id(1)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     s_all = tl.arange(0, SPLITS_P2)
     all_ok = s_all < SPLITS
     all_rows = (s_all * Tq + t) * HQ + hq
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     m_all = tl.load(m_part + all_rows, mask=all_ok, other=float("-inf"))
     if BLOCK_S >= SPLITS_P2:  # one pass: every load issued before any depends on the row max
         l_all = tl.load(l_part + all_rows, mask=all_ok, other=0.0)
