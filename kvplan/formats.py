@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kvplan.errors import NotFound, closest
 
@@ -185,6 +186,9 @@ class KVFormat:
 
     def head_page(self, head_dim: int, page_tokens: int) -> HeadPageLayout:
         """The layout of one (layer, KV head, page) in bytes."""
+        return _head_page(self, head_dim, page_tokens)
+
+    def _layout(self, head_dim: int, page_tokens: int) -> HeadPageLayout:
         if page_tokens <= 0 or head_dim <= 0:
             raise ValueError("head_dim and page_tokens must be positive")
         sizes = [
@@ -219,6 +223,13 @@ class KVFormat:
         if self.k == self.v:
             return f"{self.name}; kv={self.k.label}"
         return f"{self.name}; k={self.k.label}; v={self.v.label}"
+
+
+@lru_cache(maxsize=1024)
+def _head_page(fmt: KVFormat, head_dim: int, page_tokens: int) -> HeadPageLayout:
+    """KVFormat.head_page, computed once a (format, head_dim, page): the kernels' launch path asks
+    for it on every call (4-5 us a time on the host before)."""
+    return fmt._layout(head_dim, page_tokens)
 
 
 def _lcm(a: int, b: int) -> int:

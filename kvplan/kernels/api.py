@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,6 +20,7 @@ import triton.language as tl
 
 from kvplan.formats import Element, Granularity, KVFormat, Rotation, TensorQuant
 from kvplan.kernels import reference
+from kvplan.kernels import triton_kernels as tk  # (kinds are tl.constexpr there: pass plain ints)
 from kvplan.kernels.reference import KiviStage
 
 _LOG2E = 1.4426950408889634
@@ -174,8 +176,6 @@ def _gluon_tuning(fmt: KVFormat, programs: int = 0, sms: int = 1, max_seq_len: i
 
 def gluon_applies(fmt: KVFormat, query_dtype: torch.dtype, group: int, block_q: int) -> bool:
     """Whether paged_attention runs the Gluon kernel for these pages and queries (on CUDA)."""
-    from kvplan.kernels import triton_kernels as tk
-
     kinds = (int(tk.FP8.value), int(tk.INT8.value), int(tk.INT4.value))
     return (
         bool(_gluon_tuning(fmt)["gluon"])
@@ -194,7 +194,6 @@ def triton_supports(fmt: KVFormat) -> bool:
 
 
 def _kind(side: TensorQuant) -> int | None:
-    from kvplan.kernels import triton_kernels as tk  # kinds are tl.constexpr; pass plain ints
 
     el = side.element
     if el in (Element.BF16, Element.FP16):
@@ -208,6 +207,16 @@ def _kind(side: TensorQuant) -> int | None:
     if el is Element.INT4 and not side.symmetric:
         return int(tk.INT4.value)
     return None
+
+
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) (triton.cdiv is a constexpr function: ~1.4 us a call on the host)."""
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (as triton.next_power_of_2, without its call cost)."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _use_triton(t: torch.Tensor, fmt: KVFormat, backend: str) -> bool:
@@ -272,18 +281,27 @@ def _ones(hkv: int, device: torch.device) -> torch.Tensor:
     return torch.ones(hkv, dtype=torch.float32, device=device)
 
 
-def _static(scale: torch.Tensor | float | None, hkv: int, device: torch.device) -> torch.Tensor:
-    """A static scale as [hkv] fp32 on the device (no host copy for None or a device tensor,
-    so the call can be captured in a CUDA graph)."""
+def _static(scale: torch.Tensor | float | None, hkv: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """A static scale as fp32 on the device and its step over KV heads: [hkv] and 1, or one scale
+    for every head and 0, passed as it is (no copy, nothing launched for it; the kernels read the
+    caller's tensor, so a CUDA graph sees its value at each replay)."""
     if scale is None:
-        return _ones(hkv, device)
+        return _ones(hkv, device), 1
     if isinstance(scale, torch.Tensor) and scale.device == device and scale.dtype == torch.float32:
-        s = scale.flatten()
+        s = scale.reshape(-1)
     else:
-        s = torch.as_tensor(scale, dtype=torch.float32, device=device).flatten()
+        s = torch.as_tensor(scale, dtype=torch.float32, device=device).reshape(-1)
     if s.numel() not in (1, hkv):
         raise ValueError(f"static scale must have 1 or {hkv} (KV heads) elements, got {s.numel()}")
-    return s.expand(hkv).contiguous()
+    return (s, 0) if s.numel() == 1 else (s.contiguous(), 1)
+
+
+def _scales(
+    k_scale: torch.Tensor | float | None, v_scale: torch.Tensor | float | None, hkv: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The kernels' (ks_ptr, vs_ptr, ks_step, vs_step) arguments (see _static)."""
+    (ks, k_step), (vs, v_step) = _static(k_scale, hkv, device), _static(v_scale, hkv, device)
+    return ks, vs, k_step, v_step
 
 
 def _check_static_scales(fmt: KVFormat, k_scale: object, v_scale: object) -> None:
@@ -327,8 +345,6 @@ def _write_triton(
 ) -> None:
     """The write kernel's launch (`cuda`: as on the GPU; bench/kernels_compile.py compiles it
     from CPU tensors)."""
-    from kvplan.kernels import triton_kernels as tk
-
     t, hkv, d = key.shape
     if t == 0:
         return
@@ -338,9 +354,9 @@ def _write_triton(
     u8, p16, f16, f32 = _views(cache, fmt)
     tune = {**TUNING_WRITE, **TUNING_WRITE_BY_FORMAT.get(fmt.name, {})}
     block_t = tune["block_t"]
-    tk.write_kernel[(triton.cdiv(t, block_t), hkv)](
+    tk.write_kernel[(_cdiv(t, block_t), hkv)](
         key, value, slot_mapping, u8, p16, f16, f32, _half_hadamard(d, key.device, key.dtype),
-        _static(k_scale, hkv, key.device), _static(v_scale, hkv, key.device),
+        *_scales(k_scale, v_scale, hkv, key.device),
         t, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         HKV=hkv, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes,
         K_KIND=p.k_kind, V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD,
@@ -411,8 +427,6 @@ def _attention_triton(
 ) -> torch.Tensor:
     """`cuda`/`sms` default to the query's device; bench/kernels_sass.py passes them to compile
     the GPU's kernels from CPU tensors."""
-    from kvplan.kernels import triton_kernels as tk
-
     cuda = query.is_cuda if cuda is None else cuda
     tq, hq, d = query.shape
     hkv = cache.shape[1]
@@ -429,39 +443,42 @@ def _attention_triton(
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max())
     p = _plan(fmt, d, block_size)
-    block_q = max(1, min(triton.next_power_of_2(max(max_query_len, 1)), max(1, 64 // group)))
-    num_qb = triton.cdiv(max(max_query_len, 1), block_q)
+    block_q = max(1, min(_pow2(max(max_query_len, 1)), max(1, 64 // group)))
+    num_qb = _cdiv(max(max_query_len, 1), block_q)
     sms = _sm_count(query.device) if sms is None else sms
     gluon = cuda and gluon_applies(fmt, query.dtype, group, block_q)
     programs = b * num_qb * hkv  # (sequence, query block, KV head) programs before any split
     if gluon:
         tune = _gluon_tuning(fmt, programs, sms, max_seq_len)
         block_n = min(int(str(tune["block_n"])), block_size)
-        block_m = max(8, triton.next_power_of_2(block_q * group))
+        block_m = max(8, _pow2(block_q * group))
     else:
         tune = _tuning(fmt, programs, sms)
         block_n = int(str(tune["block_n"])) if d <= 128 else 32
-        block_m = max(16, triton.next_power_of_2(block_q * group))
-    u8, p16, f16, f32 = _views(cache, fmt)
+        block_m = max(16, _pow2(block_q * group))
     if gluon:
         from kvplan.kernels import gluon_decode as gd
 
-        def gluon_args(parts: tuple[torch.Tensor, ...], tps: int) -> tuple[list[object], dict[str, object]]:
+        c_i32 = cache.view(-1).view(torch.int32)
+        kw = _gluon_constexprs(fmt, p, hkv, group, d, block_size, block_q, block_m, block_n, tune)
+
+        def gluon_args(parts: tuple[torch.Tensor, ...], tps: int) -> list[object]:
             return _gluon_arguments(
-                query, out, f32, block_table, seq_lens, query_start_loc, k_scale, v_scale, scale, fmt,
-                p, hkv, group, d, block_size, num_qb, block_q, block_m, block_n, tune, parts, tps,
+                query, out, c_i32, block_table, seq_lens, query_start_loc, k_scale, v_scale, scale,
+                hkv, d, num_qb, parts, tps,
             )  # fmt: skip
 
     if num_splits is None:
         resident = None
         if gluon and float(str(tune["waves"])) > 0:  # fp32 stand-ins: the compile sees only dtypes
             stand_in = (_partials_stand_in(query.device),) * 3
+            dtypes = (query.dtype, out.dtype, block_table.dtype, seq_lens.dtype, query_start_loc.dtype)
             resident = _gluon_resident(
-                gd.attention_kernel, (b * num_qb, hkv, 2), *gluon_args(stand_in, block_n)
+                gd.attention_kernel, (b * num_qb, hkv, 2), dtypes, kw, lambda: gluon_args(stand_in, block_n)
             )
         num_splits = _choose_splits(programs, max_seq_len, sms, tune, resident)
-    tps = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
-    num_splits = max(1, triton.cdiv(max(max_seq_len, 1), tps))
+    tps = _cdiv(_cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
+    num_splits = max(1, _cdiv(max(max_seq_len, 1), tps))
     if num_splits > 1:
         o_part = torch.empty(num_splits, tq, hq, d, dtype=torch.float32, device=query.device)
         m_part = torch.empty(num_splits, tq, hq, dtype=torch.float32, device=query.device)
@@ -469,11 +486,11 @@ def _attention_triton(
     else:
         o_part = m_part = l_part = out  # unused
     if gluon:
-        args, kw = gluon_args((o_part, m_part, l_part), tps)
+        args = gluon_args((o_part, m_part, l_part), tps)
         gd.attention_kernel[(b * num_qb, hkv, num_splits)](*args, DIRECT=num_splits == 1, **kw)
     else:
         _launch_triton(
-            query, out, o_part, m_part, l_part, (u8, p16, f16, f32), block_table, seq_lens,
+            query, out, o_part, m_part, l_part, _views(cache, fmt), block_table, seq_lens,
             query_start_loc, fmt, p, scale, k_scale, v_scale, hkv, group, d, block_size, num_qb, tps,
             block_q, block_m, block_n, num_splits, tune, cuda,
         )  # fmt: skip
@@ -481,8 +498,8 @@ def _attention_triton(
         block_d = min(d, TUNING_COMBINE["block_d"] or d)
         tk.combine_kernel[(tq, hq, d // block_d)](
             out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
-            D=d, SPLITS=num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), BLOCK_D=block_d,
-            BLOCK_S=min(TUNING_COMBINE["block_s"] or 1 << 30, triton.next_power_of_2(num_splits)),
+            D=d, SPLITS=num_splits, SPLITS_P2=_pow2(num_splits), BLOCK_D=block_d,
+            BLOCK_S=min(TUNING_COMBINE["block_s"] or 1 << 30, _pow2(num_splits)),
             PDL=_pdl(cuda), num_warps=TUNING_COMBINE["num_warps"],
             **({"launch_pdl": True} if _pdl(cuda) else {}),
         )  # fmt: skip
@@ -497,8 +514,6 @@ def _launch_triton(
     group: int, d: int, block_size: int, num_qb: int, tps: int, block_q: int, block_m: int,
     block_n: int, num_splits: int, tune: dict[str, object], cuda: bool,
 ) -> None:  # fmt: skip
-    from kvplan.kernels import triton_kernels as tk
-
     u8, p16, f16, f32 = views
     tq, hq = query.shape[:2]
     dt, magic, magic_off = _DOT_TYPES[query.dtype]
@@ -510,7 +525,7 @@ def _launch_triton(
         v_dt, v_magic, v_magic_off = _DOT_TYPES[torch.float16]
     tk.attention_kernel[(seq_lens.shape[0] * num_qb, hkv, num_splits)](
         query, out, o_part, m_part, l_part, u8, p16, f16, f32, block_table, seq_lens,
-        query_start_loc, _static(k_scale, hkv, query.device), _static(v_scale, hkv, query.device),
+        query_start_loc, *_scales(k_scale, v_scale, hkv, query.device),
         _half_hadamard(d, query.device, query.dtype), scale * _LOG2E, query.stride(0), query.stride(1),
         out.stride(0), out.stride(1),
         block_table.stride(0), tq, hq,
@@ -544,47 +559,45 @@ def _maxnreg(tune: dict[str, object]) -> dict[str, int]:
 def _gluon_arguments(
     query: torch.Tensor,
     out: torch.Tensor,
-    f32: torch.Tensor,
+    c_i32: torch.Tensor,
     block_table: torch.Tensor,
     seq_lens: torch.Tensor,
     query_start_loc: torch.Tensor,
     k_scale: torch.Tensor | float | None,
     v_scale: torch.Tensor | float | None,
     scale: float,
-    fmt: KVFormat,
-    p: _Plan,
     hkv: int,
-    group: int,
     d: int,
-    block_size: int,
     num_qb: int,
-    block_q: int,
-    block_m: int,
-    block_n: int,
-    tune: dict[str, object],
     parts: tuple[torch.Tensor, ...],
     tps: int,
-) -> tuple[list[object], dict[str, object]]:
-    """The Gluon kernel's arguments but DIRECT: `parts` the split-K partials (o, m, l), `tps` the
+) -> list[object]:
+    """The Gluon kernel's runtime arguments: `parts` the split-K partials (o, m, l), `tps` the
     tokens a split."""
     dev = query.device
-    args: list[object] = [
-        query, out, *parts, f32.view(torch.int32), block_table, seq_lens, query_start_loc,
-        _static(k_scale, hkv, dev), _static(v_scale, hkv, dev), _half_hadamard(d, dev, query.dtype),
+    return [
+        query, out, *parts, c_i32, block_table, seq_lens, query_start_loc,
+        *_scales(k_scale, v_scale, hkv, dev), _half_hadamard(d, dev, query.dtype),
         scale * _LOG2E, query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         block_table.stride(0), query.shape[0], query.shape[1], num_qb, tps,
     ]  # fmt: skip
-    kw: dict[str, object] = dict(
+
+
+def _gluon_constexprs(
+    fmt: KVFormat, p: _Plan, hkv: int, group: int, d: int, block_size: int, block_q: int, block_m: int,
+    block_n: int, tune: dict[str, object],
+) -> dict[str, object]:  # fmt: skip
+    """The Gluon kernel's constexprs and launch options, but DIRECT."""
+    capped = _maxnreg(tune)
+    return dict(
         HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
         V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
         K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
         UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
-        SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]),
-        PDL=_pdl(True),
-        EARLY=bool(tune["early"]) and not _maxnreg(tune), L2AHEAD=int(str(tune["l2_ahead"])), num_warps=1,
-        **_maxnreg(tune),
+        SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]), PDL=_pdl(True),
+        EARLY=bool(tune["early"]) and not capped, L2AHEAD=int(str(tune["l2_ahead"])), num_warps=1,
+        **capped,
     )  # fmt: skip
-    return args, kw
 
 
 @lru_cache(maxsize=8)
@@ -597,18 +610,21 @@ _RESIDENT: dict[tuple[object, ...], int | None] = {}
 
 
 def _gluon_resident(
-    kernel: object, grid: tuple[int, ...], args: list[object], kw: dict[str, object]
+    kernel: object,
+    grid: tuple[int, ...],
+    dtypes: tuple[torch.dtype, ...],
+    kw: dict[str, object],
+    arguments: Callable[[], list[object]],
 ) -> int | None:
-    """Programs an SM holds at once of the split-K Gluon launch, from its compiled register and
-    shared-memory use (compiled here if it is not yet; cached). None where the kernel has no
-    compiled form to ask (the CPU emulator's stand-in, a compile-only driver)."""
-    key = (
-        id(kernel),
-        *(a.dtype if isinstance(a, torch.Tensor) else type(a) for a in args),
-        *sorted(kw.items()),
-    )
+    """Programs an SM holds at once of the split-K Gluon launch with constexprs `kw` (its other
+    arguments' dtypes follow from `dtypes`, the caller's tensors'), from its compiled register and
+    shared-memory use: compiled here, with `arguments()`, if it is not yet. Cached by dtypes and
+    constexprs, so a hit builds no arguments. None where the kernel has no compiled form to ask
+    (the CPU emulator's stand-in, a compile-only driver)."""
+    key = (id(kernel), dtypes, tuple(kw.items()))  # (kw is built in one order: no sorting)
     if key not in _RESIDENT:
         try:
+            args = arguments()
             compiled = kernel.warmup(*args, grid=grid, DIRECT=False, **kw)  # type: ignore[attr-defined]
             compiled._init_handles()  # loads the module: n_regs is known from here on
             props = _device_limits(args[0].device)  # type: ignore[attr-defined]

@@ -613,8 +613,8 @@ def _row_vec(x, MM: gl.constexpr, M: gl.constexpr, layout: gl.constexpr):
 @gluon.jit
 def attention_kernel(
     q_ptr, out_ptr, o_part, m_part, l_part, c_i32, bt_ptr, seq_lens_ptr, qsl_ptr,
-    ks_ptr, vs_ptr, rot_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
-    Tq, HQ, num_qb, tokens_per_split,
+    ks_ptr, vs_ptr, ks_step, vs_step, rot_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_bt, Tq, HQ, num_qb, tokens_per_split,
     HKV: gl.constexpr, G: gl.constexpr, D: gl.constexpr, PAGE: gl.constexpr,
     PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_ROT: gl.constexpr,
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
@@ -737,7 +737,7 @@ def attention_kernel(
         qa_hi = _q_operand((q_hi / q_mul[:, None]).to(gl.float16), MM, HALF, CB, KW, qa_l, SWAP)
         qb_lo = qa_lo
         qb_hi = qa_hi
-        qs1 = q_mul * (qk_scale * gl.load(ks_ptr + h))
+        qs1 = q_mul * (qk_scale * gl.load(ks_ptr + h * ks_step))
         qs2 = qs1
         q_sum = qs1
     else:  # two int8 operands, q = s1 a + s2 b (as triton_kernels._split_i8)
@@ -841,7 +841,7 @@ def attention_kernel(
     # ---- epilogue: O^T [D, M] back to channel order
     l_i = gl.sum(l_el, axis=TOK)
     col_l: gl.constexpr = gl.SliceLayout(0, mma)
-    acc = acc * gl.load(vs_ptr + h) if V_KIND == FP8 else acc * v_over
+    acc = acc * gl.load(vs_ptr + h * vs_step) if V_KIND == FP8 else acc * v_over
     if V_KIND == INT4:
         acc = acc + gl.convert_layout(gl.sum(z_el, axis=TOK), col_l)[None, :]
     n = gl.arange(0, M, layout=col_l)

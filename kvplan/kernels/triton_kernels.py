@@ -118,7 +118,7 @@ def _rotate_halves(lo, hi, pm1_ptr, HALF: tl.constexpr, PREC: tl.constexpr, FROM
 
 @triton.jit
 def write_kernel(
-    k_ptr, v_ptr, slot_ptr, c_u8, c_p16, c_f16, c_f32, rot_ptr, ks_ptr, vs_ptr,
+    k_ptr, v_ptr, slot_ptr, c_u8, c_p16, c_f16, c_f32, rot_ptr, ks_ptr, vs_ptr, ks_step, vs_step,
     T, stride_kt, stride_kh, stride_vt, stride_vh,
     HKV: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, PAGE_NBYTES: tl.constexpr,
     K_KIND: tl.constexpr, V_KIND: tl.constexpr, K_ROT: tl.constexpr,
@@ -127,7 +127,8 @@ def write_kernel(
 ):  # fmt: skip
     """Grid (cdiv(T, BLOCK_T), HKV): BLOCK_T tokens of one KV head. Both sides' rows are loaded
     before either is stored: a store may alias them, so the value loads would wait for the keys'
-    stores (5-10 points of copy bandwidth on the H200)."""
+    stores (5-10 points of copy bandwidth on the H200). ks_step/vs_step: 1 for a static scale a
+    KV head, 0 for one scale of every head (so the caller's one-element tensor is passed as it is)."""
     h = tl.program_id(1)
     HALF: tl.constexpr = D // 2
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -138,9 +139,9 @@ def write_kernel(
     base = (blk * HKV + h) * PAGE_NBYTES
     k_lo, k_hi = _write_load(k_ptr, stride_kt, stride_kh, t, T, h, HALF)
     v_lo, v_hi = _write_load(v_ptr, stride_vt, stride_vh, t, T, h, HALF)
-    _write_store(k_lo, k_hi, ks_ptr, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
+    _write_store(k_lo, k_hi, ks_ptr + h * ks_step, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
                  K_KIND, K_CODE, K_META, K_ROT, D, HALF, DOT_PREC, ROT_FROM_INDEX)  # fmt: skip
-    _write_store(v_lo, v_hi, vs_ptr, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
+    _write_store(v_lo, v_hi, vs_ptr + h * vs_step, rot_ptr, c_u8, c_p16, c_f16, c_f32, h, base, o, t_mask,
                  V_KIND, V_CODE, V_META, False, D, HALF, DOT_PREC, ROT_FROM_INDEX)  # fmt: skip
 
 
@@ -164,7 +165,7 @@ def _write_store(
     """[Rotate,] quantize and store one side's rows."""
     if ROT:
         x_lo, x_hi = _rotate_halves(x_lo, x_hi, rot_ptr, HALF, DOT_PREC, ROT_FROM_INDEX)
-    inv = 1.0 / tl.load(static_ptr + h)
+    inv = 1.0 / tl.load(static_ptr)
     _quant_store(
         x_lo.to(tl.float32), x_hi.to(tl.float32), c_u8, c_p16, c_f16, c_f32, base, o, t_mask, inv,
         KIND, CODE_OFF, META_OFF, D, HALF,
@@ -463,8 +464,8 @@ def _load_side(
 @triton.jit
 def attention_kernel(
     q_ptr, out_ptr, o_part, m_part, l_part,
-    c_u8, c_p16, c_f16, c_f32, bt_ptr, seq_lens_ptr, qsl_ptr, ks_ptr, vs_ptr, rot_ptr,
-    qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, Tq, HQ,
+    c_u8, c_p16, c_f16, c_f32, bt_ptr, seq_lens_ptr, qsl_ptr, ks_ptr, vs_ptr, ks_step, vs_step,
+    rot_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, Tq, HQ,
     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
     PAGE_NBYTES: tl.constexpr,
     K_KIND: tl.constexpr, V_KIND: tl.constexpr, K_ROT: tl.constexpr,
@@ -522,8 +523,8 @@ def attention_kernel(
     if I8K:
         q_sum = qs1 * (tl.sum(qa_lo.to(tl.float32), axis=1) + tl.sum(qa_hi.to(tl.float32), axis=1))
         q_sum += qs2 * (tl.sum(qb_lo.to(tl.float32), axis=1) + tl.sum(qb_hi.to(tl.float32), axis=1))
-    k_static = tl.load(ks_ptr + h)
-    v_static = tl.load(vs_ptr + h)
+    k_static = tl.load(ks_ptr + h * ks_step)  # (step 0: one scale for every KV head)
+    v_static = tl.load(vs_ptr + h * vs_step)
     if K_KIND == FP8:
         qk_scale = qk_scale * k_static
 

@@ -39,16 +39,29 @@ def _write(k, v, cache, slot, fmt, page, ks, vs, stage=None):
 
 
 def _run(
-    kernel, name, d, page, q_lens, lens, dtype=torch.bfloat16, splits=None, g=3, outliers=True, kq=None
+    kernel,
+    name,
+    d,
+    page,
+    q_lens,
+    lens,
+    dtype=torch.bfloat16,
+    splits=None,
+    g=3,
+    outliers=True,
+    kq=None,
+    ks=None,
 ) -> float:
-    """kq: (keys, queries) to use instead of random ones (values stay random)."""
+    """kq: (keys, queries) to use instead of random ones (values stay random); ks: fp8's static
+    scale (one a KV head by default)."""
     fmt, hkv = get_format(name), 2
     k, v = keys_values(sum(lens), hkv, d, outliers=outliers, dtype=torch.float16)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     q = torch.randn(int(qsl[-1]), hkv * g, d).to(dtype)
     if kq is not None:
         k, q = kq[0].to(k.dtype), kq[1].to(dtype)
-    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
+    if ks is None and "fp8" in name:
+        ks = torch.tensor([0.05, 0.08])
     cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, ks, write=_write)
     sl = torch.tensor(lens, dtype=torch.int32)
     want = R.paged_attention(
@@ -346,3 +359,16 @@ def test_the_merge_as_a_programmatic_dependent_launch(emulated, monkeypatch, int
     assert emulated.constexprs[-1]["PDL"] is not interpreted
     assert merges[-1]["PDL"] is not interpreted
     assert merges[-1].get("launch_pdl", False) is not interpreted
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_one_static_scale_for_every_kv_head(emulated, monkeypatch, swap) -> None:
+    """fp8 with vLLM's one-element per-layer scale, read with a step of 0 over KV heads."""
+    monkeypatch.setitem(api.TUNING_GLUON, "swap", swap)
+    assert (
+        _run(
+            emulated, "fp8_e4m3", 64, 16, [1, 1], [37, 70], splits=2, outliers=False, ks=torch.tensor([0.07])
+        )
+        <= 5e-3
+    )
+    assert emulated.constexprs  # (the Gluon kernel ran)

@@ -227,3 +227,30 @@ def test_gluon_launch_takes_the_format_over_the_regime_over_the_base(monkeypatch
     assert [api._gluon_tuning(int4, 256, 132, 32768)[k] for k in pick] == [32, 4, 168]
     assert [api._gluon_tuning(int8, 256, 132, 32768)[k] for k in pick] == [32, 2, 0]
     assert [api._gluon_tuning(int4, 256, 132, 4096)[k] for k in pick] == [8, 1, 0]  # "short": no entry
+
+
+def test_one_static_scale_for_every_kv_head_is_read_where_it_is() -> None:
+    """A one-element fp8 scale (vLLM's per-layer _k_scale) is passed to the kernels as it is,
+    with a step of 0 over KV heads (expanding it to [HKV] copied it, a kernel launch every call
+    on the GPU), and written and read as the reference does."""
+    ks, vs = torch.tensor([0.07]), torch.tensor([0.04])
+    got, step = api._static(ks, 2, ks.device)
+    assert got.data_ptr() == ks.data_ptr() and step == 0
+    per_head, step = api._static(torch.tensor([0.05, 0.08]), 2, ks.device)
+    assert step == 1 and per_head.tolist() == pytest.approx([0.05, 0.08])
+    fmt, d, page, hkv, lens = get_format("fp8_e4m3"), 64, 16, 2, [37, 70]
+    k, v = keys_values(sum(lens), hkv, d, outliers=False, dtype=torch.float16)  # within e4m3 x 0.07
+    cache, table, _ = paged(fmt, lens, hkv, d, page, k, v, ks, vs, write=triton_write)
+    qsl, sl = torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor(lens, dtype=torch.int32)
+    q = torch.randn(2, hkv * 3, d).to(torch.float16)
+    want = R.paged_attention(
+        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, vs, compute_dtype=torch.float64
+    )
+    out = api.paged_attention(
+        q, cache, table, sl, qsl, fmt, page, d**-0.5, ks, vs, backend="triton", num_splits=2
+    )
+    assert rel(out, want) <= 5e-3  # (the reference dequantizes the pages the write kernel wrote)
+    kd, _ = R.dequantize_pages(cache, fmt, d, page, ks, vs)
+    pos = torch.arange(lens[0])
+    # within what test_write_kernel_stores_what_the_reference_stores allows fp8 (the interpreter rounds)
+    assert rel(kd[table[0, pos // page].long(), :, pos % page], k[: lens[0]].float()) <= 0.13
