@@ -97,7 +97,14 @@ def on_the_gpu_path(mod: types.ModuleType) -> None:
     mod._write_triton = lambda *a: write(*a[:-1], True)  # (its last argument: cuda)
 
 
-def decode_call(mod: types.ModuleType, fmt_name: str, batch: int, ctx: int) -> Callable[[], object]:
+def _fp8_scale(fmt_name: str, one: bool) -> torch.Tensor | None:
+    """fp8's static scale: one a KV head, or (one) vLLM's one-element per-layer _k_scale."""
+    return None if "fp8" not in fmt_name else torch.full((1 if one else HKV,), 0.02)
+
+
+def decode_call(
+    mod: types.ModuleType, fmt_name: str, batch: int, ctx: int, one: bool = False
+) -> Callable[[], object]:
     fmt = get_format(fmt_name)
     cache = torch.empty(batch * ctx // PAGE + 4, HKV, fmt.head_page(D, PAGE).nbytes, dtype=torch.uint8)
     table = torch.zeros(batch, ctx // PAGE, dtype=torch.int32)
@@ -105,7 +112,7 @@ def decode_call(mod: types.ModuleType, fmt_name: str, batch: int, ctx: int) -> C
     qsl = torch.arange(batch + 1, dtype=torch.int32)
     q = torch.empty(batch, HQ, D, dtype=torch.bfloat16)
     out = torch.empty_like(q)
-    ks = torch.full((HKV,), 0.02) if "fp8" in fmt_name else None
+    ks = _fp8_scale(fmt_name, one)
 
     def f() -> object:
         return mod.paged_attention(
@@ -115,12 +122,12 @@ def decode_call(mod: types.ModuleType, fmt_name: str, batch: int, ctx: int) -> C
     return f
 
 
-def write_call(mod: types.ModuleType, fmt_name: str, tokens: int) -> Callable[[], object]:
+def write_call(mod: types.ModuleType, fmt_name: str, tokens: int, one: bool = False) -> Callable[[], object]:
     fmt = get_format(fmt_name)
     cache = torch.empty(tokens // PAGE + 4, HKV, fmt.head_page(D, PAGE).nbytes, dtype=torch.uint8)
     k = torch.empty(tokens, HKV, D, dtype=torch.bfloat16)
     slot = torch.arange(tokens, dtype=torch.int64)
-    ks = torch.full((HKV,), 0.02) if "fp8" in fmt_name else None
+    ks = _fp8_scale(fmt_name, one)
     return lambda: mod.write_kv(k, k, cache, slot, fmt, PAGE, ks, ks)
 
 
@@ -143,10 +150,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    for name in ("calls", "repeats"):
+        if getattr(args, name) <= 0:
+            ap.error(f"--{name} must be positive, got {getattr(args, name)}")
     try:
         base = api_at(args.baseline)
-    except subprocess.CalledProcessError as exc:
-        ap.error(f"--baseline {args.baseline}: {exc.stderr.strip().splitlines()[-1]}")
+    except subprocess.CalledProcessError:
+        ap.error(f"unknown git revision {args.baseline!r} (or it has no kvplan/kernels/api.py)")
     gluon_decode.attention_kernel = StandIn()  # type: ignore[assignment]
     triton_kernels.attention_kernel = StandIn()  # type: ignore[assignment]
     triton_kernels.combine_kernel = StandIn()  # type: ignore[assignment]
@@ -165,6 +175,11 @@ def main() -> None:
             cases.append(
                 (f"write {name} {tokens}", {k: write_call(m, name, tokens) for k, m in mods.items()})
             )
+    one = "fp8_e4m3 one scale"  # vLLM's per-layer scale: it was expanded (a copy) every call
+    cases.append(
+        (f"decode {one} 32x32768", {k: decode_call(m, "fp8_e4m3", 32, 32768, True) for k, m in mods.items()})
+    )
+    cases.append((f"write {one} 1", {k: write_call(m, "fp8_e4m3", 1, True) for k, m in mods.items()}))
     if "_head_page" not in git_show(args.baseline, "kvplan/formats.py"):
         for _, fns in cases:
             fns["baseline"] = uncached_layouts(fns["baseline"])
@@ -174,7 +189,7 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(args.repeats):  # alternate, so drift hits both
             for k, f in fns.items():
-                times[k] += per_call_us(f, args.calls // args.repeats or 1, 1)
+                times[k] += per_call_us(f, max(args.calls // args.repeats, 1), 1)
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append({"case": label, **{f"{k}_us": v for k, v in med.items()}})
         print(f"{label:<32} {med['baseline']:12.1f} {med['now']:8.1f} {med['baseline'] / med['now']:6.2f}")

@@ -1,6 +1,6 @@
 """The benchmarks refuse bad arguments with one usage line (exit 2) before a backend, a router or
 a device starts: the router benches (router_bench, http_layer, robustness, prefix_replay),
-capacity_sim, and the GPU ones (kernels_decode, kernels_profile, kernels_write_sweep,
+capacity_sim, kernels_host, and the GPU ones (kernels_decode, kernels_profile, kernels_write_sweep,
 vllm_gpu_startup, the GPU harness's report)."""
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("vllm_gpu_startup.py", ["run", "--out", "o"], "run needs the GPU machine"),
         ("vllm_gpu/report.py", ["absent.json", "--md", "r.md"], "no such result file"),
         ("vllm_gpu/report.py", ["pyproject.toml", "--md", "r.md"], "not a GPU harness result"),
+        ("kernels_host.py", ["--baseline", "no-such-rev"], "unknown git revision 'no-such-rev'"),
+        ("kernels_host.py", ["--baseline", "HEAD", "--calls", "0"], "--calls must be positive, got 0"),
     ],
 )
 def test_bad_arguments_are_one_usage_line(script: str, args: list[str], says: str) -> None:

@@ -601,6 +601,22 @@ def _first_scale_word(
 
 
 @gluon.jit
+def _query_rows(
+    q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q: gl.constexpr, G: gl.constexpr,
+    MM: gl.constexpr, HALF: gl.constexpr, lq: gl.constexpr,
+):  # fmt: skip
+    """The program's MM query rows (BLOCK_Q tokens x G heads, padding rows 0), both halves."""
+    m_idx = gl.arange(0, MM, layout=gl.SliceLayout(1, lq))
+    qi = qb * BLOCK_Q + m_idx // G
+    row_ok = (m_idx < BLOCK_Q * G) & (qi < q_len)
+    d2 = gl.arange(0, HALF, layout=gl.SliceLayout(0, lq))
+    q_rows = q_ptr + (q0 + qi).to(gl.int64)[:, None] * stride_qt + (h * G + m_idx % G)[:, None] * stride_qh
+    q_lo = gl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0)
+    q_hi = gl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0)
+    return q_lo, q_hi
+
+
+@gluon.jit
 def _row_vec(x, MM: gl.constexpr, M: gl.constexpr, layout: gl.constexpr):
     """A per-query-row vector [MM] of the prologue -> [M] rows of the score tiles."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
@@ -697,6 +713,20 @@ def attention_kernel(
     # EARLY: the first group's loads (and the first value scale's) issued before the prologue's
     # math, so they land while it runs
     full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
+    if L2AHEAD > 0:  # the query rows first: a prefetch orders the loads after it behind it
+        q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
+    # L2AHEAD: group g + L2AHEAD's lines asked into L2 during group g (L2 holds them; the register
+    # loads, one group ahead, then wait on L2, not on HBM); groups 0 .. L2AHEAD - 1 here, first of
+    # all: the compiler issues the first groups' register loads after the query prologue's math
+    # (which waits for the query), EARLY or not, and they then find their lines in L2
+    GROUP: gl.constexpr = UNROLL * BN
+    if L2AHEAD > 0:
+        pf_base, pf_row = _prefetch_plan(K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, KROW, VROW, BN)
+    first = ()  # every group's pages before any prefetch (a prefetch orders the loads after it)
+    for g in gl.static_range(0, L2AHEAD):
+        first = first + (_pages(bt_row, start + g * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL),)  # type: ignore[assignment]  # noqa: RUF005
+    for g in gl.static_range(0, L2AHEAD):
+        _prefetch_l2(c_i32, first[g], start + g * GROUP, pf_base, pf_row, PAGE, BN, UNROLL)  # type: ignore[misc]
     w0 = start * 0  # (fp8: no value scales)
     if EARLY:
         if V_KIND != FP8:
@@ -706,26 +736,9 @@ def attention_kernel(
                 bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
                 K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
             )  # fmt: skip
-    # L2AHEAD: group g + L2AHEAD's lines asked into L2 during group g (L2 holds them; the register
-    # loads, one group ahead, then wait on L2, not on HBM); groups 1 .. L2AHEAD - 1 here (group 1's
-    # register loads are issued at the loop's first step: not worth asking for)
-    GROUP: gl.constexpr = UNROLL * BN
-    if L2AHEAD > 0:
-        pf_base, pf_row = _prefetch_plan(K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, KROW, VROW, BN)
-    for g in gl.static_range(2, L2AHEAD):
-        _prefetch_l2(
-            c_i32, _pages(bt_row, start + g * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL),
-            start + g * GROUP, pf_base, pf_row, PAGE, BN, UNROLL,
-        )  # fmt: skip
-
     # ---- prologue: the query rows, relabelled into MMA operands
-    m_idx = gl.arange(0, MM, layout=gl.SliceLayout(1, lq))
-    qi = qb * BLOCK_Q + m_idx // G
-    row_ok = (m_idx < BLOCK_Q * G) & (qi < q_len)
-    d2 = gl.arange(0, HALF, layout=gl.SliceLayout(0, lq))
-    q_rows = q_ptr + (q0 + qi).to(gl.int64)[:, None] * stride_qt + (h * G + m_idx % G)[:, None] * stride_qh
-    q_lo = gl.load(q_rows + d2[None, :], mask=row_ok[:, None], other=0.0)
-    q_hi = gl.load(q_rows + HALF + d2[None, :], mask=row_ok[:, None], other=0.0)
+    if L2AHEAD == 0:
+        q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
     if K_ROT:
         q_lo, q_hi = _rotate(q_lo, q_hi, rot_ptr, MM, HALF, lq)
     q_lo = q_lo.to(gl.float32)
