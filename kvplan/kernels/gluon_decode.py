@@ -717,8 +717,9 @@ def attention_kernel(
         q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
     # L2AHEAD: group g + L2AHEAD's lines asked into L2 during group g (L2 holds them; the register
     # loads, one group ahead, then wait on L2, not on HBM); groups 0 .. L2AHEAD - 1 here, first of
-    # all: the compiler issues the first groups' register loads after the query prologue's math
-    # (which waits for the query), EARLY or not, and they then find their lines in L2
+    # all: the compiler issues the first group's register loads after much of the query prologue's
+    # math (which waits for the query), even with EARLY (offline SASS: fp8 1 x 32K after its scaling,
+    # int4 after its int8 split too), and they then find their lines in L2
     GROUP: gl.constexpr = UNROLL * BN
     if L2AHEAD > 0:
         pf_base, pf_row = _prefetch_plan(K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, KROW, VROW, BN)
