@@ -495,18 +495,19 @@ def _prefetch_plan(
     K_META: gl.constexpr, V_META: gl.constexpr, KROW: gl.constexpr, VROW: gl.constexpr,
     BN: gl.constexpr,
 ):  # fmt: skip
-    """The addresses _prefetch_l2 asks for in a tile, as (base, row): address j is the head page
-    + base[j] + row[j] x the tile's first row in the page. Key and value codes and their metadata,
-    one 128-byte line an address: a region of L bytes from s is covered by s + min(128 i, L - 1),
-    i = 0 .. ceil(L / 128) (every line it touches, aligned or not). Once a program."""
+    """The addresses _prefetch_l2 asks for in a tile, in int32 words, as (base, row): address j is
+    the head page + base[j] + row[j] x the tile's first row in the page. Key and value codes and
+    their metadata, one 128-byte line an address: a region of L bytes from s is covered by
+    s + min(128 i, L - 1), i = 0 .. ceil(L / 128) (every line it touches, aligned or not). Once a
+    program."""
     NK: gl.constexpr = (BN * KROW + 127) // 128 + 1
     NV: gl.constexpr = (BN * VROW + 127) // 128 + 1
     NMK: gl.constexpr = 0 if K_KIND == FP8 else 2  # BN 4-byte words: at most two lines
     NMV: gl.constexpr = 0 if V_KIND == FP8 else 2
     NL: gl.constexpr = NK + NV + NMK + NMV  # addresses a tile
     TL: gl.constexpr = 16 if NL <= 16 else 32 if NL <= 32 else 64 if NL <= 64 else 128 if NL <= 128 else 256
-    lp: gl.constexpr = gl.BlockedLayout([1, 1], [1, 32], [1, 1], [1, 0])
-    j = gl.minimum(gl.arange(0, TL, layout=gl.SliceLayout(0, lp))[None, :], NL - 1)
+    lp: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    j = gl.minimum(gl.arange(0, TL, layout=lp), NL - 1)
     jv = gl.maximum(j - NK, 0)
     jm = gl.maximum(j - NK - NV, 0)
     jmv = gl.maximum(j - NK - NV - NMK, 0)
@@ -523,24 +524,23 @@ def _prefetch_plan(
             ),
         ),
     )
-    row = gl.where(j < NK, KROW, gl.where(j < NK + NV, VROW, 4))
-    return base, row
+    row = gl.where(j < NK, KROW // 4, gl.where(j < NK + NV, VROW // 4, 1))
+    return base // 4, row
 
 
 @gluon.jit
 def _prefetch_l2(c_i32, pages, n0, base, row, PAGE: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr):
-    """Ask L2 for every line the UNROLL tiles from token n0 will load (pages: their head pages,
-    from _pages; base, row: _prefetch_plan's), spread over the lanes; nothing waits for them."""
-    lp: gl.constexpr = base.type.layout
-    tile = gl.arange(0, UNROLL, layout=gl.SliceLayout(1, lp))[:, None]
-    page = gl.zeros([UNROLL, 1], gl.int64, layout=lp)
+    """Ask L2 for every line the UNROLL tiles from token n0 will load (pages: their head pages'
+    byte offsets, from _pages; base, row: _prefetch_plan's), spread over the lanes; nothing waits
+    for them. (Per address: one add and the prefetch; a tile that is a whole page has row 0.)"""
     for i in gl.static_range(UNROLL):
-        page = gl.where(tile == i, pages[i], page)
-    off = base + ((n0 + tile * BN) % PAGE) * row
-    gl.inline_asm_elementwise(
-        asm=_PTX_PREFETCH_L2, constraints="=r,l", args=[c_i32 + (page + off) // 4], dtype=gl.int32,
-        is_pure=False, pack=1,
-    )  # fmt: skip
+        off = base
+        if PAGE != BN:
+            off = base + ((n0 + i * BN) % PAGE) * row
+        gl.inline_asm_elementwise(
+            asm=_PTX_PREFETCH_L2, constraints="=r,l", args=[(c_i32 + pages[i] // 4) + off],
+            dtype=gl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
 
 
 @gluon.jit
