@@ -224,6 +224,8 @@ def main() -> None:
     if args.write:
         RESULTS.mkdir(exist_ok=True)
         stem = "capacity_sim" if args.kernels == "kvplan" else f"capacity_sim_{args.kernels}_kernels"
+        if args.gpu != "h100":  # (the first results, and their names, are the H100's)
+            stem += f"_{args.gpu}"
         (RESULTS / f"{stem}.md").write_text(md)
         payload = {"meta": meta(args, slos, w, elapsed), "rows": rows, "curves": curves}
         (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
@@ -232,7 +234,7 @@ def main() -> None:
 def meta(args: argparse.Namespace, slos: dict[str, Slo], w: Workload, elapsed: float) -> dict[str, object]:
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": "2-core CPU, simulated H100",
+        "device": f"2-core CPU, simulated {args.gpu.upper()}",
         "command": ".venv/bin/python " + " ".join(sys.argv),
         "model": args.model,
         "gpu": args.gpu,
@@ -266,6 +268,9 @@ def render(
         + (
             "vLLM's own quantized-KV kernel speeds (`kvplan.kernel_speeds.VLLM_KV_READ_EFFICIENCY`)"
             if args.kernels == "vllm"
+            else f"kvplan's kernels as measured on the {args.gpu.upper()} "
+            f"(`kvplan.kernel_speeds.KVPLAN_MEASURED_SPEEDUP['{args.gpu}']`: decode over BF16 at 32x32K)"
+            if args.kernels == "measured"
             else "kvplan's kernels (default efficiencies: every format bandwidth-bound at its bytes)"
         ),
         "- planner columns (`kvplan.planner`): vLLM's logged max concurrency for 32768-token requests; "

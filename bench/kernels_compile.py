@@ -72,16 +72,18 @@ def compile_only(arch: int = 90) -> Iterator[None]:
         driver._active = saved
 
 
-# api's launch tables as shipped before (variants "shipped_s6", "shipped_s7" of
+# api's launch tables as shipped before (variants "shipped_s6", "_s7", "_s8" of
 # bench/kernels_decode.py): base, regimes, per-format overrides. s6: 2026-12-03; s7: 2026-12-04
-# (commit ce52745), before one row max a group of tiles ("joint")
+# (commit ce52745), before one row max a group of tiles ("joint"); s8: 2026-12-04 (commit 7fddff3),
+# before any L2 prefetch in a shipped launch
 _Over = dict[str, object]
 _Tables = tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]]
 _SWAPPED_128_S7: _Over = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
+_SWAPPED_JOINT_S8: _Over = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
 PREVIOUS_GLUON: dict[str, _Tables] = {
     "s6": (
         {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0,
-         "joint": False, "early": False},
+         "joint": False, "early": False, "l2_ahead": 0},
         {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
          "small": {"programs_per_sm": 8, "unroll": 4}},
         {
@@ -93,13 +95,24 @@ PREVIOUS_GLUON: dict[str, _Tables] = {
     ),
     "s7": (
         {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0, "waves": 1,
-         "joint": False, "early": False},
+         "joint": False, "early": False, "l2_ahead": 0},
         {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}},
         {
             "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
             "k8v4": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
             "int4": {"full": {"swap": True, "maxnreg": 168, "waves": 2}, "partial": _SWAPPED_128_S7},
             "int4_hadamard": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
+        },
+    ),
+    "s8": (
+        {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0, "waves": 1,
+         "joint": False, "early": True, "l2_ahead": 0},
+        {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}},
+        {
+            "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
+            "k8v4": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
+            "int4": {"full": _SWAPPED_JOINT_S8, "partial": _SWAPPED_JOINT_S8},
+            "int4_hadamard": {"full": _SWAPPED_JOINT_S8, "partial": _SWAPPED_128_S7},
         },
     ),
 }  # fmt: skip

@@ -53,8 +53,8 @@ FORMATS = ["bf16", "fp8_e4m3", "int8", "int8_hadamard", "k8v4", "int4", "int4_ha
 QUANT = FORMATS[1:]
 GRID = [(32, 32768), (1, 32768), (1, 131072), (64, 1024), (8, 32768), (32, 4096)]  # priority order
 # name -> api.TUNING_GLUON overrides. "triton" is the Triton kernel (bench/results/kernels_h100.md),
-# "shipped" api's tables as they are, "shipped_s6"/"_s7" as they were on 2026-12-03 / at commit
-# ce52745 (kernels_compile.PREVIOUS_GLUON); every other name is one
+# "shipped" api's tables as they are, "shipped_s6"/"_s7"/"_s8" as they were on 2026-12-03 / at
+# commits ce52745 / 7fddff3 (kernels_compile.PREVIOUS_GLUON); every other name is one
 # Gluon launch at every shape, spelt [sw_][pf_][j_]u<unroll>[_r<maxnreg>][_pps<programs an SM>]
 # [_w<waves of the programs an SM holds>][_mt<min tokens a split>][_cd<merge columns a program>
 # [_cs<merge splits a step>]] (variant_settings):
@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "shipped": {"gluon": True, "per_format": True},
     "shipped_s6": {"gluon": True, "per_format": "s6"},
     "shipped_s7": {"gluon": True, "per_format": "s7"},
+    "shipped_s8": {"gluon": True, "per_format": "s8"},
     "shipped_pps": {"gluon": True, "per_format": True, "waves": 0},  # splits by programs_per_sm
     # the tables with one row max a group of tiles ("joint") on, and off, in every regime and format
     "shipped_j": {"gluon": True, "per_format": True, "joint": True},
