@@ -55,3 +55,20 @@ def test_a_write_variant_is_one_launch_for_every_format_and_tables_hold_beside_p
             assert api._gluon_tuning(int4h, *{"short": (8, 132, 1024), "full": (256, 132, 32768),
                                                "partial": (64, 132, 32768), "small": (8, 132, 32768)}[regime]
                                       )["waves"] == 0  # fmt: skip
+
+
+def test_the_check_section_runs_only_variants_that_were_asked_for(kc: object) -> None:
+    """bf16/fp16 pages (always the Triton kernel) are checked once, under a variant that was asked
+    for: a --variants-json without "triton" made the check section ask for an unknown variant."""
+    import kernels_decode as kd
+
+    cases = kd.check_cases(["bf16", "int4"], ["shipped", "shipped_l2"])
+    assert {(c[0], c[1]) for c in cases} == {
+        ("bf16", "shipped"),
+        ("fp16", "shipped"),
+        ("int4", "shipped"),
+        ("int4", "shipped_l2"),
+    }
+    with_triton = kd.check_cases(["bf16", "int4"], ["triton", "shipped"])
+    assert {c[1] for c in with_triton if c[0] == "bf16"} == {"triton"}
+    assert {c[1] for c in with_triton if c[0] == "int4"} == {"triton", "shipped"}
