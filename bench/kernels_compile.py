@@ -80,6 +80,15 @@ _Over = dict[str, object]
 _Tables = tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]]
 _SWAPPED_128_S7: _Over = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
 _SWAPPED_JOINT_S8: _Over = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
+_BASE_S7: _Over = {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0,
+                   "waves": 1, "joint": False, "early": False, "l2_ahead": 0}  # fmt: skip
+_REGIMES_S7: dict[str, _Over] = {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}}
+_BY_FORMAT_S7: dict[str, dict[str, _Over]] = {
+    "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
+    "k8v4": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
+    "int4": {"full": {"swap": True, "maxnreg": 168, "waves": 2}, "partial": _SWAPPED_128_S7},
+    "int4_hadamard": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
+}
 PREVIOUS_GLUON: dict[str, _Tables] = {
     "s6": (
         {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0,
@@ -93,27 +102,13 @@ PREVIOUS_GLUON: dict[str, _Tables] = {
             "int8_hadamard": {"short": {"programs_per_sm": 8}, "full": {"unroll": 4}},
         },
     ),
-    "s7": (
-        {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0, "waves": 1,
-         "joint": False, "early": False, "l2_ahead": 0},
-        {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}},
-        {
-            "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
-            "k8v4": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
-            "int4": {"full": {"swap": True, "maxnreg": 168, "waves": 2}, "partial": _SWAPPED_128_S7},
-            "int4_hadamard": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
-        },
-    ),
+    "s7": (_BASE_S7, _REGIMES_S7, _BY_FORMAT_S7),
+    # s8: "joint" and "early" in, the 4-bit formats on the swapped two-tile launch with it
     "s8": (
-        {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0, "waves": 1,
-         "joint": False, "early": True, "l2_ahead": 0},
-        {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}},
-        {
-            "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
-            "k8v4": {"full": {**_SWAPPED_128_S7, "waves": 2}, "partial": _SWAPPED_128_S7},
-            "int4": {"full": _SWAPPED_JOINT_S8, "partial": _SWAPPED_JOINT_S8},
-            "int4_hadamard": {"full": _SWAPPED_JOINT_S8, "partial": _SWAPPED_128_S7},
-        },
+        {**_BASE_S7, "early": True},
+        _REGIMES_S7,
+        {**_BY_FORMAT_S7, "int4": {"full": _SWAPPED_JOINT_S8, "partial": _SWAPPED_JOINT_S8},
+         "int4_hadamard": {"full": _SWAPPED_JOINT_S8, "partial": _SWAPPED_128_S7}},
     ),
 }  # fmt: skip
 _TABLES = (

@@ -194,7 +194,6 @@ def triton_supports(fmt: KVFormat) -> bool:
 
 
 def _kind(side: TensorQuant) -> int | None:
-
     el = side.element
     if el in (Element.BF16, Element.FP16):
         return int(tk.PLAIN.value)
