@@ -563,6 +563,14 @@ def parse_variants_json(ap: argparse.ArgumentParser, text: str) -> dict[str, dic
         unknown = sorted(set(over) - _known_keys())
         if unknown:
             ap.error(f"--variants-json {name}: unknown setting {', '.join(unknown)}")
+        for key, value in over.items():
+            if key == "per_format":
+                continue
+            default = api.TUNING_GLUON.get(key, 0)  # (combine_* and write_* settings are counts)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                ap.error(f"--variants-json {name}: {key} is true or false, got {value!r}")
+            if type(default) is int and (type(value) is not int or value < 0):
+                ap.error(f"--variants-json {name}: {key} is a whole number >= 0, got {value!r}")
         if over.get("per_format", False) not in tables:
             ap.error(
                 f"--variants-json {name}: per_format is true, false or one of {', '.join(kc.PREVIOUS_GLUON)}"
