@@ -75,13 +75,14 @@ def compile_only(arch: int = 90) -> Iterator[None]:
 # api's launch tables as shipped before (variants "shipped_s6", "_s7", "_s8" of
 # bench/kernels_decode.py): base, regimes, per-format overrides. s6: 2026-12-03; s7: 2026-12-04
 # (commit ce52745), before one row max a group of tiles ("joint"); s8: 2026-12-04 (commit 7fddff3),
-# before any L2 prefetch in a shipped launch
+# before pages read a group ahead ("page_ahead") and the merge as a dependent launch on small grids
 _Over = dict[str, object]
 _Tables = tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]]
 _SWAPPED_128_S7: _Over = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
 _SWAPPED_JOINT_S8: _Over = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
 _BASE_S7: _Over = {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0,
-                   "waves": 1, "joint": False, "early": False, "l2_ahead": 0}  # fmt: skip
+                   "waves": 1, "joint": False, "early": False, "l2_ahead": 0,
+                   "page_ahead": False}  # fmt: skip
 _REGIMES_S7: dict[str, _Over] = {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}}
 _BY_FORMAT_S7: dict[str, dict[str, _Over]] = {
     "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
@@ -92,7 +93,7 @@ _BY_FORMAT_S7: dict[str, dict[str, _Over]] = {
 PREVIOUS_GLUON: dict[str, _Tables] = {
     "s6": (
         {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0,
-         "joint": False, "early": False, "l2_ahead": 0},
+         "joint": False, "early": False, "l2_ahead": 0, "page_ahead": False},
         {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
          "small": {"programs_per_sm": 8, "unroll": 4}},
         {
@@ -116,6 +117,7 @@ _TABLES = (
     api.TUNING_GLUON_REGIME,
     api.TUNING_GLUON_BY_FORMAT,
     api.TUNING_COMBINE,
+    api.TUNING_COMBINE_REGIME,
     api.TUNING_WRITE,
     api.TUNING_WRITE_BY_FORMAT,
 )
@@ -128,7 +130,7 @@ def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
     aside unless `over` says "per_format": True (variant `shipped`) or a key of PREVIOUS_GLUON
     ("s6", "s7": earlier tables), so each other variant is one launch at every shape. With the
     tables, `over`'s other keys hold in every regime and format (`shipped_pps`: waves 0)."""
-    saved = [dict(t) for t in _TABLES]
+    saved = [copy.deepcopy(dict(t)) for t in _TABLES]
     over = dict(over)
     per_format = over.pop("per_format", False)
     if isinstance(per_format, str):
@@ -141,8 +143,13 @@ def gluon_tuning(over: dict[str, object]) -> Iterator[None]:
     elif not per_format:
         api.TUNING_GLUON_REGIME.clear()
         api.TUNING_GLUON_BY_FORMAT.clear()
-    for key in [k for k in over if k.startswith("combine_")]:  # the split-K merge's settings
-        api.TUNING_COMBINE[key.removeprefix("combine_")] = int(str(over.pop(key)))
+    if per_format is not True:  # (the tables before s10 had no merge setting by regime)
+        api.TUNING_COMBINE_REGIME.clear()
+    for key in [k for k in over if k.startswith("combine_")]:  # the split-K merge's, in every regime
+        name = key.removeprefix("combine_")
+        api.TUNING_COMBINE[name] = int(str(over.pop(key)))
+        for entry in api.TUNING_COMBINE_REGIME.values():
+            entry.pop(name, None)
     writes = [k for k in over if k.startswith("write_")]  # the cache write's: one launch, every format
     if writes:
         api.TUNING_WRITE_BY_FORMAT.clear()

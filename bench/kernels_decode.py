@@ -601,6 +601,9 @@ def main() -> None:
     )
     ap.add_argument("--shapes", default=",".join(f"{b}x{c}" for b, c in GRID))
     ap.add_argument("--jobs", type=int, default=12, help="compile processes (0: no warm-up)")
+    # the second variant timed in a case ran ~10% slow at 1 x 128K in three H200 runs
+    # (kernels_h200_s10_call1-3.json; cause not found): passes over the variants, the fastest kept
+    ap.add_argument("--passes", type=int, default=1, help="sweep: passes over a case's variants")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; later sections are skipped past it")
     ap.add_argument("--warm-timeout", type=float, default=120, help="seconds for the warm-up")
     ap.add_argument("--smoke", type=int, default=1, help="first run the Gluon path in a child process")
@@ -715,17 +718,26 @@ def main() -> None:
             row: dict[str, Any] = {"batch": b, "ctx": ctx, "sdpa_us": sdpa_time(b, ctx) * 1e6}
             for name in formats:
                 c = Case(name, b, ctx)
-                for vn in variants_for(name, vnames):
-                    with variant(vn):
-                        try:
-                            t = c.time()
-                            err = c.check()
-                        except Exception as e:
-                            log.append(f"sweep {b}x{ctx} {name} {vn} failed: {type(e).__name__}: {e}"[:300])
-                            t, err = float("nan"), float("nan")
-                    row[f"{name}/{vn}"] = {"us": t * 1e6, "GBps": c.bytes_moved() / t / 1e9, "rel_err": err}
+                for _ in range(args.passes):  # a cell: the fastest pass (one may be slow, below)
+                    for vn in variants_for(name, vnames):
+                        with variant(vn):
+                            try:
+                                t = c.time()
+                                err = c.check()
+                            except Exception as e:
+                                log.append(
+                                    f"sweep {b}x{ctx} {name} {vn} failed: {type(e).__name__}: {e}"[:300]
+                                )
+                                t, err = float("nan"), float("nan")
+                        old = row.get(f"{name}/{vn}", {"us": math.inf})["us"]
+                        if not t * 1e6 >= old:
+                            row[f"{name}/{vn}"] = {
+                                "us": t * 1e6,
+                                "GBps": c.bytes_moved() / t / 1e9,
+                                "rel_err": err,
+                            }
                 c.free()
-            base = row.get("bf16/triton", {}).get("us", float("nan"))
+            base = row.get(f"bf16/{variants_for('bf16', vnames)[0]}", {}).get("us", float("nan"))
             line = f"{b:>3}x{ctx:<6} sdpa {row['sdpa_us']:7.1f} bf16 {base:7.1f}us"
             for name in formats[1:] if formats[0] == "bf16" else formats:
                 cells = {vn: row[f"{name}/{vn}"] for vn in variants_for(name, vnames)}

@@ -72,6 +72,11 @@ TUNING_WRITE_BY_FORMAT: dict[str, dict[str, int]] = {
 # pdl: the merge launched as a programmatic dependent launch (sm_90): its programs start while the
 # attention kernel's last ones run and wait for it on the GPU (triton_kernels.combine_kernel)
 TUNING_COMBINE: dict[str, int] = {"block_d": 0, "block_s": 0, "num_warps": 4, "pdl": 0}
+# ... and by launch regime (gluon_regime, every format's launch: BF16's merge is the same kernel):
+# PDL on small grids only. H200, 2026-12-05 (bench/results/kernels_h200_s10_call1-3.json): 1 x 32K
+# int4 19.4 -> 18.6 us, fp8 26.4 -> 25.9, BF16 unchanged; on full and partial grids 0.3-1% slower,
+# 32 x 4K (short) 2-3% slower for every format, BF16 too
+TUNING_COMBINE_REGIME: dict[str, dict[str, int]] = {"small": {"pdl": 1}}
 TUNING_BY_FORMAT: dict[str, dict[str, object]] = {
     "bf16": {"block_n": 64, "num_stages": 2},
     "fp16": {"block_n": 64, "num_stages": 2},
@@ -105,6 +110,11 @@ TUNING_GLUON: dict[str, object] = {
     # groups of `unroll` tiles ahead whose lines are asked into L2 (prefetch.global.L2, no
     # registers held), so the register loads one group ahead find them there; 0: off
     "l2_ahead": 0,
+    # (with prefetch) each group's pages read from the block table an iteration before its loads,
+    # so they wait on no block-table load of their own: H200, 2026-12-05 (kernels_h200_s10_call3.json)
+    # 32 x 32K int4_hadamard 3.17x -> 3.23x over BF16, int8 1.87x -> 1.90x, 4 x 32K int4 2.76x ->
+    # 2.85x; k8v4 (128-register cap) lost 1-2% on full and partial grids: off there
+    "page_ahead": True,
     # S^T = K Q^T: keys the MMA's A operand and the query group its N side (8 columns a step, not
     # 16 rows), P^T transposed by warp shuffles for P.V (tiles of 16 tokens or more)
     "swap": False,
@@ -143,7 +153,10 @@ _SWAPPED_128: dict[str, object] = {"swap": True, "unroll": 1, "maxnreg": 128, "w
 _SWAPPED_JOINT: dict[str, object] = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
 TUNING_GLUON_BY_FORMAT: dict[str, dict[str, dict[str, object]]] = {
     "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
-    "k8v4": {"full": {**_SWAPPED_128, "waves": 2}, "partial": _SWAPPED_128},
+    "k8v4": {
+        "full": {**_SWAPPED_128, "waves": 2, "page_ahead": False},
+        "partial": {**_SWAPPED_128, "page_ahead": False},
+    },
     "int4": {"full": _SWAPPED_JOINT, "partial": _SWAPPED_JOINT},
     "int4_hadamard": {"full": _SWAPPED_JOINT, "partial": _SWAPPED_128},
 }
@@ -447,6 +460,8 @@ def _attention_triton(
     sms = _sm_count(query.device) if sms is None else sms
     gluon = cuda and gluon_applies(fmt, query.dtype, group, block_q)
     programs = b * num_qb * hkv  # (sequence, query block, KV head) programs before any split
+    comb = {**TUNING_COMBINE, **TUNING_COMBINE_REGIME.get(gluon_regime(programs, sms, max_seq_len), {})}
+    pdl = bool(comb["pdl"]) and cuda and os.environ.get("TRITON_INTERPRET") != "1"
     if gluon:
         tune = _gluon_tuning(fmt, programs, sms, max_seq_len)
         block_n = min(int(str(tune["block_n"])), block_size)
@@ -459,7 +474,7 @@ def _attention_triton(
         from kvplan.kernels import gluon_decode as gd
 
         c_i32 = cache.view(-1).view(torch.int32)
-        kw = _gluon_constexprs(fmt, p, hkv, group, d, block_size, block_q, block_m, block_n, tune)
+        kw = _gluon_constexprs(fmt, p, hkv, group, d, block_size, block_q, block_m, block_n, tune, pdl)
 
         def gluon_args(parts: tuple[torch.Tensor, ...], tps: int) -> list[object]:
             return _gluon_arguments(
@@ -491,16 +506,15 @@ def _attention_triton(
         _launch_triton(
             query, out, o_part, m_part, l_part, _views(cache, fmt), block_table, seq_lens,
             query_start_loc, fmt, p, scale, k_scale, v_scale, hkv, group, d, block_size, num_qb, tps,
-            block_q, block_m, block_n, num_splits, tune, cuda,
+            block_q, block_m, block_n, num_splits, tune, cuda, pdl,
         )  # fmt: skip
     if num_splits > 1:
-        block_d = min(d, TUNING_COMBINE["block_d"] or d)
+        block_d = min(d, comb["block_d"] or d)
         tk.combine_kernel[(tq, hq, d // block_d)](
             out, o_part, m_part, l_part, tq, hq, out.stride(0), out.stride(1),
             D=d, SPLITS=num_splits, SPLITS_P2=_pow2(num_splits), BLOCK_D=block_d,
-            BLOCK_S=min(TUNING_COMBINE["block_s"] or 1 << 30, _pow2(num_splits)),
-            PDL=_pdl(cuda), num_warps=TUNING_COMBINE["num_warps"],
-            **({"launch_pdl": True} if _pdl(cuda) else {}),
+            BLOCK_S=min(comb["block_s"] or 1 << 30, _pow2(num_splits)),
+            PDL=pdl, num_warps=comb["num_warps"], **({"launch_pdl": True} if pdl else {}),
         )  # fmt: skip
     return out
 
@@ -511,7 +525,7 @@ def _launch_triton(
     seq_lens: torch.Tensor, query_start_loc: torch.Tensor, fmt: KVFormat, p: _Plan, scale: float,
     k_scale: torch.Tensor | float | None, v_scale: torch.Tensor | float | None, hkv: int,
     group: int, d: int, block_size: int, num_qb: int, tps: int, block_q: int, block_m: int,
-    block_n: int, num_splits: int, tune: dict[str, object], cuda: bool,
+    block_n: int, num_splits: int, tune: dict[str, object], cuda: bool, pdl: bool,
 ) -> None:  # fmt: skip
     u8, p16, f16, f32 = views
     tq, hq = query.shape[:2]
@@ -539,15 +553,9 @@ def _launch_triton(
         ASM=bool(tune["asm_convert"]) and cuda,
         WORDS=words,
         I8K=bool(tune["int8_qk"]) and p.k_kind in (int(tk.INT8.value), int(tk.INT4.value)),
-        V_DT=v_dt, V_MAGIC=v_magic, V_MAGIC_OFF=v_magic_off, PDL=_pdl(cuda),
+        V_DT=v_dt, V_MAGIC=v_magic, V_MAGIC_OFF=v_magic_off, PDL=pdl,
         num_warps=tune["num_warps"], num_stages=tune["num_stages"], **_maxnreg(tune),
     )  # fmt: skip
-
-
-def _pdl(cuda: bool) -> bool:
-    """Whether the split-K merge is a programmatic dependent launch (TUNING_COMBINE["pdl"]; CUDA
-    only: the interpreter has no grid dependencies)."""
-    return bool(TUNING_COMBINE["pdl"]) and cuda and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def _maxnreg(tune: dict[str, object]) -> dict[str, int]:
@@ -584,17 +592,19 @@ def _gluon_arguments(
 
 def _gluon_constexprs(
     fmt: KVFormat, p: _Plan, hkv: int, group: int, d: int, block_size: int, block_q: int, block_m: int,
-    block_n: int, tune: dict[str, object],
+    block_n: int, tune: dict[str, object], pdl: bool,
 ) -> dict[str, object]:  # fmt: skip
-    """The Gluon kernel's constexprs and launch options, but DIRECT."""
+    """The Gluon kernel's constexprs and launch options, but DIRECT (pdl: the split-K merge is a
+    programmatic dependent launch)."""
     capped = _maxnreg(tune)
     return dict(
         HKV=hkv, G=group, D=d, PAGE=block_size, PAGE_NBYTES=p.page_nbytes, K_KIND=p.k_kind,
         V_KIND=p.v_kind, K_ROT=fmt.k.rotation is Rotation.HADAMARD, K_CODE=p.k_code, V_CODE=p.v_code,
         K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
         UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
-        SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]), PDL=_pdl(True),
-        EARLY=bool(tune["early"]) and not capped, L2AHEAD=int(str(tune["l2_ahead"])), num_warps=1,
+        SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]), PDL=pdl,
+        EARLY=bool(tune["early"]) and not capped, L2AHEAD=int(str(tune["l2_ahead"])),
+        PAGE_AHEAD=bool(tune["page_ahead"]) and bool(tune["prefetch"]), num_warps=1,
         **capped,
     )  # fmt: skip
 

@@ -567,6 +567,24 @@ def _fetch(
 
 
 @gluon.jit
+def _fetch_at(
+    pages, n0, c_i32, kn, vn, k_off, v_off, m_off, PAGE: gl.constexpr, K_KIND: gl.constexpr,
+    V_KIND: gl.constexpr, K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr,
+    V_META: gl.constexpr, HALF: gl.constexpr, KROW: gl.constexpr, VROW: gl.constexpr,
+    BN: gl.constexpr, UNROLL: gl.constexpr,
+):  # fmt: skip
+    """_fetch with the UNROLL tiles' pages already loaded (`pages`, from _pages)."""
+    grp = ()
+    for i in gl.static_range(UNROLL):
+        t = _load(
+            c_i32, pages[i], (n0 + i * BN) % PAGE, BN, kn, vn, k_off, v_off, m_off, K_KIND, V_KIND,
+            K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, False,
+        )  # fmt: skip
+        grp = grp + (t,)  # type: ignore[assignment]  # noqa: RUF005
+    return grp
+
+
+@gluon.jit
 def _rotate(q_lo, q_hi, rot_ptr, MM: gl.constexpr, HALF: gl.constexpr, layout: gl.constexpr):
     """[q_lo, q_hi] @ H_d / sqrt(d) as in triton_kernels._rotate_halves: H_d = [[H', H'], [H', -H']]
     with H' the +-1 block at rot_ptr (in q's dtype, exact), as MMAs with fp32 accumulation. H' is
@@ -637,6 +655,7 @@ def attention_kernel(
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
     LAZY: gl.constexpr, DIRECT: gl.constexpr, PREFETCH: gl.constexpr, SWAP: gl.constexpr,
     JOINT: gl.constexpr, EARLY: gl.constexpr, L2AHEAD: gl.constexpr, PDL: gl.constexpr,
+    PAGE_AHEAD: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
     (padded to 8 or a multiple of 16) over one context split, BN tokens (dividing PAGE) a tile.
@@ -737,6 +756,11 @@ def attention_kernel(
                 bt_row, start, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
                 K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
             )  # fmt: skip
+    # PAGE_AHEAD (with PREFETCH): the pages of the group after the next one are read from the block
+    # table one iteration early and carried, so a group's loads never wait on a block-table load
+    # issued just before them; group 1's here
+    if PAGE_AHEAD:
+        pg = _pages(bt_row, start + GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
     # ---- prologue: the query rows, relabelled into MMA operands
     if L2AHEAD == 0:
         q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
@@ -811,11 +835,18 @@ def attention_kernel(
             grp = nxt
             if L2AHEAD > 0:  # the far group's pages first; their prefetch after this group's math
                 far = _pages(bt_row, n0 + L2AHEAD * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
-            nxt = _fetch(
-                bt_row, n0 + GROUP, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
-                PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
-                UNROLL,
-            )  # fmt: skip
+            if PAGE_AHEAD:
+                nxt = _fetch_at(
+                    pg, n0 + GROUP, c_i32, kn, vn, k_off, v_off, m_off, PAGE, K_KIND, V_KIND, K_CODE,
+                    V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
+                )  # fmt: skip
+                pg = _pages(bt_row, n0 + 2 * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
+            else:
+                nxt = _fetch(
+                    bt_row, n0 + GROUP, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE,
+                    PAGE_NBYTES, K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN,
+                    UNROLL,
+                )  # fmt: skip
             m_i, l_el, z_el, acc = _group(
                 n0, grp, end, limit, qa_lo, qa_hi, qb_lo, qb_hi, qs1, qs2, q_sum, m_i, l_el, z_el, acc,
                 v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,

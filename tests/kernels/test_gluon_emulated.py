@@ -178,6 +178,27 @@ def test_launch_variants_the_benchmark_sweeps(
 
 
 @pytest.mark.parametrize(
+    ("name", "unroll", "swap", "early", "page"),
+    [
+        ("int4", 2, False, True, 16),
+        ("fp8_e4m3", 1, True, False, 16),
+        ("k8v4", 4, False, True, 64),
+        ("int4_hadamard", 2, True, True, 32),
+        ("int8", 1, False, True, 128),
+    ],
+)
+def test_pages_read_a_group_ahead(emulated, monkeypatch, name, unroll, swap, early, page) -> None:
+    """page_ahead: each group's pages come from the block table an iteration before its loads (the
+    first group's with it, the second's before the loop, the rest carried), up to two groups past
+    the last full one (block 0, unused); tiles of 16 tokens in pages of 16-128."""
+    settings = {"page_ahead": True, "prefetch": True, "unroll": unroll, "swap": swap, "early": early}
+    for key, value in settings.items():
+        monkeypatch.setitem(api.TUNING_GLUON, key, value)
+    assert _run(emulated, name, 128, page, [1, 2], [300, 37], splits=2) <= 5e-3
+    assert emulated.constexprs[-1]["PAGE_AHEAD"]
+
+
+@pytest.mark.parametrize(
     ("name", "early", "swap", "prefetch"),
     [
         ("int4_hadamard", False, True, True),
@@ -359,6 +380,38 @@ def test_the_merge_as_a_programmatic_dependent_launch(emulated, monkeypatch, int
     assert emulated.constexprs[-1]["PDL"] is not interpreted
     assert merges[-1]["PDL"] is not interpreted
     assert merges[-1].get("launch_pdl", False) is not interpreted
+
+
+@pytest.mark.parametrize(
+    ("max_seq_len", "sms", "want"),
+    [(100, 16, False), (20000, 16, True), (20000, 6, False), (20000, 2, False)],
+)
+def test_the_merge_is_a_dependent_launch_on_small_grids_only(
+    emulated, monkeypatch, max_seq_len, sms, want
+) -> None:
+    """By default (TUNING_COMBINE_REGIME) PDL in the "small" regime only: a long context on a grid
+    under a quarter of the SMs; not short contexts, partial (6 SMs) or full (2) grids."""
+    from kvplan.kernels import triton_kernels as tk
+
+    merges: list[dict] = []
+
+    class Merge:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: merges.append(kw)
+
+    monkeypatch.setattr(tk, "combine_kernel", Merge())
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    fmt, page, d = get_format("int4"), 16, 64
+    k, v = keys_values(100, 2, d, outliers=False, dtype=torch.float16)
+    cache, table, _ = paged(fmt, [100], 2, d, page, k, v)
+    q = torch.randn(1, 6, d).to(torch.bfloat16)
+    qsl, sl = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([100], dtype=torch.int32)
+    api._attention_triton(
+        q, cache, table, sl, qsl, fmt, page, d**-0.5, None, None, 1, max_seq_len, 3, None, cuda=True, sms=sms
+    )
+    assert emulated.constexprs[-1]["PDL"] is want
+    assert merges[-1]["PDL"] is want
+    assert merges[-1].get("launch_pdl", False) is want
 
 
 @pytest.mark.parametrize("swap", [False, True])

@@ -294,7 +294,7 @@ def test_measured_efficiency_is_that_gpus_speedup_over_the_byte_ratio(gpu: str) 
 
 
 def test_measured_kernels_follow_the_gpu_and_refuse_one_never_measured(tmp_path: Path) -> None:
-    """H200 plans with the H200 figures (INT4 3.27x, not the H100's 1.81x); a GPU kvplan's kernels
+    """H200 plans with the H200 figures (INT4 3.32x, not the H100's 1.81x); a GPU kvplan's kernels
     were never timed on is refused in one line naming what to pass, not planned with another's."""
     from kvplan.formats import get_format
     from kvplan.kernel_speeds import kv_read_efficiency
