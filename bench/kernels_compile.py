@@ -81,8 +81,7 @@ _Tables = tuple[_Over, dict[str, _Over], dict[str, dict[str, _Over]]]
 _SWAPPED_128_S7: _Over = {"swap": True, "unroll": 1, "maxnreg": 128, "waves": 1}
 _SWAPPED_JOINT_S8: _Over = {"swap": True, "unroll": 2, "joint": True, "maxnreg": 168, "waves": 2}
 _BASE_S7: _Over = {"unroll": 2, "prefetch": True, "swap": False, "programs_per_sm": 8, "maxnreg": 0,
-                   "waves": 1, "joint": False, "early": False, "l2_ahead": 0,
-                   "page_ahead": False}  # fmt: skip
+                   "waves": 1, "joint": False, "early": False, "page_ahead": False}  # fmt: skip
 _REGIMES_S7: dict[str, _Over] = {"short": {}, "full": {}, "partial": {"swap": True, "waves": 2}, "small": {}}
 _BY_FORMAT_S7: dict[str, dict[str, _Over]] = {
     "fp8_e4m3": {"partial": {"waves": 0, "programs_per_sm": 16}},
@@ -93,7 +92,7 @@ _BY_FORMAT_S7: dict[str, dict[str, _Over]] = {
 PREVIOUS_GLUON: dict[str, _Tables] = {
     "s6": (
         {"unroll": 2, "prefetch": False, "swap": False, "programs_per_sm": 16, "maxnreg": 0, "waves": 0,
-         "joint": False, "early": False, "l2_ahead": 0, "page_ahead": False},
+         "joint": False, "early": False, "page_ahead": False},
         {"short": {}, "full": {"programs_per_sm": 32}, "partial": {"unroll": 4},
          "small": {"programs_per_sm": 8, "unroll": 4}},
         {

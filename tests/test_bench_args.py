@@ -53,7 +53,11 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         ("kernels_decode.py", ["--variants-json", '{"a": 1}'], "--variants-json takes"),
         ("kernels_decode.py", ["--variants-json", '{"a": {"unrol": 2}}'], "a: unknown setting unrol"),
         ("kernels_decode.py", ["--variants-json", '{"a": {"per_format": "s9"}}'], "per_format is true"),
-        ("kernels_decode.py", ["--variants-json", '{"a": {"l2_ahead": -1}}'], "l2_ahead is a whole number"),
+        (
+            "kernels_decode.py",
+            ["--variants-json", '{"a": {"combine_pdl": -1}}'],
+            "combine_pdl is a whole number",
+        ),
         ("kernels_decode.py", ["--variants-json", '{"a": {"swap": 1}}'], "a: swap is true or false, got 1"),
         ("kernels_decode.py", ["--variants-json", '{"a": {"combine_pdl": "on"}}'], "combine_pdl is a whole"),
         (

@@ -62,12 +62,12 @@ def test_the_check_section_runs_only_variants_that_were_asked_for(kc: object) ->
     for: a --variants-json without "triton" made the check section ask for an unknown variant."""
     import kernels_decode as kd
 
-    cases = kd.check_cases(["bf16", "int4"], ["shipped", "shipped_l2"])
+    cases = kd.check_cases(["bf16", "int4"], ["shipped", "shipped_pdl"])
     assert {(c[0], c[1]) for c in cases} == {
         ("bf16", "shipped"),
         ("fp16", "shipped"),
         ("int4", "shipped"),
-        ("int4", "shipped_l2"),
+        ("int4", "shipped_pdl"),
     }
     with_triton = kd.check_cases(["bf16", "int4"], ["triton", "shipped"])
     assert {c[1] for c in with_triton if c[0] == "bf16"} == {"triton"}

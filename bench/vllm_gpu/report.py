@@ -34,14 +34,25 @@ def kvplan_format(cfg: EngineConfig) -> str | None:
     return cfg.kv_format if cfg.attention == "kvplan" else VLLM_SAME_BYTES.get(cfg.kv_cache_dtype)
 
 
-def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None) -> dict[str, Any]:
+def catalog_gpu(device_name: str | None) -> str | None:
+    """kvplan's catalog name for the GPU torch reported ("NVIDIA H100 80GB HBM3" -> h100), or None
+    for a card the report does not know (then there is no model + GPU sizing to compare)."""
+    name = (device_name or "").upper()
+    if "H200" in name:
+        return "h200"
+    if "H100" in name:
+        return "h100-pcie" if "PCIE" in name else "h100"
+    return None
+
+
+def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None, gpu: str = "h200") -> dict[str, Any]:
     """`kvplan size` for this config's model, GPU and engine settings (the CLI a user runs)."""
     cmd = [
         KVPLAN,
         "size",
         str(MODELS / f"{cfg.model}.json"),
         "--gpu",
-        "h200",
+        gpu,
         "-k",
         fmt,
         "--json",
@@ -75,10 +86,14 @@ def capacity_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         fmt = kvplan_format(cfg) if cfg else None
         if "available_kv_gib" not in log or fmt is None or not (MODELS / f"{cfg.model}.json").is_file():
             continue
-        given = kvplan_size(cfg, fmt, log["available_kv_gib"])
+        # the card the run was on: kvplan sizes the same GPU (the H200 when the run did not say)
+        device = r.get("env", {}).get("gpu")
+        gpu = catalog_gpu(device) if device else "h200"
+        size_gpu = gpu or "h200"  # with a given KV memory the card only names the run
+        given = kvplan_size(cfg, fmt, log["available_kv_gib"], size_gpu)
         exact_bytes = r.get("engine", {}).get("memory", {}).get("available_kv_cache_memory_bytes")
-        exact = kvplan_size(cfg, fmt, exact_bytes / GIB) if exact_bytes else {}
-        alone = kvplan_size(cfg, fmt, None)
+        exact = kvplan_size(cfg, fmt, exact_bytes / GIB, size_gpu) if exact_bytes else {}
+        alone = kvplan_size(cfg, fmt, None, gpu) if gpu else {"error": f"no kvplan GPU for {device!r}"}
         row = {"set": r["set"], "name": r["name"], "format": fmt, "logged_gib": log["available_kv_gib"],
                "logged_tokens": log.get("kv_cache_tokens"), "logged_conc": log.get("max_concurrency"),
                "engine_blocks": r.get("engine", {}).get("num_gpu_blocks"), "given": given, "exact": exact,
@@ -86,7 +101,8 @@ def capacity_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         # vLLM prints the KV memory rounded to 0.01 GiB: the logged tokens must lie between
         # kvplan's tokens at the rounding's two ends (and equal them with the engine's exact bytes)
         gib = log["available_kv_gib"]
-        ends = [kvplan_size(cfg, fmt, g) for g in (gib - 0.005, gib + 0.005)]
+        ends = [kvplan_size(cfg, fmt, g, size_gpu) for g in (gib - 0.005, gib + 0.005)]
+        row["size_errors"] = [e["error"] for e in (given, *ends) if "error" in e]
         row["tokens_equal"] = _within(row["logged_tokens"], [e.get("kv_tokens") for e in ends])
         conc = [_round2(e.get("max_concurrency")) for e in ends]
         row["conc_equal"] = _within(row["logged_conc"], conc)
@@ -219,10 +235,12 @@ def markdown(results: Sequence[dict[str, Any]], device_note: str) -> str:
                 _fmt(g.get("kv_tokens"), "{:,}"),
                 str(row["logged_conc"]),
                 _fmt(g.get("max_concurrency")),
-                str(row["tokens_equal"] and row["conc_equal"]),
+                f"kvplan size failed: {row['size_errors'][0]}"
+                if row["size_errors"]
+                else str(row["tokens_equal"] and row["conc_equal"]),
                 f"{_fmt(e.get('num_blocks'), '{:,}')} / {_fmt(row['engine_blocks'], '{:,}')}",
                 _fmt(row.get("alone_gib")),
-                _fmt(row.get("alone_err"), "{:+.2%}"),
+                row["alone"]["error"] if "error" in row["alone"] else _fmt(row.get("alone_err"), "{:+.2%}"),
             ]
         )
     head = [
@@ -362,10 +380,14 @@ def targets(ok: Sequence[dict[str, Any]], cap: Sequence[dict[str, Any]]) -> list
             )
     if cap:
         eq = all(r["tokens_equal"] and r["conc_equal"] for r in cap)
+        failed = [r["name"] for r in cap if r["size_errors"]]
         worst = max((abs(r["alone_err"]) for r in cap if "alone_err" in r), default=math.nan)
+        judged = (
+            f"not checked, kvplan size failed for {', '.join(failed)}" if failed else f"{eq} -> {verdict(eq)}"
+        )
         out.append(
-            f"- capacity: logged tokens within kvplan size at the logged GiB +- its 0.005 rounding, and "
-            f"concurrency equal, for every config: {eq} -> {verdict(eq)}"
+            "- capacity: logged tokens within kvplan size at the logged GiB +- its 0.005 rounding, and "
+            "concurrency equal, for every config: " + judged
         )
         out.append(
             f"- kvplan size from model + GPU alone: worst error {_fmt(worst, '{:.2%}')} against the logged "

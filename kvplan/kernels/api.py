@@ -107,9 +107,6 @@ TUNING_GLUON: dict[str, object] = {
     # register cap ("maxnreg"), where those loads' registers spill (32 x 32K int4 3.28x -> 3.20x)
     "early": True,
     "prefetch": True,  # issue the next `unroll` tiles' loads before this group's math
-    # groups of `unroll` tiles ahead whose lines are asked into L2 (prefetch.global.L2, no
-    # registers held), so the register loads one group ahead find them there; 0: off
-    "l2_ahead": 0,
     # (with prefetch) each group's pages read from the block table an iteration before its loads,
     # so they wait on no block-table load of their own: H200, 2026-12-05 (kernels_h200_s10_call3.json)
     # 32 x 32K int4_hadamard 3.17x -> 3.23x over BF16, int8 1.87x -> 1.90x, 4 x 32K int4 2.76x ->
@@ -603,7 +600,7 @@ def _gluon_constexprs(
         K_META=p.k_meta, V_META=p.v_meta, BLOCK_Q=block_q, M=block_m, BN=block_n,
         UNROLL=int(str(tune["unroll"])), LAZY=bool(tune["lazy"]), PREFETCH=bool(tune["prefetch"]),
         SWAP=bool(tune["swap"]) and block_n >= 16, JOINT=bool(tune["joint"]), PDL=pdl,
-        EARLY=bool(tune["early"]) and not capped, L2AHEAD=int(str(tune["l2_ahead"])),
+        EARLY=bool(tune["early"]) and not capped,
         PAGE_AHEAD=bool(tune["page_ahead"]) and bool(tune["prefetch"]), num_warps=1,
         **capped,
     )  # fmt: skip

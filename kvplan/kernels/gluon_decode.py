@@ -33,8 +33,9 @@ per tile of BLOCK_N tokens (one page or part of one):
   (two warp shuffles and a few byte permutes a tile). PREFETCH issues the next UNROLL tiles' loads
   before this group's math. JOINT takes one row max (one warp reduction, one lazy-rescale check)
   for a group of UNROLL tiles: their scores first, then each one's P.V. EARLY issues the first
-  group's loads before the query prologue's math. L2AHEAD asks L2 for the lines of the group
-  that many groups ahead (prefetch.global.L2: bytes in flight that hold no registers); PDL lets
+  group's loads before the query prologue's math. PAGE_AHEAD reads each group's pages from the
+  block table an iteration before its loads (bench/results/kernels_h200.md: an L2 prefetch of
+  later groups, tried first, was slower at every shape); PDL lets
   the split-K merge, a programmatic dependent launch, be scheduled while this grid runs. Which
   launch runs where: api.TUNING_GLUON_REGIME / _BY_FORMAT.
 
@@ -85,7 +86,6 @@ _PTX_V_S8 = gl.constexpr(
 # the grid's dependent launches may start (griddepcontrol, sm_90; the output register is a dummy)
 _PTX_LAUNCH_DEPENDENTS = gl.constexpr("griddepcontrol.launch_dependents; mov.b32 $0, 0;")
 # one 128-byte line into L2, nothing back (the output register is a dummy)
-_PTX_PREFETCH_L2 = gl.constexpr("prefetch.global.L2 [$1]; mov.b32 $0, 0;")
 _PTX_V_E4M3 = gl.constexpr(
     "{ .reg .b32 t; .reg .b16 l, h;"
     " prmt.b32 t, $4, $8, 0x5140; mov.b32 {l, h}, t; cvt.rn.f16x2.e4m3x2 $0, l; cvt.rn.f16x2.e4m3x2 $1, h;"
@@ -490,60 +490,6 @@ def _pages(
 
 
 @gluon.jit
-def _prefetch_plan(
-    K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr, V_CODE: gl.constexpr,
-    K_META: gl.constexpr, V_META: gl.constexpr, KROW: gl.constexpr, VROW: gl.constexpr,
-    BN: gl.constexpr,
-):  # fmt: skip
-    """The addresses _prefetch_l2 asks for in a tile, in int32 words, as (base, row): address j is
-    the head page + base[j] + row[j] x the tile's first row in the page. Key and value codes and
-    their metadata, one 128-byte line an address: a region of L bytes from s is covered by
-    s + min(128 i, L - 1), i = 0 .. ceil(L / 128) (every line it touches, aligned or not). Once a
-    program."""
-    NK: gl.constexpr = (BN * KROW + 127) // 128 + 1
-    NV: gl.constexpr = (BN * VROW + 127) // 128 + 1
-    NMK: gl.constexpr = 0 if K_KIND == FP8 else 2  # BN 4-byte words: at most two lines
-    NMV: gl.constexpr = 0 if V_KIND == FP8 else 2
-    NL: gl.constexpr = NK + NV + NMK + NMV  # addresses a tile
-    TL: gl.constexpr = 16 if NL <= 16 else 32 if NL <= 32 else 64 if NL <= 64 else 128 if NL <= 128 else 256
-    lp: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    j = gl.minimum(gl.arange(0, TL, layout=lp), NL - 1)
-    jv = gl.maximum(j - NK, 0)
-    jm = gl.maximum(j - NK - NV, 0)
-    jmv = gl.maximum(j - NK - NV - NMK, 0)
-    base = gl.where(
-        j < NK,
-        K_CODE + gl.minimum(j * 128, BN * KROW - 1),
-        gl.where(
-            j < NK + NV,
-            V_CODE + gl.minimum(jv * 128, BN * VROW - 1),
-            gl.where(
-                j < NK + NV + NMK,
-                K_META + gl.minimum(jm * 128, BN * 4 - 1),
-                V_META + gl.minimum(jmv * 128, BN * 4 - 1),
-            ),
-        ),
-    )
-    row = gl.where(j < NK, KROW // 4, gl.where(j < NK + NV, VROW // 4, 1))
-    return base // 4, row
-
-
-@gluon.jit
-def _prefetch_l2(c_i32, pages, n0, base, row, PAGE: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr):
-    """Ask L2 for every line the UNROLL tiles from token n0 will load (pages: their head pages'
-    byte offsets, from _pages; base, row: _prefetch_plan's), spread over the lanes; nothing waits
-    for them. (Per address: one add and the prefetch; a tile that is a whole page has row 0.)"""
-    for i in gl.static_range(UNROLL):
-        off = base
-        if PAGE != BN:
-            off = base + ((n0 + i * BN) % PAGE) * row
-        gl.inline_asm_elementwise(
-            asm=_PTX_PREFETCH_L2, constraints="=r,l", args=[(c_i32 + pages[i] // 4) + off],
-            dtype=gl.int32, is_pure=False, pack=1,
-        )  # fmt: skip
-
-
-@gluon.jit
 def _fetch(
     bt_row, n0, n_end, c_i32, h, kn, vn, k_off, v_off, m_off, HKV: gl.constexpr, PAGE: gl.constexpr,
     PAGE_NBYTES: gl.constexpr, K_KIND: gl.constexpr, V_KIND: gl.constexpr, K_CODE: gl.constexpr,
@@ -654,7 +600,7 @@ def attention_kernel(
     K_CODE: gl.constexpr, V_CODE: gl.constexpr, K_META: gl.constexpr, V_META: gl.constexpr,
     BLOCK_Q: gl.constexpr, M: gl.constexpr, BN: gl.constexpr, UNROLL: gl.constexpr,
     LAZY: gl.constexpr, DIRECT: gl.constexpr, PREFETCH: gl.constexpr, SWAP: gl.constexpr,
-    JOINT: gl.constexpr, EARLY: gl.constexpr, L2AHEAD: gl.constexpr, PDL: gl.constexpr,
+    JOINT: gl.constexpr, EARLY: gl.constexpr, PDL: gl.constexpr,
     PAGE_AHEAD: gl.constexpr,
 ):  # fmt: skip
     """Grid (B * num_qb, HKV, splits), one warp: the M = BLOCK_Q x G query rows of one KV group
@@ -732,21 +678,7 @@ def attention_kernel(
     # EARLY: the first group's loads (and the first value scale's) issued before the prologue's
     # math, so they land while it runs
     full_u = start + (full - start) // (UNROLL * BN) * (UNROLL * BN)
-    if L2AHEAD > 0:  # the query rows first: a prefetch orders the loads after it behind it
-        q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
-    # L2AHEAD: group g + L2AHEAD's lines asked into L2 during group g (L2 holds them; the register
-    # loads, one group ahead, then wait on L2, not on HBM); groups 0 .. L2AHEAD - 1 here, first of
-    # all: the compiler issues the first group's register loads after much of the query prologue's
-    # math (which waits for the query), even with EARLY (offline SASS: fp8 1 x 32K after its scaling,
-    # int4 after its int8 split too), and they then find their lines in L2
     GROUP: gl.constexpr = UNROLL * BN
-    if L2AHEAD > 0:
-        pf_base, pf_row = _prefetch_plan(K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, KROW, VROW, BN)
-    first = ()  # every group's pages before any prefetch (a prefetch orders the loads after it)
-    for g in gl.static_range(0, L2AHEAD):
-        first = first + (_pages(bt_row, start + g * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL),)  # type: ignore[assignment]  # noqa: RUF005
-    for g in gl.static_range(0, L2AHEAD):
-        _prefetch_l2(c_i32, first[g], start + g * GROUP, pf_base, pf_row, PAGE, BN, UNROLL)  # type: ignore[misc]
     w0 = start * 0  # (fp8: no value scales)
     if EARLY:
         if V_KIND != FP8:
@@ -762,8 +694,7 @@ def attention_kernel(
     if PAGE_AHEAD:
         pg = _pages(bt_row, start + GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
     # ---- prologue: the query rows, relabelled into MMA operands
-    if L2AHEAD == 0:
-        q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
+    q_lo, q_hi = _query_rows(q_ptr, q0, q_len, qb, h, stride_qt, stride_qh, BLOCK_Q, G, MM, HALF, lq)
     if K_ROT:
         q_lo, q_hi = _rotate(q_lo, q_hi, rot_ptr, MM, HALF, lq)
     q_lo = q_lo.to(gl.float32)
@@ -833,8 +764,6 @@ def attention_kernel(
             )  # fmt: skip
         for n0 in range(start, full_u, GROUP):
             grp = nxt
-            if L2AHEAD > 0:  # the far group's pages first; their prefetch after this group's math
-                far = _pages(bt_row, n0 + L2AHEAD * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
             if PAGE_AHEAD:
                 nxt = _fetch_at(
                     pg, n0 + GROUP, c_i32, kn, vn, k_off, v_off, m_off, PAGE, K_KIND, V_KIND, K_CODE,
@@ -852,12 +781,8 @@ def attention_kernel(
                 v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,
                 kb_l, va_l, pb_l,
             )  # fmt: skip
-            if L2AHEAD > 0:
-                _prefetch_l2(c_i32, far, n0 + L2AHEAD * GROUP, pf_base, pf_row, PAGE, BN, UNROLL)
     else:
         for n0 in range(start, full_u, GROUP):
-            if L2AHEAD > 0:
-                far = _pages(bt_row, n0 + L2AHEAD * GROUP, full_u, h, HKV, PAGE, PAGE_NBYTES, BN, UNROLL)
             grp = _fetch(
                 bt_row, n0, full_u, c_i32, h, kn, vn, k_off, v_off, m_off, HKV, PAGE, PAGE_NBYTES,
                 K_KIND, V_KIND, K_CODE, V_CODE, K_META, V_META, HALF, KROW, VROW, BN, UNROLL,
@@ -867,8 +792,6 @@ def attention_kernel(
                 v_mul, v_over, K_KIND, V_KIND, LAZY, BN, M, MM, D, HALF, CB, VB, UNROLL, SWAP, JOINT, mma,
                 kb_l, va_l, pb_l,
             )  # fmt: skip
-            if L2AHEAD > 0:
-                _prefetch_l2(c_i32, far, n0 + L2AHEAD * GROUP, pf_base, pf_row, PAGE, BN, UNROLL)
     # the rest: full tiles short of an UNROLL group, a partial tile, tokens some rows must not
     # see (masked loads and scores)
     for n0 in range(full_u, end, BN):

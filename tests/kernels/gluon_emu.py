@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -321,27 +321,8 @@ def _zeros(shape: Any, dtype: DType, layout: Any = None) -> T:
     return _full(shape, 0, dtype)
 
 
-class Trace:
-    """Byte addresses (of the buffers' memory) the kernel loaded and asked into L2, when on."""
-
-    on = False
-    loads: ClassVar[list[np.ndarray]] = []
-    prefetches: ClassVar[list[np.ndarray]] = []
-
-    @classmethod
-    def start(cls) -> None:
-        cls.on, cls.loads, cls.prefetches = True, [], []
-
-
-def _addresses(ptr: Ptr, off: np.ndarray) -> np.ndarray:
-    return int(ptr.buf.__array_interface__["data"][0]) + off.astype(np.int64) * ptr.buf.itemsize
-
-
 def _load(ptr: Ptr, mask: Any = None, other: Any = None, **_: Any) -> T:
     off = ptr.off
-    if Trace.on:
-        m = np.ones(off.shape, bool) if mask is None else np.broadcast_to(_unwrap(mask), off.shape)
-        Trace.loads.append(_addresses(ptr, off[m]))
     if mask is None:
         v = ptr.buf[off]
     else:
@@ -562,22 +543,10 @@ def run_ptx(asm: str, regs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return env
 
 
-def _prefetch(ptr: Ptr) -> T:
-    """prefetch.global.L2 [address]: nothing to compute; an address outside its buffer is an
-    error here (the address arithmetic is wrong even if the hardware would ignore it)."""
-    assert ((ptr.off >= 0) & (ptr.off < ptr.buf.size)).all(), "an L2 prefetch outside its buffer"
-    if Trace.on:
-        Trace.prefetches.append(_addresses(ptr, ptr.off.reshape(-1)))
-    return T(np.zeros(ptr.off.shape, np.int32), I32)
-
-
 def _inline_asm(asm: str, constraints: str, args: list[Any], dtype: Any, is_pure: bool, pack: int) -> Any:
     if asm.startswith("griddepcontrol.launch_dependents;"):  # no dependent grids here
         assert not is_pure
         return T(np.zeros(np.shape(_unwrap(args[0])), np.int32), I32)
-    if asm.startswith("prefetch.global.L2 "):
-        assert not is_pure and len(args) == 1, "a prefetch has a side effect and one address"
-        return _prefetch(args[0])
     outs = dtype if isinstance(dtype, tuple) else (dtype,)
     cons = [c.strip() for c in constraints.split(",")]
     n_out = sum(c.startswith("=") for c in cons)

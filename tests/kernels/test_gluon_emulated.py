@@ -11,7 +11,6 @@ too (the Triton interpreter cannot run bf16 dots; this emulation can).
 from __future__ import annotations
 
 import gluon_emu
-import numpy as np
 import pytest
 import torch
 import triton
@@ -279,76 +278,6 @@ def test_programs_an_sm_holds_follow_registers_warps_and_shared_memory() -> None
     assert api.resident_programs(64, 4, 0, max_warps=48) == 8  # registers bind first
     assert api.resident_programs(32, 4, 0, max_warps=48) == 12  # an sm_86 SM: 48 warps
     assert api.resident_programs(32, 1, 40 * 1024, sm_shared=100 * 1024) == 2
-
-
-def _lines_of_tokens(fmt, table, tokens, hkv, d, page) -> set[int]:
-    """The 128-byte lines (from the cache's start) holding these tokens' codes and metadata."""
-    layout = fmt.head_page(d, page)
-    lines: set[int] = set()
-    for t in tokens:
-        for h in range(hkv):
-            base = (int(table[0, t // page]) * hkv + h) * layout.nbytes
-            for region in layout.regions:
-                if region.nbytes == 0:
-                    continue
-                row = region.nbytes // page
-                lo = base + region.offset + (t % page) * row
-                lines.update(range(lo // 128, (lo + row - 1) // 128 + 1))
-    return lines
-
-
-@pytest.mark.parametrize(
-    ("name", "d", "page", "unroll", "ahead", "prefetch", "swap"),
-    [
-        ("int4", 128, 16, 2, 3, True, True),  # the full-grid launch: swapped, joint
-        ("int4", 64, 16, 2, 3, True, False),
-        ("fp8_e4m3", 128, 64, 2, 2, True, False),  # tiles inside a page: rows from 16, 32, 48
-        ("fp8_e4m3", 256, 16, 1, 3, True, True),
-        ("k8v4", 128, 32, 1, 4, False, False),  # the loop without register prefetch
-        ("int8_hadamard", 128, 16, 4, 2, True, False),
-    ],
-)
-def test_the_l2_prefetch_asks_for_every_line_the_later_groups_load(
-    emulated, monkeypatch, name, d, page, unroll, ahead, prefetch, swap
-) -> None:
-    """l2_ahead = A: every line the full groups from the A-th on load (codes and metadata) was
-    asked into L2 first, and no prefetch falls outside this sequence's pages and block 0 (what a
-    prefetch past the last group reads); the output still matches the fp64 reference."""
-    settings = {"l2_ahead": ahead, "unroll": unroll, "prefetch": prefetch, "swap": swap, "joint": swap}
-    for key, value in settings.items():
-        monkeypatch.setitem(api.TUNING_GLUON, key, value)
-    fmt, hkv, n = get_format(name), 2, 16 * 4 * 9 + 5  # 9 groups of 4 tiles, then a rest
-    k, v = keys_values(n, hkv, d, outliers=True, dtype=torch.float16)
-    ks = torch.tensor([0.05, 0.08]) if "fp8" in name else None
-    cache, table, _ = paged(fmt, [n], hkv, d, page, k, v, ks, ks, write=_write)
-    q = torch.randn(1, hkv * 3, d).to(torch.bfloat16)
-    qsl, sl = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([n], dtype=torch.int32)
-    out = torch.full_like(q, float("nan"))
-    gluon_emu.Trace.start()
-    try:
-        api._attention_triton(
-            q, cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, 1, n, 1, out, cuda=True, sms=4
-        )
-    finally:
-        gluon_emu.Trace.on = False
-    want = R.paged_attention(
-        q.double(), cache, table, sl, qsl, fmt, page, d**-0.5, ks, ks, compute_dtype=torch.float64
-    )
-    assert rel(out, want) <= 5e-3
-    c0, c1 = cache.data_ptr(), cache.data_ptr() + cache.numel() * cache.element_size()
-
-    def lines(addresses) -> set[int]:
-        a = [x[(x >= c0) & (x < c1)] for x in addresses]
-        return {int(x) for x in (np.concatenate(a) - c0) // 128} if a else set()
-
-    asked, loaded = lines(gluon_emu.Trace.prefetches), lines(gluon_emu.Trace.loads)
-    group = 16 * unroll
-    later = _lines_of_tokens(fmt, table, range(ahead * group, n // group * group), hkv, d, page)
-    assert later <= loaded  # (what this test computes is what the kernel reads)
-    assert later <= asked, f"{len(later - asked)} lines of later groups never asked into L2"
-    block0 = {*range(0, hkv * fmt.head_page(d, page).nbytes // 128 + 1)}  # whole, in the table or not
-    assert asked <= _lines_of_tokens(fmt, table, range(n), hkv, d, page) | block0
-    assert len(gluon_emu.Trace.prefetches) > 0
 
 
 @pytest.mark.parametrize("interpreted", [False, True])

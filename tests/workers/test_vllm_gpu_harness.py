@@ -184,6 +184,29 @@ def test_report_judges_the_targets_from_the_results() -> None:
     assert lines[2].endswith("(target >= 0.98) -> NOT met")
 
 
+def test_report_sizes_the_card_the_run_was_on(tmp_path: Path) -> None:
+    """The model + GPU sizing follows the GPU the engine ran on (it sized an H200 for the H100 run of
+    2026-12-05 and reported +101%), and an unknown card is said, not sized as another."""
+    from bench.vllm_gpu import report
+
+    assert report.catalog_gpu("NVIDIA H100 80GB HBM3") == "h100"
+    assert report.catalog_gpu("NVIDIA H100 PCIe") == "h100-pcie"
+    assert report.catalog_gpu("NVIDIA H200") == "h200"
+    assert report.catalog_gpu("NVIDIA L40S") is None
+    doc = json.loads((REPO / "bench/results/vllm_gpu_h100_graphs_s11.json").read_text())
+    first = doc["results"][0]
+    assert first["name"] == "vllm-auto-graphs" and first["env"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    path = tmp_path / "graphs.json"
+    path.write_text(json.dumps({"meta": doc["meta"], "results": [first]}))
+    (row,) = report.capacity_rows(report.load([path]))
+    assert row["size_errors"] == [] and row["tokens_equal"] and row["conc_equal"]
+    assert abs(row["alone_err"]) < 0.02  # H100 from model + GPU: 55.09 GiB against 55.06 logged
+    unknown = {**first, "env": {**first["env"], "gpu": "NVIDIA L40S"}}
+    path.write_text(json.dumps({"meta": doc["meta"], "results": [unknown]}))
+    (row,) = report.capacity_rows(report.load([path]))
+    assert "alone_err" not in row and row["alone"]["error"] == "no kvplan GPU for 'NVIDIA L40S'"
+
+
 def test_chat_prompts_are_token_ids_with_transformers_5() -> None:
     """The SmolLM2 set's prompts: the chat template's token ids (transformers 5's
     apply_chat_template(tokenize=True) returns a BatchEncoding; the H200 run of 2026-12-03 sent
