@@ -45,7 +45,7 @@ def catalog_gpu(device_name: str | None) -> str | None:
     return None
 
 
-def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None, gpu: str = "h200") -> dict[str, Any]:
+def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None, gpu: str) -> dict[str, Any]:
     """`kvplan size` for this config's model, GPU and engine settings (the CLI a user runs)."""
     cmd = [
         KVPLAN,
@@ -79,6 +79,14 @@ def kvplan_size(cfg: EngineConfig, fmt: str, kv_gib: float | None, gpu: str = "h
     return {**{k: f[k] for k in keys}, "memory": doc["memory_per_gpu"], "command": " ".join(cmd[1:])}
 
 
+def _size_on(device: str | None, cfg: EngineConfig, fmt: str, kv_gib: float | None) -> dict[str, Any]:
+    """`kvplan size` on the card torch named for the run, or why there is none."""
+    gpu = catalog_gpu(device)
+    if gpu is None:
+        return {"error": f"no kvplan GPU for {device!r} (the report maps H100 and H200)"}
+    return kvplan_size(cfg, fmt, kv_gib, gpu)
+
+
 def capacity_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
@@ -86,14 +94,12 @@ def capacity_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         fmt = kvplan_format(cfg) if cfg else None
         if "available_kv_gib" not in log or fmt is None or not (MODELS / f"{cfg.model}.json").is_file():
             continue
-        # the card the run was on: kvplan sizes the same GPU (the H200 when the run did not say)
+        # kvplan sizes the card the run was on; one it cannot name is said in every column
         device = r.get("env", {}).get("gpu")
-        gpu = catalog_gpu(device) if device else "h200"
-        size_gpu = gpu or "h200"  # with a given KV memory the card only names the run
-        given = kvplan_size(cfg, fmt, log["available_kv_gib"], size_gpu)
+        given = _size_on(device, cfg, fmt, log["available_kv_gib"])
         exact_bytes = r.get("engine", {}).get("memory", {}).get("available_kv_cache_memory_bytes")
-        exact = kvplan_size(cfg, fmt, exact_bytes / GIB, size_gpu) if exact_bytes else {}
-        alone = kvplan_size(cfg, fmt, None, gpu) if gpu else {"error": f"no kvplan GPU for {device!r}"}
+        exact = _size_on(device, cfg, fmt, exact_bytes / GIB) if exact_bytes else {}
+        alone = _size_on(device, cfg, fmt, None)
         row = {"set": r["set"], "name": r["name"], "format": fmt, "logged_gib": log["available_kv_gib"],
                "logged_tokens": log.get("kv_cache_tokens"), "logged_conc": log.get("max_concurrency"),
                "engine_blocks": r.get("engine", {}).get("num_gpu_blocks"), "given": given, "exact": exact,
@@ -101,8 +107,8 @@ def capacity_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         # vLLM prints the KV memory rounded to 0.01 GiB: the logged tokens must lie between
         # kvplan's tokens at the rounding's two ends (and equal them with the engine's exact bytes)
         gib = log["available_kv_gib"]
-        ends = [kvplan_size(cfg, fmt, g, size_gpu) for g in (gib - 0.005, gib + 0.005)]
-        row["size_errors"] = [e["error"] for e in (given, *ends) if "error" in e]
+        ends = [_size_on(device, cfg, fmt, g) for g in (gib - 0.005, gib + 0.005)]
+        row["size_errors"] = list(dict.fromkeys(e["error"] for e in (given, *ends) if "error" in e))
         row["tokens_equal"] = _within(row["logged_tokens"], [e.get("kv_tokens") for e in ends])
         conc = [_round2(e.get("max_concurrency")) for e in ends]
         row["conc_equal"] = _within(row["logged_conc"], conc)

@@ -186,7 +186,7 @@ def test_report_judges_the_targets_from_the_results() -> None:
 
 def test_report_sizes_the_card_the_run_was_on(tmp_path: Path) -> None:
     """The model + GPU sizing follows the GPU the engine ran on (it sized an H200 for the H100 run of
-    2026-12-05 and reported +101%), and an unknown card is said, not sized as another."""
+    2026-12-05 and reported +101%); a card it cannot name is said, not sized as another."""
     from bench.vllm_gpu import report
 
     assert report.catalog_gpu("NVIDIA H100 80GB HBM3") == "h100"
@@ -201,10 +201,14 @@ def test_report_sizes_the_card_the_run_was_on(tmp_path: Path) -> None:
     (row,) = report.capacity_rows(report.load([path]))
     assert row["size_errors"] == [] and row["tokens_equal"] and row["conc_equal"]
     assert abs(row["alone_err"]) < 0.02  # H100 from model + GPU: 55.09 GiB against 55.06 logged
-    unknown = {**first, "env": {**first["env"], "gpu": "NVIDIA L40S"}}
-    path.write_text(json.dumps({"meta": doc["meta"], "results": [unknown]}))
-    (row,) = report.capacity_rows(report.load([path]))
-    assert "alone_err" not in row and row["alone"]["error"] == "no kvplan GPU for 'NVIDIA L40S'"
+    for gpu in ("NVIDIA L40S", None):  # a card the report does not map, a run that names none
+        unknown = {**first, "env": {**first["env"], "gpu": gpu}}
+        path.write_text(json.dumps({"meta": doc["meta"], "results": [unknown]}))
+        (row,) = report.capacity_rows(report.load([path]))
+        said = f"no kvplan GPU for {gpu!r} (the report maps H100 and H200)"
+        assert row["size_errors"] == [said] and row["alone"] == {"error": said} and "alone_err" not in row
+        (line,) = [t for t in report.targets([], [row]) if t.startswith("- capacity:")]
+        assert line.endswith(f"not checked, kvplan size failed for {first['name']}")
 
 
 def test_chat_prompts_are_token_ids_with_transformers_5() -> None:
