@@ -4,11 +4,10 @@ a variant sees only what it asks for, and every table is as it was afterwards.""
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Iterator
 
 import pytest
-from support import ROOT
+from support import bench_module
 
 from kvplan.formats import get_format
 from kvplan.kernels import api
@@ -16,13 +15,7 @@ from kvplan.kernels import api
 
 @pytest.fixture
 def kc() -> Iterator[object]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import kernels_compile
-
-        yield kernels_compile
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    yield from bench_module("kernels_compile")
 
 
 def _tables() -> list[object]:

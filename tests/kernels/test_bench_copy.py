@@ -3,23 +3,16 @@ baselines: it copies every byte of a buffer whose size is not a multiple of its 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
 import torch
-from support import ROOT
+from support import bench_module
 
 
 @pytest.fixture
 def kd() -> Iterator[object]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import kernels_decode
-
-        yield kernels_decode
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    yield from bench_module("kernels_decode")
 
 
 def test_sm_copy_copies_every_byte(kd: object) -> None:
